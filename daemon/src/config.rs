@@ -1,0 +1,319 @@
+//! The daemon's configuration: TOML at `/etc/drd/drd.toml`, parsed with serde
+//! and validated before anything binds or touches the data directory. Every
+//! error names the key and says what is wrong with it.
+
+use anyhow::{bail, Context};
+use drd_proto::{NodeId, StreamName};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where `drd` and `drctl` look for the configuration by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drd/drd.toml";
+/// Control socket used when the configuration names none.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/drd/drd.sock";
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_id: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    control: RawControl,
+    replica: Option<RawReplica>,
+    #[serde(default)]
+    stream: Vec<RawStream>,
+    #[serde(default)]
+    tuning: Tuning,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    name: String,
+    wal_dir: PathBuf,
+    peer: String,
+}
+
+/// Tuning numbers. Each has a default that suits a DR link with a local SSD;
+/// change them only with a benchmark in hand.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// Largest chunk payload the primary sends (bytes, ≤ 1 MiB).
+    pub chunk_bytes: usize,
+    /// Bytes the primary may have sent but not yet seen acked. Bounds memory
+    /// on both sides and the bytes re-sent after a crash.
+    pub window_bytes: u64,
+    /// The replica fsyncs after at most this many bytes even while more data
+    /// is queued (group commit).
+    pub group_commit_bytes: u64,
+    /// Safety-net rescan of the WAL directory, in addition to inotify.
+    pub rescan_interval_ms: u64,
+    /// The primary sends a keepalive when it has nothing to ship for this long.
+    pub keepalive_interval_ms: u64,
+    /// Either side drops a replication stream that is silent for this long
+    /// (no message, or no ack while bytes are in flight).
+    pub idle_timeout_ms: u64,
+    /// First and largest delay between reconnect attempts (with jitter).
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 1024 * 1024,
+            window_bytes: 8 * 1024 * 1024,
+            group_commit_bytes: 4 * 1024 * 1024,
+            rescan_interval_ms: 1000,
+            keepalive_interval_ms: 1000,
+            idle_timeout_ms: 15_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5000,
+        }
+    }
+}
+
+impl Tuning {
+    pub fn rescan_interval(&self) -> Duration {
+        Duration::from_millis(self.rescan_interval_ms)
+    }
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: NodeId,
+    /// Catalog (RocksDB) and landing directories live here.
+    pub data_dir: PathBuf,
+    pub control_socket: PathBuf,
+    /// Set on a node that receives streams.
+    pub replica: Option<ReplicaConfig>,
+    /// Streams this node ships.
+    pub streams: Vec<StreamConfig>,
+    pub tuning: Tuning,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub name: StreamName,
+    pub wal_dir: PathBuf,
+    /// Replica endpoint, e.g. `http://127.0.0.1:7601`.
+    pub peer: String,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let node_id = NodeId::new(raw.node_id).context("key `node_id`")?;
+        if !raw.data_dir.is_absolute() {
+            bail!(
+                "key `data_dir`: {:?} must be an absolute path",
+                raw.data_dir
+            );
+        }
+        let control_socket = raw
+            .control
+            .socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+        if !control_socket.is_absolute() {
+            bail!("key `control.socket`: {control_socket:?} must be an absolute path");
+        }
+        let replica = match raw.replica {
+            Some(r) => {
+                let listen: SocketAddr = r.listen.parse().map_err(|e| {
+                    anyhow::anyhow!(
+                        "key `replica.listen`: {:?} is not an address like 127.0.0.1:7601 ({e})",
+                        r.listen
+                    )
+                })?;
+                if !listen.ip().is_loopback() {
+                    bail!(
+                        "key `replica.listen`: {listen} is not a loopback address; \
+                         plaintext replication is only allowed on loopback"
+                    );
+                }
+                Some(ReplicaConfig { listen })
+            }
+            None => None,
+        };
+        let mut streams = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, s) in raw.stream.into_iter().enumerate() {
+            let name =
+                StreamName::new(s.name).with_context(|| format!("key `stream[{i}].name`"))?;
+            if !seen.insert(name.clone()) {
+                bail!("key `stream[{i}].name`: stream {name:?} is configured twice");
+            }
+            if !s.wal_dir.is_absolute() {
+                bail!(
+                    "key `stream[{i}].wal_dir`: {:?} must be an absolute path",
+                    s.wal_dir
+                );
+            }
+            check_peer(&s.peer).with_context(|| format!("key `stream[{i}].peer`"))?;
+            streams.push(StreamConfig {
+                name,
+                wal_dir: s.wal_dir,
+                peer: s.peer,
+            });
+        }
+        if replica.is_none() && streams.is_empty() {
+            bail!("nothing to do: configure `[replica]` to receive or `[[stream]]` to ship");
+        }
+        let t = &raw.tuning;
+        if t.chunk_bytes == 0 || t.chunk_bytes > drd_proto::MAX_CHUNK_BYTES {
+            bail!(
+                "key `tuning.chunk_bytes`: {} must be between 1 and {}",
+                t.chunk_bytes,
+                drd_proto::MAX_CHUNK_BYTES
+            );
+        }
+        if t.window_bytes < t.chunk_bytes as u64 {
+            bail!("key `tuning.window_bytes`: must be at least `tuning.chunk_bytes`");
+        }
+        for (key, v) in [
+            ("rescan_interval_ms", t.rescan_interval_ms),
+            ("keepalive_interval_ms", t.keepalive_interval_ms),
+            ("idle_timeout_ms", t.idle_timeout_ms),
+            ("reconnect_min_ms", t.reconnect_min_ms),
+            ("group_commit_bytes", t.group_commit_bytes),
+        ] {
+            if v == 0 {
+                bail!("key `tuning.{key}`: must be greater than 0");
+            }
+        }
+        if t.idle_timeout_ms <= t.keepalive_interval_ms {
+            bail!("key `tuning.idle_timeout_ms`: must be longer than `tuning.keepalive_interval_ms`");
+        }
+        if t.reconnect_max_ms < t.reconnect_min_ms {
+            bail!("key `tuning.reconnect_max_ms`: must be at least `tuning.reconnect_min_ms`");
+        }
+        Ok(Config {
+            node_id,
+            data_dir: raw.data_dir,
+            control_socket,
+            replica,
+            streams,
+            tuning: raw.tuning,
+        })
+    }
+
+    /// Checks what can only be checked on this machine (directories exist).
+    pub fn check_environment(&self) -> anyhow::Result<()> {
+        for (i, s) in self.streams.iter().enumerate() {
+            if !s.wal_dir.is_dir() {
+                bail!(
+                    "key `stream[{i}].wal_dir`: {} is not a directory; create it or fix the path",
+                    s.wal_dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.data_dir.join("catalog")
+    }
+
+    /// Landing directory of a received stream: complete segments as `NAME`,
+    /// the one being received as `NAME.partial`.
+    pub fn landing_dir(&self, stream: &StreamName) -> PathBuf {
+        landing_dir(&self.data_dir, stream)
+    }
+}
+
+/// See [`Config::landing_dir`]; also used by tools that only know the data dir.
+pub fn landing_dir(data_dir: &Path, stream: &StreamName) -> PathBuf {
+    data_dir.join("streams").join(stream.as_str()).join("segments")
+}
+
+fn check_peer(peer: &str) -> anyhow::Result<()> {
+    let rest = peer.strip_prefix("http://").ok_or_else(|| {
+        anyhow::anyhow!("{peer:?} must look like http://HOST:PORT (TLS peers come with `[tls]`)")
+    })?;
+    let addr: SocketAddr = rest
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{peer:?}: {rest:?} is not IP:PORT ({e})"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{peer:?}: plaintext replication is only allowed to a loopback address");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = "verona-db1"
+data_dir = "/var/lib/drd"
+[control]
+socket = "/run/drd/drd.sock"
+[replica]
+listen = "127.0.0.1:7601"
+[[stream]]
+name = "ehr-prod"
+wal_dir = "/var/lib/postgresql/wal"
+peer = "http://127.0.0.1:7601"
+"#;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn the_documented_shape_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node_id.as_str(), "verona-db1");
+        assert_eq!(c.streams.len(), 1);
+        assert_eq!(c.replica.unwrap().listen.port(), 7601);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(&GOOD.replace("listen =", "lisen =")).contains("lisen"));
+        assert!(err(&GOOD.replace("\"ehr-prod\"", "\"../etc\"")).contains("stream[0].name"));
+        assert!(err(&GOOD.replace("\"/var/lib/drd\"", "\"rel\"")).contains("data_dir"));
+        assert!(err(&GOOD.replace("127.0.0.1:7601\"\n[[", "10.1.2.3:7601\"\n[["))
+            .contains("replica.listen"));
+        assert!(err(&GOOD.replace("http://127.0.0.1:7601", "ftp://x")).contains("stream[0].peer"));
+        assert!(err(&format!("{GOOD}[tuning]\nchunk_bytes = 0\n")).contains("tuning.chunk_bytes"));
+    }
+}

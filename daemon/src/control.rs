@@ -1,0 +1,109 @@
+//! The control API (`drctl`'s side of the daemon) on a Unix socket, and the
+//! client connector that `drctl` and the tests use to reach it.
+
+use crate::node::{Node, StreamView};
+use drd_proto::pb;
+use drd_proto::pb::control_client::ControlClient;
+use drd_proto::pb::control_server::Control;
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status};
+
+/// Socket mode: owner and group (the `drd` group) may connect.
+pub const SOCKET_MODE: u32 = 0o660;
+
+pub struct ControlService {
+    pub node: Arc<Node>,
+}
+
+impl From<StreamView> for pb::StreamStatus {
+    fn from(v: StreamView) -> Self {
+        pb::StreamStatus {
+            name: v.name,
+            direction: v.direction.to_string(),
+            peer: v.peer,
+            connected: v.connected,
+            written_position: v.written_position,
+            durable_position: v.durable_position,
+            lag_bytes: v.lag_bytes,
+            lag_seconds: v.lag_seconds,
+            network_bytes: v.network_bytes,
+            segments: v.segments,
+            sealed_segments: v.sealed_segments,
+            current_segment: v.current_segment,
+            reconnects: v.reconnects,
+            last_error: v.last_error,
+            throughput_bytes_per_second: v.throughput_bytes_per_second,
+        }
+    }
+}
+
+fn pb_role(r: crate::catalog::Role) -> pb::Role {
+    match r {
+        crate::catalog::Role::Primary => pb::Role::Primary,
+        crate::catalog::Role::Replica => pb::Role::Replica,
+        crate::catalog::Role::Fenced => pb::Role::Fenced,
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let state = self.node.state();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.node.config.node_id.to_string(),
+            role: pb_role(state.role) as i32,
+            epoch: state.epoch,
+            streams: self.node.stream_views().into_iter().map(Into::into).collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.node.started.elapsed().as_secs(),
+        }))
+    }
+}
+
+/// Binds the control socket: creates its directory, replaces a stale socket
+/// file (one nobody listens on), and sets mode 0660.
+pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the control socket's directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another drd is already listening on {}; stop it or set `control.socket`",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Connects a control client to the daemon's Unix socket.
+pub async fn connect(socket: &Path) -> Result<ControlClient<Channel>, tonic::transport::Error> {
+    let path: PathBuf = socket.to_path_buf();
+    // The URI is required by the API but unused: the connector dials the socket.
+    let channel = Endpoint::from_static("http://drd.sock")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(ControlClient::new(channel))
+}

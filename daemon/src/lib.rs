@@ -1,0 +1,150 @@
+//! drd, the disaster-recovery replication daemon, as a library: the binary
+//! `drd` and the tests call [`run`] with a validated [`config::Config`] and a
+//! shutdown token.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod display;
+pub mod fsutil;
+pub mod lag;
+pub mod node;
+pub mod primary;
+pub mod receiver;
+pub mod replica;
+
+pub use drd_proto as proto;
+
+use anyhow::Context;
+use catalog::Catalog;
+use config::Config;
+use drd_proto::pb;
+use node::Node;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for sessions and shippers to finish their last
+/// batch (flush, fsync, ack) before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the daemon until `shutdown` is cancelled: reconciles received
+/// streams with the catalog, then serves the replication and control APIs
+/// and ships the configured streams.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.check_environment()?;
+    fsutil::create_dir_durable(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let catalog = Arc::new(
+        Catalog::open(&config.catalog_dir())
+            .with_context(|| format!("cannot open the catalog in {}", config.catalog_dir().display()))?,
+    );
+    if config.replica.is_some() {
+        reconcile_all(&config, &catalog)?;
+    }
+    let node = Arc::new(Node::open(config.clone(), catalog)?);
+    let state = node.state();
+    tracing::info!(node_id = %config.node_id, role = state.role.as_str(), epoch = state.epoch, "drd starting");
+
+    let tracker = TaskTracker::new();
+
+    // Bind everything before serving anything, so a bad address fails fast.
+    let control_listener = control::bind_socket(&config.control_socket)?;
+    let replica_listener = match &config.replica {
+        Some(r) => Some(
+            tokio::net::TcpListener::bind(r.listen)
+                .await
+                .with_context(|| format!("cannot listen on replica.listen {}", r.listen))?,
+        ),
+        None => None,
+    };
+
+    if let Some(listener) = replica_listener {
+        let svc = pb::replication_server::ReplicationServer::new(replica::server::ReplicationService {
+            node: node.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "replication service listening");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let server = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .initial_stream_window_size(Some(primary::shipper::H2_STREAM_WINDOW))
+                .initial_connection_window_size(Some(primary::shipper::H2_CONNECTION_WINDOW))
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "replication service failed");
+            }
+        });
+    }
+
+    {
+        let svc = pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(control_listener);
+        let stop = shutdown.clone();
+        let socket = config.control_socket.clone();
+        tracing::info!(socket = %socket.display(), "control socket listening");
+        tracker.spawn(async move {
+            let server = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "control service failed");
+            }
+            let _ = std::fs::remove_file(&socket);
+        });
+    }
+
+    for (cfg, status) in config.streams.iter().zip(node.shippers.iter()) {
+        tracker.spawn(primary::shipper::run(
+            node.clone(),
+            cfg.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+    tracing::info!("drd ready");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    Ok(())
+}
+
+/// Reconciles every received stream's landing directory with the catalog.
+fn reconcile_all(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
+    for stream in catalog.streams()? {
+        let landing = config.landing_dir(&stream);
+        let tail = catalog.tail(&stream)?;
+        let r = replica::reconcile::reconcile_tail(&landing, tail.as_ref())
+            .with_context(|| format!("stream {stream}: cannot reconcile {}", landing.display()))?;
+        if r.truncated_bytes > 0 || r.unsealed {
+            tracing::warn!(%stream, truncated_bytes = r.truncated_bytes, unsealed = r.unsealed,
+                "reconciled the landing directory with the catalog after an unclean stop");
+        }
+        for stray in replica::reconcile::stray_partials(&landing, tail.as_ref()) {
+            tracing::warn!(%stream, file = %stray, "stray partial file left alone (never acked)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! The shipping side: the WAL source and the per-stream shipper.
+
+pub mod shipper;
+pub mod source;

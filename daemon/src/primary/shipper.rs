@@ -1,0 +1,541 @@
+//! The primary's shipper for one stream: connects to the replica, learns its
+//! durable position from the Welcome, and ships from exactly there — sealed
+//! segments whole, the active one byte range by byte range — with at most
+//! `window_bytes` sent but not yet acked. On any failure it reconnects with
+//! exponential backoff and jitter, and resumes at the replica's position.
+
+use crate::catalog::{SegmentRecord, StreamMeta};
+use crate::config::StreamConfig;
+use crate::node::{Node, Shipper};
+use crate::primary::source::{scan, DirWatch, SourceSegment};
+use crate::unix_ms;
+use bytes::Bytes;
+use drd_proto::pb::replication_client::ReplicationClient;
+use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+/// Time allowed to establish the TCP (later TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings keep NAT/firewall state alive and detect dead peers even
+/// when the stream is idle.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 flow-control windows: large enough that one stream can fill a
+/// fast link (the in-flight window, not HTTP/2, is what bounds memory).
+pub const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// Messages queued between the reader and the gRPC transport.
+const SEND_QUEUE: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("cannot connect to {peer}: {source}")]
+    Connect {
+        peer: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the replica refused the stream: {0}")]
+    Refused(String),
+    #[error("the replica closed the stream")]
+    Closed,
+    #[error("no answer from the replica for {0:?}")]
+    Timeout(Duration),
+    #[error("reading the WAL source {path}: {source}")]
+    Source {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the source and the replica disagree: {0}")]
+    Diverged(String),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+}
+
+fn refused(s: tonic::Status) -> ShipError {
+    ShipError::Refused(format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Where shipping stands inside the source.
+struct Cursor {
+    segment: SegmentName,
+    /// Stream position of the segment's first byte.
+    start: u64,
+    /// Next byte of the segment to send.
+    offset: u64,
+    /// Running SHA-256 over [0, covered); None when shipping began mid-file.
+    hasher: Option<(Sha256, u64)>,
+    file: Option<Arc<File>>,
+}
+
+impl Cursor {
+    fn new(segment: SegmentName, start: u64, offset: u64) -> Self {
+        Self {
+            segment,
+            start,
+            offset,
+            hasher: (offset == 0).then(|| (Sha256::new(), 0)),
+            file: None,
+        }
+    }
+}
+
+/// Delay between reconnect attempts: doubles up to a maximum, with ±50 %
+/// jitter so a fleet of primaries does not reconnect in lockstep.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, next: min }
+    }
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::rng().random_range(0.5..1.5);
+        base.mul_f64(jitter)
+    }
+}
+
+/// Runs the shipper of one stream until `shutdown`.
+pub async fn run(node: Arc<Node>, cfg: StreamConfig, status: Arc<Shipper>, shutdown: CancellationToken) {
+    let span = tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer);
+    let _enter = span.enter();
+    let wake = Arc::new(Notify::new());
+    let _watch = match DirWatch::start(&cfg.wal_dir, wake.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the WAL directory; relying on periodic rescans");
+            None
+        }
+    };
+    let t = &node.config.tuning;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(t.reconnect_min_ms),
+        Duration::from_millis(t.reconnect_max_ms),
+    );
+    let mut shipper = StreamShipper {
+        node: node.clone(),
+        cfg,
+        status,
+        wake,
+        shutdown: shutdown.clone(),
+        meta: StreamMeta::default(),
+        progressed: false,
+    };
+    if let Err(e) = shipper.init() {
+        tracing::error!(error = %e, "cannot read this stream's catalog");
+    }
+    loop {
+        shipper.progressed = false;
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = shipper.session() => r,
+        };
+        {
+            let mut st = shipper.status.state.lock().unwrap();
+            st.connected = false;
+            if let Err(e) = &result {
+                st.last_error = e.to_string();
+            }
+        }
+        match &result {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "replication session ended; reconnecting"),
+        }
+        if shipper.progressed {
+            backoff.reset();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+    tracing::info!("shipper stopped");
+}
+
+struct StreamShipper {
+    node: Arc<Node>,
+    cfg: StreamConfig,
+    status: Arc<Shipper>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    /// This stream's counters in the primary's own catalog.
+    meta: StreamMeta,
+    /// Set once a session shipped something, to reset the backoff.
+    progressed: bool,
+}
+
+impl StreamShipper {
+    /// Loads the stream's record and reports the written position before any
+    /// replica is reachable.
+    fn init(&mut self) -> Result<(), ShipError> {
+        self.meta = self.node.catalog.stream_meta(&self.cfg.name)?;
+        let listing = self.scan()?;
+        let anchor = self.node.catalog.tail(&self.cfg.name)?.and_then(|t| {
+            let next = listing.iter().find(|s| s.name.as_str() > t.name.as_str())?;
+            Some((next.name.clone(), t.end()))
+        });
+        let written = match anchor {
+            Some((name, start)) => written_from(&listing, &name, start),
+            None => listing.iter().map(|s| s.size).sum(),
+        };
+        let mut st = self.status.state.lock().unwrap();
+        st.lag.observe_written(written, Instant::now());
+        st.network_bytes = self.meta.network_bytes;
+        st.sealed_segments = self.meta.sealed_segments;
+        Ok(())
+    }
+
+    fn scan(&self) -> Result<Vec<SourceSegment>, ShipError> {
+        scan(&self.cfg.wal_dir).map_err(|source| ShipError::Source {
+            path: self.cfg.wal_dir.display().to_string(),
+            source,
+        })
+    }
+
+    fn idle(&self) -> Duration {
+        self.node.config.tuning.idle_timeout()
+    }
+
+    /// One connection: handshake, then ship until something fails.
+    async fn session(&mut self) -> Result<(), ShipError> {
+        let peer = self.cfg.peer.clone();
+        let endpoint = Endpoint::from_shared(peer.clone())
+            .map_err(|source| ShipError::Connect { peer: peer.clone(), source })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(Some(H2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(H2_CONNECTION_WINDOW));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ShipError::Connect { peer: peer.clone(), source })?;
+        let mut client = ReplicationClient::new(channel)
+            .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
+
+        let epoch = self.node.state().epoch;
+        let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
+        let hello = ShipMsg::Hello(Hello {
+            stream: self.cfg.name.clone(),
+            node_id: self.node.config.node_id.clone(),
+            epoch,
+        });
+        tx.send(hello.into()).await.map_err(|_| ShipError::Closed)?;
+        let idle = self.idle();
+        let response = tokio::time::timeout(idle, client.replicate(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| ShipError::Timeout(idle))?
+            .map_err(refused)?;
+        let mut inbound = response.into_inner();
+        let welcome = match tokio::time::timeout(idle, inbound.message()).await {
+            Err(_) => return Err(ShipError::Timeout(idle)),
+            Ok(Err(s)) => return Err(refused(s)),
+            Ok(Ok(None)) => return Err(ShipError::Closed),
+            Ok(Ok(Some(pb::ReplicaMessage {
+                msg: Some(pb::replica_message::Msg::Welcome(w)),
+            }))) => w,
+            Ok(Ok(Some(_))) => return Err(ShipError::Refused("expected Welcome".into())),
+        };
+        tracing::info!(
+            durable_position = welcome.durable_position,
+            last_segment = %welcome.last_segment,
+            replica_epoch = welcome.epoch,
+            "connected; resuming at the replica's durable position"
+        );
+        {
+            let mut st = self.status.state.lock().unwrap();
+            st.connected = true;
+            st.sessions += 1;
+            st.reconnects = st.sessions - 1;
+            st.durable = welcome.durable_position;
+            st.last_error.clear();
+        }
+
+        let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
+        let status = self.status.clone();
+        let acks = async move {
+            loop {
+                let m = match tokio::time::timeout(idle, inbound.message()).await {
+                    Err(_) => return Err(ShipError::Timeout(idle)),
+                    Ok(Err(s)) => return Err(refused(s)),
+                    Ok(Ok(None)) => return Err(ShipError::Closed),
+                    Ok(Ok(Some(m))) => m,
+                };
+                let Some(pb::replica_message::Msg::Ack(a)) = m.msg else {
+                    return Err(ShipError::Refused("expected an Ack".into()));
+                };
+                let mut st = status.state.lock().unwrap();
+                st.durable = a.durable_position;
+                st.rate.record(a.durable_position, Instant::now());
+                drop(st);
+                ack_tx.send_replace(a.durable_position);
+            }
+        };
+        tokio::select! {
+            r = acks => r,
+            r = self.ship(&tx, ack_rx, &welcome, epoch) => r,
+        }
+    }
+
+    /// Where to start, given what the replica holds.
+    fn resume_cursor(
+        &self,
+        w: &pb::Welcome,
+        listing: &[SourceSegment],
+    ) -> Result<Option<Cursor>, ShipError> {
+        if w.last_segment.is_empty() {
+            let Some(first) = listing.first() else { return Ok(None) };
+            // Our own record of where this segment starts, if we have one.
+            let start = self
+                .node
+                .catalog
+                .segment(&self.cfg.name, &first.name)?
+                .map_or(0, |r| r.start);
+            return Ok(Some(Cursor::new(first.name.clone(), start, 0)));
+        }
+        let tail = SegmentName::new(w.last_segment.clone())
+            .map_err(|e| ShipError::Diverged(format!("replica reported {e}")))?;
+        if !w.last_segment_sealed {
+            if !listing.iter().any(|s| s.name == tail) {
+                return Err(ShipError::Diverged(format!(
+                    "the replica's partial segment {tail} is not in {}",
+                    self.cfg.wal_dir.display()
+                )));
+            }
+            return Ok(Some(Cursor::new(tail, w.last_segment_start, w.last_segment_size)));
+        }
+        Ok(listing
+            .iter()
+            .find(|s| s.name > tail)
+            .map(|next| Cursor::new(next.name.clone(), w.last_segment_start + w.last_segment_size, 0)))
+    }
+
+    fn observe(&self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
+        let Some(c) = cursor else { return };
+        let written = written_from(listing, &c.segment, c.start);
+        let mut st = self.status.state.lock().unwrap();
+        st.lag.observe_written(written, Instant::now());
+        st.current_segment = c.segment.to_string();
+    }
+
+    async fn ship(
+        &mut self,
+        tx: &mpsc::Sender<pb::ShipMessage>,
+        mut acked: watch::Receiver<u64>,
+        welcome: &pb::Welcome,
+        epoch: u64,
+    ) -> Result<(), ShipError> {
+        let t = self.node.config.tuning.clone();
+        let mut listing = self.scan()?;
+        let mut cursor = self.resume_cursor(welcome, &listing)?;
+        let mut last_sent = Instant::now();
+        loop {
+            self.observe(&listing, cursor.as_ref());
+            let Some(cur) = cursor.as_mut() else {
+                self.wait_for_source(tx, &mut last_sent, epoch, 0).await?;
+                listing = self.scan()?;
+                cursor = self.resume_cursor(welcome, &listing)?;
+                continue;
+            };
+            let Some(idx) = listing.iter().position(|s| s.name == cur.segment) else {
+                return Err(ShipError::Diverged(format!(
+                    "segment {} disappeared from {} before it was shipped",
+                    cur.segment,
+                    self.cfg.wal_dir.display()
+                )));
+            };
+            let size = listing[idx].size;
+            let written = written_from(&listing, &cur.segment, cur.start);
+            if cur.offset < size {
+                let n = (size - cur.offset).min(t.chunk_bytes as u64);
+                let end = cur.start + cur.offset + n;
+                // In-flight window: wait for acks before sending more.
+                while end.saturating_sub(*acked.borrow()) > t.window_bytes {
+                    acked.changed().await.map_err(|_| ShipError::Closed)?;
+                }
+                let data = self.read(cur, n).await?;
+                if let Some((h, covered)) = &mut cur.hasher {
+                    h.update(&data);
+                    *covered += n;
+                }
+                let chunk = ShipMsg::Chunk(Chunk {
+                    epoch,
+                    segment: cur.segment.clone(),
+                    segment_start: cur.start,
+                    offset: cur.offset,
+                    data,
+                    source_position: written,
+                    written_at_ms: unix_ms(),
+                });
+                tx.send(chunk.into()).await.map_err(|_| ShipError::Closed)?;
+                cur.offset += n;
+                last_sent = Instant::now();
+                self.progressed = true;
+                self.status.state.lock().unwrap().network_bytes += n;
+                self.meta.network_bytes += n;
+                continue;
+            }
+            if cur.offset > size {
+                return Err(ShipError::Diverged(format!(
+                    "segment {} shrank from {} to {size} bytes; WAL segments must be append-only",
+                    cur.segment, cur.offset
+                )));
+            }
+            if idx + 1 < listing.len() {
+                // A newer segment exists: this one is sealed. Re-check its
+                // size first — it may have grown since the scan.
+                let path = self.cfg.wal_dir.join(cur.segment.as_str());
+                let now_size = std::fs::metadata(&path).map_err(|source| ShipError::Source {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                if now_size.len() != size {
+                    listing = self.scan()?;
+                    continue;
+                }
+                let digest = self.digest(cur).await?;
+                let seal = Seal {
+                    epoch,
+                    segment: cur.segment.clone(),
+                    segment_start: cur.start,
+                    size,
+                    sha256: digest,
+                    source_position: written,
+                };
+                tx.send(ShipMsg::Seal(seal).into()).await.map_err(|_| ShipError::Closed)?;
+                self.record_sealed(cur, size, digest, epoch)?;
+                let next = &listing[idx + 1];
+                cursor = Some(Cursor::new(next.name.clone(), cur.start + size, 0));
+                continue;
+            }
+            // Caught up with the active segment: wait for it to grow.
+            self.wait_for_source(tx, &mut last_sent, epoch, written).await?;
+            listing = self.scan()?;
+        }
+    }
+
+    /// Waits for the WAL directory to change, sending keepalives meanwhile.
+    async fn wait_for_source(
+        &self,
+        tx: &mpsc::Sender<pb::ShipMessage>,
+        last_sent: &mut Instant,
+        epoch: u64,
+        written: u64,
+    ) -> Result<(), ShipError> {
+        let t = &self.node.config.tuning;
+        let keepalive_due = (*last_sent + t.keepalive_interval()).saturating_duration_since(Instant::now());
+        let wait = keepalive_due.min(t.rescan_interval());
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => return Ok(()),
+        }
+        if last_sent.elapsed() >= t.keepalive_interval() {
+            let ka = ShipMsg::Keepalive {
+                epoch,
+                source_position: written,
+            };
+            tx.send(ka.into()).await.map_err(|_| ShipError::Closed)?;
+            *last_sent = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn open(&self, cur: &mut Cursor) -> Result<Arc<File>, ShipError> {
+        if let Some(f) = &cur.file {
+            return Ok(f.clone());
+        }
+        let path = self.cfg.wal_dir.join(cur.segment.as_str());
+        let f = Arc::new(File::open(&path).map_err(|source| ShipError::Source {
+            path: path.display().to_string(),
+            source,
+        })?);
+        cur.file = Some(f.clone());
+        Ok(f)
+    }
+
+    async fn read(&self, cur: &mut Cursor, n: u64) -> Result<Bytes, ShipError> {
+        let file = self.open(cur)?;
+        let offset = cur.offset;
+        let path = self.cfg.wal_dir.join(cur.segment.as_str());
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n as usize];
+            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+        })
+        .await
+        .expect("read task panicked")
+        .map_err(|source| ShipError::Source {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    async fn digest(&self, cur: &mut Cursor) -> Result<[u8; 32], ShipError> {
+        if let Some((h, covered)) = cur.hasher.take() {
+            if covered == cur.offset {
+                return Ok(h.finalize().into());
+            }
+        }
+        // Shipping began mid-segment: hash the whole file from local disk
+        // (a local read, nothing is re-sent).
+        let file = self.open(cur)?;
+        let path = self.cfg.wal_dir.join(cur.segment.as_str());
+        tokio::task::spawn_blocking(move || crate::replica::disk::hash_file(&file))
+            .await
+            .expect("hash task panicked")
+            .map_err(|source| ShipError::Source {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    /// Adds a sealed segment to the primary's own log in its catalog.
+    fn record_sealed(&mut self, cur: &Cursor, size: u64, digest: [u8; 32], epoch: u64) -> Result<(), ShipError> {
+        let now = unix_ms();
+        let rec = SegmentRecord {
+            name: cur.segment.to_string(),
+            start: cur.start,
+            size,
+            sealed: true,
+            sha256: Some(hex::encode(digest)),
+            epoch,
+            received_at_ms: now,
+            sealed_at_ms: Some(now),
+        };
+        self.meta.segments += 1;
+        self.meta.sealed_segments += 1;
+        self.node.catalog.commit(&self.cfg.name, &[&rec], &self.meta)?;
+        self.status.state.lock().unwrap().sealed_segments = self.meta.sealed_segments;
+        Ok(())
+    }
+}
+
+/// The source's written position, given that `anchor` starts at `start`:
+/// the anchor's start plus the sizes of it and every later segment.
+fn written_from(listing: &[SourceSegment], anchor: &SegmentName, start: u64) -> u64 {
+    start
+        + listing
+            .iter()
+            .filter(|s| &s.name >= anchor)
+            .map(|s| s.size)
+            .sum::<u64>()
+}

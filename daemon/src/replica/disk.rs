@@ -1,0 +1,385 @@
+//! The replica's disk worker for one session: takes validated messages off a
+//! bounded queue, asks the [`Receiver`] rules what to do, writes, and makes
+//! the result durable in groups (group commit): after a batch — as much as is
+//! queued, up to `group_commit_bytes` — it fdatasyncs the segment file,
+//! commits the catalog (synced), and only then acks the new durable position.
+//!
+//! It runs on a blocking thread: file I/O and fsync block.
+
+use crate::catalog::{Catalog, SegmentRecord, StreamMeta};
+use crate::node::ReceiveSlot;
+use crate::receiver::{ChunkAction, Receiver, Reject, SealAction, Tail};
+use crate::{fsutil, unix_ms};
+use drd_proto::pb;
+use drd_proto::{Chunk, Seal, SegmentName, ShipMsg, StreamName};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// Outcome of one message, for the batch loop.
+enum Applied {
+    Bytes(u64),
+    /// A seal was verified and is durable; ack right away.
+    Sealed,
+    Nothing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error(transparent)]
+    Reject(#[from] Reject),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+}
+
+impl From<DiskError> for Status {
+    fn from(e: DiskError) -> Self {
+        match e {
+            DiskError::Reject(Reject::StaleEpoch { .. }) => Status::failed_precondition(e.to_string()),
+            DiskError::Reject(_) => Status::invalid_argument(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Per-session disk state.
+pub struct DiskWorker {
+    pub stream: StreamName,
+    pub landing: PathBuf,
+    pub catalog: Arc<Catalog>,
+    pub slot: Arc<ReceiveSlot>,
+    pub receiver: Receiver,
+    /// Catalog record of the tail segment, as durable so far.
+    tail_rec: Option<SegmentRecord>,
+    /// Records changed since the last commit (a sealed segment, a new one).
+    changed: Vec<SegmentRecord>,
+    meta: StreamMeta,
+    file: Option<File>,
+    /// Running SHA-256 of the tail file and how many bytes it covers; None
+    /// when the session began mid-segment (re-hashed from disk at seal).
+    hasher: Option<(Sha256, u64)>,
+    /// Bytes written since the last fdatasync.
+    dirty: bool,
+    /// Something changed since the last ack (bytes, seal, or a keepalive to
+    /// answer).
+    need_ack: bool,
+    group_commit_bytes: u64,
+    primary_epoch: u64,
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+    move |source| DiskError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl DiskWorker {
+    pub fn new(
+        stream: StreamName,
+        landing: PathBuf,
+        catalog: Arc<Catalog>,
+        slot: Arc<ReceiveSlot>,
+        node_epoch: u64,
+        group_commit_bytes: u64,
+    ) -> Result<Self, DiskError> {
+        let tail_rec = catalog.tail(&stream)?;
+        let meta = catalog.stream_meta(&stream)?;
+        let tail = tail_rec.as_ref().map(|r| Tail {
+            // Names in the catalog were validated before they were stored.
+            segment: SegmentName::new(r.name.clone()).expect("catalog segment name"),
+            start: r.start,
+            size: r.size,
+            sealed: r.sealed,
+        });
+        let mut w = Self {
+            stream,
+            landing,
+            catalog,
+            slot,
+            receiver: Receiver::new(node_epoch, tail),
+            tail_rec,
+            changed: Vec::new(),
+            meta,
+            file: None,
+            hasher: None,
+            dirty: false,
+            need_ack: false,
+            group_commit_bytes,
+            primary_epoch: node_epoch,
+        };
+        w.open_tail()?;
+        Ok(w)
+    }
+
+    /// Opens the partial tail file, cut back to its durable size: bytes a
+    /// previous session wrote but did not make durable are not trusted.
+    fn open_tail(&mut self) -> Result<(), DiskError> {
+        let Some(rec) = self.tail_rec.as_ref().filter(|r| !r.sealed) else { return Ok(()) };
+        let path = self.landing.join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
+        let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        if len != rec.size {
+            f.set_len(rec.size).map_err(io_err(&path))?;
+            // The cut must be durable before new bytes land after it.
+            f.sync_all().map_err(io_err(&path))?;
+        }
+        self.file = Some(f);
+        Ok(())
+    }
+
+    pub fn durable_position(&self) -> u64 {
+        self.tail_rec.as_ref().map_or(0, SegmentRecord::end)
+    }
+
+    fn partial_path(&self, seg: &SegmentName) -> PathBuf {
+        self.landing.join(seg.partial_file_name())
+    }
+
+    /// The session loop: batches, group commit, acks. Returns when the queue
+    /// closes or a message is refused (then the error is sent as the stream's
+    /// final status).
+    pub fn run(
+        mut self,
+        mut rx: mpsc::Receiver<ShipMsg>,
+        acks: mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
+    ) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = 0u64;
+            let mut refused = None;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match self.apply(msg) {
+                    Ok(Applied::Bytes(n)) => batch += n,
+                    Ok(Applied::Sealed) => break,
+                    Ok(Applied::Nothing) => {}
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+                if batch >= self.group_commit_bytes {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            // What was accepted before a refusal was valid: make it durable
+            // and ack it, then end the stream with the refusal.
+            if let Err(e) = self.flush(&acks) {
+                refused.get_or_insert(e);
+            }
+            if let Some(e) = refused {
+                tracing::warn!(stream = %self.stream, error = %e, "refused replication data");
+                self.slot.state.lock().unwrap().last_error = e.to_string();
+                let _ = acks.blocking_send(Err(e.into()));
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, msg: ShipMsg) -> Result<Applied, DiskError> {
+        match msg {
+            ShipMsg::Chunk(c) => self.apply_chunk(c).map(Applied::Bytes),
+            ShipMsg::Seal(s) => self.apply_seal(&s),
+            ShipMsg::Keepalive {
+                epoch,
+                source_position,
+            } => {
+                if epoch < self.receiver.epoch {
+                    return Err(Reject::StaleEpoch {
+                        got: epoch,
+                        current: self.receiver.epoch,
+                    }
+                    .into());
+                }
+                self.note_source(source_position);
+                self.need_ack = true;
+                Ok(Applied::Nothing)
+            }
+            // The session handles Hello; a second one is a protocol error
+            // caught there.
+            ShipMsg::Hello(_) => Ok(Applied::Nothing),
+        }
+    }
+
+    fn note_source(&mut self, pos: u64) {
+        self.meta.source_position = self.meta.source_position.max(pos);
+    }
+
+    fn apply_chunk(&mut self, c: Chunk) -> Result<u64, DiskError> {
+        let len = c.data.len() as u64;
+        // Every byte that arrives counts as received, accepted or not.
+        self.meta.network_bytes += len;
+        let action = self.receiver.on_chunk(&c)?;
+        self.primary_epoch = c.epoch;
+        if action == ChunkAction::StartSegment {
+            self.start_segment(&c)?;
+        }
+        let path = self.partial_path(&c.segment);
+        let file = self.file.as_ref().expect("tail file open after accept");
+        file.write_all_at(&c.data, c.offset).map_err(io_err(&path))?;
+        if let Some((h, covered)) = &mut self.hasher {
+            if *covered == c.offset {
+                h.update(&c.data);
+                *covered += len;
+            }
+        }
+        self.dirty = true;
+        self.need_ack = true;
+        self.note_source(c.source_position);
+        Ok(len)
+    }
+
+    /// Creates the next partial segment file. The catalog record is written
+    /// with the batch's commit; until then the file holds no acked byte, and
+    /// reconciliation after a crash ignores it.
+    fn start_segment(&mut self, c: &Chunk) -> Result<(), DiskError> {
+        if self.tail_rec.is_none() {
+            fsutil::create_dir_durable(&self.landing).map_err(io_err(&self.landing))?;
+        }
+        let path = self.partial_path(&c.segment);
+        let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
+        // A leftover file of this name holds no acked byte: start empty.
+        f.set_len(0).map_err(io_err(&path))?;
+        // fdatasync covers the file's bytes, not its name: fsync the
+        // directory so the new entry survives a power loss before the
+        // catalog can say bytes of this segment are durable.
+        fsutil::fsync_dir(&self.landing).map_err(io_err(&self.landing))?;
+        self.file = Some(f);
+        self.hasher = Some((Sha256::new(), 0));
+        self.meta.segments += 1;
+        self.tail_rec = Some(SegmentRecord {
+            name: c.segment.to_string(),
+            start: c.segment_start,
+            size: 0,
+            sealed: false,
+            sha256: None,
+            epoch: c.epoch,
+            received_at_ms: unix_ms(),
+            sealed_at_ms: None,
+        });
+        Ok(())
+    }
+
+    fn apply_seal(&mut self, s: &Seal) -> Result<Applied, DiskError> {
+        self.note_source(s.source_position);
+        match self.receiver.on_seal(s)? {
+            SealAction::AlreadyDone => {
+                self.need_ack = true;
+                return Ok(Applied::Sealed);
+            }
+            SealAction::Verify => {}
+        }
+        let path = self.partial_path(&s.segment);
+        let file = self.file.as_ref().expect("tail file open before seal");
+        let digest: [u8; 32] = match self.hasher.take() {
+            Some((h, covered)) if covered == s.size => h.finalize().into(),
+            _ => hash_file(file).map_err(io_err(&path))?,
+        };
+        Receiver::check_digest(s, &digest)?;
+        // Full fsync (data and size) before the rename: the complete name
+        // must never point at bytes that are not on disk.
+        file.sync_all().map_err(io_err(&path))?;
+        self.dirty = false;
+        let final_path = self.landing.join(s.segment.as_str());
+        // rename_durable fsyncs the directory so the final name is durable.
+        fsutil::rename_durable(&path, &final_path).map_err(io_err(&final_path))?;
+        self.file = None;
+        self.receiver.sealed();
+        let rec = self.tail_rec.as_mut().expect("tail record before seal");
+        rec.size = s.size;
+        rec.sealed = true;
+        rec.sha256 = Some(hex::encode(digest));
+        rec.sealed_at_ms = Some(unix_ms());
+        self.meta.sealed_segments += 1;
+        self.changed.push(rec.clone());
+        self.need_ack = true;
+        tracing::debug!(stream = %self.stream, segment = %s.segment, size = s.size, "segment sealed and verified");
+        Ok(Applied::Sealed)
+    }
+
+    /// Makes everything accepted so far durable, then acks it.
+    fn flush(
+        &mut self,
+        acks: &mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
+    ) -> Result<(), DiskError> {
+        if !self.need_ack {
+            return Ok(());
+        }
+        if self.dirty {
+            let t0 = Instant::now();
+            if let (Some(f), Some(rec)) = (&self.file, &self.tail_rec) {
+                // fdatasync: the bytes and the file size (needed to read them
+                // back) reach the disk; mtime need not.
+                f.sync_data()
+                    .map_err(io_err(&self.landing.join(&rec.name)))?;
+            }
+            tracing::trace!(elapsed_us = t0.elapsed().as_micros() as u64, "fdatasync");
+            self.dirty = false;
+        }
+        if let (Some(rec), Some(tail)) = (self.tail_rec.as_mut(), self.receiver.tail.as_ref()) {
+            rec.size = tail.size;
+            if !self.changed.iter().any(|c| c.name == rec.name) {
+                self.changed.push(rec.clone());
+            } else if let Some(c) = self.changed.iter_mut().find(|c| c.name == rec.name) {
+                *c = rec.clone();
+            }
+        }
+        let refs: Vec<&SegmentRecord> = self.changed.iter().collect();
+        // Synced commit: after this the durable position survives a crash.
+        self.catalog.commit(&self.stream, &refs, &self.meta)?;
+        self.changed.clear();
+        self.need_ack = false;
+        let durable = self.durable_position();
+        {
+            let mut st = self.slot.state.lock().unwrap();
+            st.durable = durable;
+            st.tail = self.tail_rec.clone();
+            st.meta = self.meta.clone();
+            let now = Instant::now();
+            if durable >= self.meta.source_position {
+                st.caught_up_at = now;
+            }
+            st.rate.record(durable, now);
+        }
+        let rec = self.tail_rec.as_ref();
+        let ack = pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
+                durable_position: durable,
+                segment: rec.map(|r| r.name.clone()).unwrap_or_default(),
+                segment_size: rec.map_or(0, |r| r.size),
+                sealed: rec.is_some_and(|r| r.sealed),
+            })),
+        };
+        // If the primary has gone, nobody reads the ack; that is fine: the
+        // position is durable and the next Welcome reports it.
+        let _ = acks.blocking_send(Ok(ack));
+        Ok(())
+    }
+}
+
+/// SHA-256 of a whole file, read from disk.
+pub fn hash_file(f: &File) -> std::io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().into())
+}

@@ -1,0 +1,221 @@
+//! The replica's `Replication` service: one session per incoming stream.
+//!
+//! A session reads the Hello, checks the epoch, takes over the stream from
+//! any previous session (a primary that reconnects after a partition may
+//! leave a half-open one behind), answers with a Welcome that says where to
+//! resume, then runs network reader → bounded queue → disk worker → acks.
+
+use crate::node::Node;
+use crate::replica::disk::DiskWorker;
+use drd_proto::pb::replication_server::Replication;
+use drd_proto::{pb, Hello, ShipMsg};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Messages queued between the network reader and the disk worker. With
+/// chunks of at most 1 MiB this bounds a session's buffered data; when it is
+/// full the reader stops reading and HTTP/2 flow control pushes back.
+const DISK_QUEUE_MESSAGES: usize = 16;
+/// Acks queued towards the primary.
+const ACK_QUEUE: usize = 64;
+
+/// Handle on a running session, so a newer one can end it and wait.
+#[derive(Debug)]
+pub struct SessionHandle {
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+pub struct ReplicationService {
+    pub node: Arc<Node>,
+    pub shutdown: CancellationToken,
+}
+
+type AckStream = Pin<Box<dyn futures::Stream<Item = Result<pb::ReplicaMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type ReplicateStream = AckStream;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<pb::ShipMessage>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let remote = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mut inbound = request.into_inner();
+        let idle = self.node.config.tuning.idle_timeout();
+        let first = match tokio::time::timeout(idle, inbound.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Err(Status::invalid_argument("stream closed before Hello")),
+            Ok(Err(s)) => return Err(s),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within the idle timeout")),
+        };
+        let hello = match ShipMsg::try_from(first) {
+            Ok(ShipMsg::Hello(h)) => h,
+            Ok(_) => return Err(Status::invalid_argument("the first message must be Hello")),
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "refused a replication stream");
+                return Err(e.into());
+            }
+        };
+        let span = tracing::info_span!("session", stream = %hello.stream, peer = %hello.node_id, epoch = hello.epoch);
+        let _enter = span.enter();
+        self.check_hello(&hello)?;
+        let slot = self
+            .node
+            .receive_slot(&hello.stream)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+
+        // Take the stream over from a previous session and wait until its
+        // disk worker has stopped: only one writer per stream, ever.
+        let mut session = slot.session.lock().await;
+        if let Some(old) = session.take() {
+            tracing::info!("a new session replaces the previous one");
+            old.cancel.cancel();
+            let _ = old.done.await;
+        }
+
+        let landing = self.node.config.landing_dir(&hello.stream);
+        let node_epoch = self.node.state().epoch;
+        let worker = DiskWorker::new(
+            hello.stream.clone(),
+            landing,
+            self.node.catalog.clone(),
+            slot.clone(),
+            node_epoch,
+            self.node.config.tuning.group_commit_bytes,
+        )
+        .map_err(Status::from)?;
+
+        let tail = worker.receiver.tail.clone();
+        let welcome = pb::Welcome {
+            role: pb::Role::Replica as i32,
+            epoch: node_epoch,
+            durable_position: worker.durable_position(),
+            last_segment: tail.as_ref().map(|t| t.segment.to_string()).unwrap_or_default(),
+            last_segment_size: tail.as_ref().map_or(0, |t| t.size),
+            last_segment_sealed: tail.as_ref().is_some_and(|t| t.sealed),
+            last_segment_start: tail.as_ref().map_or(0, |t| t.start),
+        };
+        tracing::info!(
+            durable_position = welcome.durable_position,
+            last_segment = %welcome.last_segment,
+            "primary connected; resuming at the durable position"
+        );
+        {
+            let mut st = slot.state.lock().unwrap();
+            st.connected = true;
+            st.peer = format!("{} ({remote})", hello.node_id);
+            st.sessions += 1;
+            st.last_error.clear();
+            st.meta.last_primary = Some(hello.node_id.to_string());
+        }
+
+        let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
+        ack_tx
+            .send(Ok(pb::ReplicaMessage {
+                msg: Some(pb::replica_message::Msg::Welcome(welcome)),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("primary went away"))?;
+
+        let (disk_tx, disk_rx) = mpsc::channel(DISK_QUEUE_MESSAGES);
+        let worker_acks = ack_tx.clone();
+        let worker = tokio::task::spawn_blocking(move || worker.run(disk_rx, worker_acks));
+
+        let cancel = self.shutdown.child_token();
+        let reader_cancel = cancel.clone();
+        let reader_slot = slot.clone();
+        let reader_span = span.clone();
+        let done = tokio::spawn(async move {
+            let _enter = reader_span.enter();
+            let end = read_loop(&mut inbound, &disk_tx, &ack_tx, &reader_cancel, idle).await;
+            drop(disk_tx);
+            let _ = worker.await;
+            let mut st = reader_slot.state.lock().unwrap();
+            st.connected = false;
+            if let Err(e) = &end {
+                st.last_error = e.clone();
+            }
+            tracing::info!(end = ?end, "session ended");
+        });
+        *session = Some(SessionHandle { cancel, done });
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
+    }
+}
+
+impl ReplicationService {
+    fn check_hello(&self, hello: &Hello) -> Result<(), Status> {
+        let state = self.node.state();
+        if state.role != crate::catalog::Role::Replica {
+            return Err(Status::failed_precondition(format!(
+                "node {} is {}, not a replica; it does not receive streams",
+                self.node.config.node_id,
+                state.role.as_str()
+            )));
+        }
+        if hello.epoch < state.epoch {
+            tracing::warn!(current = state.epoch, "refused a primary with a stale epoch");
+            return Err(Status::failed_precondition(format!(
+                "stale epoch {}: this replica is at epoch {}; the sender must fence itself",
+                hello.epoch, state.epoch
+            )));
+        }
+        self.node
+            .adopt_epoch(hello.epoch)
+            .map_err(|e| Status::internal(format!("{e:#}")))
+    }
+}
+
+/// Reads messages until the stream ends, fails, idles out or is cancelled.
+/// Returns Err with a reason when the stream ended abnormally.
+async fn read_loop(
+    inbound: &mut Streaming<pb::ShipMessage>,
+    disk: &mpsc::Sender<ShipMsg>,
+    acks: &mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
+    cancel: &CancellationToken,
+    idle: std::time::Duration,
+) -> Result<(), String> {
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Err("replaced by a newer session or shutting down".into()),
+            r = tokio::time::timeout(idle, inbound.message()) => r,
+        };
+        let raw = match next {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(status)) => return Err(format!("stream error: {}", status.message())),
+            Err(_) => {
+                let _ = acks
+                    .send(Err(Status::deadline_exceeded("no message within the idle timeout")))
+                    .await;
+                return Err(format!("primary silent for {idle:?}"));
+            }
+        };
+        let msg = match ShipMsg::try_from(raw) {
+            Ok(ShipMsg::Hello(_)) => {
+                let e = "a second Hello on one stream";
+                let _ = acks.send(Err(Status::invalid_argument(e))).await;
+                return Err(e.into());
+            }
+            Ok(m) => m,
+            Err(e) => {
+                // Validation failed before anything reached the disk.
+                tracing::warn!(error = %e, "refused a malformed message; nothing written");
+                let _ = acks.send(Err(e.clone().into())).await;
+                return Err(e.to_string());
+            }
+        };
+        if disk.send(msg).await.is_err() {
+            // The disk worker stopped (it refused something and said why).
+            return Err("disk worker stopped".into());
+        }
+    }
+}
