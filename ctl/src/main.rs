@@ -17,7 +17,11 @@ use std::process::ExitCode;
 const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "drctl", version, about = "Operate drd: status, lag, failover, WAL push/fetch")]
+#[command(
+    name = "drctl",
+    version,
+    about = "Operate drd: status, lag, failover, WAL push/fetch"
+)]
 struct Cli {
     /// Control socket of the daemon (default: `control.socket` from the
     /// config file, else /run/drd/drd.sock).
@@ -58,7 +62,10 @@ fn socket_path(cli: &Cli) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drctl: cannot start the async runtime: {e}");

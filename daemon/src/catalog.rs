@@ -157,8 +157,7 @@ impl Catalog {
     }
 
     pub fn set_node_state(&self, state: NodeState) -> Result<()> {
-        self.db
-            .put_opt(NODE_STATE_KEY, encode(&state), &synced())?;
+        self.db.put_opt(NODE_STATE_KEY, encode(&state), &synced())?;
         Ok(())
     }
 
@@ -174,7 +173,9 @@ impl Catalog {
             .iterator(IteratorMode::From(b"stream/", Direction::Forward));
         for item in iter {
             let (k, _) = item?;
-            let Some(rest) = k.strip_prefix(b"stream/") else { break };
+            let Some(rest) = k.strip_prefix(b"stream/") else {
+                break;
+            };
             let rest = String::from_utf8_lossy(rest);
             if let Some(name) = rest.strip_suffix("/meta") {
                 if let Ok(n) = StreamName::new(name) {
@@ -273,8 +274,12 @@ mod tests {
         let ab = StreamName::new("a-b").unwrap();
         let b = StreamName::new("b").unwrap();
         assert_eq!(cat.tail(&a).unwrap(), None);
-        cat.commit(&a, &[&rec("s1", 0, 10), &rec("s2", 10, 5)], &StreamMeta::default())
-            .unwrap();
+        cat.commit(
+            &a,
+            &[&rec("s1", 0, 10), &rec("s2", 10, 5)],
+            &StreamMeta::default(),
+        )
+        .unwrap();
         cat.commit(&b, &[&rec("s9", 0, 1)], &StreamMeta::default())
             .unwrap();
         cat.commit(&ab, &[&rec("s7", 0, 1)], &StreamMeta::default())

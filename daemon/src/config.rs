@@ -219,7 +219,9 @@ impl Config {
             }
         }
         if t.idle_timeout_ms <= t.keepalive_interval_ms {
-            bail!("key `tuning.idle_timeout_ms`: must be longer than `tuning.keepalive_interval_ms`");
+            bail!(
+                "key `tuning.idle_timeout_ms`: must be longer than `tuning.keepalive_interval_ms`"
+            );
         }
         if t.reconnect_max_ms < t.reconnect_min_ms {
             bail!("key `tuning.reconnect_max_ms`: must be at least `tuning.reconnect_min_ms`");
@@ -260,7 +262,10 @@ impl Config {
 
 /// See [`Config::landing_dir`]; also used by tools that only know the data dir.
 pub fn landing_dir(data_dir: &Path, stream: &StreamName) -> PathBuf {
-    data_dir.join("streams").join(stream.as_str()).join("segments")
+    data_dir
+        .join("streams")
+        .join(stream.as_str())
+        .join("segments")
 }
 
 fn check_peer(peer: &str) -> anyhow::Result<()> {
@@ -311,8 +316,10 @@ peer = "http://127.0.0.1:7601"
         assert!(err(&GOOD.replace("listen =", "lisen =")).contains("lisen"));
         assert!(err(&GOOD.replace("\"ehr-prod\"", "\"../etc\"")).contains("stream[0].name"));
         assert!(err(&GOOD.replace("\"/var/lib/drd\"", "\"rel\"")).contains("data_dir"));
-        assert!(err(&GOOD.replace("127.0.0.1:7601\"\n[[", "10.1.2.3:7601\"\n[["))
-            .contains("replica.listen"));
+        assert!(
+            err(&GOOD.replace("127.0.0.1:7601\"\n[[", "10.1.2.3:7601\"\n[["))
+                .contains("replica.listen")
+        );
         assert!(err(&GOOD.replace("http://127.0.0.1:7601", "ftp://x")).contains("stream[0].peer"));
         assert!(err(&format!("{GOOD}[tuning]\nchunk_bytes = 0\n")).contains("tuning.chunk_bytes"));
     }

@@ -59,7 +59,12 @@ impl Control for ControlService {
             node_id: self.node.config.node_id.to_string(),
             role: pb_role(state.role) as i32,
             epoch: state.epoch,
-            streams: self.node.stream_views().into_iter().map(Into::into).collect(),
+            streams: self
+                .node
+                .stream_views()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
         }))
@@ -72,8 +77,12 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the control socket's directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the control socket's directory {}",
+                dir.display()
+            )
+        })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

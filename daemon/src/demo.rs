@@ -56,7 +56,9 @@ impl Drop for Daemon {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// PostgreSQL-style segment name for timeline 1.
@@ -78,12 +80,19 @@ fn spawn(name: &'static str, dir: &Path, config: &str) -> anyhow::Result<Daemon>
         .stderr(log)
         .spawn()
         .context("cannot start drd")?;
-    Ok(Daemon { name, child, socket })
+    Ok(Daemon {
+        name,
+        child,
+        socket,
+    })
 }
 
 async fn status(socket: &Path) -> Option<pb::StatusResponse> {
     let mut c = crate::control::connect(socket).await.ok()?;
-    c.status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
+    c.status(pb::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// Entry point of `drd demo`.
@@ -219,7 +228,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         &drd_proto::StreamName::new("ehr-prod")?,
     );
     let (same, total) = compare(&wal, &landing)?;
-    println!("caught up: lag 0 bytes. {same}/{total} segments byte-identical at the replica (SHA-256).");
+    println!("caught up: lag 0 bytes. {same}/{total} segments byte-identical at the replica (compared byte for byte).");
     drop(daemons);
     if same != total {
         bail!("{} segments differ", total - same);

@@ -61,8 +61,20 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// The status of one or more nodes as one table: a row per stream.
 pub fn status_table(nodes: &[pb::StatusResponse]) -> String {
     let header = [
-        "NODE", "ROLE", "EPOCH", "STREAM", "DIRECTION", "PEER", "CONN", "WRITTEN", "DURABLE",
-        "LAG", "LAG(s)", "RATE", "SEGMENTS", "LAST ERROR",
+        "NODE",
+        "ROLE",
+        "EPOCH",
+        "STREAM",
+        "DIRECTION",
+        "PEER",
+        "CONN",
+        "WRITTEN",
+        "DURABLE",
+        "LAG",
+        "LAG(s)",
+        "RATE",
+        "SEGMENTS",
+        "LAST ERROR",
     ];
     let mut rows = Vec::new();
     for n in nodes {

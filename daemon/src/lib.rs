@@ -45,10 +45,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     config.check_environment()?;
     fsutil::create_dir_durable(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let catalog = Arc::new(
-        Catalog::open(&config.catalog_dir())
-            .with_context(|| format!("cannot open the catalog in {}", config.catalog_dir().display()))?,
-    );
+    let catalog = Arc::new(Catalog::open(&config.catalog_dir()).with_context(|| {
+        format!(
+            "cannot open the catalog in {}",
+            config.catalog_dir().display()
+        )
+    })?);
     if config.replica.is_some() {
         reconcile_all(&config, &catalog)?;
     }
@@ -70,12 +72,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     if let Some(listener) = replica_listener {
-        let svc = pb::replication_server::ReplicationServer::new(replica::server::ReplicationService {
-            node: node.clone(),
-            shutdown: shutdown.clone(),
-        })
-        .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
+        let svc =
+            pb::replication_server::ReplicationServer::new(replica::server::ReplicationService {
+                node: node.clone(),
+                shutdown: shutdown.clone(),
+            })
+            .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "replication service listening");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -96,7 +99,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 
     {
-        let svc = pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
+        let svc =
+            pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(control_listener);
         let stop = shutdown.clone();
         let socket = config.control_socket.clone();
@@ -125,7 +129,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
     Ok(())

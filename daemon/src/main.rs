@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "drd", version, about = "Disaster-recovery replication daemon for database WAL")]
+#[command(
+    name = "drd",
+    version,
+    about = "Disaster-recovery replication daemon for database WAL"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, env = "DRD_CONFIG")]
@@ -45,6 +49,8 @@ fn init_logging(format: LogFormat, default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

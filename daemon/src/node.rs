@@ -200,7 +200,10 @@ impl Node {
             for stream in catalog.streams()? {
                 let tail = catalog.tail(&stream)?;
                 let meta = catalog.stream_meta(&stream)?;
-                receivers.insert(stream.clone(), Arc::new(ReceiveSlot::new(stream, tail, meta)));
+                receivers.insert(
+                    stream.clone(),
+                    Arc::new(ReceiveSlot::new(stream, tail, meta)),
+                );
             }
         }
         Ok(Self {

@@ -169,7 +169,11 @@ impl Receiver {
     /// calls [`Receiver::sealed`].
     pub fn on_seal(&self, s: &Seal) -> Result<SealAction, Reject> {
         self.check_epoch(s.epoch)?;
-        let Some(t) = self.tail.as_ref().filter(|t| t.segment == s.segment && t.start == s.segment_start) else {
+        let Some(t) = self
+            .tail
+            .as_ref()
+            .filter(|t| t.segment == s.segment && t.start == s.segment_start)
+        else {
             return Err(self.discontinuity(&s.segment, s.size, s.segment_start));
         };
         if s.size != t.size {
@@ -240,8 +244,14 @@ mod tests {
     #[test]
     fn a_log_grows_segment_by_segment() {
         let mut r = Receiver::new(1, None);
-        assert_eq!(r.on_chunk(&chunk(1, "a", 0, 0, 10)), Ok(ChunkAction::StartSegment));
-        assert_eq!(r.on_chunk(&chunk(1, "a", 0, 10, 5)), Ok(ChunkAction::Append));
+        assert_eq!(
+            r.on_chunk(&chunk(1, "a", 0, 0, 10)),
+            Ok(ChunkAction::StartSegment)
+        );
+        assert_eq!(
+            r.on_chunk(&chunk(1, "a", 0, 10, 5)),
+            Ok(ChunkAction::Append)
+        );
         // The next segment cannot start before this one is sealed.
         assert!(matches!(
             r.on_chunk(&chunk(1, "b", 15, 0, 5)),
@@ -252,14 +262,20 @@ mod tests {
         assert_eq!(r.on_seal(&seal(1, "a", 0, 15)), Ok(SealAction::AlreadyDone));
         // Wrong start position for the next segment.
         assert!(r.on_chunk(&chunk(1, "b", 14, 0, 5)).is_err());
-        assert_eq!(r.on_chunk(&chunk(1, "b", 15, 0, 5)), Ok(ChunkAction::StartSegment));
+        assert_eq!(
+            r.on_chunk(&chunk(1, "b", 15, 0, 5)),
+            Ok(ChunkAction::StartSegment)
+        );
         assert_eq!(r.tail.as_ref().unwrap().end(), 20);
     }
 
     #[test]
     fn gaps_overlaps_and_rewrites_are_refused() {
         let mut r = Receiver::new(1, None);
-        assert!(r.on_chunk(&chunk(1, "a", 0, 5, 5)).is_err(), "first chunk not at 0");
+        assert!(
+            r.on_chunk(&chunk(1, "a", 0, 5, 5)).is_err(),
+            "first chunk not at 0"
+        );
         r.on_chunk(&chunk(1, "a", 0, 0, 10)).unwrap();
         assert!(r.on_chunk(&chunk(1, "a", 0, 11, 1)).is_err(), "gap");
         assert!(r.on_chunk(&chunk(1, "a", 0, 9, 1)).is_err(), "overlap");

@@ -354,12 +354,25 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         for bad in [
-            "", "..", ".", "../x", "/etc/passwd", "a/b", "a\0b", "a b", ".hidden", "x.partial",
+            "",
+            "..",
+            ".",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            "a b",
+            ".hidden",
+            "x.partial",
         ] {
             assert!(SegmentName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(SegmentName::new("x".repeat(129)).is_err());
-        for good in ["000000010000000000000001", "00000002.history", "seg-1_a.backup"] {
+        for good in [
+            "000000010000000000000001",
+            "00000002.history",
+            "seg-1_a.backup",
+        ] {
             assert!(SegmentName::new(good).is_ok(), "{good:?} refused");
         }
         assert!(StreamName::new("ehr-prod").is_ok());

@@ -1,1 +1,412 @@
+//! Test harness: real `drd` processes on 127.0.0.1 in temporary directories,
+//! a deterministic WAL writer, and checks that poll with deadlines.
+//!
+//! The binaries are the workspace's own (`target/<profile>/drd`); `cargo test
+//! --workspace` builds them before any test runs.
 
+use anyhow::{bail, Context};
+use drd_proto::pb;
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the test executable's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    // `cargo test -p drd-tests` alone does not rebuild the daemon: refuse to
+    // test a binary older than its sources.
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for src in ["daemon/src", "ctl/src", "proto/src", "proto/drd.proto"] {
+        for f in files_below(&root.join(src))
+            .into_iter()
+            .chain([root.join(src)])
+        {
+            if let Ok(t) = std::fs::metadata(&f).and_then(|m| m.modified()) {
+                assert!(
+                    t <= built,
+                    "{} is older than {}: run `cargo test --workspace` so the binaries are rebuilt",
+                    path.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+    path
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `drd` process with its own directory, config, socket and log.
+pub struct Daemon {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes `config_body` (everything but `data_dir` and `[control]`) and
+    /// prepares the daemon; call [`Daemon::start`] to run it.
+    pub fn new(root: &Path, name: &str, node_id: &str, config_body: &str) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("drd.sock");
+        let config = dir.join("drd.toml");
+        let text = format!(
+            "node_id = \"{node_id}\"\ndata_dir = \"{}\"\n[control]\nsocket = \"{}\"\n{config_body}",
+            dir.join("data").display(),
+            socket.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Self {
+            name: name.to_string(),
+            log: dir.join("drd.log"),
+            dir,
+            config,
+            socket,
+            child: None,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin("drd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("DRD_LOG", "info,drd=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn drd");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until the control socket answers.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.status().await.is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "{} exited with {st} during start:\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn start_ready(&mut self) {
+        self.start();
+        self.wait_ready().await;
+    }
+
+    pub async fn status(&self) -> anyhow::Result<pb::StatusResponse> {
+        let mut c = drd::control::connect(&self.socket).await?;
+        Ok(c.status(pb::StatusRequest {}).await?.into_inner())
+    }
+
+    /// Status of the one stream this daemon ships or receives.
+    pub async fn stream(&self) -> anyhow::Result<pb::StreamStatus> {
+        let s = self.status().await?;
+        s.streams.into_iter().next().context("no stream in status")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {} failed", self.name);
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        let mut c = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("{} did not stop after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident set size in KiB (VmRSS), from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A primary and a replica for one stream `ehr-prod`, on loopback.
+pub struct Pair {
+    pub root: tempfile::TempDir,
+    pub primary: Daemon,
+    pub replica: Daemon,
+    pub wal: PathBuf,
+    pub port: u16,
+}
+
+pub const STREAM: &str = "ehr-prod";
+
+impl Pair {
+    /// `tuning` is appended to both configs (e.g. a `[tuning]` table).
+    pub fn new(tuning: &str) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("drd-test-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let wal = root.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        let replica = Daemon::new(
+            root.path(),
+            "replica",
+            "rochester-dr1",
+            &format!("[replica]\nlisten = \"127.0.0.1:{port}\"\n{tuning}"),
+        );
+        let primary = Daemon::new(
+            root.path(),
+            "primary",
+            "verona-db1",
+            &format!(
+                "[[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"http://127.0.0.1:{port}\"\n{tuning}",
+                wal.display()
+            ),
+        );
+        Self {
+            root,
+            primary,
+            replica,
+            wal,
+            port,
+        }
+    }
+
+    pub fn landing(&self) -> PathBuf {
+        self.replica
+            .data_dir()
+            .join("streams")
+            .join(STREAM)
+            .join("segments")
+    }
+
+    /// Waits until the primary reports the replica durable at `position`.
+    pub async fn wait_durable(&self, position: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(s) = self.primary.stream().await {
+                if s.durable_position >= position && s.written_position >= position {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                let p = self.primary.status().await.ok();
+                let r = self.replica.status().await.ok();
+                panic!(
+                    "replica not durable at {position} within {within:?}\nprimary: {p:?}\nreplica: {r:?}\n\
+                     --- primary log ---\n{}\n--- replica log ---\n{}",
+                    self.primary.log_text(),
+                    self.replica.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or panics with `what` at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL-style name of segment `n` (timeline 1).
+pub fn seg_name(n: u64) -> String {
+    format!("{:08X}{:08X}{:08X}", 1, n / 256, n % 256)
+}
+
+/// Writes deterministic pseudo-random WAL-like data.
+pub struct WalWriter {
+    pub dir: PathBuf,
+    rng: rand::rngs::StdRng,
+    pub total: u64,
+}
+
+impl WalWriter {
+    pub fn new(dir: &Path, seed: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            total: 0,
+        }
+    }
+
+    /// Appends `len` bytes to segment `n` (creating it).
+    pub fn append(&mut self, n: u64, len: usize) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(seg_name(n)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let k = left.min(buf.len());
+            self.rng.fill_bytes(&mut buf[..k]);
+            f.write_all(&buf[..k]).unwrap();
+            left -= k;
+        }
+        self.total += len as u64;
+    }
+
+    /// Writes segments `first..first+count`, each `size` bytes.
+    pub fn segments(&mut self, first: u64, count: u64, size: usize) {
+        for n in first..first + count {
+            self.append(n, size);
+        }
+    }
+}
+
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Checks that every source segment is at the replica byte-identical: all
+/// but the newest as complete `NAME`, the newest as `NAME` or `NAME.partial`.
+/// Returns the number of segments compared.
+pub fn assert_replica_identical(wal: &Path, landing: &Path) -> anyhow::Result<usize> {
+    let mut names: Vec<String> = std::fs::read_dir(wal)?
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for (i, name) in names.iter().enumerate() {
+        let newest = i + 1 == names.len();
+        let complete = landing.join(name);
+        let theirs = if complete.exists() {
+            complete
+        } else if newest {
+            landing.join(format!("{name}.partial"))
+        } else {
+            bail!("sealed segment {name} is not complete at the replica");
+        };
+        let (a, b) = (sha256_file(&wal.join(name))?, sha256_file(&theirs)?);
+        if a != b {
+            bail!("segment {name} differs: source {a}, replica {b}");
+        }
+    }
+    Ok(names.len())
+}
+
+/// Every file below `root` (for "nothing written" checks).
+pub fn files_below(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

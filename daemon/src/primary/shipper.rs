@@ -98,7 +98,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
+        Self {
+            min,
+            max,
+            next: min,
+        }
     }
     fn reset(&mut self) {
         self.next = self.min;
@@ -112,7 +116,12 @@ impl Backoff {
 }
 
 /// Runs the shipper of one stream until `shutdown`.
-pub async fn run(node: Arc<Node>, cfg: StreamConfig, status: Arc<Shipper>, shutdown: CancellationToken) {
+pub async fn run(
+    node: Arc<Node>,
+    cfg: StreamConfig,
+    status: Arc<Shipper>,
+    shutdown: CancellationToken,
+) {
     let span = tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer);
     let _enter = span.enter();
     let wake = Arc::new(Notify::new());
@@ -216,7 +225,10 @@ impl StreamShipper {
     async fn session(&mut self) -> Result<(), ShipError> {
         let peer = self.cfg.peer.clone();
         let endpoint = Endpoint::from_shared(peer.clone())
-            .map_err(|source| ShipError::Connect { peer: peer.clone(), source })?
+            .map_err(|source| ShipError::Connect {
+                peer: peer.clone(),
+                source,
+            })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
@@ -227,7 +239,10 @@ impl StreamShipper {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| ShipError::Connect { peer: peer.clone(), source })?;
+            .map_err(|source| ShipError::Connect {
+                peer: peer.clone(),
+                source,
+            })?;
         let mut client = ReplicationClient::new(channel)
             .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
@@ -303,7 +318,9 @@ impl StreamShipper {
         listing: &[SourceSegment],
     ) -> Result<Option<Cursor>, ShipError> {
         if w.last_segment.is_empty() {
-            let Some(first) = listing.first() else { return Ok(None) };
+            let Some(first) = listing.first() else {
+                return Ok(None);
+            };
             // Our own record of where this segment starts, if we have one.
             let start = self
                 .node
@@ -321,12 +338,19 @@ impl StreamShipper {
                     self.cfg.wal_dir.display()
                 )));
             }
-            return Ok(Some(Cursor::new(tail, w.last_segment_start, w.last_segment_size)));
+            return Ok(Some(Cursor::new(
+                tail,
+                w.last_segment_start,
+                w.last_segment_size,
+            )));
         }
-        Ok(listing
-            .iter()
-            .find(|s| s.name > tail)
-            .map(|next| Cursor::new(next.name.clone(), w.last_segment_start + w.last_segment_size, 0)))
+        Ok(listing.iter().find(|s| s.name > tail).map(|next| {
+            Cursor::new(
+                next.name.clone(),
+                w.last_segment_start + w.last_segment_size,
+                0,
+            )
+        }))
     }
 
     fn observe(&self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
@@ -421,14 +445,17 @@ impl StreamShipper {
                     sha256: digest,
                     source_position: written,
                 };
-                tx.send(ShipMsg::Seal(seal).into()).await.map_err(|_| ShipError::Closed)?;
+                tx.send(ShipMsg::Seal(seal).into())
+                    .await
+                    .map_err(|_| ShipError::Closed)?;
                 self.record_sealed(cur, size, digest, epoch)?;
                 let next = &listing[idx + 1];
                 cursor = Some(Cursor::new(next.name.clone(), cur.start + size, 0));
                 continue;
             }
             // Caught up with the active segment: wait for it to grow.
-            self.wait_for_source(tx, &mut last_sent, epoch, written).await?;
+            self.wait_for_source(tx, &mut last_sent, epoch, written)
+                .await?;
             listing = self.scan()?;
         }
     }
@@ -442,7 +469,8 @@ impl StreamShipper {
         written: u64,
     ) -> Result<(), ShipError> {
         let t = &self.node.config.tuning;
-        let keepalive_due = (*last_sent + t.keepalive_interval()).saturating_duration_since(Instant::now());
+        let keepalive_due =
+            (*last_sent + t.keepalive_interval()).saturating_duration_since(Instant::now());
         let wait = keepalive_due.min(t.rescan_interval());
         tokio::select! {
             _ = self.wake.notified() => {}
@@ -479,7 +507,8 @@ impl StreamShipper {
         let path = self.cfg.wal_dir.join(cur.segment.as_str());
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; n as usize];
-            file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+            file.read_exact_at(&mut buf, offset)
+                .map(|()| Bytes::from(buf))
         })
         .await
         .expect("read task panicked")
@@ -509,7 +538,13 @@ impl StreamShipper {
     }
 
     /// Adds a sealed segment to the primary's own log in its catalog.
-    fn record_sealed(&mut self, cur: &Cursor, size: u64, digest: [u8; 32], epoch: u64) -> Result<(), ShipError> {
+    fn record_sealed(
+        &mut self,
+        cur: &Cursor,
+        size: u64,
+        digest: [u8; 32],
+        epoch: u64,
+    ) -> Result<(), ShipError> {
         let now = unix_ms();
         let rec = SegmentRecord {
             name: cur.segment.to_string(),
@@ -523,7 +558,9 @@ impl StreamShipper {
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;
-        self.node.catalog.commit(&self.cfg.name, &[&rec], &self.meta)?;
+        self.node
+            .catalog
+            .commit(&self.cfg.name, &[&rec], &self.meta)?;
         self.status.state.lock().unwrap().sealed_segments = self.meta.sealed_segments;
         Ok(())
     }

@@ -28,11 +28,15 @@ pub fn scan(dir: &Path) -> std::io::Result<Vec<SourceSegment>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         if ignored(&name) {
             continue;
         }
-        let Ok(name) = SegmentName::new(name) else { continue };
+        let Ok(name) = SegmentName::new(name) else {
+            continue;
+        };
         let meta = match entry.metadata() {
             Ok(m) => m,
             // Removed between readdir and stat.
@@ -59,11 +63,12 @@ pub struct DirWatch {
 
 impl DirWatch {
     pub fn start(dir: &Path, wake: Arc<Notify>) -> notify::Result<Self> {
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                wake.notify_one();
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    wake.notify_one();
+                }
+            })?;
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
         Ok(Self { _watcher: watcher })
     }
@@ -83,7 +88,10 @@ mod tests {
         std::fs::create_dir(d.path().join("archive_status")).unwrap();
         let s = scan(d.path()).unwrap();
         let names: Vec<_> = s.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["000000010000000000000001", "000000010000000000000002"]);
+        assert_eq!(
+            names,
+            ["000000010000000000000001", "000000010000000000000002"]
+        );
         assert_eq!(s[1].size, 2);
     }
 }

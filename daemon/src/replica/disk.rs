@@ -45,7 +45,9 @@ pub enum DiskError {
 impl From<DiskError> for Status {
     fn from(e: DiskError) -> Self {
         match e {
-            DiskError::Reject(Reject::StaleEpoch { .. }) => Status::failed_precondition(e.to_string()),
+            DiskError::Reject(Reject::StaleEpoch { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             DiskError::Reject(_) => Status::invalid_argument(e.to_string()),
             _ => Status::internal(e.to_string()),
         }
@@ -125,8 +127,12 @@ impl DiskWorker {
     /// Opens the partial tail file, cut back to its durable size: bytes a
     /// previous session wrote but did not make durable are not trusted.
     fn open_tail(&mut self) -> Result<(), DiskError> {
-        let Some(rec) = self.tail_rec.as_ref().filter(|r| !r.sealed) else { return Ok(()) };
-        let path = self.landing.join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
+        let Some(rec) = self.tail_rec.as_ref().filter(|r| !r.sealed) else {
+            return Ok(());
+        };
+        let path = self
+            .landing
+            .join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         let len = f.metadata().map_err(io_err(&path))?.len();
         if len != rec.size {
@@ -227,7 +233,8 @@ impl DiskWorker {
         }
         let path = self.partial_path(&c.segment);
         let file = self.file.as_ref().expect("tail file open after accept");
-        file.write_all_at(&c.data, c.offset).map_err(io_err(&path))?;
+        file.write_all_at(&c.data, c.offset)
+            .map_err(io_err(&path))?;
         if let Some((h, covered)) = &mut self.hasher {
             if *covered == c.offset {
                 h.update(&c.data);

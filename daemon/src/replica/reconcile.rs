@@ -28,7 +28,8 @@ pub struct Reconciled {
 pub fn reconcile_tail(landing: &Path, tail: Option<&SegmentRecord>) -> anyhow::Result<Reconciled> {
     let mut out = Reconciled::default();
     let Some(rec) = tail else { return Ok(out) };
-    let name = SegmentName::new(rec.name.clone()).context("catalog holds an invalid segment name")?;
+    let name =
+        SegmentName::new(rec.name.clone()).context("catalog holds an invalid segment name")?;
     let complete = landing.join(name.as_str());
     let partial = landing.join(name.partial_file_name());
     if rec.sealed {
@@ -85,7 +86,9 @@ pub fn reconcile_tail(landing: &Path, tail: Option<&SegmentRecord>) -> anyhow::R
 /// `.partial` files in the landing directory other than the tail's: left
 /// alone (never deleted) and reported.
 pub fn stray_partials(landing: &Path, tail: Option<&SegmentRecord>) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(landing) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(landing) else {
+        return Vec::new();
+    };
     let tail_partial = tail.map(|t| format!("{}{}", t.name, PARTIAL_SUFFIX));
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
@@ -116,7 +119,12 @@ mod tests {
         std::fs::write(d.path().join("seg1.partial"), vec![1u8; 100]).unwrap();
         let r = reconcile_tail(d.path(), Some(&rec(60, false))).unwrap();
         assert_eq!(r.truncated_bytes, 40);
-        assert_eq!(std::fs::metadata(d.path().join("seg1.partial")).unwrap().len(), 60);
+        assert_eq!(
+            std::fs::metadata(d.path().join("seg1.partial"))
+                .unwrap()
+                .len(),
+            60
+        );
 
         std::fs::rename(d.path().join("seg1.partial"), d.path().join("seg1")).unwrap();
         let r = reconcile_tail(d.path(), Some(&rec(60, false))).unwrap();

@@ -55,7 +55,11 @@ impl Replication for ReplicationService {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return Err(Status::invalid_argument("stream closed before Hello")),
             Ok(Err(s)) => return Err(s),
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within the idle timeout")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no Hello within the idle timeout",
+                ))
+            }
         };
         let hello = match ShipMsg::try_from(first) {
             Ok(ShipMsg::Hello(h)) => h,
@@ -99,7 +103,10 @@ impl Replication for ReplicationService {
             role: pb::Role::Replica as i32,
             epoch: node_epoch,
             durable_position: worker.durable_position(),
-            last_segment: tail.as_ref().map(|t| t.segment.to_string()).unwrap_or_default(),
+            last_segment: tail
+                .as_ref()
+                .map(|t| t.segment.to_string())
+                .unwrap_or_default(),
             last_segment_size: tail.as_ref().map_or(0, |t| t.size),
             last_segment_sealed: tail.as_ref().is_some_and(|t| t.sealed),
             last_segment_start: tail.as_ref().map_or(0, |t| t.start),
@@ -162,7 +169,10 @@ impl ReplicationService {
             )));
         }
         if hello.epoch < state.epoch {
-            tracing::warn!(current = state.epoch, "refused a primary with a stale epoch");
+            tracing::warn!(
+                current = state.epoch,
+                "refused a primary with a stale epoch"
+            );
             return Err(Status::failed_precondition(format!(
                 "stale epoch {}: this replica is at epoch {}; the sender must fence itself",
                 hello.epoch, state.epoch
@@ -191,10 +201,18 @@ async fn read_loop(
         let raw = match next {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return Ok(()),
-            Ok(Err(status)) => return Err(format!("stream error: {}", status.message())),
+            Ok(Err(status)) => {
+                // E.g. a frame over the size limit: tell the sender why.
+                tracing::warn!(code = ?status.code(), error = status.message(), "replication stream failed; nothing of the failed message was written");
+                let reason = format!("stream error: {}", status.message());
+                let _ = acks.send(Err(status)).await;
+                return Err(reason);
+            }
             Err(_) => {
                 let _ = acks
-                    .send(Err(Status::deadline_exceeded("no message within the idle timeout")))
+                    .send(Err(Status::deadline_exceeded(
+                        "no message within the idle timeout",
+                    )))
                     .await;
                 return Err(format!("primary silent for {idle:?}"));
             }

@@ -1,0 +1,73 @@
+//! `drd` command-line behaviour: `--check-config` exit codes and messages.
+
+use std::process::Command;
+
+fn check(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drd.toml");
+    std::fs::write(
+        &path,
+        config.replace("WAL", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap(), text)
+}
+
+const GOOD: &str = r#"node_id = "verona-db1"
+data_dir = "/var/lib/drd"
+[control]
+socket = "/run/drd/drd.sock"
+[[stream]]
+name = "ehr-prod"
+wal_dir = "WAL"
+peer = "http://127.0.0.1:7601"
+"#;
+
+#[test]
+fn a_valid_config_passes() {
+    let (code, text) = check(GOOD);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("configuration is valid"));
+}
+
+#[test]
+fn broken_configs_exit_2_naming_the_key() {
+    for (broken, key) in [
+        (GOOD.replace("peer =", "peeer ="), "peeer"),
+        (GOOD.replace("\"ehr-prod\"", "\"../ehr\""), "stream[0].name"),
+        (
+            GOOD.replace("\"WAL\"", "\"/nonexistent/wal\""),
+            "stream[0].wal_dir",
+        ),
+        (
+            GOOD.replace("127.0.0.1:7601", "192.0.2.7:7601"),
+            "stream[0].peer",
+        ),
+        (
+            GOOD.replace("node_id = \"verona-db1\"", "node_id = 5"),
+            "node_id",
+        ),
+        ("node_id = \"x\"\n[[stream".to_string(), "TOML"),
+    ] {
+        let (code, text) = check(&broken);
+        assert_eq!(code, 2, "{broken}\n{text}");
+        assert!(text.contains(key), "error does not name {key:?}: {text}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+        .args(["--check-config", "--config", "/nonexistent/drd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/drd.toml"));
+}
