@@ -71,3 +71,41 @@ fn a_missing_config_file_is_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/drd.toml"));
 }
+
+/// The README's first command, run for a few seconds: it must start both
+/// daemons, ship, catch up, and report every segment identical.
+#[test]
+fn the_demo_runs_and_ends_byte_identical() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+        .args([
+            "demo",
+            "--seconds",
+            "4",
+            "--rate-mib",
+            "16",
+            "--segment-mib",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("verona-db1") && stdout.contains("rochester-dr1"),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    println!("{last}");
+    assert!(last.contains("byte-identical"), "{last}");
+    let (same, total) = last
+        .split_whitespace()
+        .find(|w| w.contains('/'))
+        .and_then(|w| w.split_once('/'))
+        .unwrap();
+    assert_eq!(same, total);
+    assert!(total.parse::<u32>().unwrap() >= 3, "{last}");
+}

@@ -145,6 +145,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         meta: StreamMeta::default(),
         progressed: false,
+        anchor: None,
     };
     if let Err(e) = shipper.init() {
         tracing::error!(error = %e, "cannot read this stream's catalog");
@@ -169,9 +170,19 @@ pub async fn run(
         if shipper.progressed {
             backoff.reset();
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        // While disconnected, keep watching the source so that the written
+        // position — and so the lag an operator sees — stays current.
+        let until = Instant::now() + backoff.next_delay();
+        loop {
+            shipper.refresh_written();
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(left.min(node.config.tuning.rescan_interval())) => {}
+            }
         }
     }
     tracing::info!("shipper stopped");
@@ -187,6 +198,9 @@ struct StreamShipper {
     meta: StreamMeta,
     /// Set once a session shipped something, to reset the backoff.
     progressed: bool,
+    /// Latest known (segment, start position) pair, to compute the written
+    /// position from a directory listing.
+    anchor: Option<(SegmentName, u64)>,
 }
 
 impl StreamShipper {
@@ -195,16 +209,12 @@ impl StreamShipper {
     fn init(&mut self) -> Result<(), ShipError> {
         self.meta = self.node.catalog.stream_meta(&self.cfg.name)?;
         let listing = self.scan()?;
-        let anchor = self.node.catalog.tail(&self.cfg.name)?.and_then(|t| {
+        self.anchor = self.node.catalog.tail(&self.cfg.name)?.and_then(|t| {
             let next = listing.iter().find(|s| s.name.as_str() > t.name.as_str())?;
             Some((next.name.clone(), t.end()))
         });
-        let written = match anchor {
-            Some((name, start)) => written_from(&listing, &name, start),
-            None => listing.iter().map(|s| s.size).sum(),
-        };
+        self.observe_listing(&listing);
         let mut st = self.status.state.lock().unwrap();
-        st.lag.observe_written(written, Instant::now());
         st.network_bytes = self.meta.network_bytes;
         st.sealed_segments = self.meta.sealed_segments;
         Ok(())
@@ -353,12 +363,34 @@ impl StreamShipper {
         }))
     }
 
-    fn observe(&self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
-        let Some(c) = cursor else { return };
-        let written = written_from(listing, &c.segment, c.start);
-        let mut st = self.status.state.lock().unwrap();
-        st.lag.observe_written(written, Instant::now());
-        st.current_segment = c.segment.to_string();
+    fn observe(&mut self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
+        if let Some(c) = cursor {
+            self.anchor = Some((c.segment.clone(), c.start));
+            self.status.state.lock().unwrap().current_segment = c.segment.to_string();
+        }
+        self.observe_listing(listing);
+    }
+
+    /// Records the source's written position as of `listing`.
+    fn observe_listing(&self, listing: &[SourceSegment]) {
+        let written = match &self.anchor {
+            Some((name, start)) => written_from(listing, name, *start),
+            None => listing.iter().map(|s| s.size).sum(),
+        };
+        self.status
+            .state
+            .lock()
+            .unwrap()
+            .lag
+            .observe_written(written, Instant::now());
+    }
+
+    /// Rescans the source and records its written position.
+    fn refresh_written(&self) {
+        match self.scan() {
+            Ok(listing) => self.observe_listing(&listing),
+            Err(e) => tracing::warn!(error = %e, "cannot scan the WAL directory"),
+        }
     }
 
     async fn ship(
