@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 
 /// Time allowed to establish the TCP (later TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,11 +39,8 @@ const SEND_QUEUE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
-    #[error("cannot connect to {peer}: {source}")]
-    Connect {
-        peer: String,
-        source: tonic::transport::Error,
-    },
+    #[error("cannot connect to {peer}: {reason}")]
+    Connect { peer: String, reason: String },
     #[error("the replica refused the stream: {0}")]
     Refused(String),
     #[error("the replica closed the stream")]
@@ -58,6 +56,22 @@ pub enum ShipError {
     Diverged(String),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+}
+
+/// A connect error with its whole cause chain ("transport error" alone
+/// tells an operator nothing; "Connection refused" does).
+fn connect_error(peer: &str, e: &dyn std::error::Error) -> ShipError {
+    let mut reason = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        reason.push_str(": ");
+        reason.push_str(&c.to_string());
+        cause = c.source();
+    }
+    ShipError::Connect {
+        peer: peer.to_string(),
+        reason,
+    }
 }
 
 fn refused(s: tonic::Status) -> ShipError {
@@ -123,7 +137,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer);
-    let _enter = span.enter();
+    run_stream(node, cfg, status, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_stream(
+    node: Arc<Node>,
+    cfg: StreamConfig,
+    status: Arc<Shipper>,
+    shutdown: CancellationToken,
+) {
     let wake = Arc::new(Notify::new());
     let _watch = match DirWatch::start(&cfg.wal_dir, wake.clone()) {
         Ok(w) => Some(w),
@@ -235,10 +259,7 @@ impl StreamShipper {
     async fn session(&mut self) -> Result<(), ShipError> {
         let peer = self.cfg.peer.clone();
         let endpoint = Endpoint::from_shared(peer.clone())
-            .map_err(|source| ShipError::Connect {
-                peer: peer.clone(),
-                source,
-            })?
+            .map_err(|e| connect_error(&peer, &e))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
@@ -249,10 +270,7 @@ impl StreamShipper {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| ShipError::Connect {
-                peer: peer.clone(),
-                source,
-            })?;
+            .map_err(|e| connect_error(&peer, &e))?;
         let mut client = ReplicationClient::new(channel)
             .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);

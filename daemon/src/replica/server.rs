@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// Messages queued between the network reader and the disk worker. With
 /// chunks of at most 1 MiB this bounds a session's buffered data; when it is
@@ -70,7 +71,20 @@ impl Replication for ReplicationService {
             }
         };
         let span = tracing::info_span!("session", stream = %hello.stream, peer = %hello.node_id, epoch = hello.epoch);
-        let _enter = span.enter();
+        self.start_session(hello, inbound, remote, idle)
+            .instrument(span)
+            .await
+    }
+}
+
+impl ReplicationService {
+    async fn start_session(
+        &self,
+        hello: Hello,
+        mut inbound: Streaming<pb::ShipMessage>,
+        remote: String,
+        idle: std::time::Duration,
+    ) -> Result<Response<AckStream>, Status> {
         self.check_hello(&hello)?;
         let slot = self
             .node
@@ -140,25 +154,24 @@ impl Replication for ReplicationService {
         let cancel = self.shutdown.child_token();
         let reader_cancel = cancel.clone();
         let reader_slot = slot.clone();
-        let reader_span = span.clone();
-        let done = tokio::spawn(async move {
-            let _enter = reader_span.enter();
-            let end = read_loop(&mut inbound, &disk_tx, &ack_tx, &reader_cancel, idle).await;
-            drop(disk_tx);
-            let _ = worker.await;
-            let mut st = reader_slot.state.lock().unwrap();
-            st.connected = false;
-            if let Err(e) = &end {
-                st.last_error = e.clone();
+        let done = tokio::spawn(
+            async move {
+                let end = read_loop(&mut inbound, &disk_tx, &ack_tx, &reader_cancel, idle).await;
+                drop(disk_tx);
+                let _ = worker.await;
+                let mut st = reader_slot.state.lock().unwrap();
+                st.connected = false;
+                if let Err(e) = &end {
+                    st.last_error = e.clone();
+                }
+                tracing::info!(end = ?end, "session ended");
             }
-            tracing::info!(end = ?end, "session ended");
-        });
+            .in_current_span(),
+        );
         *session = Some(SessionHandle { cancel, done });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
-}
 
-impl ReplicationService {
     fn check_hello(&self, hello: &Hello) -> Result<(), Status> {
         let state = self.node.state();
         if state.role != crate::catalog::Role::Replica {
