@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod certs;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod primary;
 pub mod receiver;
 pub mod replica;
+pub mod tls;
 
 pub use drd_proto as proto;
 

@@ -1,0 +1,1 @@
+//! Certificate generation (being written).

@@ -1,0 +1,1 @@
+//! TLS material and mTLS plumbing (being written).
