@@ -6,6 +6,8 @@
 //! - `node/state` → [`NodeState`]
 //! - `stream/{stream}/meta` → [`StreamMeta`]
 //! - `stream/{stream}/seg/{segment}` → [`SegmentRecord`], ordered by name
+//! - `audit/{seq:020}` → [`AuditRecord`], append-only
+//! - `hook/{name}/{epoch:020}` → marker: the hook ran for that epoch change
 //!
 //! Names are validated before they get here (no `/`), so prefixes are exact.
 //! Every write that an ack depends on is synced (`WriteOptions::set_sync`).
@@ -48,10 +50,57 @@ impl Role {
 }
 
 /// Role and epoch, stored durably on every node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
     pub role: Role,
     pub epoch: Epoch,
+    /// Shipping paused by an operator (survives restarts).
+    #[serde(default)]
+    pub paused: bool,
+    /// Why the node is fenced, for `drctl status`.
+    #[serde(default)]
+    pub fenced_reason: Option<String>,
+}
+
+impl NodeState {
+    pub fn new(role: Role, epoch: Epoch) -> Self {
+        Self {
+            role,
+            epoch,
+            paused: false,
+            fenced_reason: None,
+        }
+    }
+}
+
+/// Where a stream's current epoch forked from the previous one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub segment: String,
+    pub position: u64,
+    pub epoch: Epoch,
+}
+
+/// One entry of the append-only audit log of role changes and operator
+/// actions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// e.g. `failover`, `switchover`, `promote`, `demote`, `fence`, `rejoin`,
+    /// `pause`, `resume`, `switchover-rolled-back`.
+    pub action: String,
+    /// OS user of the control-socket peer, or the remote node's id.
+    pub user: String,
+    /// Where the request came from (control socket pid, peer node).
+    pub origin: String,
+    pub reason: String,
+    pub epoch_before: Epoch,
+    pub epoch_after: Epoch,
+    pub role_before: String,
+    pub role_after: String,
+    /// RPO figures, quarantined files, hook results: free text.
+    pub detail: String,
 }
 
 /// One segment of a stream's log.
@@ -71,6 +120,14 @@ pub struct SegmentRecord {
     /// Unix ms when the first byte arrived, and when the seal was verified.
     pub received_at_ms: u64,
     pub sealed_at_ms: Option<u64>,
+    /// Closed at a fork: complete at this (shorter) length; a promoted
+    /// replica keeps the file as `NAME.partial`.
+    #[serde(default)]
+    pub fork: bool,
+    /// The file is in this node's own source (`wal_dir`): a segment it
+    /// shipped as primary. Otherwise it is in the landing directory.
+    #[serde(default)]
+    pub in_source: bool,
 }
 
 impl SegmentRecord {
@@ -91,11 +148,52 @@ pub struct StreamMeta {
     pub last_primary: Option<String>,
     /// Highest source position the primary reported.
     pub source_position: u64,
+    /// Unix ms at which the durable position last moved.
+    #[serde(default)]
+    pub durable_at_ms: u64,
+    /// The fork of the current epoch, if this node went through one.
+    #[serde(default)]
+    pub fork: Option<Fork>,
 }
 
 /// The catalog database.
 pub struct Catalog {
     db: DB,
+    /// Next audit sequence number; guarded so two writers never share one.
+    next_audit: std::sync::Mutex<u64>,
+}
+
+/// Changes committed together in one synced RocksDB batch: a role change,
+/// its log changes and its audit record are all there after a crash, or
+/// none is.
+#[derive(Default)]
+pub struct Txn {
+    batch: WriteBatch,
+    audit: Vec<AuditRecord>,
+}
+
+impl Txn {
+    pub fn node_state(&mut self, s: &NodeState) -> &mut Self {
+        self.batch.put(NODE_STATE_KEY, encode(s));
+        self
+    }
+    pub fn segment(&mut self, stream: &StreamName, rec: &SegmentRecord) -> &mut Self {
+        let seg = SegmentName::new(rec.name.clone()).expect("validated segment name");
+        self.batch.put(seg_key(stream, &seg), encode(rec));
+        self
+    }
+    pub fn delete_segment(&mut self, stream: &StreamName, name: &SegmentName) -> &mut Self {
+        self.batch.delete(seg_key(stream, name));
+        self
+    }
+    pub fn meta(&mut self, stream: &StreamName, meta: &StreamMeta) -> &mut Self {
+        self.batch.put(meta_key(stream), encode(meta));
+        self
+    }
+    pub fn audit(&mut self, rec: AuditRecord) -> &mut Self {
+        self.audit.push(rec);
+        self
+    }
 }
 
 fn seg_prefix(stream: &StreamName) -> String {
@@ -111,6 +209,15 @@ fn meta_key(stream: &StreamName) -> String {
 }
 
 const NODE_STATE_KEY: &str = "node/state";
+const AUDIT_PREFIX: &str = "audit/";
+
+fn audit_key(seq: u64) -> String {
+    format!("{AUDIT_PREFIX}{seq:020}")
+}
+
+fn hook_key(name: &str, epoch: Epoch) -> String {
+    format!("hook/{name}/{epoch:020}")
+}
 
 fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(|source| CatalogError::Corrupt {
@@ -142,7 +249,67 @@ impl Catalog {
         opts.set_max_write_buffer_number(2);
         opts.set_keep_log_file_num(5);
         let db = DB::open(&opts, dir)?;
-        Ok(Self { db })
+        // The next audit number follows the last one stored.
+        let end = "audit0";
+        let last = db
+            .iterator(IteratorMode::From(end.as_bytes(), Direction::Reverse))
+            .next()
+            .transpose()?
+            .filter(|(k, _)| k.starts_with(AUDIT_PREFIX.as_bytes()))
+            .map(|(k, v)| decode::<AuditRecord>(&k, &v))
+            .transpose()?
+            .map_or(0, |r| r.seq);
+        Ok(Self {
+            db,
+            next_audit: std::sync::Mutex::new(last + 1),
+        })
+    }
+
+    /// Commits a transaction (synced). Audit records get their sequence
+    /// numbers and timestamps here.
+    pub fn commit_txn(&self, mut txn: Txn) -> Result<Vec<AuditRecord>> {
+        let mut next = self.next_audit.lock().unwrap();
+        let mut seq = *next;
+        let mut written = Vec::new();
+        for mut rec in txn.audit.drain(..) {
+            rec.seq = seq;
+            if rec.at_ms == 0 {
+                rec.at_ms = crate::unix_ms();
+            }
+            txn.batch.put(audit_key(seq), encode(&rec));
+            written.push(rec);
+            seq += 1;
+        }
+        self.db.write_opt(txn.batch, &synced())?;
+        *next = seq;
+        Ok(written)
+    }
+
+    /// The whole audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditRecord>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(
+            AUDIT_PREFIX.as_bytes(),
+            Direction::Forward,
+        )) {
+            let (k, v) = item?;
+            if !k.starts_with(AUDIT_PREFIX.as_bytes()) {
+                break;
+            }
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Records, before it runs, that hook `name` runs for `epoch`; returns
+    /// false if it already did (a hook never runs twice for one change).
+    pub fn claim_hook(&self, name: &str, epoch: Epoch) -> Result<bool> {
+        let key = hook_key(name, epoch);
+        if self.db.get(key.as_bytes())?.is_some() {
+            return Ok(false);
+        }
+        self.db.put_opt(key, encode(&crate::unix_ms()), &synced())?;
+        Ok(true)
     }
 
     fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -156,8 +323,8 @@ impl Catalog {
         self.get(NODE_STATE_KEY)
     }
 
-    pub fn set_node_state(&self, state: NodeState) -> Result<()> {
-        self.db.put_opt(NODE_STATE_KEY, encode(&state), &synced())?;
+    pub fn set_node_state(&self, state: &NodeState) -> Result<()> {
+        self.db.put_opt(NODE_STATE_KEY, encode(state), &synced())?;
         Ok(())
     }
 
@@ -263,7 +430,39 @@ mod tests {
             epoch: 1,
             received_at_ms: 0,
             sealed_at_ms: None,
+            fork: false,
+            in_source: false,
         }
+    }
+
+    #[test]
+    fn audit_log_is_append_only_and_numbered_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let mut t = Txn::default();
+        t.audit(AuditRecord {
+            action: "failover".into(),
+            ..Default::default()
+        });
+        t.audit(AuditRecord {
+            action: "rejoin".into(),
+            ..Default::default()
+        });
+        cat.commit_txn(t).unwrap();
+        drop(cat);
+        let cat = Catalog::open(dir.path()).unwrap();
+        let mut t = Txn::default();
+        t.audit(AuditRecord {
+            action: "pause".into(),
+            ..Default::default()
+        });
+        cat.commit_txn(t).unwrap();
+        let log = cat.audit_log().unwrap();
+        let seqs: Vec<_> = log.iter().map(|r| (r.seq, r.action.as_str())).collect();
+        assert_eq!(seqs, [(1, "failover"), (2, "rejoin"), (3, "pause")]);
+        assert!(cat.claim_hook("promote", 2).unwrap());
+        assert!(!cat.claim_hook("promote", 2).unwrap());
+        assert!(cat.claim_hook("promote", 3).unwrap());
     }
 
     #[test]
@@ -295,11 +494,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
         assert_eq!(cat.node_state().unwrap(), None);
-        let s = NodeState {
-            role: Role::Replica,
-            epoch: 3,
-        };
-        cat.set_node_state(s).unwrap();
+        let s = NodeState::new(Role::Replica, 3);
+        cat.set_node_state(&s).unwrap();
         drop(cat);
         let cat = Catalog::open(dir.path()).unwrap();
         assert_eq!(cat.node_state().unwrap(), Some(s));

@@ -28,6 +28,77 @@ struct RawConfig {
     stream: Vec<RawStream>,
     #[serde(default)]
     tuning: Tuning,
+    initial_role: Option<String>,
+    rpo_budget: Option<String>,
+    #[serde(default)]
+    hooks: Hooks,
+}
+
+/// Commands run at role changes (`sh -c`), each at most once per epoch
+/// change, with a timeout; their output is logged.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    /// After this node became primary (e.g. `pg_ctl promote`).
+    pub promote: Option<String>,
+    /// After this node became a replica in a switchover (stop the database).
+    pub demote: Option<String>,
+    /// After this node learned it was fenced by a newer primary.
+    pub fence: Option<String>,
+    /// Before a switchover drains: stop writes at the database.
+    pub pre_switchover: Option<String>,
+    /// A switchover failed after `pre_switchover` ran: allow writes again.
+    pub abort_switchover: Option<String>,
+    /// Longest a hook may run before it is killed and counted as failed.
+    pub timeout_seconds: u64,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            promote: None,
+            demote: None,
+            fence: None,
+            pre_switchover: None,
+            abort_switchover: None,
+            timeout_seconds: 60,
+        }
+    }
+}
+
+/// An amount of data loss: bytes (`16MiB`) or time (`30s`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DataLoss {
+    Bytes(u64),
+    Seconds(f64),
+}
+
+impl DataLoss {
+    /// Parses `123`, `64KiB`, `16MiB`, `1GiB`, `500ms`, `30s`, `5m`, `1h`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not an amount like 16MiB or 30s"))?;
+        let bytes = |m: f64| Ok(DataLoss::Bytes((v * m) as u64));
+        match unit.trim() {
+            "" | "B" => bytes(1.0),
+            "KiB" | "K" | "KB" => bytes(1024.0),
+            "MiB" | "M" | "MB" => bytes(1024.0 * 1024.0),
+            "GiB" | "G" | "GB" => bytes(1024.0 * 1024.0 * 1024.0),
+            "ms" => Ok(DataLoss::Seconds(v / 1000.0)),
+            "s" => Ok(DataLoss::Seconds(v)),
+            "m" | "min" => Ok(DataLoss::Seconds(v * 60.0)),
+            "h" => Ok(DataLoss::Seconds(v * 3600.0)),
+            u => Err(format!(
+                "{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, ms, s, m or h)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +185,11 @@ pub struct Config {
     /// Streams this node ships.
     pub streams: Vec<StreamConfig>,
     pub tuning: Tuning,
+    /// Role at the very first start (afterwards the catalog's role rules).
+    pub initial_role: crate::catalog::Role,
+    /// Largest data loss a failover accepts without `--force`.
+    pub rpo_budget: Option<DataLoss>,
+    pub hooks: Hooks,
 }
 
 #[derive(Clone, Debug)]
@@ -226,6 +302,35 @@ impl Config {
         if t.reconnect_max_ms < t.reconnect_min_ms {
             bail!("key `tuning.reconnect_max_ms`: must be at least `tuning.reconnect_min_ms`");
         }
+        use crate::catalog::Role;
+        let initial_role = match raw.initial_role.as_deref() {
+            Some("primary") => Role::Primary,
+            Some("replica") => Role::Replica,
+            Some(other) => {
+                bail!("key `initial_role`: {other:?} must be \"primary\" or \"replica\"")
+            }
+            None if replica.is_some() && !streams.is_empty() => bail!(
+                "key `initial_role`: a node with both `[replica]` and `[[stream]]` must say \
+                 which role it starts in (\"primary\" or \"replica\")"
+            ),
+            None if streams.is_empty() => Role::Replica,
+            None => Role::Primary,
+        };
+        if initial_role == Role::Primary && streams.is_empty() {
+            bail!("key `initial_role`: a primary needs at least one `[[stream]]` to ship");
+        }
+        if initial_role == Role::Replica && replica.is_none() {
+            bail!("key `initial_role`: a replica needs `[replica] listen`");
+        }
+        let rpo_budget = raw
+            .rpo_budget
+            .as_deref()
+            .map(DataLoss::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("key `rpo_budget`: {e}"))?;
+        if raw.hooks.timeout_seconds == 0 {
+            bail!("key `hooks.timeout_seconds`: must be greater than 0");
+        }
         Ok(Config {
             node_id,
             data_dir: raw.data_dir,
@@ -233,6 +338,9 @@ impl Config {
             replica,
             streams,
             tuning: raw.tuning,
+            initial_role,
+            rpo_budget,
+            hooks: raw.hooks,
         })
     }
 
@@ -305,22 +413,39 @@ peer = "http://127.0.0.1:7601"
 
     #[test]
     fn the_documented_shape_parses() {
-        let c = Config::parse(GOOD).unwrap();
+        let c = Config::parse(&format!("initial_role = \"primary\"\n{GOOD}")).unwrap();
         assert_eq!(c.node_id.as_str(), "verona-db1");
         assert_eq!(c.streams.len(), 1);
         assert_eq!(c.replica.unwrap().listen.port(), 7601);
     }
 
     #[test]
+    fn data_loss_amounts_parse() {
+        assert_eq!(DataLoss::parse("16MiB"), Ok(DataLoss::Bytes(16 << 20)));
+        assert_eq!(DataLoss::parse("100"), Ok(DataLoss::Bytes(100)));
+        assert_eq!(DataLoss::parse("30s"), Ok(DataLoss::Seconds(30.0)));
+        assert_eq!(DataLoss::parse("500ms"), Ok(DataLoss::Seconds(0.5)));
+        assert!(DataLoss::parse("5 parsecs").is_err());
+        assert!(DataLoss::parse("MiB").is_err());
+    }
+
+    #[test]
     fn errors_name_the_key() {
-        assert!(err(&GOOD.replace("listen =", "lisen =")).contains("lisen"));
-        assert!(err(&GOOD.replace("\"ehr-prod\"", "\"../etc\"")).contains("stream[0].name"));
-        assert!(err(&GOOD.replace("\"/var/lib/drd\"", "\"rel\"")).contains("data_dir"));
         assert!(
-            err(&GOOD.replace("127.0.0.1:7601\"\n[[", "10.1.2.3:7601\"\n[["))
+            err(GOOD).contains("initial_role"),
+            "both sides need initial_role"
+        );
+        let g = format!("initial_role = \"replica\"\n{GOOD}");
+        assert!(err(&g.replace("listen =", "lisen =")).contains("lisen"));
+        assert!(err(&g.replace("\"ehr-prod\"", "\"../etc\"")).contains("stream[0].name"));
+        assert!(err(&g.replace("\"/var/lib/drd\"", "\"rel\"")).contains("data_dir"));
+        assert!(
+            err(&g.replace("127.0.0.1:7601\"\n[[", "10.1.2.3:7601\"\n[["))
                 .contains("replica.listen")
         );
-        assert!(err(&GOOD.replace("http://127.0.0.1:7601", "ftp://x")).contains("stream[0].peer"));
-        assert!(err(&format!("{GOOD}[tuning]\nchunk_bytes = 0\n")).contains("tuning.chunk_bytes"));
+        assert!(err(&g.replace("http://127.0.0.1:7601", "ftp://x")).contains("stream[0].peer"));
+        assert!(err(&format!("{g}[tuning]\nchunk_bytes = 0\n")).contains("tuning.chunk_bytes"));
+        assert!(err(&g.replace("\"replica\"", "\"boss\"")).contains("initial_role"));
+        assert!(err(&format!("rpo_budget = \"lots\"\n{g}")).contains("rpo_budget"));
     }
 }

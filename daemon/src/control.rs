@@ -2,6 +2,7 @@
 //! client connector that `drctl` and the tests use to reach it.
 
 use crate::node::{Node, StreamView};
+use crate::ops::{self, Caller};
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use drd_proto::pb::control_server::Control;
@@ -36,8 +37,46 @@ impl From<StreamView> for pb::StreamStatus {
             reconnects: v.reconnects,
             last_error: v.last_error,
             throughput_bytes_per_second: v.throughput_bytes_per_second,
+            paused: v.paused,
         }
     }
+}
+
+/// The OS user behind a control request, from the Unix socket's peer
+/// credentials (SO_PEERCRED): who ran `drctl`, for the audit log.
+fn caller<T>(request: &Request<T>) -> Caller {
+    let cred = request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred);
+    match cred {
+        Some(c) => Caller {
+            user: user_name(c.uid()),
+            origin: format!(
+                "control socket, pid {}",
+                c.pid().map_or("?".to_string(), |p| p.to_string())
+            ),
+        },
+        None => Caller {
+            user: "unknown".into(),
+            origin: "control API".into(),
+        },
+    }
+}
+
+/// `uid` → login name from /etc/passwd (the uid itself if not found).
+fn user_name(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id: u32 = f.nth(1)?.parse().ok()?;
+            (id == uid).then(|| format!("{name} (uid {uid})"))
+        })
+        .next()
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn pb_role(r: crate::catalog::Role) -> pb::Role {
@@ -67,7 +106,59 @@ impl Control for ControlService {
                 .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
+            paused: state.paused,
+            fenced_reason: state.fenced_reason.clone().unwrap_or_default(),
         }))
+    }
+
+    async fn failover(
+        &self,
+        request: Request<pb::FailoverRequest>,
+    ) -> Result<Response<pb::FailoverResponse>, Status> {
+        let who = caller(&request);
+        let r = ops::failover::failover(&self.node, request.into_inner(), who).await;
+        Ok(Response::new(r))
+    }
+
+    async fn switchover(
+        &self,
+        request: Request<pb::SwitchoverRequest>,
+    ) -> Result<Response<pb::SwitchoverResponse>, Status> {
+        let who = caller(&request);
+        let r = ops::switchover::switchover(&self.node, request.into_inner(), who).await;
+        Ok(Response::new(r))
+    }
+
+    async fn rejoin(
+        &self,
+        request: Request<pb::RejoinRequest>,
+    ) -> Result<Response<pb::RejoinResponse>, Status> {
+        let who = caller(&request);
+        ops::rejoin::rejoin(&self.node, request.into_inner(), who)
+            .await
+            .map(Response::new)
+    }
+
+    async fn pause(
+        &self,
+        request: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let who = caller(&request);
+        ops::pause(&self.node, request.into_inner(), who).map(Response::new)
+    }
+
+    async fn history(
+        &self,
+        _request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        ops::history(&self.node).map(Response::new)
+    }
+
+    async fn fetch_segment(
+        &self,
+        request: Request<pb::FetchSegmentRequest>,
+    ) -> Result<Response<pb::FetchSegmentResponse>, Status> {
+        ops::fetch_segment(&self.node, request.into_inner()).map(Response::new)
     }
 }
 

@@ -10,11 +10,14 @@ pub mod control;
 pub mod demo;
 pub mod display;
 pub mod fsutil;
+pub mod hooks;
 pub mod lag;
 pub mod node;
+pub mod ops;
 pub mod primary;
 pub mod receiver;
 pub mod replica;
+pub mod roles;
 pub mod tls;
 
 pub use drd_proto as proto;
@@ -90,8 +93,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-                .initial_stream_window_size(Some(primary::shipper::H2_STREAM_WINDOW))
-                .initial_connection_window_size(Some(primary::shipper::H2_CONNECTION_WINDOW))
+                .initial_stream_window_size(Some(ops::peer::H2_STREAM_WINDOW))
+                .initial_connection_window_size(Some(ops::peer::H2_CONNECTION_WINDOW))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
             if let Err(e) = server.await {

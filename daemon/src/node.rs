@@ -1,13 +1,14 @@
 //! What one running daemon shares between its tasks: configuration, catalog,
 //! role and epoch, and the live status of every stream it ships or receives.
 
-use crate::catalog::{Catalog, NodeState, Role, SegmentRecord, StreamMeta};
+use crate::catalog::{AuditRecord, Catalog, NodeState, Role, SegmentRecord, StreamMeta, Txn};
 use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
 use drd_proto::StreamName;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::watch;
 
 /// Status of one stream, as `drctl status` shows it.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +29,7 @@ pub struct StreamView {
     pub reconnects: u64,
     pub last_error: String,
     pub throughput_bytes_per_second: f64,
+    pub paused: bool,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -40,6 +42,8 @@ pub struct ShipState {
     pub network_bytes: u64,
     pub sealed_segments: u64,
     pub current_segment: String,
+    /// Stream position of `current_segment`'s first byte.
+    pub current_start: u64,
     pub reconnects: u64,
     pub sessions: u64,
     pub last_error: String,
@@ -75,6 +79,7 @@ impl Shipper {
             reconnects: s.reconnects,
             last_error: s.last_error.clone(),
             throughput_bytes_per_second: s.rate.rate(now),
+            paused: false,
         }
     }
 }
@@ -151,6 +156,7 @@ impl ReceiveSlot {
             reconnects: s.sessions.saturating_sub(1),
             last_error: s.last_error.clone(),
             throughput_bytes_per_second: s.rate.rate(now),
+            paused: false,
         }
     }
 }
@@ -159,7 +165,12 @@ impl ReceiveSlot {
 pub struct Node {
     pub config: Config,
     pub catalog: Arc<Catalog>,
-    state: Mutex<NodeState>,
+    /// Role and epoch; tasks subscribe to follow role changes.
+    state: watch::Sender<NodeState>,
+    /// Held (write) by a role transition; a new replication session holds it
+    /// (read) while it checks the role and takes over its stream, so no
+    /// session can start half-way through a promotion.
+    pub transition: tokio::sync::RwLock<()>,
     pub started: Instant,
     pub shippers: Vec<Arc<Shipper>>,
     receivers: Mutex<BTreeMap<StreamName, Arc<ReceiveSlot>>>,
@@ -172,15 +183,8 @@ impl Node {
         let state = match catalog.node_state()? {
             Some(s) => s,
             None => {
-                let s = NodeState {
-                    role: if config.streams.is_empty() {
-                        Role::Replica
-                    } else {
-                        Role::Primary
-                    },
-                    epoch: 1,
-                };
-                catalog.set_node_state(s)?;
+                let s = NodeState::new(config.initial_role, 1);
+                catalog.set_node_state(&s)?;
                 s
             }
         };
@@ -209,7 +213,8 @@ impl Node {
         Ok(Self {
             config,
             catalog,
-            state: Mutex::new(state),
+            state: watch::Sender::new(state),
+            transition: tokio::sync::RwLock::new(()),
             started: Instant::now(),
             shippers,
             receivers: Mutex::new(receivers),
@@ -217,19 +222,68 @@ impl Node {
     }
 
     pub fn state(&self) -> NodeState {
-        *self.state.lock().unwrap()
+        self.state.borrow().clone()
     }
 
-    /// Raises the epoch (never lowers it), durably before returning.
+    /// Follows role and epoch changes.
+    pub fn subscribe(&self) -> watch::Receiver<NodeState> {
+        self.state.subscribe()
+    }
+
+    /// Commits `next` together with `txn` (log changes, audit records) in one
+    /// synced batch, then publishes it to the daemon's tasks.
+    pub fn commit_state(&self, next: NodeState, mut txn: Txn) -> anyhow::Result<Vec<AuditRecord>> {
+        txn.node_state(&next);
+        let written = self.catalog.commit_txn(txn)?;
+        self.state.send_replace(next);
+        Ok(written)
+    }
+
+    /// Raises the epoch of a replica (never lowers it), durably first.
     pub fn adopt_epoch(&self, epoch: u64) -> anyhow::Result<()> {
-        let mut s = self.state.lock().unwrap();
-        if epoch > s.epoch {
-            let next = NodeState { epoch, ..*s };
-            self.catalog.set_node_state(next)?;
-            *s = next;
-            tracing::warn!(epoch, "adopted a higher epoch from the primary");
+        let s = self.state();
+        if let Some(next) = crate::roles::fence(&s, epoch, "") {
+            if next.role == Role::Replica {
+                let mut txn = Txn::default();
+                txn.audit(AuditRecord {
+                    action: "adopt-epoch".into(),
+                    user: "drd".into(),
+                    origin: "primary's Hello".into(),
+                    epoch_before: s.epoch,
+                    epoch_after: next.epoch,
+                    role_before: s.role.as_str().into(),
+                    role_after: next.role.as_str().into(),
+                    ..Default::default()
+                });
+                self.commit_state(next, txn)?;
+                tracing::warn!(epoch, "adopted a higher epoch from the primary");
+            }
         }
         Ok(())
+    }
+
+    /// Ends every replication session this node receives and waits until
+    /// their disk workers have stopped: after this, nothing more is written
+    /// until a new session starts.
+    pub async fn end_sessions(&self) {
+        let slots: Vec<_> = self.receivers.lock().unwrap().values().cloned().collect();
+        for slot in slots {
+            let mut session = slot.session.lock().await;
+            if let Some(old) = session.take() {
+                old.end().await;
+            }
+        }
+    }
+
+    /// All streams this node has a log for (shipped or received), by name.
+    pub fn stream_names(&self) -> Vec<StreamName> {
+        let mut names: Vec<StreamName> = self.shippers.iter().map(|s| s.stream.clone()).collect();
+        if let Ok(more) = self.catalog.streams() {
+            names.extend(more);
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The slot of a received stream, created on first contact.
@@ -247,11 +301,21 @@ impl Node {
         Ok(slot)
     }
 
+    /// Status rows: the shipping side of each stream while this node is
+    /// primary (or fenced), the receiving side while it is a replica.
     pub fn stream_views(&self) -> Vec<StreamView> {
         let now = Instant::now();
-        let mut out: Vec<StreamView> = self.shippers.iter().map(|s| s.view(now)).collect();
-        let slots: Vec<_> = self.receivers.lock().unwrap().values().cloned().collect();
-        out.extend(slots.iter().map(|s| s.view(now)));
-        out
+        let state = self.state();
+        if state.role == Role::Replica {
+            let slots: Vec<_> = self.receivers.lock().unwrap().values().cloned().collect();
+            return slots.iter().map(|s| s.view(now)).collect();
+        }
+        self.shippers
+            .iter()
+            .map(|s| StreamView {
+                paused: state.paused,
+                ..s.view(now)
+            })
+            .collect()
     }
 }

@@ -10,7 +10,6 @@ use crate::node::{Node, Shipper};
 use crate::primary::source::{scan, DirWatch, SourceSegment};
 use crate::unix_ms;
 use bytes::Bytes;
-use drd_proto::pb::replication_client::ReplicationClient;
 use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -21,28 +20,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::Instrument;
 
-/// Time allowed to establish the TCP (later TLS) connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings keep NAT/firewall state alive and detect dead peers even
-/// when the stream is idle.
-const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// HTTP/2 flow-control windows: large enough that one stream can fill a
-/// fast link (the in-flight window, not HTTP/2, is what bounds memory).
-pub const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// Messages queued between the reader and the gRPC transport.
 const SEND_QUEUE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
-    #[error("cannot connect to {peer}: {reason}")]
-    Connect { peer: String, reason: String },
+    #[error("{0}")]
+    Connect(String),
     #[error("the replica refused the stream: {0}")]
     Refused(String),
+    #[error("a newer primary exists (epoch {epoch}): {message}")]
+    Stale { epoch: u64, message: String },
     #[error("the replica closed the stream")]
     Closed,
     #[error("no answer from the replica for {0:?}")]
@@ -58,24 +48,24 @@ pub enum ShipError {
     Catalog(#[from] crate::catalog::CatalogError),
 }
 
-/// A connect error with its whole cause chain ("transport error" alone
-/// tells an operator nothing; "Connection refused" does).
-fn connect_error(peer: &str, e: &dyn std::error::Error) -> ShipError {
-    let mut reason = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        reason.push_str(": ");
-        reason.push_str(&c.to_string());
-        cause = c.source();
-    }
-    ShipError::Connect {
-        peer: peer.to_string(),
-        reason,
+fn refused(s: tonic::Status) -> ShipError {
+    let epoch = s
+        .metadata()
+        .get(crate::replica::server::EPOCH_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    match epoch {
+        Some(epoch) if s.code() == tonic::Code::FailedPrecondition => ShipError::Stale {
+            epoch,
+            message: s.message().to_string(),
+        },
+        _ => ShipError::Refused(format!("{:?}: {}", s.code(), s.message())),
     }
 }
 
-fn refused(s: tonic::Status) -> ShipError {
-    ShipError::Refused(format!("{:?}: {}", s.code(), s.message()))
+/// Ship only while this node is primary and not paused.
+fn may_ship(s: &crate::catalog::NodeState) -> bool {
+    s.role == crate::catalog::Role::Primary && !s.paused
 }
 
 /// Where shipping stands inside the source.
@@ -170,14 +160,45 @@ async fn run_stream(
         meta: StreamMeta::default(),
         progressed: false,
         anchor: None,
+        log_end: None,
     };
-    if let Err(e) = shipper.init() {
-        tracing::error!(error = %e, "cannot read this stream's catalog");
-    }
+    let mut state_rx = node.subscribe();
     loop {
+        // Idle until this node is a primary that may ship.
+        loop {
+            let st = state_rx.borrow_and_update().clone();
+            if may_ship(&st) {
+                break;
+            }
+            shipper.status.state.lock().unwrap().connected = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = state_rx.changed() => if r.is_err() { return },
+            }
+        }
+        if let Err(e) = shipper.init() {
+            tracing::error!(error = %e, "cannot read this stream's catalog");
+        }
+        let at_start = state_rx.borrow().clone();
+        let mut watch_rx = state_rx.clone();
+        let state_changed = async move {
+            loop {
+                if watch_rx.changed().await.is_err() {
+                    return;
+                }
+                let now = watch_rx.borrow().clone();
+                if now.epoch != at_start.epoch || !may_ship(&now) {
+                    return;
+                }
+            }
+        };
         shipper.progressed = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = state_changed => {
+                tracing::warn!("role or epoch changed; replication session ended");
+                Ok(())
+            }
             r = shipper.session() => r,
         };
         {
@@ -188,7 +209,11 @@ async fn run_stream(
             }
         }
         match &result {
-            Ok(()) => break,
+            Ok(()) => continue,
+            Err(ShipError::Stale { epoch, message }) => {
+                crate::ops::remote::fence_self(&node, *epoch, message, &shipper.cfg.peer).await;
+                continue;
+            }
             Err(e) => tracing::warn!(error = %e, "replication session ended; reconnecting"),
         }
         if shipper.progressed {
@@ -205,6 +230,7 @@ async fn run_stream(
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = state_rx.changed() => break,
                 _ = tokio::time::sleep(left.min(node.config.tuning.rescan_interval())) => {}
             }
         }
@@ -225,6 +251,9 @@ struct StreamShipper {
     /// Latest known (segment, start position) pair, to compute the written
     /// position from a directory listing.
     anchor: Option<(SegmentName, u64)>,
+    /// The end of this node's own log (last sealed segment, e.g. a fork):
+    /// the written position before any cursor is known.
+    log_end: Option<(String, u64)>,
 }
 
 impl StreamShipper {
@@ -232,11 +261,14 @@ impl StreamShipper {
     /// replica is reachable.
     fn init(&mut self) -> Result<(), ShipError> {
         self.meta = self.node.catalog.stream_meta(&self.cfg.name)?;
+        self.anchor = None;
+        self.log_end = self
+            .node
+            .catalog
+            .tail(&self.cfg.name)?
+            .filter(|t| t.sealed)
+            .map(|t| (t.name.clone(), t.end()));
         let listing = self.scan()?;
-        self.anchor = self.node.catalog.tail(&self.cfg.name)?.and_then(|t| {
-            let next = listing.iter().find(|s| s.name.as_str() > t.name.as_str())?;
-            Some((next.name.clone(), t.end()))
-        });
         self.observe_listing(&listing);
         let mut st = self.status.state.lock().unwrap();
         st.network_bytes = self.meta.network_bytes;
@@ -257,23 +289,9 @@ impl StreamShipper {
 
     /// One connection: handshake, then ship until something fails.
     async fn session(&mut self) -> Result<(), ShipError> {
-        let peer = self.cfg.peer.clone();
-        let endpoint = Endpoint::from_shared(peer.clone())
-            .map_err(|e| connect_error(&peer, &e))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(Some(H2_STREAM_WINDOW))
-            .initial_connection_window_size(Some(H2_CONNECTION_WINDOW));
-        let channel = endpoint
-            .connect()
+        let mut client = crate::ops::peer::connect(&self.cfg.peer)
             .await
-            .map_err(|e| connect_error(&peer, &e))?;
-        let mut client = ReplicationClient::new(channel)
-            .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
+            .map_err(ShipError::Connect)?;
 
         let epoch = self.node.state().epoch;
         let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
@@ -384,16 +402,25 @@ impl StreamShipper {
     fn observe(&mut self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
         if let Some(c) = cursor {
             self.anchor = Some((c.segment.clone(), c.start));
-            self.status.state.lock().unwrap().current_segment = c.segment.to_string();
+            let mut st = self.status.state.lock().unwrap();
+            st.current_segment = c.segment.to_string();
+            st.current_start = c.start;
         }
         self.observe_listing(listing);
     }
 
     /// Records the source's written position as of `listing`.
     fn observe_listing(&self, listing: &[SourceSegment]) {
-        let written = match &self.anchor {
-            Some((name, start)) => written_from(listing, name, *start),
-            None => listing.iter().map(|s| s.size).sum(),
+        let written = match (&self.anchor, &self.log_end) {
+            (Some((name, start)), _) => written_from(listing, name, *start),
+            (None, Some((tail, end))) => {
+                end + listing
+                    .iter()
+                    .filter(|s| s.name.as_str() > tail.as_str())
+                    .map(|s| s.size)
+                    .sum::<u64>()
+            }
+            (None, None) => listing.iter().map(|s| s.size).sum(),
         };
         self.status
             .state
@@ -605,6 +632,8 @@ impl StreamShipper {
             epoch,
             received_at_ms: now,
             sealed_at_ms: Some(now),
+            fork: false,
+            in_source: true,
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;

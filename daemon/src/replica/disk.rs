@@ -274,6 +274,8 @@ impl DiskWorker {
             epoch: c.epoch,
             received_at_ms: unix_ms(),
             sealed_at_ms: None,
+            fork: false,
+            in_source: false,
         });
         Ok(())
     }
@@ -342,6 +344,7 @@ impl DiskWorker {
                 *c = rec.clone();
             }
         }
+        self.meta.durable_at_ms = unix_ms();
         let refs: Vec<&SegmentRecord> = self.changed.iter().collect();
         // Synced commit: after this the durable position survives a crash.
         self.catalog.commit(&self.stream, &refs, &self.meta)?;

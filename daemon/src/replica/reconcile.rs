@@ -28,11 +28,22 @@ pub struct Reconciled {
 pub fn reconcile_tail(landing: &Path, tail: Option<&SegmentRecord>) -> anyhow::Result<Reconciled> {
     let mut out = Reconciled::default();
     let Some(rec) = tail else { return Ok(out) };
+    if rec.in_source {
+        // A segment this node shipped as primary: it lives in the source
+        // directory, which the landing directory's reconciliation does not own.
+        return Ok(out);
+    }
     let name =
         SegmentName::new(rec.name.clone()).context("catalog holds an invalid segment name")?;
     let complete = landing.join(name.as_str());
     let partial = landing.join(name.partial_file_name());
     if rec.sealed {
+        // A fork segment keeps its `.partial` name (PostgreSQL's convention).
+        let complete = if rec.fork && !complete.exists() {
+            partial.clone()
+        } else {
+            complete
+        };
         let len = std::fs::metadata(&complete)
             .with_context(|| format!("sealed segment {} is missing", complete.display()))?
             .len();
@@ -110,6 +121,8 @@ mod tests {
             epoch: 1,
             received_at_ms: 0,
             sealed_at_ms: None,
+            fork: false,
+            in_source: false,
         }
     }
 

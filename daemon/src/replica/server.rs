@@ -5,6 +5,7 @@
 //! leave a half-open one behind), answers with a Welcome that says where to
 //! resume, then runs network reader → bounded queue → disk worker → acks.
 
+use crate::catalog::Role;
 use crate::node::Node;
 use crate::replica::disk::DiskWorker;
 use drd_proto::pb::replication_server::Replication;
@@ -29,6 +30,14 @@ const ACK_QUEUE: usize = 64;
 pub struct SessionHandle {
     cancel: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+}
+
+impl SessionHandle {
+    /// Ends the session and waits until its disk worker has stopped.
+    pub async fn end(self) {
+        self.cancel.cancel();
+        let _ = self.done.await;
+    }
 }
 
 pub struct ReplicationService {
@@ -71,9 +80,38 @@ impl Replication for ReplicationService {
             }
         };
         let span = tracing::info_span!("session", stream = %hello.stream, peer = %hello.node_id, epoch = hello.epoch);
+        // No session may start while a role transition runs.
+        let _gate = self.node.transition.read().await;
         self.start_session(hello, inbound, remote, idle)
             .instrument(span)
             .await
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteResponse>, Status> {
+        crate::ops::remote::promote(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn fence(
+        &self,
+        request: Request<pb::FenceRequest>,
+    ) -> Result<Response<pb::FenceResponse>, Status> {
+        crate::ops::remote::fence(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn log_info(
+        &self,
+        request: Request<pb::LogInfoRequest>,
+    ) -> Result<Response<pb::LogInfoResponse>, Status> {
+        let req = request.into_inner();
+        let stream = crate::ops::stream_name(&req.stream)?;
+        crate::ops::remote::log_info(&self.node, &stream, req.hash_tail).map(Response::new)
     }
 }
 
@@ -96,8 +134,7 @@ impl ReplicationService {
         let mut session = slot.session.lock().await;
         if let Some(old) = session.take() {
             tracing::info!("a new session replaces the previous one");
-            old.cancel.cancel();
-            let _ = old.done.await;
+            old.end().await;
         }
 
         let landing = self.node.config.landing_dir(&hello.stream);
@@ -153,6 +190,26 @@ impl ReplicationService {
 
         let cancel = self.shutdown.child_token();
         let reader_cancel = cancel.clone();
+        // A role or epoch change ends the session (the transition also ends
+        // it explicitly and waits; this covers changes from other paths).
+        let mut state_rx = self.node.subscribe();
+        let watch_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let start = state_rx.borrow().clone();
+            loop {
+                tokio::select! {
+                    _ = watch_cancel.cancelled() => return,
+                    changed = state_rx.changed() => {
+                        if changed.is_err() { return; }
+                        let now = state_rx.borrow().clone();
+                        if now.role != start.role || now.epoch != start.epoch {
+                            watch_cancel.cancel();
+                            return;
+                        }
+                    }
+                }
+            }
+        });
         let reader_slot = slot.clone();
         let done = tokio::spawn(
             async move {
@@ -174,27 +231,73 @@ impl ReplicationService {
 
     fn check_hello(&self, hello: &Hello) -> Result<(), Status> {
         let state = self.node.state();
-        if state.role != crate::catalog::Role::Replica {
-            return Err(Status::failed_precondition(format!(
-                "node {} is {}, not a replica; it does not receive streams",
-                self.node.config.node_id,
-                state.role.as_str()
-            )));
-        }
         if hello.epoch < state.epoch {
             tracing::warn!(
                 current = state.epoch,
                 "refused a primary with a stale epoch"
             );
-            return Err(Status::failed_precondition(format!(
-                "stale epoch {}: this replica is at epoch {}; the sender must fence itself",
-                hello.epoch, state.epoch
-            )));
+            return Err(stale_epoch(&self.node, hello.epoch));
+        }
+        match state.role {
+            Role::Replica => {}
+            Role::Primary if hello.epoch > state.epoch => {
+                // A newer primary is talking to us: we are the stale one.
+                let reason = format!(
+                    "node {} connected as primary at epoch {}",
+                    hello.node_id, hello.epoch
+                );
+                let node = self.node.clone();
+                let from = hello.node_id.to_string();
+                let seen = hello.epoch;
+                tokio::spawn(async move {
+                    crate::ops::remote::fence_self(&node, seen, &reason, &from).await
+                });
+                return Err(Status::failed_precondition(format!(
+                    "node {} was primary at epoch {} and is fencing itself; run `drctl rejoin` on it",
+                    self.node.config.node_id, state.epoch
+                )));
+            }
+            Role::Primary => {
+                tracing::error!(
+                    "another node claims to be primary at epoch {} while this node is primary at epoch {}",
+                    hello.epoch,
+                    state.epoch
+                );
+                return Err(Status::failed_precondition(format!(
+                    "node {} is primary at epoch {}; it does not receive streams",
+                    self.node.config.node_id, state.epoch
+                )));
+            }
+            Role::Fenced => {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is fenced; run `drctl rejoin` on it first",
+                    self.node.config.node_id
+                )))
+            }
         }
         self.node
             .adopt_epoch(hello.epoch)
             .map_err(|e| Status::internal(format!("{e:#}")))
     }
+}
+
+/// Metadata key carrying the refusing node's epoch, so a stale primary
+/// learns it must fence itself.
+pub const EPOCH_METADATA: &str = "drd-epoch";
+
+/// The refusal a stale primary gets: FAILED_PRECONDITION with our epoch.
+pub fn stale_epoch(node: &Node, got: u64) -> Status {
+    let state = node.state();
+    let mut status = Status::failed_precondition(format!(
+        "stale epoch {got}: node {} is {} at epoch {}; the sender must fence itself",
+        node.config.node_id,
+        state.role.as_str(),
+        state.epoch
+    ));
+    if let Ok(v) = state.epoch.to_string().parse() {
+        status.metadata_mut().insert(EPOCH_METADATA, v);
+    }
+    status
 }
 
 /// Reads messages until the stream ends, fails, idles out or is cancelled.

@@ -1,0 +1,267 @@
+//! `drctl failover`: the unplanned case, run at the DR node. Preflight checks
+//! (is the primary really gone? how much data could be lost?), then: end the
+//! replication sessions, close the log at the fork, become primary at
+//! epoch + 1 — one catalog transaction with its audit record — tell the old
+//! primary to fence itself if it can be reached, run the promote hook, and
+//! report the RPO.
+
+use crate::catalog::{AuditRecord, Role, Txn};
+use crate::config::DataLoss;
+use crate::hooks::{self, HookEnv};
+use crate::node::Node;
+use crate::ops::{fork, peer, Caller};
+use drd_proto::{pb, StreamName};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the failover waits for the old primary to answer the fence.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn refuse(mut r: pb::FailoverResponse, why: String) -> pb::FailoverResponse {
+    r.refused = why;
+    r
+}
+
+/// Resolves the stream the request names, or the node's only one.
+pub fn pick_stream(node: &Node, name: &str) -> Result<StreamName, String> {
+    let streams = node.stream_names();
+    if name.is_empty() {
+        return match streams.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err("this node has no stream yet".into()),
+            many => Err(format!(
+                "this node has several streams; name one with --stream ({})",
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+    }
+    let s = StreamName::new(name).map_err(|e| e.to_string())?;
+    if !streams.contains(&s) {
+        return Err(format!("no stream named {s} on this node"));
+    }
+    Ok(s)
+}
+
+pub async fn failover(
+    node: &Arc<Node>,
+    req: pb::FailoverRequest,
+    who: Caller,
+) -> pb::FailoverResponse {
+    let state = node.state();
+    let mut r = pb::FailoverResponse {
+        dry_run: req.dry_run,
+        old_epoch: state.epoch,
+        ..Default::default()
+    };
+    if state.role != Role::Replica {
+        return refuse(
+            r,
+            format!(
+                "this node is {} at epoch {}; failover runs on the DR node, which must be a replica",
+                state.role.as_str(),
+                state.epoch
+            ),
+        );
+    }
+    let stream = match pick_stream(node, &req.stream) {
+        Ok(s) => s,
+        Err(e) => return refuse(r, e),
+    };
+    r.stream = stream.to_string();
+    r.new_epoch = state.epoch + 1;
+    let slot = match node.receive_slot(&stream) {
+        Ok(s) => s,
+        Err(e) => return refuse(r, format!("{e:#}")),
+    };
+    let view = slot.view(std::time::Instant::now());
+    let meta = node.catalog.stream_meta(&stream).unwrap_or_default();
+    r.durable_position = view.durable_position;
+    r.durable_at_ms = meta.durable_at_ms;
+    r.primary_reported_position = view.written_position;
+    r.possible_loss_bytes = view.lag_bytes;
+    r.possible_loss_seconds = view.lag_seconds;
+    r.old_primary = meta.last_primary.clone().unwrap_or_default();
+    r.primary_looks_alive = view.connected;
+    let peer_cfg = node
+        .config
+        .streams
+        .iter()
+        .find(|s| s.name == stream)
+        .cloned();
+
+    r.plan = vec![
+        format!("end replication from {} and keep what is durable: {} bytes", or_unknown(&r.old_primary), r.durable_position),
+        format!("close the log at the fork position {} (the last partial segment is kept as NAME.partial)", r.durable_position),
+        format!("become primary of {stream} at epoch {} (audit log records it)", r.new_epoch),
+        match &peer_cfg {
+            Some(c) => format!("tell the old primary at {} to fence itself (go on if unreachable)", c.peer),
+            None => "cannot tell the old primary to fence: no [[stream]] peer configured for this stream".into(),
+        },
+        match &node.config.hooks.promote {
+            Some(h) => format!("run the promote hook: {h}"),
+            None => "no promote hook configured: promote the database yourself".into(),
+        },
+    ];
+    if peer_cfg.is_none() {
+        r.warnings.push(format!(
+            "no [[stream]] for {stream} in this node's config: as primary it has no source to ship from"
+        ));
+    }
+    if r.primary_looks_alive && !req.yes {
+        return refuse(
+            r,
+            "the primary is still connected and shipping to this node; a failover now would leave two \
+             primaries. For a planned change use `drctl switchover`; if you are certain the primary must \
+             be replaced (e.g. it is cut off from its clients), repeat with --yes"
+                .into(),
+        );
+    }
+    let limit = if req.max_data_loss_bytes > 0 {
+        Some(DataLoss::Bytes(req.max_data_loss_bytes))
+    } else if req.max_data_loss_seconds > 0.0 {
+        Some(DataLoss::Seconds(req.max_data_loss_seconds))
+    } else {
+        node.config.rpo_budget
+    };
+    let over = match limit {
+        Some(DataLoss::Bytes(b)) if r.possible_loss_bytes > b => Some(format!(
+            "the possible data loss of {} bytes exceeds the limit of {b} bytes",
+            r.possible_loss_bytes
+        )),
+        Some(DataLoss::Seconds(s)) if r.possible_loss_seconds > s => Some(format!(
+            "the possible data loss of {:.1} s exceeds the limit of {s:.1} s",
+            r.possible_loss_seconds
+        )),
+        _ => None,
+    };
+    if let Some(why) = over {
+        if !req.force {
+            return refuse(r, format!("{why}; repeat with --force to accept the loss"));
+        }
+        r.warnings.push(format!("{why}; accepted with --force"));
+    }
+    if req.dry_run {
+        return r;
+    }
+
+    // The promotion itself.
+    let next = match crate::roles::promote(&state) {
+        Ok(n) => n,
+        Err(e) => return refuse(r, e.to_string()),
+    };
+    {
+        let _gate = node.transition.write().await;
+        node.end_sessions().await;
+        let mut txn = Txn::default();
+        let mut detail = Vec::new();
+        for s in node.stream_names() {
+            match fork::close_received_log(node, &s, next.epoch, &mut txn) {
+                Ok(Some(f)) => {
+                    if s == stream {
+                        r.durable_position = f.position;
+                    }
+                    detail.push(format!(
+                        "{s}: fork at position {} in segment {}",
+                        f.position, f.segment
+                    ))
+                }
+                Ok(None) => detail.push(format!("{s}: nothing received")),
+                Err(e) => {
+                    return refuse(
+                        r,
+                        format!("cannot close the log of {s}: {e:#}; nothing changed"),
+                    )
+                }
+            }
+        }
+        detail.push(format!(
+            "possible loss {} bytes / {:.1} s; old primary {}",
+            r.possible_loss_bytes,
+            r.possible_loss_seconds,
+            or_unknown(&r.old_primary)
+        ));
+        txn.audit(AuditRecord {
+            action: "failover".into(),
+            user: who.user.clone(),
+            origin: who.origin.clone(),
+            reason: req.reason.clone(),
+            epoch_before: state.epoch,
+            epoch_after: next.epoch,
+            role_before: state.role.as_str().into(),
+            role_after: next.role.as_str().into(),
+            detail: detail.join("; "),
+            ..Default::default()
+        });
+        if let Err(e) = node.commit_state(next.clone(), txn) {
+            return refuse(
+                r,
+                format!("cannot record the promotion: {e:#}; nothing changed"),
+            );
+        }
+    }
+    tracing::warn!(epoch = next.epoch, stream = %stream, fork = r.durable_position, "FAILOVER: this node is now primary");
+
+    if let Some(c) = &peer_cfg {
+        match fence_old_primary(node, &c.peer, next.epoch, &req.reason).await {
+            Ok(resp) => {
+                r.old_primary_reached = true;
+                if let Some(w) = resp.written.iter().find(|w| w.stream == stream.as_str()) {
+                    r.known_loss_bytes = w.position.saturating_sub(r.durable_position);
+                }
+            }
+            Err(e) => r
+                .warnings
+                .push(format!("old primary not reached to fence it: {e}")),
+        }
+    }
+    let outcome = hooks::run(
+        &node.catalog,
+        "promote",
+        node.config.hooks.promote.as_deref(),
+        Duration::from_secs(node.config.hooks.timeout_seconds),
+        &HookEnv {
+            node_id: node.config.node_id.as_str(),
+            epoch: next.epoch,
+            role: "primary",
+            fork_position: Some(r.durable_position),
+        },
+    )
+    .await;
+    r.hook_report = outcome.summary("promote");
+    crate::ops::audit_hook(node, &who, next.epoch, &r.hook_report);
+    r
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "(unknown)"
+    } else {
+        s
+    }
+}
+
+/// Asks the old primary to fence itself.
+async fn fence_old_primary(
+    node: &Node,
+    peer_addr: &str,
+    epoch: u64,
+    reason: &str,
+) -> Result<pb::FenceResponse, String> {
+    let call = async {
+        let mut c = peer::connect_for_calls(peer_addr).await?;
+        c.fence(pb::FenceRequest {
+            from_node: node.config.node_id.to_string(),
+            epoch,
+            reason: reason.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
+    };
+    tokio::time::timeout(FENCE_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("no answer within {FENCE_TIMEOUT:?}"))?
+}

@@ -1,0 +1,291 @@
+//! Closing a stream's log at a fork, and cutting a log back to one.
+//!
+//! Promotion closes the received log at its durable end: a partial last
+//! segment becomes complete *at that length* (a fork segment), its file kept
+//! as `NAME.partial`. Demotion closes the source log the same way at the
+//! drained position. Rejoin cuts a fenced node's log back to the new
+//! primary's fork; what lay beyond is moved to quarantine, never deleted.
+
+use crate::catalog::{Fork, SegmentRecord, Txn};
+use crate::config::StreamConfig;
+use crate::fsutil;
+use crate::node::Node;
+use crate::unix_ms;
+use anyhow::{bail, Context};
+use drd_proto::{SegmentName, StreamName};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// SHA-256 of the first `len` bytes of a file.
+pub fn hash_prefix(path: &Path, len: u64) -> anyhow::Result<String> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f.take(len), &mut h)?;
+    if n != len {
+        bail!(
+            "{} has only {n} bytes, expected at least {len}",
+            path.display()
+        );
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Where the bytes of a segment record live on this node.
+pub fn segment_path(node: &Node, stream: &StreamName, rec: &SegmentRecord) -> Option<PathBuf> {
+    if rec.in_source {
+        let cfg = node.config.streams.iter().find(|s| &s.name == stream)?;
+        return Some(cfg.wal_dir.join(&rec.name));
+    }
+    let landing = node.config.landing_dir(stream);
+    let complete = landing.join(&rec.name);
+    if complete.exists() {
+        return Some(complete);
+    }
+    let partial = landing.join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
+    partial.exists().then_some(partial)
+}
+
+/// Promotion: closes the received log of `stream` at its durable end.
+/// Returns the fork (None when nothing was received).
+pub fn close_received_log(
+    node: &Node,
+    stream: &StreamName,
+    new_epoch: u64,
+    txn: &mut Txn,
+) -> anyhow::Result<Option<Fork>> {
+    let cat = &node.catalog;
+    let mut meta = cat.stream_meta(stream)?;
+    let Some(mut rec) = cat.tail(stream)? else {
+        return Ok(None);
+    };
+    if !rec.sealed {
+        let partial = node.config.landing_dir(stream).join(format!(
+            "{}{}",
+            rec.name,
+            drd_proto::PARTIAL_SUFFIX
+        ));
+        // Bytes past the durable size were never acked: cut them first, so
+        // the kept file is exactly the verified prefix.
+        if std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > rec.size {
+            fsutil::truncate_durable(&partial, rec.size)?;
+        }
+        rec.sha256 = Some(hash_prefix(&partial, rec.size)?);
+        rec.sealed = true;
+        rec.fork = true;
+        rec.sealed_at_ms = Some(unix_ms());
+        meta.sealed_segments += 1;
+        txn.segment(stream, &rec);
+    }
+    let fork = Fork {
+        segment: rec.name.clone(),
+        position: rec.end(),
+        epoch: new_epoch,
+    };
+    meta.fork = Some(fork.clone());
+    txn.meta(stream, &meta);
+    Ok(Some(fork))
+}
+
+/// Demotion: closes the source log at `fork_position`, which must be the end
+/// of the active segment `segment` (starting at `start`): writes must have
+/// stopped and the replica drained.
+pub fn close_source_log(
+    node: &Node,
+    cfg: &StreamConfig,
+    segment: &SegmentName,
+    start: u64,
+    fork_position: u64,
+    new_epoch: u64,
+    txn: &mut Txn,
+) -> anyhow::Result<Fork> {
+    let path = cfg.wal_dir.join(segment.as_str());
+    let len = fork_position
+        .checked_sub(start)
+        .context("fork position before the active segment's start")?;
+    let size = std::fs::metadata(&path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    if size != len {
+        bail!(
+            "{} has {size} bytes but the fork is at byte {len} of it: writes did not stop",
+            path.display()
+        );
+    }
+    let now = unix_ms();
+    let rec = SegmentRecord {
+        name: segment.to_string(),
+        start,
+        size: len,
+        sealed: true,
+        sha256: Some(hash_prefix(&path, len)?),
+        epoch: node.state().epoch,
+        received_at_ms: now,
+        sealed_at_ms: Some(now),
+        fork: true,
+        in_source: true,
+    };
+    let mut meta = node.catalog.stream_meta(&cfg.name)?;
+    let fork = Fork {
+        segment: segment.to_string(),
+        position: fork_position,
+        epoch: new_epoch,
+    };
+    meta.fork = Some(fork.clone());
+    meta.sealed_segments += 1;
+    txn.segment(&cfg.name, &rec).meta(&cfg.name, &meta);
+    Ok(fork)
+}
+
+/// A file moved (or a tail copied) into quarantine.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub from: PathBuf,
+}
+
+/// The new primary's fork segment as it reported it.
+#[derive(Debug, Clone)]
+pub struct RemoteFork {
+    pub segment: SegmentName,
+    pub start: u64,
+    pub position: u64,
+    pub sha256: String,
+    pub epoch: u64,
+}
+
+/// Rejoin: cuts this node's log of `cfg.name` back to `fork`. Checks first
+/// (nothing is changed if the shared prefix does not match), then moves
+/// everything past the fork into `quarantine`, and records the cut in `txn`.
+pub fn cut_back(
+    node: &Node,
+    cfg: &StreamConfig,
+    fork: &RemoteFork,
+    quarantine: &Path,
+    txn: &mut Txn,
+) -> anyhow::Result<Vec<Quarantined>> {
+    let stream = &cfg.name;
+    let landing = node.config.landing_dir(stream);
+    let fork_len = fork.position - fork.start;
+    // Where this node holds the fork segment: its source, or its landing dir.
+    let candidates = [
+        (cfg.wal_dir.join(fork.segment.as_str()), true),
+        (landing.join(fork.segment.as_str()), false),
+        (landing.join(fork.segment.partial_file_name()), false),
+    ];
+    let (fork_file, in_source) = candidates
+        .into_iter()
+        .find(|(p, _)| p.exists())
+        .with_context(|| {
+            format!(
+                "this node does not hold the fork segment {}; it cannot rejoin by cutting back — \
+                 rebuild it from the new primary instead",
+                fork.segment
+            )
+        })?;
+    let have = std::fs::metadata(&fork_file)?.len();
+    if have < fork_len {
+        bail!(
+            "{} has {have} bytes, fewer than the {fork_len} the new primary holds: \
+             this node is behind the fork, not past it",
+            fork_file.display()
+        );
+    }
+    let ours = hash_prefix(&fork_file, fork_len)?;
+    if ours != fork.sha256 {
+        bail!(
+            "the first {fork_len} bytes of {} differ from the new primary's copy \
+             (sha256 {ours} vs {}); the logs diverged before the fork — refusing to rejoin",
+            fork_file.display(),
+            fork.sha256
+        );
+    }
+
+    // Checks passed: move what lies past the fork.
+    fsutil::create_dir_durable(quarantine)?;
+    let mut moved = Vec::new();
+    for dir in [cfg.wal_dir.clone(), landing.clone()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            let base = name
+                .strip_suffix(drd_proto::PARTIAL_SUFFIX)
+                .unwrap_or(&name);
+            let Ok(seg) = SegmentName::new(base) else {
+                continue;
+            };
+            if seg <= fork.segment {
+                continue;
+            }
+            let from = dir.join(&name);
+            let to = quarantine.join(&name);
+            let bytes = std::fs::metadata(&from)?.len();
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("cannot move {} to quarantine", from.display()))?;
+            moved.push(Quarantined {
+                path: to,
+                bytes,
+                from,
+            });
+        }
+        // Make the moves durable on both sides.
+        fsutil::fsync_dir(&dir).ok();
+    }
+    if have > fork_len {
+        let to = quarantine.join(format!("{}.after-fork-at-{fork_len}", fork.segment));
+        let mut src = std::fs::File::open(&fork_file)?;
+        src.seek(SeekFrom::Start(fork_len))?;
+        let mut out = std::fs::File::create(&to)?;
+        std::io::copy(&mut src, &mut out)?;
+        out.flush()?;
+        // The copy must be durable before the original bytes are cut.
+        out.sync_all()?;
+        moved.push(Quarantined {
+            path: to,
+            bytes: have - fork_len,
+            from: fork_file.clone(),
+        });
+        fsutil::truncate_durable(&fork_file, fork_len)?;
+    }
+    fsutil::fsync_dir(quarantine)?;
+
+    // Catalog: drop records past the fork, record the fork segment.
+    for rec in node.catalog.segments(stream)? {
+        let name = SegmentName::new(rec.name.clone())?;
+        if name > fork.segment {
+            txn.delete_segment(stream, &name);
+        }
+    }
+    let now = unix_ms();
+    txn.segment(
+        stream,
+        &SegmentRecord {
+            name: fork.segment.to_string(),
+            start: fork.start,
+            size: fork_len,
+            sealed: true,
+            sha256: Some(fork.sha256.clone()),
+            epoch: fork.epoch,
+            received_at_ms: now,
+            sealed_at_ms: Some(now),
+            fork: true,
+            in_source,
+        },
+    );
+    let mut meta = node.catalog.stream_meta(stream)?;
+    meta.fork = Some(Fork {
+        segment: fork.segment.to_string(),
+        position: fork.position,
+        epoch: fork.epoch,
+    });
+    meta.source_position = fork.position;
+    txn.meta(stream, &meta);
+    Ok(moved)
+}

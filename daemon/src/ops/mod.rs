@@ -1,0 +1,129 @@
+//! Operations that change roles or serve operators: failover, switchover,
+//! rejoin, fencing, pause/resume, history, segment fetch. The protocol rules
+//! they apply are in [`crate::roles`]; this module carries them out.
+
+pub mod failover;
+pub mod fork;
+pub mod peer;
+pub mod rejoin;
+pub mod remote;
+pub mod switchover;
+
+use crate::catalog::{AuditRecord, Txn};
+use crate::node::Node;
+use drd_proto::{pb, SegmentName, StreamName};
+use tonic::Status;
+
+/// Who asked for an operation, for the audit log.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// OS user of the control-socket peer (or a node id).
+    pub user: String,
+    /// e.g. "control socket, pid 1234".
+    pub origin: String,
+}
+
+/// Records a hook's result in the audit log.
+pub fn audit_hook(node: &Node, who: &Caller, epoch: u64, summary: &str) {
+    let mut txn = Txn::default();
+    txn.audit(AuditRecord {
+        action: "hook".into(),
+        user: who.user.clone(),
+        origin: who.origin.clone(),
+        epoch_before: epoch,
+        epoch_after: epoch,
+        detail: summary.to_string(),
+        ..Default::default()
+    });
+    if let Err(e) = node.catalog.commit_txn(txn) {
+        tracing::error!(error = %e, "cannot record a hook result in the audit log");
+    }
+}
+
+/// `drctl pause` / `drctl resume`.
+pub fn pause(node: &Node, req: pb::PauseRequest, who: Caller) -> Result<pb::PauseResponse, Status> {
+    let state = node.state();
+    let next = crate::catalog::NodeState {
+        paused: req.pause,
+        ..state.clone()
+    };
+    let mut txn = Txn::default();
+    txn.audit(AuditRecord {
+        action: if req.pause { "pause" } else { "resume" }.into(),
+        user: who.user,
+        origin: who.origin,
+        reason: req.reason,
+        epoch_before: state.epoch,
+        epoch_after: state.epoch,
+        role_before: state.role.as_str().into(),
+        role_after: state.role.as_str().into(),
+        ..Default::default()
+    });
+    node.commit_state(next, txn)
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    tracing::warn!(
+        paused = req.pause,
+        "shipping {}",
+        if req.pause { "paused" } else { "resumed" }
+    );
+    Ok(pb::PauseResponse { paused: req.pause })
+}
+
+/// `drctl history`: the audit log.
+pub fn history(node: &Node) -> Result<pb::HistoryResponse, Status> {
+    let log = node
+        .catalog
+        .audit_log()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(pb::HistoryResponse {
+        entries: log
+            .into_iter()
+            .map(|a| pb::AuditEntry {
+                seq: a.seq,
+                at_ms: a.at_ms,
+                action: a.action,
+                user: a.user,
+                origin: a.origin,
+                reason: a.reason,
+                epoch_before: a.epoch_before,
+                epoch_after: a.epoch_after,
+                role_before: a.role_before,
+                role_after: a.role_after,
+                detail: a.detail,
+            })
+            .collect(),
+    })
+}
+
+/// `drctl wal-fetch`: where the complete, verified copy of a segment is.
+pub fn fetch_segment(
+    node: &Node,
+    req: pb::FetchSegmentRequest,
+) -> Result<pb::FetchSegmentResponse, Status> {
+    let stream = failover::pick_stream(node, &req.stream).map_err(Status::invalid_argument)?;
+    let seg = SegmentName::new(req.segment).map_err(Status::from)?;
+    let rec = node
+        .catalog
+        .segment(&stream, &seg)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .filter(|r| r.sealed)
+        .ok_or_else(|| {
+            Status::not_found(format!("segment {seg} of {stream} is not complete here"))
+        })?;
+    let path = fork::segment_path(node, &stream, &rec).ok_or_else(|| {
+        Status::data_loss(format!(
+            "segment {seg} is in the catalog but its file is missing"
+        ))
+    })?;
+    Ok(pb::FetchSegmentResponse {
+        path: path.display().to_string(),
+        size: rec.size,
+        sha256: rec.sha256.unwrap_or_default(),
+        fork: rec.fork,
+    })
+}
+
+/// Streams named by a client: validated here, once.
+pub fn stream_name(name: &str) -> Result<StreamName, Status> {
+    StreamName::new(name).map_err(Status::from)
+}

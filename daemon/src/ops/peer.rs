@@ -1,0 +1,67 @@
+//! Connections to the other site's drd: one place that builds the endpoint
+//! (timeouts, keepalives, windows, message limits) for shipping and for the
+//! node-to-node calls of failover, switchover and rejoin.
+
+use drd_proto::pb::replication_client::ReplicationClient;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Time allowed to establish the connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of a single node-to-node call (promote, fence, log info).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings keep NAT/firewall state alive and detect dead peers even
+/// when the stream is idle.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 flow-control windows: large enough that one stream can fill a
+/// fast link (the in-flight window, not HTTP/2, is what bounds memory).
+pub const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// A connect error with its whole cause chain ("transport error" alone
+/// tells an operator nothing; "Connection refused" does).
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut reason = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        reason.push_str(": ");
+        reason.push_str(&c.to_string());
+        cause = c.source();
+    }
+    reason
+}
+
+/// The endpoint for `peer` (e.g. `http://127.0.0.1:7601`).
+pub fn endpoint(peer: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(peer.to_string())
+        .map_err(|e| describe(&e))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(H2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(H2_CONNECTION_WINDOW)))
+}
+
+/// A replication client for `peer` with drd's message limits.
+pub async fn connect(peer: &str) -> Result<ReplicationClient<Channel>, String> {
+    let channel = endpoint(peer)?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {peer}: {}", describe(&e)))?;
+    Ok(ReplicationClient::new(channel)
+        .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES))
+}
+
+/// A client for short node-to-node calls: every call gets a deadline.
+pub async fn connect_for_calls(peer: &str) -> Result<ReplicationClient<Channel>, String> {
+    let channel = endpoint(peer)?
+        .timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {peer}: {}", describe(&e)))?;
+    Ok(ReplicationClient::new(channel))
+}

@@ -1,0 +1,391 @@
+//! `drctl switchover`: the planned change with zero loss, run at the
+//! primary. Steps, each named in the report:
+//!
+//! 1. preflight — the replica answers and is at our epoch;
+//! 2. pre-switchover hook — stop writes at the database;
+//! 3. drain — wait for lag 0 with the source no longer growing;
+//! 4. verify — every segment's SHA-256 matches on both sides;
+//! 5. promote replica — it runs its promote hook, then becomes primary;
+//! 6. demote — this node closes its log at the fork and becomes a replica.
+//!
+//! A failure before step 6 rolls back: roles stay as they were and the
+//! abort hook lets writes resume.
+
+use crate::catalog::{AuditRecord, Role, Txn};
+use crate::hooks::{self, HookEnv};
+use crate::node::Node;
+use crate::ops::{fork, peer, remote, Caller};
+use drd_proto::{pb, SegmentName};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default time to wait for the replica to drain.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The source must stay unchanged this long at lag 0 to count as drained.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+struct Run<'a> {
+    node: &'a Arc<Node>,
+    who: &'a Caller,
+    reason: String,
+    r: pb::SwitchoverResponse,
+}
+
+impl Run<'_> {
+    fn step(&mut self, s: String) {
+        tracing::warn!(step = %s, "switchover");
+        self.r.steps.push(s);
+    }
+
+    fn hook_env(&self, epoch: u64, fork: Option<u64>) -> (String, u64, Option<u64>) {
+        (self.node.config.node_id.to_string(), epoch, fork)
+    }
+
+    async fn hook(
+        &self,
+        name: &str,
+        cmd: Option<&str>,
+        change_id: u64,
+        fork: Option<u64>,
+    ) -> hooks::HookOutcome {
+        let (id, epoch, fork) = self.hook_env(change_id, fork);
+        hooks::run(
+            &self.node.catalog,
+            name,
+            cmd,
+            Duration::from_secs(self.node.config.hooks.timeout_seconds),
+            &HookEnv {
+                node_id: &id,
+                epoch,
+                role: "primary",
+                fork_position: fork,
+            },
+        )
+        .await
+    }
+
+    /// Rolls back after `step` failed: writes may resume, roles unchanged.
+    async fn fail(
+        mut self,
+        step: &str,
+        error: String,
+        pre_hook_ran: bool,
+    ) -> pb::SwitchoverResponse {
+        if pre_hook_ran {
+            let o = self
+                .hook(
+                    "abort_switchover",
+                    self.node.config.hooks.abort_switchover.as_deref(),
+                    crate::unix_ms(),
+                    None,
+                )
+                .await;
+            self.step(format!("rollback: {}", o.summary("abort_switchover")));
+        }
+        let state = self.node.state();
+        self.step(format!(
+            "rolled back: this node stays {} at epoch {}",
+            state.role.as_str(),
+            state.epoch
+        ));
+        let mut txn = Txn::default();
+        txn.audit(AuditRecord {
+            action: "switchover-rolled-back".into(),
+            user: self.who.user.clone(),
+            origin: self.who.origin.clone(),
+            reason: self.reason.clone(),
+            epoch_before: state.epoch,
+            epoch_after: state.epoch,
+            role_before: state.role.as_str().into(),
+            role_after: state.role.as_str().into(),
+            detail: format!("step {step} failed: {error}"),
+            ..Default::default()
+        });
+        let _ = self.node.catalog.commit_txn(txn);
+        self.r.ok = false;
+        self.r.failed_step = step.to_string();
+        self.r.error = error;
+        self.r
+    }
+}
+
+pub async fn switchover(
+    node: &Arc<Node>,
+    req: pb::SwitchoverRequest,
+    who: Caller,
+) -> pb::SwitchoverResponse {
+    let mut run = Run {
+        node,
+        who: &who,
+        reason: req.reason.clone(),
+        r: pb::SwitchoverResponse {
+            dry_run: req.dry_run,
+            ..Default::default()
+        },
+    };
+    let state = node.state();
+    if state.role != Role::Primary {
+        return run
+            .fail(
+                "preflight",
+                format!(
+                    "this node is {}; run switchover on the current primary",
+                    state.role.as_str()
+                ),
+                false,
+            )
+            .await;
+    }
+    let [cfg] = node.config.streams.as_slice() else {
+        return run
+            .fail(
+                "preflight",
+                "switchover supports exactly one shipped stream per node".into(),
+                false,
+            )
+            .await;
+    };
+    let shipper = node.shippers[0].clone();
+
+    // 1. preflight
+    let mut client = match peer::connect_for_calls(&cfg.peer).await {
+        Ok(c) => c,
+        Err(e) => return run.fail("preflight", e, false).await,
+    };
+    let info = match client
+        .log_info(pb::LogInfoRequest {
+            stream: cfg.name.to_string(),
+            hash_tail: false,
+        })
+        .await
+    {
+        Ok(i) => i.into_inner(),
+        Err(s) => {
+            return run
+                .fail(
+                    "preflight",
+                    format!("the replica did not answer: {}", s.message()),
+                    false,
+                )
+                .await
+        }
+    };
+    if info.role != pb::Role::Replica as i32 || info.epoch != state.epoch {
+        return run
+            .fail(
+                "preflight",
+                format!(
+                    "{} is not a replica at epoch {} (role {:?}, epoch {})",
+                    info.node_id,
+                    state.epoch,
+                    pb::Role::try_from(info.role).unwrap_or(pb::Role::Unspecified),
+                    info.epoch
+                ),
+                false,
+            )
+            .await;
+    }
+    run.r.new_primary = info.node_id.clone();
+    run.step(format!(
+        "preflight: {} is a replica at epoch {}",
+        info.node_id, info.epoch
+    ));
+    if req.dry_run {
+        run.step("dry run: would run the pre_switchover hook, drain to lag 0, verify checksums, promote the replica, demote this node".into());
+        run.r.ok = true;
+        return run.r;
+    }
+
+    // 2. stop writes
+    let o = run
+        .hook(
+            "pre_switchover",
+            node.config.hooks.pre_switchover.as_deref(),
+            crate::unix_ms(),
+            None,
+        )
+        .await;
+    run.step(o.summary("pre_switchover"));
+    if o.failed() {
+        return run
+            .fail("pre_switchover hook", o.summary("pre_switchover"), true)
+            .await;
+    }
+
+    // 3. drain
+    let timeout = if req.drain_timeout_seconds > 0.0 {
+        Duration::from_secs_f64(req.drain_timeout_seconds)
+    } else {
+        DEFAULT_DRAIN_TIMEOUT
+    };
+    let deadline = Instant::now() + timeout;
+    let mut quiet_since: Option<(Instant, u64)> = None;
+    let (fork_position, segment, start) = loop {
+        let v = shipper.view(Instant::now());
+        let (seg, start) = {
+            let st = shipper.state.lock().unwrap();
+            (st.current_segment.clone(), st.current_start)
+        };
+        if v.connected && v.lag_bytes == 0 && !seg.is_empty() {
+            match quiet_since {
+                Some((t, pos)) if pos == v.written_position && t.elapsed() >= DRAIN_QUIET => {
+                    break (v.written_position, seg, start)
+                }
+                Some((_, pos)) if pos == v.written_position => {}
+                _ => quiet_since = Some((Instant::now(), v.written_position)),
+            }
+        } else {
+            quiet_since = None;
+        }
+        if Instant::now() > deadline {
+            return run
+                .fail(
+                    "drain",
+                    format!(
+                        "lag did not reach 0 with writes stopped within {timeout:?} (lag {} bytes, connected {})",
+                        v.lag_bytes, v.connected
+                    ),
+                    true,
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    run.r.fork_position = fork_position;
+    run.step(format!("drain: lag 0 at position {fork_position}"));
+
+    // 4. verify checksums on both sides
+    let theirs = match client
+        .log_info(pb::LogInfoRequest {
+            stream: cfg.name.to_string(),
+            hash_tail: true,
+        })
+        .await
+    {
+        Ok(i) => i.into_inner(),
+        Err(s) => return run.fail("verify", s.message().to_string(), true).await,
+    };
+    let ours = match remote::log_info(node, &cfg.name, false) {
+        Ok(i) => i,
+        Err(s) => return run.fail("verify", s.message().to_string(), true).await,
+    };
+    let mut checked = 0;
+    for mine in ours.segments.iter().filter(|s| s.sealed) {
+        match theirs.segments.iter().find(|t| t.name == mine.name) {
+            Some(t) if t.sha256 == mine.sha256 && t.size == mine.size => checked += 1,
+            Some(t) => {
+                let e = format!(
+                    "segment {}: sha256 {} here, {} at the replica",
+                    mine.name, mine.sha256, t.sha256
+                );
+                return run.fail("verify", e, true).await;
+            }
+            // Older segments the replica never received (it joined later).
+            None => {}
+        }
+    }
+    let active_len = fork_position - start;
+    let our_active = match fork::hash_prefix(&cfg.wal_dir.join(&segment), active_len) {
+        Ok(h) => h,
+        Err(e) => return run.fail("verify", format!("{e:#}"), true).await,
+    };
+    match theirs.segments.iter().find(|t| t.name == segment) {
+        Some(t) if t.size == active_len && t.sha256 == our_active => checked += 1,
+        None if active_len == 0 => {}
+        t => {
+            let e = format!(
+                "active segment {segment}: {active_len} bytes with sha256 {our_active} here, {:?} at the replica",
+                t.map(|t| (t.size, t.sha256.clone()))
+            );
+            return run.fail("verify", e, true).await;
+        }
+    }
+    run.step(format!("verify: {checked} segments match by SHA-256, including the active {segment} at {active_len} bytes"));
+
+    // 5. promote the replica
+    let promoted = client
+        .promote(pb::PromoteRequest {
+            stream: cfg.name.to_string(),
+            from_node: node.config.node_id.to_string(),
+            epoch: state.epoch,
+            fork_position,
+            reason: req.reason.clone(),
+            requested_by: who.user.clone(),
+        })
+        .await;
+    let new_epoch = match promoted {
+        Ok(p) => {
+            let p = p.into_inner();
+            run.step(format!(
+                "promote: {} is primary at epoch {} ({})",
+                info.node_id, p.new_epoch, p.hook_report
+            ));
+            p.new_epoch
+        }
+        Err(s) => {
+            return run
+                .fail(
+                    "promote replica",
+                    format!("{}: {}", info.node_id, s.message()),
+                    true,
+                )
+                .await
+        }
+    };
+    run.r.new_epoch = new_epoch;
+
+    // 6. demote this node
+    let seg = match SegmentName::new(segment.clone()) {
+        Ok(s) => s,
+        Err(e) => return run.fail("demote", e.to_string(), true).await,
+    };
+    let demoted = {
+        let _gate = node.transition.write().await;
+        let state = node.state();
+        let next = match crate::roles::demote(&state, new_epoch) {
+            Ok(n) => n,
+            Err(e) => return run.fail("demote", e.to_string(), true).await,
+        };
+        let mut txn = Txn::default();
+        if let Err(e) =
+            fork::close_source_log(node, cfg, &seg, start, fork_position, new_epoch, &mut txn)
+        {
+            return run.fail("demote", format!("{e:#}"), true).await;
+        }
+        txn.audit(AuditRecord {
+            action: "switchover".into(),
+            user: who.user.clone(),
+            origin: who.origin.clone(),
+            reason: req.reason.clone(),
+            epoch_before: state.epoch,
+            epoch_after: next.epoch,
+            role_before: state.role.as_str().into(),
+            role_after: next.role.as_str().into(),
+            detail: format!(
+                "{} promoted; fork at {fork_position} in {segment}; {checked} segments verified; zero bytes lost",
+                info.node_id
+            ),
+            ..Default::default()
+        });
+        node.commit_state(next, txn)
+    };
+    if let Err(e) = demoted {
+        return run.fail("demote", format!("{e:#}"), true).await;
+    }
+    run.step(format!(
+        "demote: this node is a replica of {} at epoch {new_epoch}",
+        info.node_id
+    ));
+    let o = run
+        .hook(
+            "demote",
+            node.config.hooks.demote.as_deref(),
+            new_epoch,
+            Some(fork_position),
+        )
+        .await;
+    run.step(o.summary("demote"));
+    crate::ops::audit_hook(node, &who, new_epoch, &o.summary("demote"));
+    run.r.ok = true;
+    run.r
+}

@@ -1,0 +1,178 @@
+//! Role transitions as named functions over [`NodeState`], without I/O:
+//! which role may become which, and what happens to the epoch. The node
+//! commits the result (with the log changes and an audit record) in one
+//! catalog transaction.
+//!
+//! ```text
+//!            promote (failover, switchover)
+//!   replica ───────────────────────────────▶ primary
+//!      ▲  ◀─────────────────────────────────  │  │
+//!      │        demote (switchover)            │  │ fence (saw a higher epoch)
+//!      │                                       │  ▼
+//!      └──────────────── rejoin ◀──────────── fenced
+//! ```
+
+use crate::catalog::{NodeState, Role};
+use drd_proto::Epoch;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    #[error("this node is {actual}, but the operation needs a {needed}")]
+    WrongRole {
+        needed: &'static str,
+        actual: &'static str,
+    },
+    #[error(
+        "epoch mismatch: the request is for epoch {requested}, this node is at epoch {current}"
+    )]
+    EpochMismatch { requested: Epoch, current: Epoch },
+    #[error("the current primary's epoch {primary} is not newer than this node's epoch {current}")]
+    NotNewer { primary: Epoch, current: Epoch },
+}
+
+fn need(s: &NodeState, role: Role) -> Result<(), RoleError> {
+    if s.role != role {
+        return Err(RoleError::WrongRole {
+            needed: role.as_str(),
+            actual: s.role.as_str(),
+        });
+    }
+    Ok(())
+}
+
+/// Failover at the DR node: replica → primary at epoch + 1.
+pub fn promote(s: &NodeState) -> Result<NodeState, RoleError> {
+    need(s, Role::Replica)?;
+    Ok(NodeState {
+        role: Role::Primary,
+        epoch: s.epoch + 1,
+        paused: false,
+        fenced_reason: None,
+    })
+}
+
+/// Switchover at the replica, asked by the primary at `sender_epoch`: both
+/// must be at the same epoch (a stale or foreign primary cannot promote us).
+pub fn promote_for(s: &NodeState, sender_epoch: Epoch) -> Result<NodeState, RoleError> {
+    if sender_epoch != s.epoch {
+        return Err(RoleError::EpochMismatch {
+            requested: sender_epoch,
+            current: s.epoch,
+        });
+    }
+    promote(s)
+}
+
+/// Switchover at the old primary, after the replica was promoted to
+/// `new_epoch`: primary → replica of the new primary.
+pub fn demote(s: &NodeState, new_epoch: Epoch) -> Result<NodeState, RoleError> {
+    need(s, Role::Primary)?;
+    if new_epoch <= s.epoch {
+        return Err(RoleError::NotNewer {
+            primary: new_epoch,
+            current: s.epoch,
+        });
+    }
+    Ok(NodeState {
+        role: Role::Replica,
+        epoch: new_epoch,
+        paused: s.paused,
+        fenced_reason: None,
+    })
+}
+
+/// A node learned that another node is primary at `seen_epoch`. A primary
+/// with a lower epoch fences itself; a replica just adopts the epoch.
+/// Returns None when nothing changes.
+pub fn fence(s: &NodeState, seen_epoch: Epoch, reason: &str) -> Option<NodeState> {
+    if seen_epoch <= s.epoch && s.role != Role::Primary {
+        return None;
+    }
+    match s.role {
+        Role::Primary if seen_epoch > s.epoch => Some(NodeState {
+            role: Role::Fenced,
+            epoch: s.epoch,
+            paused: s.paused,
+            fenced_reason: Some(reason.to_string()),
+        }),
+        Role::Replica if seen_epoch > s.epoch => Some(NodeState {
+            epoch: seen_epoch,
+            ..s.clone()
+        }),
+        _ => None,
+    }
+}
+
+/// `drctl rejoin`: a fenced node becomes a replica of the primary at
+/// `primary_epoch`.
+pub fn rejoin(s: &NodeState, primary_epoch: Epoch) -> Result<NodeState, RoleError> {
+    need(s, Role::Fenced)?;
+    if primary_epoch <= s.epoch {
+        return Err(RoleError::NotNewer {
+            primary: primary_epoch,
+            current: s.epoch,
+        });
+    }
+    Ok(NodeState {
+        role: Role::Replica,
+        epoch: primary_epoch,
+        paused: s.paused,
+        fenced_reason: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(role: Role, epoch: Epoch) -> NodeState {
+        NodeState::new(role, epoch)
+    }
+
+    #[test]
+    fn failover_then_fence_then_rejoin() {
+        let replica = st(Role::Replica, 1);
+        let old_primary = st(Role::Primary, 1);
+        let new_primary = promote(&replica).unwrap();
+        assert_eq!((new_primary.role, new_primary.epoch), (Role::Primary, 2));
+        let fenced = fence(&old_primary, 2, "saw epoch 2").unwrap();
+        assert_eq!((fenced.role, fenced.epoch), (Role::Fenced, 1));
+        assert!(
+            fence(&fenced, 2, "again").is_none(),
+            "fencing is idempotent"
+        );
+        let rejoined = rejoin(&fenced, 2).unwrap();
+        assert_eq!((rejoined.role, rejoined.epoch), (Role::Replica, 2));
+    }
+
+    #[test]
+    fn switchover_reverses_roles_with_one_epoch_step() {
+        let a = st(Role::Primary, 4);
+        let b = st(Role::Replica, 4);
+        let b2 = promote_for(&b, a.epoch).unwrap();
+        let a2 = demote(&a, b2.epoch).unwrap();
+        assert_eq!(
+            (a2.role, a2.epoch, b2.role, b2.epoch),
+            (Role::Replica, 5, Role::Primary, 5)
+        );
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        assert!(promote(&st(Role::Primary, 1)).is_err());
+        assert!(promote(&st(Role::Fenced, 1)).is_err());
+        assert!(
+            promote_for(&st(Role::Replica, 3), 2).is_err(),
+            "stale sender"
+        );
+        assert!(demote(&st(Role::Primary, 3), 3).is_err(), "epoch must grow");
+        assert!(rejoin(&st(Role::Primary, 1), 2).is_err());
+        assert!(rejoin(&st(Role::Fenced, 2), 2).is_err());
+        assert!(
+            fence(&st(Role::Primary, 3), 2, "older").is_none(),
+            "lower epoch never fences"
+        );
+        let r = fence(&st(Role::Replica, 1), 3, "").unwrap();
+        assert_eq!((r.role, r.epoch), (Role::Replica, 3));
+    }
+}
