@@ -1,26 +1,34 @@
 //! `drctl`: the operator's CLI for drd. It talks to the local daemon over the
 //! control socket.
 //!
-//! Exit codes: 0 success; 1 the command ran and found a problem; 2 usage or
-//! configuration error; 3 the daemon could not be reached.
+//! Exit codes: 0 success / OK; 1 the command ran and found a problem (a
+//! refused failover, a failed switchover step, a missing segment; for
+//! `drctl lag`: WARNING); 2 usage or configuration error (`drctl lag`:
+//! CRITICAL); 3 the daemon could not be reached (`drctl lag`: UNKNOWN).
+
+mod fetch;
+mod lag;
+mod roles;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drd::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use drd::display;
 use drd_proto::pb;
+use drd_proto::pb::control_client::ControlClient;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tonic::transport::Channel;
 
-/// Exit code when the daemon cannot be reached.
-const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code when the daemon cannot be reached (Nagios' UNKNOWN).
+pub const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Parser)]
 #[command(
     name = "drctl",
     version,
-    about = "Operate drd: status, lag, failover, WAL push/fetch"
+    about = "Operate drd: status, lag, failover, switchover, rejoin, WAL fetch"
 )]
 struct Cli {
     /// Control socket of the daemon (default: `control.socket` from the
@@ -37,14 +45,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Role, epoch and per-stream positions, lag, throughput and errors.
-    Status(StatusArgs),
+    Status(JsonArg),
+    /// Lag check with Nagios/Icinga exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
+    Lag(lag::LagArgs),
+    /// Unplanned failover, run at the DR node: become primary at epoch + 1.
+    Failover(roles::FailoverArgs),
+    /// Planned switchover with zero loss, run at the primary.
+    Switchover(roles::SwitchoverArgs),
+    /// Make this fenced node a replica of the current primary.
+    Rejoin(roles::ReasonArgs),
+    /// Stop shipping (the replica keeps everything it has).
+    Pause(roles::ReasonArgs),
+    /// Restart shipping after `drctl pause`.
+    Resume(roles::ReasonArgs),
+    /// The audit log: role and epoch changes and operator actions.
+    History(JsonArg),
+    /// Copy a complete, verified segment to DEST (PostgreSQL's restore_command: `drctl wal-fetch %f %p`).
+    WalFetch(fetch::FetchArgs),
 }
 
 #[derive(Args)]
-struct StatusArgs {
+pub struct JsonArg {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// The socket to use: flag, then config file, then the default.
@@ -83,14 +107,24 @@ fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let socket = socket_path(cli);
+    let mut client = match connect(&socket).await {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
     match &cli.command {
-        Cmd::Status(a) => status(&socket, a).await,
+        Cmd::Status(a) => status(&mut client, a).await,
+        Cmd::Lag(a) => lag::run(&mut client, a).await,
+        Cmd::Failover(a) => roles::failover(&mut client, a).await,
+        Cmd::Switchover(a) => roles::switchover(&mut client, a).await,
+        Cmd::Rejoin(a) => roles::rejoin(&mut client, a).await,
+        Cmd::Pause(a) => roles::pause(&mut client, a, true).await,
+        Cmd::Resume(a) => roles::pause(&mut client, a, false).await,
+        Cmd::History(a) => roles::history(&mut client, a).await,
+        Cmd::WalFetch(a) => fetch::run(&mut client, a).await,
     }
 }
 
-async fn connect(
-    socket: &Path,
-) -> Result<pb::control_client::ControlClient<tonic::transport::Channel>, ExitCode> {
+async fn connect(socket: &Path) -> Result<ControlClient<Channel>, ExitCode> {
     drd::control::connect(socket).await.map_err(|e| {
         eprintln!(
             "drctl: cannot reach drd at {}: {e}\n\
@@ -103,37 +137,58 @@ async fn connect(
     })
 }
 
-async fn status(socket: &Path, a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let mut client = match connect(socket).await {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
+/// Prints a value as pretty JSON.
+pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `1763880000000` → `2025-11-23T06:40:00Z`.
+pub fn time(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+async fn status(client: &mut ControlClient<Channel>, a: &JsonArg) -> anyhow::Result<ExitCode> {
     let s = client
         .status(pb::StatusRequest {})
         .await
         .context("status request failed")?
         .into_inner();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        print_json(&status_json(&s))?;
     } else {
         println!(
-            "node {}  role {}  epoch {}  drd {}  up {}s\n",
+            "node {}  role {}  epoch {}{}  drd {}  up {}s",
             s.node_id,
             display::role_name(s.role),
             s.epoch,
+            if s.paused { "  PAUSED" } else { "" },
             s.version,
             s.uptime_seconds
         );
+        if !s.fenced_reason.is_empty() {
+            println!(
+                "FENCED: {}. Run `drctl rejoin` to make this node a replica.",
+                s.fenced_reason
+            );
+        }
+        println!();
         print!("{}", display::status_table(std::slice::from_ref(&s)));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
     json!({
         "node_id": s.node_id,
         "role": display::role_name(s.role).to_lowercase(),
         "epoch": s.epoch,
+        "paused": s.paused,
+        "fenced_reason": s.fenced_reason,
         "version": s.version,
         "uptime_seconds": s.uptime_seconds,
         "streams": s.streams.iter().map(|t| json!({
@@ -151,6 +206,7 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "current_segment": t.current_segment,
             "reconnects": t.reconnects,
             "throughput_bytes_per_second": t.throughput_bytes_per_second,
+            "paused": t.paused,
             "last_error": t.last_error,
         })).collect::<Vec<_>>(),
     })

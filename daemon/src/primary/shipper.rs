@@ -171,9 +171,14 @@ async fn run_stream(
                 break;
             }
             shipper.status.state.lock().unwrap().connected = false;
+            // Paused: keep the written position (and so the lag) current.
+            if st.role == crate::catalog::Role::Primary {
+                shipper.refresh_written();
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = state_rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(node.config.tuning.rescan_interval()) => {}
             }
         }
         if let Err(e) = shipper.init() {

@@ -94,9 +94,12 @@ impl DiskWorker {
         slot: Arc<ReceiveSlot>,
         node_epoch: u64,
         group_commit_bytes: u64,
+        primary: &drd_proto::NodeId,
     ) -> Result<Self, DiskError> {
         let tail_rec = catalog.tail(&stream)?;
-        let meta = catalog.stream_meta(&stream)?;
+        let mut meta = catalog.stream_meta(&stream)?;
+        // Persisted with the first commit: the failover report names it.
+        meta.last_primary = Some(primary.to_string());
         let tail = tail_rec.as_ref().map(|r| Tail {
             // Names in the catalog were validated before they were stored.
             segment: SegmentName::new(r.name.clone()).expect("catalog segment name"),
@@ -251,9 +254,9 @@ impl DiskWorker {
     /// with the batch's commit; until then the file holds no acked byte, and
     /// reconciliation after a crash ignores it.
     fn start_segment(&mut self, c: &Chunk) -> Result<(), DiskError> {
-        if self.tail_rec.is_none() {
-            fsutil::create_dir_durable(&self.landing).map_err(io_err(&self.landing))?;
-        }
+        // A node whose log so far is its own source (a former primary) has
+        // no landing directory yet.
+        fsutil::create_dir_durable(&self.landing).map_err(io_err(&self.landing))?;
         let path = self.partial_path(&c.segment);
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         // A leftover file of this name holds no acked byte: start empty.

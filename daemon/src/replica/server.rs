@@ -146,6 +146,7 @@ impl ReplicationService {
             slot.clone(),
             node_epoch,
             self.node.config.tuning.group_commit_bytes,
+            &hello.node_id,
         )
         .map_err(Status::from)?;
 

@@ -1,0 +1,97 @@
+//! `drctl wal-fetch NAME DEST`: PostgreSQL's restore_command. Copies a
+//! complete, verified segment to DEST atomically (temporary file, fsync,
+//! rename, directory fsync) and re-checks its SHA-256 while copying. Exits 1
+//! when the segment is not there, so recovery ends where the log ends.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use drd_proto::pb;
+use drd_proto::pb::control_client::ControlClient;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tonic::transport::Channel;
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Segment name (PostgreSQL's %f).
+    pub name: String,
+    /// Destination path (PostgreSQL's %p).
+    pub dest: PathBuf,
+    /// Stream (default: the node's only stream).
+    #[arg(long, default_value = "")]
+    pub stream: String,
+}
+
+pub async fn run(c: &mut ControlClient<Channel>, a: &FetchArgs) -> anyhow::Result<ExitCode> {
+    let r = match c
+        .fetch_segment(pb::FetchSegmentRequest {
+            stream: a.stream.clone(),
+            segment: a.name.clone(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            eprintln!("drctl: {}", s.message());
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(s) => bail!("wal-fetch {}: {}", a.name, s.message()),
+    };
+    copy_verified(Path::new(&r.path), &a.dest, r.size, &r.sha256)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies `size` bytes of `src` to `dest` atomically, checking the SHA-256.
+fn copy_verified(src: &Path, dest: &Path, size: u64, sha256: &str) -> anyhow::Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.drd-tmp",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let result = (|| {
+        let mut input =
+            std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        let mut out = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = input.read(&mut buf[..want])?;
+            if n == 0 {
+                bail!(
+                    "{} is shorter than its recorded {size} bytes",
+                    src.display()
+                );
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        let got = hex::encode(h.finalize());
+        if !sha256.is_empty() && got != sha256 {
+            bail!(
+                "{} does not match its recorded SHA-256 ({got} vs {sha256}): the stored copy is damaged; run `drctl verify`",
+                src.display()
+            );
+        }
+        // The restored file must be on disk before PostgreSQL is told so.
+        out.sync_all()?;
+        std::fs::rename(&tmp, dest)
+            .with_context(|| format!("cannot rename to {}", dest.display()))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
