@@ -7,6 +7,7 @@
 //! CRITICAL); 3 the daemon could not be reached (`drctl lag`: UNKNOWN).
 
 mod fetch;
+mod push;
 mod lag;
 mod roles;
 
@@ -62,6 +63,8 @@ enum Cmd {
     History(JsonArg),
     /// Copy a complete, verified segment to DEST (PostgreSQL's restore_command: `drctl wal-fetch %f %p`).
     WalFetch(fetch::FetchArgs),
+    /// Archive a WAL file through drd (PostgreSQL's archive_command: `drctl wal-push %p`).
+    WalPush(push::PushArgs),
 }
 
 #[derive(Args)]
@@ -121,6 +124,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Cmd::Resume(a) => roles::pause(&mut client, a, false).await,
         Cmd::History(a) => roles::history(&mut client, a).await,
         Cmd::WalFetch(a) => fetch::run(&mut client, a).await,
+        Cmd::WalPush(a) => push::run(&mut client, a).await,
     }
 }
 

@@ -32,6 +32,19 @@ struct RawConfig {
     rpo_budget: Option<String>,
     #[serde(default)]
     hooks: Hooks,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    insecure_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    allowed_peers: Vec<String>,
 }
 
 /// Commands run at role changes (`sh -c`), each at most once per epoch
@@ -105,6 +118,13 @@ impl DataLoss {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     socket: Option<PathBuf>,
+    /// Optional TCP address for remote `drctl` (mTLS only).
+    listen: Option<String>,
+    #[serde(default)]
+    allowed_clients: Vec<String>,
+    /// Group that may use the control socket besides its owner (e.g.
+    /// `postgres`, whose archive_command runs `drctl wal-push`).
+    socket_group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +139,10 @@ struct RawStream {
     name: String,
     wal_dir: PathBuf,
     peer: String,
+    peer_name: Option<String>,
+    source: Option<String>,
+    mode: Option<String>,
+    sync_timeout_seconds: Option<u64>,
 }
 
 /// Tuning numbers. Each has a default that suits a DR link with a local SSD;
@@ -180,6 +204,9 @@ pub struct Config {
     /// Catalog (RocksDB) and landing directories live here.
     pub data_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// Group the control socket is given to (`control.socket_group`), so
+    /// e.g. PostgreSQL's `archive_command` can run `drctl wal-push`.
+    pub control_socket_group: Option<String>,
     /// Set on a node that receives streams.
     pub replica: Option<ReplicaConfig>,
     /// Streams this node ships.
@@ -190,6 +217,25 @@ pub struct Config {
     /// Largest data loss a failover accepts without `--force`.
     pub rpo_budget: Option<DataLoss>,
     pub hooks: Hooks,
+    /// mTLS between sites (None only with `insecure_plaintext = true`).
+    pub tls: Option<TlsConfig>,
+    /// Remote control API over TCP with mTLS.
+    pub control_listen: Option<ControlListen>,
+}
+
+/// `[tls]`: this node's certificate and who may connect to it.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub files: crate::tls::TlsFiles,
+    /// Certificate names allowed to connect for replication and node-to-node calls.
+    pub allowed_peers: Vec<String>,
+}
+
+/// `[control] listen`: the control API on TCP, for these client certificates.
+#[derive(Clone, Debug)]
+pub struct ControlListen {
+    pub addr: SocketAddr,
+    pub allowed_clients: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -201,9 +247,52 @@ pub struct ReplicaConfig {
 pub struct StreamConfig {
     pub name: StreamName,
     pub wal_dir: PathBuf,
-    /// Replica endpoint, e.g. `http://127.0.0.1:7601`.
+    /// Replica endpoint, e.g. `https://rochester-dr1.example:7601`.
     pub peer: String,
+    /// The name the peer's certificate must carry (with TLS).
+    pub peer_name: Option<String>,
+    /// How segments get into `wal_dir` (`source`).
+    pub source: SourceMode,
+    /// When `drctl wal-push` reports success (`mode`).
+    pub mode: SyncMode,
+    /// How long a sync-mode `wal-push` waits for the replica
+    /// (`sync_timeout_seconds`) before it fails and PostgreSQL retries.
+    pub sync_timeout: Duration,
 }
+
+/// How segments get into a stream's `wal_dir`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceMode {
+    /// The database writes `wal_dir` itself: the newest segment is active
+    /// and may grow; a segment is sealed once a newer one exists.
+    Tail,
+    /// `wal_dir` is a spool that only `drctl wal-push` fills, one complete
+    /// file at a time (atomic rename): every segment is sealed as soon as
+    /// it has been shipped.
+    Spool,
+}
+
+/// When `drctl wal-push` reports success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Once the file is durable in the local spool.
+    Async,
+    /// Once the replica has it durably and verified (a segment acked
+    /// sealed, a side file stored).
+    Sync,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Async => "async",
+            SyncMode::Sync => "sync",
+        }
+    }
+}
+
+/// Default of `stream.sync_timeout_seconds`.
+pub const DEFAULT_SYNC_TIMEOUT_SECONDS: u64 = 60;
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -230,6 +319,16 @@ impl Config {
         if !control_socket.is_absolute() {
             bail!("key `control.socket`: {control_socket:?} must be an absolute path");
         }
+        let control_socket_group = raw.control.socket_group;
+        if let Some(g) = &control_socket_group {
+            let valid = !g.is_empty()
+                && g.len() <= 32
+                && g.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !valid {
+                bail!("key `control.socket_group`: {g:?} is not a group name");
+            }
+        }
         let replica = match raw.replica {
             Some(r) => {
                 let listen: SocketAddr = r.listen.parse().map_err(|e| {
@@ -238,10 +337,10 @@ impl Config {
                         r.listen
                     )
                 })?;
-                if !listen.ip().is_loopback() {
+                if raw.tls.is_none() && !listen.ip().is_loopback() {
                     bail!(
                         "key `replica.listen`: {listen} is not a loopback address; \
-                         plaintext replication is only allowed on loopback"
+                         plaintext replication is only allowed on loopback — configure [tls]"
                     );
                 }
                 Some(ReplicaConfig { listen })
@@ -262,11 +361,54 @@ impl Config {
                     s.wal_dir
                 );
             }
-            check_peer(&s.peer).with_context(|| format!("key `stream[{i}].peer`"))?;
+            check_peer(&s.peer, raw.tls.is_some()).with_context(|| format!("key `stream[{i}].peer`"))?;
+            let peer_name = match (&raw.tls, s.peer_name) {
+                (Some(_), None) => bail!(
+                    "key `stream[{i}].peer_name`: with [tls], name the node whose certificate the peer \
+                     must present (e.g. \"rochester-dr1\")"
+                ),
+                (_, Some(n)) => Some(
+                    NodeId::new(n)
+                        .with_context(|| format!("key `stream[{i}].peer_name`"))?
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
+            let source = match s.source.as_deref() {
+                None | Some("tail") => SourceMode::Tail,
+                Some("spool") => SourceMode::Spool,
+                Some(other) => bail!(
+                    "key `stream[{i}].source`: {other:?} must be \"tail\" (drd reads the database's \
+                     WAL directory) or \"spool\" (drctl wal-push fills it)"
+                ),
+            };
+            let mode = match s.mode.as_deref() {
+                None | Some("async") => SyncMode::Async,
+                Some("sync") => SyncMode::Sync,
+                Some(other) => {
+                    bail!("key `stream[{i}].mode`: {other:?} must be \"async\" or \"sync\"")
+                }
+            };
+            if mode == SyncMode::Sync && source != SourceMode::Spool {
+                bail!(
+                    "key `stream[{i}].mode`: \"sync\" applies to drctl wal-push, which needs \
+                     `source = \"spool\"`"
+                );
+            }
+            let sync_timeout_seconds = s
+                .sync_timeout_seconds
+                .unwrap_or(DEFAULT_SYNC_TIMEOUT_SECONDS);
+            if sync_timeout_seconds == 0 {
+                bail!("key `stream[{i}].sync_timeout_seconds`: must be greater than 0");
+            }
             streams.push(StreamConfig {
                 name,
                 wal_dir: s.wal_dir,
                 peer: s.peer,
+                peer_name,
+                source,
+                mode,
+                sync_timeout: Duration::from_secs(sync_timeout_seconds),
             });
         }
         if replica.is_none() && streams.is_empty() {
@@ -328,6 +470,56 @@ impl Config {
             .map(DataLoss::parse)
             .transpose()
             .map_err(|e| anyhow::anyhow!("key `rpo_budget`: {e}"))?;
+        let tls = match (raw.tls, raw.insecure_plaintext) {
+            (Some(_), true) => bail!(
+                "key `insecure_plaintext`: cannot be true together with [tls]; remove one of them"
+            ),
+            (None, false) => bail!(
+                "key `tls`: replication is encrypted and authenticated by default; configure [tls] \
+                 (ca, cert, key, allowed_peers — `drctl certs init` makes them), or for a \
+                 loopback-only test set insecure_plaintext = true"
+            ),
+            (None, true) => None,
+            (Some(t), false) => {
+                for (key, p) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+                    if !p.is_absolute() {
+                        bail!("key `tls.{key}`: {p:?} must be an absolute path");
+                    }
+                }
+                if replica.is_some() && t.allowed_peers.is_empty() {
+                    bail!("key `tls.allowed_peers`: a node that receives must list the certificate names allowed to connect");
+                }
+                for (i, n) in t.allowed_peers.iter().enumerate() {
+                    NodeId::new(n.clone()).with_context(|| format!("key `tls.allowed_peers[{i}]`"))?;
+                }
+                Some(TlsConfig {
+                    files: crate::tls::TlsFiles {
+                        ca: t.ca,
+                        cert: t.cert,
+                        key: t.key,
+                    },
+                    allowed_peers: t.allowed_peers,
+                })
+            }
+        };
+        let control_listen = match raw.control.listen {
+            None => None,
+            Some(l) => {
+                let addr: SocketAddr = l
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("key `control.listen`: {l:?} is not IP:PORT ({e})"))?;
+                if tls.is_none() {
+                    bail!("key `control.listen`: the control API on TCP needs [tls] (mTLS)");
+                }
+                if raw.control.allowed_clients.is_empty() {
+                    bail!("key `control.allowed_clients`: list the client certificate names allowed to use the control API");
+                }
+                Some(ControlListen {
+                    addr,
+                    allowed_clients: raw.control.allowed_clients,
+                })
+            }
+        };
         if raw.hooks.timeout_seconds == 0 {
             bail!("key `hooks.timeout_seconds`: must be greater than 0");
         }
@@ -335,22 +527,45 @@ impl Config {
             node_id,
             data_dir: raw.data_dir,
             control_socket,
+            control_socket_group,
             replica,
             streams,
             tuning: raw.tuning,
             initial_role,
             rpo_budget,
             hooks: raw.hooks,
+            tls,
+            control_listen,
         })
     }
 
-    /// Checks what can only be checked on this machine (directories exist).
+    /// Loads the TLS material named in `[tls]` (None without TLS): files
+    /// exist, keys are private (mode 0600), certificates chain to the CA and
+    /// are valid now.
+    pub fn load_tls(&self) -> anyhow::Result<Option<crate::tls::TlsMaterial>> {
+        match &self.tls {
+            None => Ok(None),
+            Some(t) => Ok(Some(crate::tls::load(&t.files).context("key `tls`")?)),
+        }
+    }
+
+    /// Checks what can only be checked on this machine (directories exist,
+    /// TLS files load).
     pub fn check_environment(&self) -> anyhow::Result<()> {
+        self.load_tls()?;
         for (i, s) in self.streams.iter().enumerate() {
             if !s.wal_dir.is_dir() {
                 bail!(
                     "key `stream[{i}].wal_dir`: {} is not a directory; create it or fix the path",
                     s.wal_dir.display()
+                );
+            }
+        }
+        if let Some(g) = &self.control_socket_group {
+            if crate::control::group_id(g).is_none() {
+                bail!(
+                    "key `control.socket_group`: there is no group {g:?} on this machine \
+                     (see /etc/group)"
                 );
             }
         }
@@ -376,16 +591,27 @@ pub fn landing_dir(data_dir: &Path, stream: &StreamName) -> PathBuf {
         .join("segments")
 }
 
-fn check_peer(peer: &str) -> anyhow::Result<()> {
+/// With TLS a peer is `https://HOST:PORT`; without, `http://` to loopback.
+fn check_peer(peer: &str, tls: bool) -> anyhow::Result<()> {
+    if tls {
+        let rest = peer.strip_prefix("https://").ok_or_else(|| {
+            anyhow::anyhow!("{peer:?} must look like https://HOST:PORT (the [tls] section is set)")
+        })?;
+        let host_port = rest.trim_end_matches('/');
+        if host_port.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            bail!("{peer:?}: {host_port:?} is not HOST:PORT");
+        }
+        return Ok(());
+    }
     let rest = peer.strip_prefix("http://").ok_or_else(|| {
-        anyhow::anyhow!("{peer:?} must look like http://HOST:PORT (TLS peers come with `[tls]`)")
+        anyhow::anyhow!("{peer:?} must look like http://IP:PORT (plaintext, loopback only)")
     })?;
     let addr: SocketAddr = rest
         .trim_end_matches('/')
         .parse()
         .map_err(|e| anyhow::anyhow!("{peer:?}: {rest:?} is not IP:PORT ({e})"))?;
     if !addr.ip().is_loopback() {
-        bail!("{peer:?}: plaintext replication is only allowed to a loopback address");
+        bail!("{peer:?}: plaintext replication is only allowed to a loopback address; configure [tls]");
     }
     Ok(())
 }
@@ -395,6 +621,7 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"
+insecure_plaintext = true
 node_id = "verona-db1"
 data_dir = "/var/lib/drd"
 [control]
@@ -417,6 +644,23 @@ peer = "http://127.0.0.1:7601"
         assert_eq!(c.node_id.as_str(), "verona-db1");
         assert_eq!(c.streams.len(), 1);
         assert_eq!(c.replica.unwrap().listen.port(), 7601);
+    }
+
+    #[test]
+    fn tls_is_the_default_and_plaintext_stays_on_loopback() {
+        let g = format!("initial_role = \"replica\"\n{GOOD}");
+        let no_tls = g.replace("insecure_plaintext = true\n", "");
+        assert!(err(&no_tls).contains("encrypted and authenticated by default"));
+        let tls = format!(
+            "{}\n[tls]\nca = \"/t/ca.pem\"\ncert = \"/t/n.pem\"\nkey = \"/t/n.key\"\nallowed_peers = [\"rochester-dr1\"]\n",
+            no_tls.replace("http://127.0.0.1:7601", "https://10.0.0.2:7601")
+        );
+        assert!(err(&tls).contains("peer_name"), "TLS peers need a certificate name");
+        let ok = tls.replace("peer = ", "peer_name = \"rochester-dr1\"\npeer = ");
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.streams[0].peer_name.as_deref(), Some("rochester-dr1"));
+        assert!(err(&ok.replace("https://", "http://")).contains("https://"));
+        assert!(err(&format!("insecure_plaintext = true\n{ok}")).contains("insecure_plaintext"));
     }
 
     #[test]
@@ -447,5 +691,33 @@ peer = "http://127.0.0.1:7601"
         assert!(err(&format!("{g}[tuning]\nchunk_bytes = 0\n")).contains("tuning.chunk_bytes"));
         assert!(err(&g.replace("\"replica\"", "\"boss\"")).contains("initial_role"));
         assert!(err(&format!("rpo_budget = \"lots\"\n{g}")).contains("rpo_budget"));
+    }
+
+    #[test]
+    fn spool_sync_and_socket_group_keys() {
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        let c = Config::parse(&g).unwrap();
+        assert_eq!(c.streams[0].source, SourceMode::Tail);
+        assert_eq!(c.streams[0].mode, SyncMode::Async);
+        assert_eq!(c.streams[0].sync_timeout, Duration::from_secs(60));
+        assert_eq!(c.control_socket_group, None);
+        let spool = format!(
+            "{g}source = \"spool\"\nmode = \"sync\"\nsync_timeout_seconds = 5\n"
+        );
+        let c = Config::parse(&spool).unwrap();
+        assert_eq!(c.streams[0].source, SourceMode::Spool);
+        assert_eq!(c.streams[0].mode, SyncMode::Sync);
+        assert_eq!(c.streams[0].sync_timeout, Duration::from_secs(5));
+        assert!(err(&format!("{g}mode = \"sync\"\n")).contains("stream[0].mode"));
+        assert!(err(&format!("{g}source = \"pipe\"\n")).contains("stream[0].source"));
+        assert!(err(&format!("{g}mode = \"eventually\"\n")).contains("stream[0].mode"));
+        assert!(err(&spool.replace("= 5", "= 0")).contains("sync_timeout_seconds"));
+        let grp = g.replace(
+            "socket = \"/run/drd/drd.sock\"",
+            "socket = \"/run/drd/drd.sock\"\nsocket_group = \"postgres\"",
+        );
+        let c = Config::parse(&grp).unwrap();
+        assert_eq!(c.control_socket_group.as_deref(), Some("postgres"));
+        assert!(err(&grp.replace("\"postgres\"", "\"a b\"")).contains("control.socket_group"));
     }
 }

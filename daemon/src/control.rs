@@ -160,11 +160,32 @@ impl Control for ControlService {
     ) -> Result<Response<pb::FetchSegmentResponse>, Status> {
         ops::fetch_segment(&self.node, request.into_inner()).map(Response::new)
     }
+
+    async fn wal_push(
+        &self,
+        request: Request<tonic::Streaming<pb::WalPushRequest>>,
+    ) -> Result<Response<pb::WalPushResponse>, Status> {
+        let who = caller(&request);
+        ops::walpush::wal_push(&self.node, request.into_inner(), who)
+            .await
+            .map(Response::new)
+    }
+}
+
+/// The id of group `name`, from /etc/group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
 }
 
 /// Binds the control socket: creates its directory, replaces a stale socket
-/// file (one nobody listens on), and sets mode 0660.
-pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+/// file (one nobody listens on), sets mode 0660 and, with
+/// `control.socket_group`, gives it to that group.
+pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::net::UnixListener> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
@@ -189,6 +210,17 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
+    if let Some(g) = group {
+        let gid = group_id(g)
+            .with_context(|| format!("key `control.socket_group`: no group {g:?} on this machine"))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
+            format!(
+                "cannot give the control socket {} to group {g} (drd must run as root or be a \
+                 member of {g})",
+                path.display()
+            )
+        })?;
+    }
     Ok(listener)
 }
 

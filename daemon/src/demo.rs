@@ -120,13 +120,28 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&wal)?;
     let port = free_port()?;
     let d = dir.display();
+    // mTLS, as in production: a CA and a certificate per node, what
+    // `drctl certs init` writes.
+    let certs = dir.join("tls");
+    if !certs.join("ca.pem").exists() {
+        crate::certs::init_dir(&certs, &["verona-db1".into(), "rochester-dr1".into()], 30, false)
+            .context("cannot create the demo's certificates")?;
+    }
+    let tls = |node: &str| {
+        format!(
+            "[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{node}.pem\"\nkey = \"{c}/{node}.key\"\n\
+             allowed_peers = [\"verona-db1\", \"rochester-dr1\"]\n",
+            c = certs.display()
+        )
+    };
     let replica = spawn(
         "rochester",
         &dir,
         &format!(
             "node_id = \"rochester-dr1\"\ndata_dir = \"{d}/rochester/data\"\n\
              [control]\nsocket = \"{d}/rochester.sock\"\n\
-             [replica]\nlisten = \"127.0.0.1:{port}\"\n"
+             [replica]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            tls("rochester-dr1")
         ),
     )?;
     let primary = spawn(
@@ -135,7 +150,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         &format!(
             "node_id = \"verona-db1\"\ndata_dir = \"{d}/verona/data\"\n\
              [control]\nsocket = \"{d}/verona.sock\"\n\
-             [[stream]]\nname = \"ehr-prod\"\nwal_dir = \"{d}/verona/wal\"\npeer = \"http://127.0.0.1:{port}\"\n"
+             [[stream]]\nname = \"ehr-prod\"\nwal_dir = \"{d}/verona/wal\"\npeer = \"https://127.0.0.1:{port}\"\n\
+             peer_name = \"rochester-dr1\"\n{}",
+            tls("verona-db1")
         ),
     )?;
     let daemons = [primary, replica];
@@ -178,7 +195,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             out.push_str("\x1b[2J\x1b[H");
         }
         out.push_str(&format!(
-            "drd demo — Verona (primary) → Rochester (replica), stream ehr-prod, {} elapsed\n\
+            "drd demo — Verona (primary) → Rochester (replica) over mTLS, stream ehr-prod, {} elapsed\n\
              data: {d}   writer: {} MiB/s, {} written\n\
              try: drctl --socket {d}/verona.sock status   |   Ctrl-C stops\n\n",
             humantime(started.elapsed()),

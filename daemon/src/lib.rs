@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod certs;
+pub mod chain;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -18,6 +19,8 @@ pub mod primary;
 pub mod receiver;
 pub mod replica;
 pub mod roles;
+pub mod sidefiles;
+pub mod spool;
 pub mod tls;
 
 pub use drd_proto as proto;
@@ -48,6 +51,7 @@ pub fn unix_ms() -> u64 {
 /// and ships the configured streams.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.check_environment()?;
+    let tls = config.load_tls()?;
     fsutil::create_dir_durable(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let catalog = Arc::new(Catalog::open(&config.catalog_dir()).with_context(|| {
@@ -59,14 +63,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if config.replica.is_some() {
         reconcile_all(&config, &catalog)?;
     }
-    let node = Arc::new(Node::open(config.clone(), catalog)?);
+    let node = Arc::new(Node::open(config.clone(), catalog, tls.clone())?);
     let state = node.state();
     tracing::info!(node_id = %config.node_id, role = state.role.as_str(), epoch = state.epoch, "drd starting");
 
     let tracker = TaskTracker::new();
 
     // Bind everything before serving anything, so a bad address fails fast.
-    let control_listener = control::bind_socket(&config.control_socket)?;
+    let control_listener = control::bind_socket(
+        &config.control_socket,
+        config.control_socket_group.as_deref(),
+    )?;
     let replica_listener = match &config.replica {
         Some(r) => Some(
             tokio::net::TcpListener::bind(r.listen)
@@ -85,22 +92,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES);
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "replication service listening");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let server = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-                .initial_stream_window_size(Some(ops::peer::H2_STREAM_WINDOW))
-                .initial_connection_window_size(Some(ops::peer::H2_CONNECTION_WINDOW))
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "replication service failed");
+        let builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .initial_stream_window_size(Some(ops::peer::H2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(ops::peer::H2_CONNECTION_WINDOW));
+        match (&tls, &config.tls) {
+            (Some(m), Some(t)) => {
+                tracing::info!(%addr, allowed_peers = ?t.allowed_peers, "replication service listening (mTLS)");
+                let incoming = tls::TlsIncoming::new(listener, m.acceptor()?, t.allowed_peers.clone());
+                let mut builder = builder;
+                let server = builder
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+                tracker.spawn(async move {
+                    if let Err(e) = server.await {
+                        tracing::error!(error = %e, "replication service failed");
+                    }
+                });
             }
-        });
+            _ => {
+                tracing::warn!(%addr, "replication service listening WITHOUT TLS (insecure_plaintext, loopback only)");
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let mut builder = builder;
+                let server = builder
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+                tracker.spawn(async move {
+                    if let Err(e) = server.await {
+                        tracing::error!(error = %e, "replication service failed");
+                    }
+                });
+            }
+        }
     }
 
     {
@@ -123,6 +149,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     for (cfg, status) in config.streams.iter().zip(node.shippers.iter()) {
         tracker.spawn(primary::shipper::run(
+            node.clone(),
+            cfg.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+        // PostgreSQL's .history/.backup files travel beside the log.
+        tracker.spawn(sidefiles::deliver::run(
             node.clone(),
             cfg.clone(),
             status.clone(),

@@ -55,6 +55,8 @@ pub struct Shipper {
     pub stream: StreamName,
     pub peer: String,
     pub state: Mutex<ShipState>,
+    /// What the replica confirmed, for `drctl wal-push` in sync mode.
+    pub push: crate::ops::walpush::PushState,
 }
 
 impl Shipper {
@@ -172,6 +174,8 @@ pub struct Node {
     /// session can start half-way through a promotion.
     pub transition: tokio::sync::RwLock<()>,
     pub started: Instant,
+    /// This node's certificate, key and CA (None with insecure_plaintext).
+    pub tls: Option<crate::tls::TlsMaterial>,
     pub shippers: Vec<Arc<Shipper>>,
     receivers: Mutex<BTreeMap<StreamName, Arc<ReceiveSlot>>>,
 }
@@ -179,7 +183,11 @@ pub struct Node {
 impl Node {
     /// Opens the node's durable state; the first start picks the role from
     /// the configuration (ships streams → primary, else replica), epoch 1.
-    pub fn open(config: Config, catalog: Arc<Catalog>) -> anyhow::Result<Self> {
+    pub fn open(
+        config: Config,
+        catalog: Arc<Catalog>,
+        tls: Option<crate::tls::TlsMaterial>,
+    ) -> anyhow::Result<Self> {
         let state = match catalog.node_state()? {
             Some(s) => s,
             None => {
@@ -196,6 +204,7 @@ impl Node {
                     stream: s.name.clone(),
                     peer: s.peer.clone(),
                     state: Mutex::new(ShipState::default()),
+                    push: Default::default(),
                 })
             })
             .collect();
@@ -216,6 +225,7 @@ impl Node {
             state: watch::Sender::new(state),
             transition: tokio::sync::RwLock::new(()),
             started: Instant::now(),
+            tls,
             shippers,
             receivers: Mutex::new(receivers),
         })

@@ -20,7 +20,8 @@ fn check(config: &str) -> (i32, String) {
     (out.status.code().unwrap(), text)
 }
 
-const GOOD: &str = r#"node_id = "verona-db1"
+const GOOD: &str = r#"insecure_plaintext = true
+node_id = "verona-db1"
 data_dir = "/var/lib/drd"
 [control]
 socket = "/run/drd/drd.sock"
@@ -55,6 +56,7 @@ fn broken_configs_exit_2_naming_the_key() {
             "node_id",
         ),
         ("node_id = \"x\"\n[[stream".to_string(), "TOML"),
+        (GOOD.replace("insecure_plaintext = true\n", ""), "configure [tls]"),
     ] {
         let (code, text) = check(&broken);
         assert_eq!(code, 2, "{broken}\n{text}");

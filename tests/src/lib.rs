@@ -228,32 +228,87 @@ pub struct Pair {
     pub replica: Daemon,
     pub wal: PathBuf,
     pub port: u16,
+    /// Certificates (None for a plaintext pair).
+    pub certs: Option<PathBuf>,
 }
 
 pub const STREAM: &str = "ehr-prod";
+pub const PRIMARY_ID: &str = "verona-db1";
+pub const REPLICA_ID: &str = "rochester-dr1";
+
+/// Certificates for both test nodes (drd's own `certs::init_dir`, what
+/// `drctl certs init` runs), so every test runs with mTLS.
+pub fn make_certs(root: &Path) -> PathBuf {
+    let dir = root.join("tls");
+    drd::certs::init_dir(&dir, &[PRIMARY_ID.to_string(), REPLICA_ID.to_string()], 30, false)
+        .expect("generate test certificates");
+    dir
+}
+
+/// The `[tls]` section for `node` with certificates in `dir`.
+pub fn tls_section(dir: &Path, node: &str) -> String {
+    format!(
+        "[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/{node}.pem\"\nkey = \"{d}/{node}.key\"\n\
+         allowed_peers = [\"{PRIMARY_ID}\", \"{REPLICA_ID}\"]\n",
+        d = dir.display()
+    )
+}
+
+/// A replication client presenting `node`'s certificate (for tests that
+/// speak the protocol by hand).
+pub async fn tls_client(
+    certs: &Path,
+    node: &str,
+    port: u16,
+    server_name: &str,
+) -> anyhow::Result<drd_proto::pb::replication_client::ReplicationClient<tonic::transport::Channel>> {
+    let m = drd::tls::load(&drd::tls::TlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("{node}.pem")),
+        key: certs.join(format!("{node}.key")),
+    })?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
+        .tls_config(drd::tls::client_tls(&m, server_name))?
+        .connect()
+        .await?;
+    Ok(drd_proto::pb::replication_client::ReplicationClient::new(channel))
+}
 
 impl Pair {
-    /// `tuning` is appended to both configs (e.g. a `[tuning]` table).
+    /// A pair speaking mTLS. `tuning` is appended to both configs (e.g. a
+    /// `[tuning]` table).
     pub fn new(tuning: &str) -> Self {
-        let root = tempfile::Builder::new()
-            .prefix("drd-test-")
-            .tempdir()
-            .unwrap();
+        Self::build(tuning, true)
+    }
+
+    /// A pair with `insecure_plaintext = true` (loopback only).
+    pub fn plaintext(tuning: &str) -> Self {
+        Self::build(tuning, false)
+    }
+
+    fn build(tuning: &str, tls: bool) -> Self {
+        let root = tempfile::Builder::new().prefix("drd-test-").tempdir().unwrap();
         let port = free_port();
         let wal = root.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
+        let certs = tls.then(|| make_certs(root.path()));
+        let (top, scheme, sec_r, sec_p) = match &certs {
+            Some(d) => ("", "https", tls_section(d, REPLICA_ID), tls_section(d, PRIMARY_ID)),
+            None => ("insecure_plaintext = true\n", "http", String::new(), String::new()),
+        };
         let replica = Daemon::new(
             root.path(),
             "replica",
-            "rochester-dr1",
-            &format!("[replica]\nlisten = \"127.0.0.1:{port}\"\n{tuning}"),
+            REPLICA_ID,
+            &format!("{top}[replica]\nlisten = \"127.0.0.1:{port}\"\n{tuning}\n{sec_r}"),
         );
         let primary = Daemon::new(
             root.path(),
             "primary",
-            "verona-db1",
+            PRIMARY_ID,
             &format!(
-                "[[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"http://127.0.0.1:{port}\"\n{tuning}",
+                "{top}[[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"{scheme}://127.0.0.1:{port}\"\n\
+                 peer_name = \"{REPLICA_ID}\"\n{tuning}\n{sec_p}",
                 wal.display()
             ),
         );
@@ -263,6 +318,7 @@ impl Pair {
             replica,
             wal,
             port,
+            certs,
         }
     }
 
@@ -493,24 +549,27 @@ impl Sites {
         let b_wal = root.path().join("rochester-wal");
         std::fs::create_dir_all(&a_wal).unwrap();
         std::fs::create_dir_all(&b_wal).unwrap();
-        let conf = |role: &str, listen: u16, wal: &Path, peer: u16, extra: &str| {
+        let certs = make_certs(root.path());
+        let conf = |me: &str, role: &str, listen: u16, wal: &Path, peer: u16, peer_name: &str, extra: &str| {
             format!(
                 "initial_role = \"{role}\"\n[replica]\nlisten = \"127.0.0.1:{listen}\"\n\
-                 [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"http://127.0.0.1:{peer}\"\n{tuning}\n{extra}\n",
-                wal.display()
+                 [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"https://127.0.0.1:{peer}\"\n\
+                 peer_name = \"{peer_name}\"\n{tuning}\n{extra}\n{}",
+                wal.display(),
+                tls_section(&certs, me)
             )
         };
         let a = Daemon::new(
             root.path(),
             "verona",
-            "verona-db1",
-            &conf("primary", a_port, &a_wal, to_b, a_extra),
+            PRIMARY_ID,
+            &conf(PRIMARY_ID, "primary", a_port, &a_wal, to_b, REPLICA_ID, a_extra),
         );
         let b = Daemon::new(
             root.path(),
             "rochester",
-            "rochester-dr1",
-            &conf("replica", b_port, &b_wal, to_a, b_extra),
+            REPLICA_ID,
+            &conf(REPLICA_ID, "replica", b_port, &b_wal, to_a, PRIMARY_ID, b_extra),
         );
         Self {
             root,

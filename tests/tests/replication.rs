@@ -4,7 +4,6 @@
 
 use bytes::Bytes;
 use drd_proto::pb;
-use drd_proto::pb::replication_client::ReplicationClient;
 use drd_tests::*;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -181,10 +180,10 @@ struct RawStream {
 impl RawStream {
     /// Opens a stream with a Hello for `stream`; returns the Welcome or the
     /// refusal.
-    async fn open(port: u16, stream: &str) -> Result<(Self, pb::Welcome), tonic::Status> {
-        let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{port}"))
+    async fn open(pair: &Pair, stream: &str) -> Result<(Self, pb::Welcome), tonic::Status> {
+        let mut client = tls_client(pair.certs.as_ref().unwrap(), PRIMARY_ID, pair.port, REPLICA_ID)
             .await
-            .expect("connect");
+            .expect("connect with the primary's certificate");
         let (tx, rx) = mpsc::channel(8);
         tx.send(hello(stream)).await.unwrap();
         let mut inbound = client
@@ -216,7 +215,7 @@ fn hello(stream: &str) -> pb::ShipMessage {
         msg: Some(pb::ship_message::Msg::Hello(pb::Hello {
             protocol_version: drd_proto::PROTOCOL_VERSION,
             stream: stream.into(),
-            node_id: "test-client".into(),
+            node_id: PRIMARY_ID.into(),
             epoch: 1,
         })),
     }
@@ -248,7 +247,7 @@ async fn a_chunk_with_a_wrong_crc_is_refused_and_the_stream_recovers() {
     let seg1 = std::fs::read(pair.wal.join(seg_name(1))).unwrap();
     let good = Bytes::copy_from_slice(&seg1[..4096]);
     let bad = Bytes::copy_from_slice(&seg1[4096..8192]);
-    let (mut s, welcome) = RawStream::open(pair.port, STREAM).await.unwrap();
+    let (mut s, welcome) = RawStream::open(&pair, STREAM).await.unwrap();
     assert_eq!(welcome.durable_position, 0);
     let ack = s
         .send(chunk(&seg_name(1), 0, good.clone(), crc32c::crc32c(&good)))
@@ -312,7 +311,7 @@ async fn hostile_names_are_refused_and_nothing_is_written() {
         long.clone(),
     ];
     for name in &hostile_segments {
-        let (mut s, _) = RawStream::open(pair.port, STREAM).await.unwrap();
+        let (mut s, _) = RawStream::open(&pair, STREAM).await.unwrap();
         let err = s
             .send(chunk(name, 0, data.clone(), crc32c::crc32c(&data)))
             .await
@@ -325,7 +324,7 @@ async fn hostile_names_are_refused_and_nothing_is_written() {
         );
     }
     for name in ["../../etc", "/etc", "a/b", "", long.as_str()] {
-        let err = RawStream::open(pair.port, name)
+        let err = RawStream::open(&pair, name)
             .await
             .err()
             .expect("refused");
@@ -338,7 +337,7 @@ async fn hostile_names_are_refused_and_nothing_is_written() {
     }
     // Oversized frame: refused by the transport's message size limit.
     let big = Bytes::from(vec![0u8; drd_proto::MAX_MESSAGE_BYTES + 1]);
-    let (mut s, _) = RawStream::open(pair.port, STREAM).await.unwrap();
+    let (mut s, _) = RawStream::open(&pair, STREAM).await.unwrap();
     let err = s
         .send(chunk(&seg_name(1), 0, big.clone(), crc32c::crc32c(&big)))
         .await
@@ -361,7 +360,7 @@ async fn hostile_names_are_refused_and_nothing_is_written() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["primary", "replica", "wal"]);
+    assert_eq!(top, ["primary", "replica", "tls", "wal"]);
     assert!(!abs.exists());
     assert!(!std::path::Path::new("/tmp/drd-evil").exists());
     assert!(!pair.root.path().join("x").exists());

@@ -205,7 +205,7 @@ pub async fn failover(
     tracing::warn!(epoch = next.epoch, stream = %stream, fork = r.durable_position, "FAILOVER: this node is now primary");
 
     if let Some(c) = &peer_cfg {
-        match fence_old_primary(node, &c.peer, next.epoch, &req.reason).await {
+        match fence_old_primary(node, c, next.epoch, &req.reason).await {
             Ok(resp) => {
                 r.old_primary_reached = true;
                 if let Some(w) = resp.written.iter().find(|w| w.stream == stream.as_str()) {
@@ -246,12 +246,12 @@ fn or_unknown(s: &str) -> &str {
 /// Asks the old primary to fence itself.
 async fn fence_old_primary(
     node: &Node,
-    peer_addr: &str,
+    cfg: &crate::config::StreamConfig,
     epoch: u64,
     reason: &str,
 ) -> Result<pb::FenceResponse, String> {
     let call = async {
-        let mut c = peer::connect_for_calls(peer_addr).await?;
+        let mut c = peer::connect_for_calls(node, cfg).await?;
         c.fence(pb::FenceRequest {
             from_node: node.config.node_id.to_string(),
             epoch,

@@ -8,6 +8,7 @@ pub mod peer;
 pub mod rejoin;
 pub mod remote;
 pub mod switchover;
+pub mod walpush;
 
 use crate::catalog::{AuditRecord, Txn};
 use crate::node::Node;
@@ -95,12 +96,17 @@ pub fn history(node: &Node) -> Result<pb::HistoryResponse, Status> {
     })
 }
 
-/// `drctl wal-fetch`: where the complete, verified copy of a segment is.
+/// `drctl wal-fetch`: where the complete, verified copy of a segment (or a
+/// side file) is.
 pub fn fetch_segment(
     node: &Node,
     req: pb::FetchSegmentRequest,
 ) -> Result<pb::FetchSegmentResponse, Status> {
     let stream = failover::pick_stream(node, &req.stream).map_err(Status::invalid_argument)?;
+    // `.history`, `.backup`, `.partial`: kept whole beside the log.
+    if crate::sidefiles::WalFileKind::classify(&req.segment).is_some_and(|k| k.is_side_file()) {
+        return crate::sidefiles::fetch(node, &stream, &req.segment);
+    }
     let seg = SegmentName::new(req.segment).map_err(Status::from)?;
     let rec = node
         .catalog

@@ -2,6 +2,8 @@
 //! (timeouts, keepalives, windows, message limits) for shipping and for the
 //! node-to-node calls of failover, switchover and rejoin.
 
+use crate::config::StreamConfig;
+use crate::node::Node;
 use drd_proto::pb::replication_client::ReplicationClient;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -32,10 +34,17 @@ pub fn describe(e: &dyn std::error::Error) -> String {
     reason
 }
 
-/// The endpoint for `peer` (e.g. `http://127.0.0.1:7601`).
-pub fn endpoint(peer: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(peer.to_string())
-        .map_err(|e| describe(&e))?
+/// The endpoint for a stream's peer: `https://` with mTLS (the peer must
+/// present a certificate for `peer_name`, signed by our CA), or plaintext
+/// `http://` on loopback when the node runs with insecure_plaintext.
+pub fn endpoint(node: &Node, cfg: &StreamConfig) -> Result<Endpoint, String> {
+    let mut ep = Endpoint::from_shared(cfg.peer.clone()).map_err(|e| describe(&e))?;
+    if let (Some(m), Some(name)) = (&node.tls, &cfg.peer_name) {
+        ep = ep
+            .tls_config(crate::tls::client_tls(m, name))
+            .map_err(|e| describe(&e))?;
+    }
+    Ok(ep
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
@@ -45,9 +54,10 @@ pub fn endpoint(peer: &str) -> Result<Endpoint, String> {
         .initial_connection_window_size(Some(H2_CONNECTION_WINDOW)))
 }
 
-/// A replication client for `peer` with drd's message limits.
-pub async fn connect(peer: &str) -> Result<ReplicationClient<Channel>, String> {
-    let channel = endpoint(peer)?
+/// A replication client for the stream's peer with drd's message limits.
+pub async fn connect(node: &Node, cfg: &StreamConfig) -> Result<ReplicationClient<Channel>, String> {
+    let peer = &cfg.peer;
+    let channel = endpoint(node, cfg)?
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {peer}: {}", describe(&e)))?;
@@ -57,8 +67,9 @@ pub async fn connect(peer: &str) -> Result<ReplicationClient<Channel>, String> {
 }
 
 /// A client for short node-to-node calls: every call gets a deadline.
-pub async fn connect_for_calls(peer: &str) -> Result<ReplicationClient<Channel>, String> {
-    let channel = endpoint(peer)?
+pub async fn connect_for_calls(node: &Node, cfg: &StreamConfig) -> Result<ReplicationClient<Channel>, String> {
+    let peer = &cfg.peer;
+    let channel = endpoint(node, cfg)?
         .timeout(CALL_TIMEOUT)
         .connect()
         .await

@@ -30,7 +30,7 @@ pub async fn rejoin(
             "rejoin needs exactly one [[stream]] (its peer is the new primary)",
         ));
     };
-    let mut client = peer::connect_for_calls(&cfg.peer)
+    let mut client = peer::connect_for_calls(node, cfg)
         .await
         .map_err(|e| Status::unavailable(format!("cannot reach the new primary: {e}")))?;
     let info = client

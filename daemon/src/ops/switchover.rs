@@ -148,7 +148,7 @@ pub async fn switchover(
     let shipper = node.shippers[0].clone();
 
     // 1. preflight
-    let mut client = match peer::connect_for_calls(&cfg.peer).await {
+    let mut client = match peer::connect_for_calls(node, cfg).await {
         Ok(c) => c,
         Err(e) => return run.fail("preflight", e, false).await,
     };

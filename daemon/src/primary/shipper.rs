@@ -294,7 +294,7 @@ impl StreamShipper {
 
     /// One connection: handshake, then ship until something fails.
     async fn session(&mut self) -> Result<(), ShipError> {
-        let mut client = crate::ops::peer::connect(&self.cfg.peer)
+        let mut client = crate::ops::peer::connect(&self.node, &self.cfg)
             .await
             .map_err(ShipError::Connect)?;
 
@@ -335,6 +335,9 @@ impl StreamShipper {
             st.durable = welcome.durable_position;
             st.last_error.clear();
         }
+        if welcome.last_segment_sealed {
+            self.status.push.note_sealed(&welcome.last_segment);
+        }
 
         let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
         let status = self.status.clone();
@@ -353,6 +356,10 @@ impl StreamShipper {
                 st.durable = a.durable_position;
                 st.rate.record(a.durable_position, Instant::now());
                 drop(st);
+                if a.sealed {
+                    // Durable and verified at the replica: sync wal-push waits for this.
+                    status.push.note_sealed(&a.segment);
+                }
                 ack_tx.send_replace(a.durable_position);
             }
         };
@@ -452,6 +459,10 @@ impl StreamShipper {
     ) -> Result<(), ShipError> {
         let t = self.node.config.tuning.clone();
         let mut listing = self.scan()?;
+        // The replica's log as far as this session knows (it moves when a
+        // spool segment is sealed with no newer one to move on to).
+        let mut welcome = welcome.clone();
+        let welcome = &mut welcome;
         let mut cursor = self.resume_cursor(welcome, &listing)?;
         let mut last_sent = Instant::now();
         loop {
@@ -506,9 +517,11 @@ impl StreamShipper {
                     cur.segment, cur.offset
                 )));
             }
-            if idx + 1 < listing.len() {
-                // A newer segment exists: this one is sealed. Re-check its
-                // size first — it may have grown since the scan.
+            // A newer segment exists, or the source is a spool whose files
+            // are complete when they appear: this one is sealed. Re-check
+            // its size first — it may have grown since the scan.
+            let spool = self.cfg.source == crate::config::SourceMode::Spool;
+            if idx + 1 < listing.len() || spool {
                 let path = self.cfg.wal_dir.join(cur.segment.as_str());
                 let now_size = std::fs::metadata(&path).map_err(|source| ShipError::Source {
                     path: path.display().to_string(),
@@ -531,8 +544,19 @@ impl StreamShipper {
                     .await
                     .map_err(|_| ShipError::Closed)?;
                 self.record_sealed(cur, size, digest, epoch)?;
-                let next = &listing[idx + 1];
-                cursor = Some(Cursor::new(next.name.clone(), cur.start + size, 0));
+                match listing.get(idx + 1) {
+                    Some(next) => {
+                        cursor = Some(Cursor::new(next.name.clone(), cur.start + size, 0));
+                    }
+                    None => {
+                        // Spool: wait for the next pushed segment after this one.
+                        welcome.last_segment = cur.segment.to_string();
+                        welcome.last_segment_start = cur.start;
+                        welcome.last_segment_size = size;
+                        welcome.last_segment_sealed = true;
+                        cursor = None;
+                    }
+                }
                 continue;
             }
             // Caught up with the active segment: wait for it to grow.

@@ -59,6 +59,7 @@ impl Replication for ReplicationService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown".into());
+        let cert_names = self.cert_names(&request);
         let mut inbound = request.into_inner();
         let idle = self.node.config.tuning.idle_timeout();
         let first = match tokio::time::timeout(idle, inbound.message()).await {
@@ -79,6 +80,7 @@ impl Replication for ReplicationService {
                 return Err(e.into());
             }
         };
+        self.check_identity(hello.node_id.as_str(), &cert_names, &remote)?;
         let span = tracing::info_span!("session", stream = %hello.stream, peer = %hello.node_id, epoch = hello.epoch);
         // No session may start while a role transition runs.
         let _gate = self.node.transition.read().await;
@@ -91,6 +93,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
+        let names = self.cert_names(&request);
+        self.check_identity(&request.get_ref().from_node, &names, "promote request")?;
         crate::ops::remote::promote(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -100,6 +104,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::FenceRequest>,
     ) -> Result<Response<pb::FenceResponse>, Status> {
+        let names = self.cert_names(&request);
+        self.check_identity(&request.get_ref().from_node, &names, "fence request")?;
         crate::ops::remote::fence(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -113,9 +119,41 @@ impl Replication for ReplicationService {
         let stream = crate::ops::stream_name(&req.stream)?;
         crate::ops::remote::log_info(&self.node, &stream, req.hash_tail).map(Response::new)
     }
+
+    async fn put_file(
+        &self,
+        request: Request<pb::PutFileRequest>,
+    ) -> Result<Response<pb::PutFileResponse>, Status> {
+        let names = self.cert_names(&request);
+        self.check_identity(&request.get_ref().from_node, &names, "put-file request")?;
+        crate::sidefiles::put_file(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 impl ReplicationService {
+    /// Names in the client certificate (empty without TLS).
+    fn cert_names<T>(&self, request: &Request<T>) -> Vec<String> {
+        if self.node.tls.is_some() {
+            crate::tls::peer_names(request)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// With TLS a peer may only claim a node id its certificate carries: an
+    /// allowed peer cannot impersonate another node.
+    fn check_identity(&self, claimed: &str, cert_names: &[String], from: &str) -> Result<(), Status> {
+        if self.node.tls.is_none() || cert_names.iter().any(|n| n == claimed) {
+            return Ok(());
+        }
+        tracing::warn!(%from, claimed, ?cert_names, "refused: the claimed node id is not in the client certificate");
+        Err(Status::permission_denied(format!(
+            "node id {claimed:?} does not match the client certificate ({cert_names:?})"
+        )))
+    }
+
     async fn start_session(
         &self,
         hello: Hello,

@@ -1,0 +1,459 @@
+//! `drctl wal-push` — PostgreSQL's `archive_command` — on the daemon side.
+//!
+//! drctl streams the file's bytes over the control socket (it reads the file
+//! with PostgreSQL's permissions; drd never opens a path a client names, so
+//! a member of the socket's group cannot make drd read files for it). The
+//! daemon writes them once ([`crate::spool`]): a segment into the stream's
+//! spool (`wal_dir` with `source = "spool"`), where the shipper picks it up
+//! and seals it as soon as it is shipped; a `.history`/`.backup`/`.partial`
+//! file into the side-file directory ([`crate::sidefiles`]).
+//!
+//! When the push succeeds depends on the stream's `mode`: `async` once the
+//! file is durable here; `sync` once the replica confirmed it — a segment
+//! acked sealed (durable and verified), a side file stored — or an error
+//! after `sync_timeout_seconds`, and PostgreSQL retries.
+
+use crate::catalog::Role;
+use crate::config::{SourceMode, StreamConfig, SyncMode};
+use crate::node::{Node, Shipper};
+use crate::ops::Caller;
+use crate::sidefiles::{self, WalFileKind};
+use crate::spool::{Incoming, Published, SpoolError};
+use drd_proto::{pb, SegmentName};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+use tonic::{Status, Streaming};
+
+/// What the replica confirmed of a stream, for `wal-push` in sync mode.
+#[derive(Debug)]
+pub struct PushState {
+    /// Name of the newest segment the replica acked as sealed (complete,
+    /// durable, verified); "" before the first. The log is ordered by name,
+    /// so every segment up to this one is sealed at the replica.
+    pub sealed_acked: watch::Sender<String>,
+    /// Side files the replica confirmed or refused in this epoch.
+    pub side: watch::Sender<SideDelivery>,
+    /// Wakes the side-file delivery task when a side file arrives.
+    pub wake: Notify,
+}
+
+/// Side files known to be at the current replica, and those it refused.
+#[derive(Debug, Default)]
+pub struct SideDelivery {
+    pub confirmed: BTreeSet<String>,
+    /// Name → the replica's reason (e.g. a different file of that name).
+    pub refused: BTreeMap<String, String>,
+}
+
+impl Default for PushState {
+    fn default() -> Self {
+        Self {
+            sealed_acked: watch::Sender::new(String::new()),
+            side: watch::Sender::new(SideDelivery::default()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl PushState {
+    /// The replica acked `segment` sealed (or reported it sealed on
+    /// connect). Only ever moves forward.
+    pub fn note_sealed(&self, segment: &str) {
+        self.sealed_acked.send_if_modified(|cur| {
+            if segment > cur.as_str() {
+                *cur = segment.to_string();
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// One push at a time per daemon: PostgreSQL's archiver is serial anyway,
+/// and the order check below must see the spool as it will be.
+static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn pick<'a>(node: &'a Node, stream: &str) -> Result<(&'a StreamConfig, &'a Arc<Shipper>), Status> {
+    let streams = &node.config.streams;
+    let cfg =
+        if stream.is_empty() {
+            match streams.as_slice() {
+                [one] => one,
+                [] => return Err(Status::failed_precondition(
+                    "this node ships no stream (no [[stream]] in its config); run wal-push at the \
+                     primary's drd",
+                )),
+                many => {
+                    return Err(Status::invalid_argument(format!(
+                        "this node ships several streams; name one with --stream ({})",
+                        many.iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        } else {
+            streams
+                .iter()
+                .find(|s| s.name.as_str() == stream)
+                .ok_or_else(|| {
+                    Status::not_found(format!("this node ships no stream named {stream:?}"))
+                })?
+        };
+    let shipper = node
+        .shippers
+        .iter()
+        .find(|s| s.stream == cfg.name)
+        .ok_or_else(|| Status::internal("no shipper for a configured stream"))?;
+    Ok((cfg, shipper))
+}
+
+pub async fn wal_push(
+    node: &Arc<Node>,
+    mut inbound: Streaming<pb::WalPushRequest>,
+    who: Caller,
+) -> Result<pb::WalPushResponse, Status> {
+    let first = inbound
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty wal-push request"))?;
+    let (cfg, shipper) = pick(node, &first.stream)?;
+    let name = first.name.clone();
+    let kind = WalFileKind::classify(&name).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{:?} is not a file PostgreSQL archives (a WAL segment, TTTTTTTT.history, \
+             SEGMENT.OFFSET.backup or SEGMENT.partial); nothing stored",
+            name.chars().take(64).collect::<String>()
+        ))
+    })?;
+    if cfg.source != SourceMode::Spool {
+        return Err(Status::failed_precondition(format!(
+            "stream {} reads its wal_dir directly (source = \"tail\"); wal-push needs \
+             source = \"spool\" and a spool directory that only drd writes",
+            cfg.name
+        )));
+    }
+    let state = node.state();
+    if state.role != Role::Primary {
+        return Err(Status::failed_precondition(format!(
+            "this node is {} at epoch {}; WAL is archived only at the primary (use \
+             archive_mode = on, not always, on a standby)",
+            state.role.as_str(),
+            state.epoch
+        )));
+    }
+    let limit = if kind.is_shipped_side_file() {
+        sidefiles::MAX_SIDE_FILE_BYTES as u64
+    } else {
+        sidefiles::MAX_SEGMENT_BYTES
+    };
+    if first.size > limit {
+        return Err(Status::invalid_argument(format!(
+            "{name} has {} bytes, more than the {limit} a {} file may have",
+            first.size,
+            kind.as_str()
+        )));
+    }
+
+    let published = {
+        let _one = PUSH_LOCK.lock().await;
+        if kind == WalFileKind::Segment {
+            check_order(node, cfg, &name)?;
+        }
+        let dir = if kind.is_side_file() {
+            sidefiles::side_dir(&node.config.data_dir, &cfg.name)
+        } else {
+            cfg.wal_dir.clone()
+        };
+        let mut file = blocking({
+            let (name, stream) = (name.clone(), cfg.name.clone());
+            move || {
+                // Under the lock no other push runs: any temporary file is
+                // left over from a crash.
+                match crate::spool::remove_stale_temps(&dir) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(%stream, dir = %dir.display(), removed = n,
+                        "removed temporary files of unfinished pushes"),
+                    Err(e) => tracing::warn!(%stream, dir = %dir.display(), error = %e,
+                        "cannot clean up temporary files"),
+                }
+                Incoming::create(&dir, &name)
+            }
+        })
+        .await?;
+        let mut data = first.data;
+        loop {
+            if file.size() + data.len() as u64 > first.size {
+                return Err(Status::invalid_argument(format!(
+                    "{name}: more bytes than the announced {}; nothing stored",
+                    first.size
+                )));
+            }
+            if !data.is_empty() {
+                file = blocking(move || {
+                    file.write(&data)?;
+                    Ok(file)
+                })
+                .await?;
+            }
+            match inbound.message().await? {
+                Some(m) => data = m.data,
+                None => break,
+            }
+        }
+        if file.size() != first.size {
+            return Err(Status::invalid_argument(format!(
+                "{name}: {} bytes arrived, {} were announced; nothing stored",
+                file.size(),
+                first.size
+            )));
+        }
+        let shipped = if kind == WalFileKind::Segment {
+            shipped_record(node, cfg, &name)?
+        } else {
+            None
+        };
+        match shipped {
+            // Shipped earlier and no longer in the spool: compare with the log.
+            Some(rec) if !cfg.wal_dir.join(&name).exists() => {
+                let sha256 = file.sha256();
+                let same =
+                    rec.sha256.as_deref() == Some(sha256.as_str()) && rec.size == file.size();
+                drop(file);
+                if !same {
+                    return Err(conflict(
+                        &cfg.name,
+                        &name,
+                        &who,
+                        format!(
+                        "segment {name} was already shipped with different content (sha256 {}); \
+                         refusing it",
+                        rec.sha256.unwrap_or_default()
+                    ),
+                    ));
+                }
+                Published {
+                    path: cfg.wal_dir.join(&name),
+                    size: rec.size,
+                    sha256,
+                    already_present: true,
+                }
+            }
+            _ => match tokio::task::spawn_blocking(move || file.publish())
+                .await
+                .map_err(|e| Status::internal(format!("file task failed: {e}")))?
+            {
+                Ok(p) => p,
+                Err(e @ SpoolError::Conflict { .. }) => {
+                    return Err(conflict(&cfg.name, &name, &who, e.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+    };
+    tracing::info!(stream = %cfg.name, %name, kind = kind.as_str(), size = published.size,
+        already_present = published.already_present, user = %who.user, "wal-push: stored");
+
+    let mut r = pb::WalPushResponse {
+        stream: cfg.name.to_string(),
+        kind: kind.as_str().into(),
+        already_present: published.already_present,
+        mode: cfg.mode.as_str().into(),
+        replica_confirmed: false,
+        sha256: published.sha256,
+        path: published.path.display().to_string(),
+    };
+    if kind.is_shipped_side_file() {
+        shipper.push.wake.notify_one();
+    }
+    if cfg.mode == SyncMode::Async || kind == WalFileKind::Partial {
+        // `.partial` files stay here: PostgreSQL never restores them.
+        return Ok(r);
+    }
+    if kind == WalFileKind::Segment {
+        wait_sealed(cfg, shipper, &name).await?;
+    } else {
+        wait_side_file(cfg, shipper, &name).await?;
+    }
+    r.replica_confirmed = true;
+    Ok(r)
+}
+
+/// Runs blocking file I/O off the async threads.
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, SpoolError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("file task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+impl From<SpoolError> for Status {
+    fn from(e: SpoolError) -> Self {
+        match e {
+            SpoolError::Conflict { .. } => Status::already_exists(e.to_string()),
+            SpoolError::Io { .. } => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// A refused overwrite: logged here (where it is handled) and reported.
+fn conflict(stream: &drd_proto::StreamName, name: &str, who: &Caller, why: String) -> Status {
+    tracing::error!(%stream, %name, user = %who.user, origin = %who.origin, error = %why,
+        "wal-push REFUSED: same name, different bytes");
+    Status::already_exists(why)
+}
+
+/// The segment's record in this node's log, if it was shipped.
+fn shipped_record(
+    node: &Node,
+    cfg: &StreamConfig,
+    name: &str,
+) -> Result<Option<crate::catalog::SegmentRecord>, Status> {
+    let seg = SegmentName::new(name).map_err(Status::from)?;
+    node.catalog
+        .segment(&cfg.name, &seg)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// A new segment must sort after everything the stream holds: the log is
+/// ordered by name and the shipper never goes back.
+fn check_order(node: &Node, cfg: &StreamConfig, name: &str) -> Result<(), Status> {
+    if cfg.wal_dir.join(name).exists() || shipped_record(node, cfg, name)?.is_some() {
+        return Ok(()); // pushed again: compared with what is there
+    }
+    let newest_spooled = crate::primary::source::scan(&cfg.wal_dir)
+        .map_err(|e| Status::internal(format!("cannot list {}: {e}", cfg.wal_dir.display())))?
+        .pop()
+        .map(|s| s.name.to_string());
+    let newest_logged = node
+        .catalog
+        .tail(&cfg.name)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(|t| t.name);
+    if let Some(newer) = newest_spooled.into_iter().chain(newest_logged).max() {
+        if newer.as_str() > name {
+            return Err(Status::failed_precondition(format!(
+                "segment {name} sorts before {newer}, which stream {} already holds; the log is \
+                 ordered by name, so {name} cannot be added now (is another server archiving \
+                 into this stream?)",
+                cfg.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn wait_sealed(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Result<(), Status> {
+    let mut rx = shipper.push.sealed_acked.subscribe();
+    let waited = tokio::time::timeout(cfg.sync_timeout, rx.wait_for(|s| s.as_str() >= name)).await;
+    match waited {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(Status::unavailable("drd is shutting down")),
+        Err(_) => Err(not_confirmed(cfg, shipper, name)),
+    }
+}
+
+async fn wait_side_file(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Result<(), Status> {
+    let mut rx = shipper.push.side.subscribe();
+    let waited = tokio::time::timeout(
+        cfg.sync_timeout,
+        rx.wait_for(|s| s.confirmed.contains(name) || s.refused.contains_key(name)),
+    )
+    .await;
+    match waited {
+        Ok(Ok(s)) => match s.refused.get(name) {
+            None => Ok(()),
+            Some(why) => Err(Status::failed_precondition(format!(
+                "the replica refused {name}: {why}"
+            ))),
+        },
+        Ok(Err(_)) => Err(Status::unavailable("drd is shutting down")),
+        Err(_) => Err(not_confirmed(cfg, shipper, name)),
+    }
+}
+
+fn not_confirmed(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Status {
+    let v = shipper.view(std::time::Instant::now());
+    let why = if !v.connected {
+        format!(
+            "not connected to {}{}",
+            cfg.peer,
+            if v.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", v.last_error)
+            }
+        )
+    } else {
+        format!("connected, {} bytes behind", v.lag_bytes)
+    };
+    tracing::warn!(stream = %cfg.name, %name, timeout = ?cfg.sync_timeout, %why,
+        "wal-push: the replica did not confirm in time");
+    Status::deadline_exceeded(format!(
+        "{name} is durable in the local spool, but the replica did not confirm it within {}s \
+         (mode = \"sync\"; replica {why}); PostgreSQL will retry. Check `drctl status`.",
+        cfg.sync_timeout.as_secs()
+    ))
+}
+
+/// Largest piece of a file `push_file` sends per message.
+pub const PUSH_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The client side of `wal-push` (drctl, tests): streams `size` bytes of
+/// `file` as `name` to the daemon, in order. A read error ends the stream
+/// early, and the daemon refuses the short push.
+pub async fn push_file(
+    client: &mut drd_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
+    stream: &str,
+    name: &str,
+    mut file: tokio::fs::File,
+    size: u64,
+) -> Result<pb::WalPushResponse, Status> {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let header = pb::WalPushRequest {
+        stream: stream.to_string(),
+        name: name.to_string(),
+        size,
+        data: Vec::new(),
+    };
+    let reader = tokio::spawn(async move {
+        if tx.send(header).await.is_err() {
+            return Ok(());
+        }
+        loop {
+            let mut buf = Vec::with_capacity(PUSH_CHUNK_BYTES);
+            let n = (&mut file)
+                .take(PUSH_CHUNK_BYTES as u64)
+                .read_to_end(&mut buf)
+                .await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            let msg = pb::WalPushRequest {
+                data: buf,
+                ..Default::default()
+            };
+            if tx.send(msg).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let result = client
+        .wal_push(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map(|r| r.into_inner());
+    match reader.await {
+        Ok(Err(e)) if result.is_err() => Err(Status::data_loss(format!(
+            "cannot read {name} while pushing it: {e}"
+        ))),
+        _ => result,
+    }
+}
