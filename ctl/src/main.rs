@@ -6,10 +6,12 @@
 //! `drctl lag`: WARNING); 2 usage or configuration error (`drctl lag`:
 //! CRITICAL); 3 the daemon could not be reached (`drctl lag`: UNKNOWN).
 
+mod certs;
 mod fetch;
 mod push;
 mod lag;
 mod roles;
+mod verify;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +41,20 @@ struct Cli {
     /// Configuration file to take the socket path from.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "DRD_CONFIG")]
     config: PathBuf,
+    /// Remote daemon's control API (`control.listen`), e.g.
+    /// https://rochester-dr1.example:7602 — mTLS with --cert/--key/--ca.
+    #[arg(long, global = true, env = "DRD_ADDR", requires_all = ["cert", "key", "ca"])]
+    addr: Option<String>,
+    /// Client certificate for --addr (e.g. from `drctl certs init --node ops-admin`).
+    #[arg(long, global = true, env = "DRD_CERT")]
+    cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "DRD_KEY")]
+    key: Option<PathBuf>,
+    #[arg(long, global = true, env = "DRD_CA")]
+    ca: Option<PathBuf>,
+    /// Name the remote daemon's certificate must carry (default: the host in --addr).
+    #[arg(long, global = true)]
+    server_name: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -61,10 +77,15 @@ enum Cmd {
     Resume(roles::ReasonArgs),
     /// The audit log: role and epoch changes and operator actions.
     History(JsonArg),
-    /// Copy a complete, verified segment to DEST (PostgreSQL's restore_command: `drctl wal-fetch %f %p`).
+    /// Copy a complete, verified segment (or a .history/.backup file) to DEST (PostgreSQL's restore_command: `drctl wal-fetch %f %p`).
     WalFetch(fetch::FetchArgs),
     /// Archive a WAL file through drd (PostgreSQL's archive_command: `drctl wal-push %p`).
     WalPush(push::PushArgs),
+    /// Re-hash every stored segment and check the hash chain; names the first bad one.
+    Verify(verify::VerifyArgs),
+    /// Certificates for a first deployment (no daemon needed).
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
 }
 
 #[derive(Args)]
@@ -110,7 +131,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let socket = socket_path(cli);
-    let mut client = match connect(&socket).await {
+    if let Cmd::Certs(c) = &cli.command {
+        return certs::run(c);
+    }
+    let connected = match &cli.addr {
+        Some(addr) => connect_remote(cli, addr).await,
+        None => connect(&socket).await,
+    };
+    let mut client = match connected {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
@@ -125,7 +153,40 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Cmd::History(a) => roles::history(&mut client, a).await,
         Cmd::WalFetch(a) => fetch::run(&mut client, a).await,
         Cmd::WalPush(a) => push::run(&mut client, a).await,
+        Cmd::Verify(a) => verify::run(&mut client, a).await,
+        Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
+}
+
+/// Connects to a remote daemon's control API over mTLS.
+async fn connect_remote(cli: &Cli, addr: &str) -> Result<ControlClient<Channel>, ExitCode> {
+    let unreachable = |what: String| {
+        eprintln!("drctl: {what}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    };
+    let files = drd::tls::TlsFiles {
+        ca: cli.ca.clone().unwrap_or_default(),
+        cert: cli.cert.clone().unwrap_or_default(),
+        key: cli.key.clone().unwrap_or_default(),
+    };
+    let m = drd::tls::load(&files).map_err(|e| unreachable(format!("cannot load the client certificate: {e}")))?;
+    let host = addr
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .to_string();
+    let name = cli.server_name.clone().unwrap_or(host);
+    let ep = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| unreachable(format!("bad --addr {addr:?}: {e}")))?
+        .tls_config(drd::tls::client_tls(&m, &name))
+        .map_err(|e| unreachable(format!("TLS setup failed: {e}")))?;
+    let channel = ep.connect().await.map_err(|e| {
+        unreachable(format!(
+            "cannot reach drd at {addr}: {}\nIs control.listen set there, and is this certificate in its control.allowed_clients?",
+            drd::ops::peer::describe(&e)
+        ))
+    })?;
+    Ok(ControlClient::new(channel))
 }
 
 async fn connect(socket: &Path) -> Result<ControlClient<Channel>, ExitCode> {

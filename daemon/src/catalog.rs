@@ -128,6 +128,9 @@ pub struct SegmentRecord {
     /// shipped as primary. Otherwise it is in the landing directory.
     #[serde(default)]
     pub in_source: bool,
+    /// Hash chain value after this segment (hex), once sealed.
+    #[serde(default)]
+    pub chain: Option<String>,
 }
 
 impl SegmentRecord {
@@ -154,6 +157,19 @@ pub struct StreamMeta {
     /// The fork of the current epoch, if this node went through one.
     #[serde(default)]
     pub fork: Option<Fork>,
+    /// Hash chain value after the last sealed segment (hex).
+    #[serde(default)]
+    pub chain_head: Option<String>,
+}
+
+impl StreamMeta {
+    /// The chain value the next sealed segment links to.
+    pub fn chain_head(&self) -> [u8; 32] {
+        self.chain_head
+            .as_deref()
+            .and_then(crate::chain::from_hex)
+            .unwrap_or(crate::chain::GENESIS)
+    }
 }
 
 /// The catalog database.
@@ -432,6 +448,7 @@ mod tests {
             sealed_at_ms: None,
             fork: false,
             in_source: false,
+            chain: None,
         }
     }
 

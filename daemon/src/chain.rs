@@ -83,7 +83,9 @@ pub fn verify(segments: &[Stored]) -> Report {
         report.checked += 1;
         report.bytes += s.size;
         match &s.actual_sha256 {
-            Err(why) => report.problems.push((s.name.clone(), Problem::Missing(why.clone()))),
+            Err(why) => report
+                .problems
+                .push((s.name.clone(), Problem::Missing(why.clone()))),
             Ok(actual) if actual != &s.recorded_sha256 => report.problems.push((
                 s.name.clone(),
                 Problem::Altered {

@@ -35,6 +35,16 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     insecure_plaintext: bool,
+    log_level: Option<String>,
+    max_bandwidth: Option<String>,
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +153,7 @@ struct RawStream {
     source: Option<String>,
     mode: Option<String>,
     sync_timeout_seconds: Option<u64>,
+    max_bandwidth: Option<String>,
 }
 
 /// Tuning numbers. Each has a default that suits a DR link with a local SSD;
@@ -221,7 +232,18 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Remote control API over TCP with mTLS.
     pub control_listen: Option<ControlListen>,
+    /// Log filter (`log_level`, e.g. `info` or `info,drd=debug`); the
+    /// `DRD_LOG` environment variable overrides it at start. Reloadable.
+    pub log_level: Option<String>,
+    /// Node-wide limit on bytes shipped per second, all streams together
+    /// (`max_bandwidth`; None: unlimited). Reloadable.
+    pub max_bandwidth: Option<u64>,
+    /// Prometheus scrape endpoint (`[metrics] listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
+
+/// Log filter when neither `log_level` nor `DRD_LOG` says otherwise.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// `[tls]`: this node's certificate and who may connect to it.
 #[derive(Clone, Debug)]
@@ -258,6 +280,9 @@ pub struct StreamConfig {
     /// How long a sync-mode `wal-push` waits for the replica
     /// (`sync_timeout_seconds`) before it fails and PostgreSQL retries.
     pub sync_timeout: Duration,
+    /// Limit on bytes this stream ships per second (`max_bandwidth`; None:
+    /// unlimited). Reloadable.
+    pub max_bandwidth: Option<u64>,
 }
 
 /// How segments get into a stream's `wal_dir`.
@@ -401,6 +426,13 @@ impl Config {
             if sync_timeout_seconds == 0 {
                 bail!("key `stream[{i}].sync_timeout_seconds`: must be greater than 0");
             }
+            let max_bandwidth = s
+                .max_bandwidth
+                .as_deref()
+                .map(crate::throttle::parse_bandwidth)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("key `stream[{i}].max_bandwidth`: {e}"))?
+                .flatten();
             streams.push(StreamConfig {
                 name,
                 wal_dir: s.wal_dir,
@@ -409,6 +441,7 @@ impl Config {
                 source,
                 mode,
                 sync_timeout: Duration::from_secs(sync_timeout_seconds),
+                max_bandwidth,
             });
         }
         if replica.is_none() && streams.is_empty() {
@@ -523,6 +556,29 @@ impl Config {
         if raw.hooks.timeout_seconds == 0 {
             bail!("key `hooks.timeout_seconds`: must be greater than 0");
         }
+        if let Some(level) = &raw.log_level {
+            tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+                anyhow::anyhow!(
+                    "key `log_level`: {level:?} is not a log filter like \"info\" or \"info,drd=debug\" ({e})"
+                )
+            })?;
+        }
+        let max_bandwidth = raw
+            .max_bandwidth
+            .as_deref()
+            .map(crate::throttle::parse_bandwidth)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("key `max_bandwidth`: {e}"))?
+            .flatten();
+        let metrics_listen = match raw.metrics {
+            None => None,
+            Some(m) => Some(m.listen.parse::<SocketAddr>().map_err(|e| {
+                anyhow::anyhow!(
+                    "key `metrics.listen`: {:?} is not an address like 127.0.0.1:9601 ({e})",
+                    m.listen
+                )
+            })?),
+        };
         Ok(Config {
             node_id,
             data_dir: raw.data_dir,
@@ -536,6 +592,9 @@ impl Config {
             hooks: raw.hooks,
             tls,
             control_listen,
+            log_level: raw.log_level,
+            max_bandwidth,
+            metrics_listen,
         })
     }
 
@@ -691,6 +750,28 @@ peer = "http://127.0.0.1:7601"
         assert!(err(&format!("{g}[tuning]\nchunk_bytes = 0\n")).contains("tuning.chunk_bytes"));
         assert!(err(&g.replace("\"replica\"", "\"boss\"")).contains("initial_role"));
         assert!(err(&format!("rpo_budget = \"lots\"\n{g}")).contains("rpo_budget"));
+    }
+
+    #[test]
+    fn operations_keys() {
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        let c = Config::parse(&g).unwrap();
+        assert_eq!((c.max_bandwidth, c.streams[0].max_bandwidth), (None, None));
+        assert_eq!((c.metrics_listen, c.log_level.clone()), (None, None));
+        let ops = format!(
+            "max_bandwidth = \"1Gbit/s\"\nlog_level = \"info,drd=debug\"\n{g}\
+             max_bandwidth = \"200MiB/s\"\n[metrics]\nlisten = \"127.0.0.1:9601\"\n"
+        );
+        let c = Config::parse(&ops).unwrap();
+        assert_eq!(c.max_bandwidth, Some(125_000_000));
+        assert_eq!(c.streams[0].max_bandwidth, Some(200 << 20));
+        assert_eq!(c.metrics_listen.unwrap().port(), 9601);
+        assert_eq!(c.log_level.as_deref(), Some("info,drd=debug"));
+        assert!(err(&ops.replace("\"200MiB/s\"", "\"lots\"")).contains("stream[0].max_bandwidth"));
+        assert!(err(&ops.replace("\"1Gbit/s\"", "\"1Gbit\"")).contains("key `max_bandwidth`"));
+        assert!(err(&ops.replace("127.0.0.1:9601", "nowhere")).contains("metrics.listen"));
+        assert!(err(&ops.replace("info,drd=debug", "info,drd=[")).contains("log_level"));
+        assert!(err(&format!("{ops}lissen = 1\n")).contains("lissen"));
     }
 
     #[test]

@@ -57,9 +57,13 @@ fn caller<T>(request: &Request<T>) -> Caller {
                 c.pid().map_or("?".to_string(), |p| p.to_string())
             ),
         },
+        // Remote drctl over mTLS: the client certificate names the caller.
         None => Caller {
-            user: "unknown".into(),
-            origin: "control API".into(),
+            user: format!("certificate {:?}", crate::tls::peer_names(request)),
+            origin: format!(
+                "control TCP from {}",
+                request.remote_addr().map_or("?".to_string(), |a| a.to_string())
+            ),
         },
     }
 }
@@ -152,6 +156,18 @@ impl Control for ControlService {
         _request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         ops::history(&self.node).map(Response::new)
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let node = self.node.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || ops::verify::verify(&node, req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
     }
 
     async fn fetch_segment(

@@ -98,6 +98,7 @@ pub async fn run(
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            crate::metrics::hook_ran(name, true);
             return HookOutcome::Failed {
                 reason: format!("cannot start sh: {e}"),
                 output: String::new(),
@@ -130,6 +131,7 @@ pub async fn run(
             }
         }
     };
+    crate::metrics::hook_ran(name, outcome.failed());
     match &outcome {
         HookOutcome::Failed { reason, .. } => {
             tracing::error!(hook = name, epoch = env.epoch, %reason, "hook failed")

@@ -13,7 +13,9 @@ pub mod display;
 pub mod fsutil;
 pub mod hooks;
 pub mod lag;
+pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod ops;
 pub mod primary;
 pub mod receiver;
@@ -21,6 +23,7 @@ pub mod replica;
 pub mod roles;
 pub mod sidefiles;
 pub mod spool;
+pub mod throttle;
 pub mod tls;
 
 pub use drd_proto as proto;
@@ -50,6 +53,17 @@ pub fn unix_ms() -> u64 {
 /// streams with the catalog, then serves the replication and control APIs
 /// and ships the configured streams.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, notify::Service::default()).await
+}
+
+/// [`run`] as a service: `service` says where to re-read the configuration
+/// on SIGHUP and how to change the log level (see [`notify`]).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    service: notify::Service,
+) -> anyhow::Result<()> {
+    let hup = notify::hangup(&service);
     config.check_environment()?;
     let tls = config.load_tls()?;
     fsutil::create_dir_durable(&config.data_dir)
@@ -74,6 +88,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.control_socket,
         config.control_socket_group.as_deref(),
     )?;
+    let metrics_exporter = match config.metrics_listen {
+        Some(addr) => {
+            let exporter = metrics::install(addr)?;
+            tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
+            Some(exporter)
+        }
+        None => None,
+    };
     let replica_listener = match &config.replica {
         Some(r) => Some(
             tokio::net::TcpListener::bind(r.listen)
@@ -147,6 +169,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
     }
 
+    // The control API on TCP for remote drctl: mTLS only, and only for the
+    // client certificates named in control.allowed_clients.
+    if let (Some(cl), Some(m)) = (&config.control_listen, &tls) {
+        let listener = tokio::net::TcpListener::bind(cl.addr)
+            .await
+            .with_context(|| format!("cannot listen on control.listen {}", cl.addr))?;
+        tracing::info!(addr = %cl.addr, allowed_clients = ?cl.allowed_clients, "control API listening on TCP (mTLS)");
+        let incoming = tls::TlsIncoming::new(listener, m.acceptor()?, cl.allowed_clients.clone());
+        let svc = pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let server = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "control TCP service failed");
+            }
+        });
+    }
+
     for (cfg, status) in config.streams.iter().zip(node.shippers.iter()) {
         tracker.spawn(primary::shipper::run(
             node.clone(),
@@ -162,11 +204,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             shutdown.clone(),
         ));
     }
+    if let Some(exporter) = metrics_exporter {
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = exporter => if let Err(e) = r {
+                    tracing::error!(error = ?e, "metrics endpoint failed");
+                },
+            }
+        });
+        tracker.spawn(metrics::sample(node.clone(), shutdown.clone()));
+    }
+    notify::spawn(node.clone(), &tracker, shutdown.clone(), service, hup);
     tracker.close();
     tracing::info!("drd ready");
+    notify::ready(&node);
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    notify::stopping();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()

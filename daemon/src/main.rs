@@ -44,25 +44,33 @@ enum Command {
     Demo(drd::demo::DemoArgs),
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DRD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Installs the log subscriber: `DRD_LOG` if set, else `default_level`.
+/// Returns what changes the filter later (`log_level` on SIGHUP).
+fn init_logging(format: LogFormat, default_level: &str) -> drd::notify::LogReload {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter = EnvFilter::try_from_env("DRD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let layer = fmt::layer()
         // Colour only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
     }
+    Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Demo(args)) => {
-            init_logging(cli.log_format, "warn");
+            let _ = init_logging(cli.log_format, "warn");
             return report(drd::demo::run(args));
         }
         None => {}
@@ -82,8 +90,16 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(cli.log_format, "info");
-    report(serve(config))
+    let level = config
+        .log_level
+        .clone()
+        .unwrap_or_else(|| drd::config::DEFAULT_LOG_LEVEL.to_string());
+    let log_reload = init_logging(cli.log_format, &level);
+    let service = drd::notify::Service {
+        config_path: Some(cli.config.clone()),
+        log_reload: Some(log_reload),
+    };
+    report(serve(config, service))
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
@@ -96,7 +112,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, service: drd::notify::Service) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,6 +130,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             }
             signals.cancel();
         });
-        drd::run(config, shutdown).await
+        // SIGHUP (systemctl reload) is handled inside: see drd::notify.
+        drd::run_with(config, shutdown, service).await
     })
 }

@@ -57,6 +57,8 @@ pub struct Shipper {
     pub state: Mutex<ShipState>,
     /// What the replica confirmed, for `drctl wal-push` in sync mode.
     pub push: crate::ops::walpush::PushState,
+    /// This stream's `max_bandwidth` (changed live on SIGHUP).
+    pub bandwidth: crate::throttle::Throttle,
 }
 
 impl Shipper {
@@ -178,6 +180,8 @@ pub struct Node {
     pub tls: Option<crate::tls::TlsMaterial>,
     pub shippers: Vec<Arc<Shipper>>,
     receivers: Mutex<BTreeMap<StreamName, Arc<ReceiveSlot>>>,
+    /// The node-wide `max_bandwidth`, shared by all shipped streams.
+    pub bandwidth: crate::throttle::Throttle,
 }
 
 impl Node {
@@ -205,6 +209,7 @@ impl Node {
                     peer: s.peer.clone(),
                     state: Mutex::new(ShipState::default()),
                     push: Default::default(),
+                    bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
                 })
             })
             .collect();
@@ -219,6 +224,7 @@ impl Node {
                 );
             }
         }
+        let bandwidth = crate::throttle::Throttle::new(config.max_bandwidth);
         Ok(Self {
             config,
             catalog,
@@ -228,6 +234,7 @@ impl Node {
             tls,
             shippers,
             receivers: Mutex::new(receivers),
+            bandwidth,
         })
     }
 

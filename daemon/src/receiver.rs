@@ -45,6 +45,12 @@ pub enum Reject {
         sealed: u64,
         received: u64,
     },
+    #[error("seal of {segment}: hash chain mismatch (primary {expected}, replica {actual}); the primary's log is not the one this replica holds")]
+    SealChain {
+        segment: String,
+        expected: String,
+        actual: String,
+    },
     #[error("seal of {segment}: whole-file SHA-256 mismatch (primary {expected}, replica {actual}); the segment stays partial and is not visible")]
     SealChecksum {
         segment: String,
@@ -196,13 +202,23 @@ impl Receiver {
         }
     }
 
-    /// Compares the seal's digest with the one computed over the stored bytes.
-    pub fn check_digest(s: &Seal, actual: &[u8; 32]) -> Result<(), Reject> {
+    /// Compares the seal's digest with the one computed over the stored
+    /// bytes, and its chain value with the one computed from this replica's
+    /// chain head.
+    pub fn check_digest(s: &Seal, actual: &[u8; 32], chain_head: &[u8; 32]) -> Result<(), Reject> {
         if &s.sha256 != actual {
             return Err(Reject::SealChecksum {
                 segment: s.segment.to_string(),
                 expected: hex::encode(s.sha256),
                 actual: hex::encode(actual),
+            });
+        }
+        let chain = crate::chain::link(chain_head, actual, s.segment.as_str(), s.size);
+        if s.chain != chain {
+            return Err(Reject::SealChain {
+                segment: s.segment.to_string(),
+                expected: hex::encode(s.chain),
+                actual: hex::encode(chain),
             });
         }
         Ok(())
@@ -238,6 +254,7 @@ mod tests {
             size,
             sha256: [0; 32],
             source_position: 0,
+            chain: crate::chain::link(&crate::chain::GENESIS, &[0; 32], name, size),
         }
     }
 
@@ -314,8 +331,11 @@ mod tests {
     #[test]
     fn digest_mismatch_is_named() {
         let s = seal(1, "a", 0, 1);
-        assert!(Receiver::check_digest(&s, &[0; 32]).is_ok());
-        let e = Receiver::check_digest(&s, &[1; 32]).unwrap_err();
+        let g = crate::chain::GENESIS;
+        assert!(Receiver::check_digest(&s, &[0; 32], &g).is_ok());
+        let e = Receiver::check_digest(&s, &[1; 32], &g).unwrap_err();
         assert!(e.to_string().contains("SHA-256 mismatch"));
+        let e = Receiver::check_digest(&s, &[0; 32], &[9; 32]).unwrap_err();
+        assert!(matches!(e, Reject::SealChain { .. }), "a seal that does not extend our chain");
     }
 }

@@ -53,7 +53,7 @@ pub enum ProtocolError {
     ChunkTooLarge { len: usize },
     #[error("empty chunk")]
     EmptyChunk,
-    #[error("seal of segment {0}: sha256 must be 32 bytes")]
+    #[error("seal of segment {0}: sha256 and chain must be 32 bytes each")]
     BadDigest(String),
     #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
     Version(u32),
@@ -215,6 +215,8 @@ pub struct Seal {
     pub size: u64,
     pub sha256: [u8; 32],
     pub source_position: u64,
+    /// Hash chain value after this segment (see `drd::chain`).
+    pub chain: [u8; 32],
 }
 
 /// A validated message from a primary.
@@ -287,6 +289,11 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                     .as_slice()
                     .try_into()
                     .map_err(|_| ProtocolError::BadDigest(segment.to_string()))?;
+                let chain: [u8; 32] = s
+                    .chain
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ProtocolError::BadDigest(segment.to_string()))?;
                 s.segment_start
                     .checked_add(s.size)
                     .ok_or_else(|| ProtocolError::Overflow(segment.to_string()))?;
@@ -297,6 +304,7 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                     size: s.size,
                     sha256,
                     source_position: s.source_position,
+                    chain,
                 }))
             }
             Msg::Keepalive(k) => Ok(ShipMsg::Keepalive {
@@ -334,6 +342,7 @@ impl From<ShipMsg> for pb::ShipMessage {
                 size: s.size,
                 sha256: s.sha256.to_vec(),
                 source_position: s.source_position,
+                chain: s.chain.to_vec(),
             }),
             ShipMsg::Keepalive {
                 epoch,

@@ -70,10 +70,15 @@ pub fn close_received_log(
         if std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > rec.size {
             fsutil::truncate_durable(&partial, rec.size)?;
         }
-        rec.sha256 = Some(hash_prefix(&partial, rec.size)?);
+        let sha = hash_prefix(&partial, rec.size)?;
+        let digest = crate::chain::from_hex(&sha).expect("hex digest");
+        let chain = crate::chain::link(&meta.chain_head(), &digest, &rec.name, rec.size);
+        rec.sha256 = Some(sha);
         rec.sealed = true;
         rec.fork = true;
         rec.sealed_at_ms = Some(unix_ms());
+        rec.chain = Some(hex::encode(chain));
+        meta.chain_head = rec.chain.clone();
         meta.sealed_segments += 1;
         txn.segment(stream, &rec);
     }
@@ -113,19 +118,24 @@ pub fn close_source_log(
         );
     }
     let now = unix_ms();
+    let mut meta = node.catalog.stream_meta(&cfg.name)?;
+    let sha = hash_prefix(&path, len)?;
+    let digest = crate::chain::from_hex(&sha).expect("hex digest");
+    let chain = hex::encode(crate::chain::link(&meta.chain_head(), &digest, segment.as_str(), len));
+    meta.chain_head = Some(chain.clone());
     let rec = SegmentRecord {
         name: segment.to_string(),
         start,
         size: len,
         sealed: true,
-        sha256: Some(hash_prefix(&path, len)?),
+        chain: Some(chain),
+        sha256: Some(sha),
         epoch: node.state().epoch,
         received_at_ms: now,
         sealed_at_ms: Some(now),
         fork: true,
         in_source: true,
     };
-    let mut meta = node.catalog.stream_meta(&cfg.name)?;
     let fork = Fork {
         segment: segment.to_string(),
         position: fork_position,
@@ -152,6 +162,8 @@ pub struct RemoteFork {
     pub start: u64,
     pub position: u64,
     pub sha256: String,
+    /// Hash chain value after the fork segment at the new primary.
+    pub chain: String,
     pub epoch: u64,
 }
 
@@ -272,6 +284,7 @@ pub fn cut_back(
             size: fork_len,
             sealed: true,
             sha256: Some(fork.sha256.clone()),
+            chain: Some(fork.chain.clone()),
             epoch: fork.epoch,
             received_at_ms: now,
             sealed_at_ms: Some(now),
@@ -286,6 +299,7 @@ pub fn cut_back(
         epoch: fork.epoch,
     });
     meta.source_position = fork.position;
+    meta.chain_head = Some(fork.chain.clone());
     txn.meta(stream, &meta);
     Ok(moved)
 }

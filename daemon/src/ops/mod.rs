@@ -8,6 +8,7 @@ pub mod peer;
 pub mod rejoin;
 pub mod remote;
 pub mod switchover;
+pub mod verify;
 pub mod walpush;
 
 use crate::catalog::{AuditRecord, Txn};

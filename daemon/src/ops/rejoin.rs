@@ -62,6 +62,7 @@ pub async fn rejoin(
         start: seg.start,
         position: info.fork_position,
         sha256: seg.sha256.clone(),
+        chain: seg.chain.clone(),
         epoch: info.epoch,
     };
     let quarantine = node

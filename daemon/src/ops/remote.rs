@@ -48,6 +48,7 @@ pub fn log_info(
             sha256: sha,
             epoch: rec.epoch,
             fork: rec.fork,
+            chain: rec.chain.clone().unwrap_or_default(),
         });
     }
     let durable = records.last().map_or(0, |r| r.end());

@@ -224,16 +224,12 @@ pub async fn wal_push(
                     rec.sha256.as_deref() == Some(sha256.as_str()) && rec.size == file.size();
                 drop(file);
                 if !same {
-                    return Err(conflict(
-                        &cfg.name,
-                        &name,
-                        &who,
-                        format!(
-                        "segment {name} was already shipped with different content (sha256 {}); \
-                         refusing it",
+                    let why = format!(
+                        "segment {name} was already shipped with different content \
+                         (sha256 {}); refusing it",
                         rec.sha256.unwrap_or_default()
-                    ),
-                    ));
+                    );
+                    return Err(conflict(&cfg.name, &name, &who, why));
                 }
                 Published {
                     path: cfg.wal_dir.join(&name),
@@ -274,7 +270,7 @@ pub async fn wal_push(
         return Ok(r);
     }
     if kind == WalFileKind::Segment {
-        wait_sealed(cfg, shipper, &name).await?;
+        wait_sealed(node, cfg, shipper, &name).await?;
     } else {
         wait_side_file(cfg, shipper, &name).await?;
     }
@@ -350,15 +346,37 @@ fn check_order(node: &Node, cfg: &StreamConfig, name: &str) -> Result<(), Status
     Ok(())
 }
 
-async fn wait_sealed(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Result<(), Status> {
+/// Waits until the replica acked a segment at or after `name` sealed, and
+/// this node's log records `name` as shipped and sealed (so the ack is about
+/// the log that holds it, not about a replica that is somehow ahead).
+async fn wait_sealed(
+    node: &Node,
+    cfg: &StreamConfig,
+    shipper: &Shipper,
+    name: &str,
+) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + cfg.sync_timeout;
     let mut rx = shipper.push.sealed_acked.subscribe();
-    let waited = tokio::time::timeout(cfg.sync_timeout, rx.wait_for(|s| s.as_str() >= name)).await;
-    match waited {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(Status::unavailable("drd is shutting down")),
-        Err(_) => Err(not_confirmed(cfg, shipper, name)),
+    match tokio::time::timeout_at(deadline, rx.wait_for(|s| s.as_str() >= name)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return Err(Status::unavailable("drd is shutting down")),
+        Err(_) => return Err(not_confirmed(cfg, shipper, name)),
+    }
+    loop {
+        // The shipper records the seal right after sending it; the ack can
+        // overtake that commit by a moment.
+        if shipped_record(node, cfg, name)?.is_some_and(|r| r.sealed) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(not_confirmed(cfg, shipper, name));
+        }
+        tokio::time::sleep(SEAL_RECORD_POLL).await;
     }
 }
+
+/// How often `wait_sealed` looks for the shipper's record of a seal.
+const SEAL_RECORD_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 async fn wait_side_file(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Result<(), Status> {
     let mut rx = shipper.push.side.subscribe();
@@ -397,7 +415,7 @@ fn not_confirmed(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Status {
     tracing::warn!(stream = %cfg.name, %name, timeout = ?cfg.sync_timeout, %why,
         "wal-push: the replica did not confirm in time");
     Status::deadline_exceeded(format!(
-        "{name} is durable in the local spool, but the replica did not confirm it within {}s \
+        "{name} is durable here, but the replica did not confirm it within {}s \
          (mode = \"sync\"; replica {why}); PostgreSQL will retry. Check `drctl status`.",
         cfg.sync_timeout.as_secs()
     ))

@@ -464,6 +464,12 @@ impl StreamShipper {
         let mut welcome = welcome.clone();
         let welcome = &mut welcome;
         let mut cursor = self.resume_cursor(welcome, &listing)?;
+        // The hash chain continues from the replica's last sealed segment.
+        let mut chain: [u8; 32] = welcome
+            .chain
+            .as_slice()
+            .try_into()
+            .unwrap_or(crate::chain::GENESIS);
         let mut last_sent = Instant::now();
         loop {
             self.observe(&listing, cursor.as_ref());
@@ -483,12 +489,17 @@ impl StreamShipper {
             let size = listing[idx].size;
             let written = written_from(&listing, &cur.segment, cur.start);
             if cur.offset < size {
-                let n = (size - cur.offset).min(t.chunk_bytes as u64);
+                let n = (size - cur.offset).min(t.chunk_bytes as u64).min(
+                    crate::throttle::chunk_cap(&[&self.status.bandwidth, &self.node.bandwidth]),
+                );
                 let end = cur.start + cur.offset + n;
                 // In-flight window: wait for acks before sending more.
                 while end.saturating_sub(*acked.borrow()) > t.window_bytes {
                     acked.changed().await.map_err(|_| ShipError::Closed)?;
                 }
+                // max_bandwidth: this stream's limit, then the node's.
+                self.status.bandwidth.acquire(n).await;
+                self.node.bandwidth.acquire(n).await;
                 let data = self.read(cur, n).await?;
                 if let Some((h, covered)) = &mut cur.hasher {
                     h.update(&data);
@@ -504,6 +515,7 @@ impl StreamShipper {
                     written_at_ms: unix_ms(),
                 });
                 tx.send(chunk.into()).await.map_err(|_| ShipError::Closed)?;
+                crate::metrics::chunk_shipped(self.cfg.name.as_str(), n);
                 cur.offset += n;
                 last_sent = Instant::now();
                 self.progressed = true;
@@ -532,6 +544,7 @@ impl StreamShipper {
                     continue;
                 }
                 let digest = self.digest(cur).await?;
+                chain = crate::chain::link(&chain, &digest, cur.segment.as_str(), size);
                 let seal = Seal {
                     epoch,
                     segment: cur.segment.clone(),
@@ -539,11 +552,12 @@ impl StreamShipper {
                     size,
                     sha256: digest,
                     source_position: written,
+                    chain,
                 };
                 tx.send(ShipMsg::Seal(seal).into())
                     .await
                     .map_err(|_| ShipError::Closed)?;
-                self.record_sealed(cur, size, digest, epoch)?;
+                self.record_sealed(cur, size, digest, chain, epoch)?;
                 match listing.get(idx + 1) {
                     Some(next) => {
                         cursor = Some(Cursor::new(next.name.clone(), cur.start + size, 0));
@@ -649,9 +663,11 @@ impl StreamShipper {
         cur: &Cursor,
         size: u64,
         digest: [u8; 32],
+        chain: [u8; 32],
         epoch: u64,
     ) -> Result<(), ShipError> {
         let now = unix_ms();
+        self.meta.chain_head = Some(hex::encode(chain));
         let rec = SegmentRecord {
             name: cur.segment.to_string(),
             start: cur.start,
@@ -663,6 +679,7 @@ impl StreamShipper {
             sealed_at_ms: Some(now),
             fork: false,
             in_source: true,
+            chain: self.meta.chain_head.clone(),
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;

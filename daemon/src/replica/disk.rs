@@ -147,6 +147,11 @@ impl DiskWorker {
         Ok(())
     }
 
+    /// Chain value after the last sealed segment, for the Welcome.
+    pub fn chain_head(&self) -> [u8; 32] {
+        self.meta.chain_head()
+    }
+
     pub fn durable_position(&self) -> u64 {
         self.tail_rec.as_ref().map_or(0, SegmentRecord::end)
     }
@@ -229,6 +234,7 @@ impl DiskWorker {
         let len = c.data.len() as u64;
         // Every byte that arrives counts as received, accepted or not.
         self.meta.network_bytes += len;
+        crate::metrics::chunk_received(self.stream.as_str(), len);
         let action = self.receiver.on_chunk(&c)?;
         self.primary_epoch = c.epoch;
         if action == ChunkAction::StartSegment {
@@ -279,6 +285,7 @@ impl DiskWorker {
             sealed_at_ms: None,
             fork: false,
             in_source: false,
+            chain: None,
         });
         Ok(())
     }
@@ -298,7 +305,7 @@ impl DiskWorker {
             Some((h, covered)) if covered == s.size => h.finalize().into(),
             _ => hash_file(file).map_err(io_err(&path))?,
         };
-        Receiver::check_digest(s, &digest)?;
+        Receiver::check_digest(s, &digest, &self.meta.chain_head())?;
         // Full fsync (data and size) before the rename: the complete name
         // must never point at bytes that are not on disk.
         file.sync_all().map_err(io_err(&path))?;
@@ -313,6 +320,8 @@ impl DiskWorker {
         rec.sealed = true;
         rec.sha256 = Some(hex::encode(digest));
         rec.sealed_at_ms = Some(unix_ms());
+        rec.chain = Some(hex::encode(s.chain));
+        self.meta.chain_head = rec.chain.clone();
         self.meta.sealed_segments += 1;
         self.changed.push(rec.clone());
         self.need_ack = true;
@@ -336,7 +345,9 @@ impl DiskWorker {
                 f.sync_data()
                     .map_err(io_err(&self.landing.join(&rec.name)))?;
             }
-            tracing::trace!(elapsed_us = t0.elapsed().as_micros() as u64, "fdatasync");
+            let elapsed = t0.elapsed();
+            tracing::trace!(elapsed_us = elapsed.as_micros() as u64, "fdatasync");
+            crate::metrics::fsync(self.stream.as_str(), elapsed);
             self.dirty = false;
         }
         if let (Some(rec), Some(tail)) = (self.tail_rec.as_mut(), self.receiver.tail.as_ref()) {

@@ -123,6 +123,7 @@ mod tests {
             sealed_at_ms: None,
             fork: false,
             in_source: false,
+            chain: None,
         }
     }
 

@@ -200,6 +200,7 @@ impl ReplicationService {
             last_segment_size: tail.as_ref().map_or(0, |t| t.size),
             last_segment_sealed: tail.as_ref().is_some_and(|t| t.sealed),
             last_segment_start: tail.as_ref().map_or(0, |t| t.start),
+            chain: worker.chain_head().to_vec(),
         };
         tracing::info!(
             durable_position = welcome.durable_position,

@@ -1,0 +1,260 @@
+//! Prometheus metrics on `[metrics] listen`: every name and help text is
+//! registered here, and the hot paths call the small functions below.
+//!
+//! Two kinds of numbers: counters the data path bumps as it goes (bytes and
+//! chunks shipped or received, fsync latency, hook runs), and gauges a
+//! sampler copies once a [`SAMPLE_INTERVAL`] from the same status that
+//! `drctl status` shows (positions, lag, connection, role, epoch), so the two
+//! always agree. Without `[metrics] listen` no recorder is installed and
+//! every call here is a no-op.
+
+use crate::catalog::Role;
+use crate::node::Node;
+use anyhow::Context;
+use metrics::Unit;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often gauges are copied from the node's status.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the catalog is scanned for stored segments and bytes (a
+/// RocksDB prefix scan per stream: cheap, but not every second).
+pub const CATALOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// fsync latency buckets (seconds): an SSD's fdatasync is well under a
+/// millisecond, a busy disk or a network volume can take a second.
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+// Per stream (label `stream`).
+pub const LAG_BYTES: &str = "drd_lag_bytes";
+pub const LAG_SECONDS: &str = "drd_lag_seconds";
+pub const WRITTEN_POSITION: &str = "drd_written_position_bytes";
+pub const DURABLE_POSITION: &str = "drd_durable_position_bytes";
+pub const CONNECTED: &str = "drd_stream_connected";
+pub const RECONNECTS: &str = "drd_reconnects_total";
+pub const SHIPPED_BYTES: &str = "drd_shipped_bytes_total";
+pub const SHIPPED_CHUNKS: &str = "drd_shipped_chunks_total";
+pub const RECEIVED_BYTES: &str = "drd_received_bytes_total";
+pub const RECEIVED_CHUNKS: &str = "drd_received_chunks_total";
+pub const FSYNC_SECONDS: &str = "drd_fsync_duration_seconds";
+pub const STORED_SEGMENTS: &str = "drd_stored_segments";
+pub const STORED_BYTES: &str = "drd_stored_bytes";
+pub const BANDWIDTH_LIMIT: &str = "drd_bandwidth_limit_bytes_per_second";
+// Per node.
+pub const ROLE: &str = "drd_role";
+pub const EPOCH: &str = "drd_epoch";
+pub const FENCED: &str = "drd_fenced";
+pub const PAUSED: &str = "drd_paused";
+pub const HOOK_RUNS: &str = "drd_hook_runs_total";
+pub const HOOK_FAILURES: &str = "drd_hook_failures_total";
+pub const RPO_BUDGET_BYTES: &str = "drd_rpo_budget_bytes";
+pub const RPO_BUDGET_SECONDS: &str = "drd_rpo_budget_seconds";
+pub const BUILD_INFO: &str = "drd_build_info";
+
+/// The exporter's HTTP server; runs until shutdown.
+pub type Exporter = metrics_exporter_prometheus::ExporterFuture;
+
+/// Binds `listen`, installs the process-wide recorder and registers every
+/// metric's help text. Returns the HTTP server to spawn. Fails if the
+/// address cannot be bound or a recorder is already installed.
+pub fn install(listen: SocketAddr) -> anyhow::Result<Exporter> {
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Full(FSYNC_SECONDS.to_string()), FSYNC_BUCKETS)
+        .context("invalid histogram buckets")?
+        .build()
+        .with_context(|| format!("cannot listen on metrics.listen {listen}"))?;
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed in this process"))?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(exporter)
+}
+
+/// Help texts, as `# HELP` shows them.
+fn describe() {
+    describe_gauge!(
+        LAG_BYTES,
+        Unit::Bytes,
+        "Bytes written at the primary but not yet durable at the replica."
+    );
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest byte not yet durable at the replica (0 when caught up)."
+    );
+    describe_gauge!(
+        WRITTEN_POSITION,
+        Unit::Bytes,
+        "Stream position the primary's source has written."
+    );
+    describe_gauge!(
+        DURABLE_POSITION,
+        Unit::Bytes,
+        "Stream position the replica holds durably (fsynced and in its catalog)."
+    );
+    describe_gauge!(
+        CONNECTED,
+        "1 while a replication session for the stream is up, else 0."
+    );
+    describe_counter!(
+        RECONNECTS,
+        "Replication sessions started after the first one since drd started."
+    );
+    describe_counter!(
+        SHIPPED_BYTES,
+        Unit::Bytes,
+        "WAL payload bytes sent to the replica."
+    );
+    describe_counter!(SHIPPED_CHUNKS, "Chunks sent to the replica.");
+    describe_counter!(
+        RECEIVED_BYTES,
+        Unit::Bytes,
+        "WAL payload bytes received from the primary."
+    );
+    describe_counter!(RECEIVED_CHUNKS, "Chunks received from the primary.");
+    describe_histogram!(
+        FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time the replica's disk worker spent in fdatasync per group commit."
+    );
+    describe_gauge!(
+        STORED_SEGMENTS,
+        "Segments of the stream in this node's catalog (complete and partial)."
+    );
+    describe_gauge!(
+        STORED_BYTES,
+        Unit::Bytes,
+        "Bytes of the stream's segments in this node's catalog."
+    );
+    describe_gauge!(
+        BANDWIDTH_LIMIT,
+        "Configured max_bandwidth in bytes per second (0: unlimited); label stream=\"*\" is the node-wide limit."
+    );
+    describe_gauge!(
+        ROLE,
+        "1 for the node's current role (label role: primary, replica, fenced), 0 for the others."
+    );
+    describe_gauge!(EPOCH, "The node's fencing epoch.");
+    describe_gauge!(
+        FENCED,
+        "1 while this node is fenced (a newer primary exists; it ships nothing until drctl rejoin)."
+    );
+    describe_gauge!(PAUSED, "1 while shipping is paused by drctl pause.");
+    describe_counter!(HOOK_RUNS, "Role-change hooks started, by hook.");
+    describe_counter!(
+        HOOK_FAILURES,
+        "Role-change hooks that failed or timed out, by hook."
+    );
+    describe_gauge!(
+        RPO_BUDGET_BYTES,
+        Unit::Bytes,
+        "Configured rpo_budget in bytes (absent unless rpo_budget is an amount of data)."
+    );
+    describe_gauge!(
+        RPO_BUDGET_SECONDS,
+        Unit::Seconds,
+        "Configured rpo_budget in seconds (absent unless rpo_budget is a time)."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; label version is drd's version.");
+}
+
+/// The shipper sent a chunk of `bytes` payload bytes.
+pub fn chunk_shipped(stream: &str, bytes: u64) {
+    counter!(SHIPPED_BYTES, "stream" => stream.to_owned()).increment(bytes);
+    counter!(SHIPPED_CHUNKS, "stream" => stream.to_owned()).increment(1);
+}
+
+/// The replica's disk worker received a chunk of `bytes` payload bytes.
+pub fn chunk_received(stream: &str, bytes: u64) {
+    counter!(RECEIVED_BYTES, "stream" => stream.to_owned()).increment(bytes);
+    counter!(RECEIVED_CHUNKS, "stream" => stream.to_owned()).increment(1);
+}
+
+/// One group-commit fdatasync took `elapsed`.
+pub fn fsync(stream: &str, elapsed: Duration) {
+    histogram!(FSYNC_SECONDS, "stream" => stream.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// A role-change hook ran (it was configured and not already run).
+pub fn hook_ran(hook: &str, failed: bool) {
+    counter!(HOOK_RUNS, "hook" => hook.to_owned()).increment(1);
+    if failed {
+        counter!(HOOK_FAILURES, "hook" => hook.to_owned()).increment(1);
+    }
+}
+
+/// A bandwidth limit was set (`stream` is `*` for the node-wide one).
+pub fn bandwidth_limit(stream: &str, rate: Option<u64>) {
+    gauge!(BANDWIDTH_LIMIT, "stream" => stream.to_owned()).set(rate.unwrap_or(0) as f64);
+}
+
+/// Copies the node's status into the gauges until shutdown.
+pub async fn sample(node: Arc<Node>, shutdown: CancellationToken) {
+    if let Some(budget) = node.config.rpo_budget {
+        match budget {
+            crate::config::DataLoss::Bytes(b) => gauge!(RPO_BUDGET_BYTES).set(b as f64),
+            crate::config::DataLoss::Seconds(s) => gauge!(RPO_BUDGET_SECONDS).set(s),
+        }
+    }
+    bandwidth_limit("*", node.bandwidth.rate());
+    for s in &node.shippers {
+        bandwidth_limit(s.stream.as_str(), s.bandwidth.rate());
+    }
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_catalog: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        sample_status(&node);
+        if last_catalog.is_none_or(|t| t.elapsed() >= CATALOG_SAMPLE_INTERVAL) {
+            last_catalog = Some(tokio::time::Instant::now());
+            let n = node.clone();
+            // A RocksDB scan: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || sample_catalog(&n)).await;
+        }
+    }
+}
+
+/// Role, epoch and every stream's positions, lag and connection.
+pub fn sample_status(node: &Node) {
+    let state = node.state();
+    for role in [Role::Primary, Role::Replica, Role::Fenced] {
+        gauge!(ROLE, "role" => role.as_str()).set(if state.role == role { 1.0 } else { 0.0 });
+    }
+    gauge!(EPOCH).set(state.epoch as f64);
+    gauge!(FENCED).set(if state.role == Role::Fenced { 1.0 } else { 0.0 });
+    gauge!(PAUSED).set(if state.paused { 1.0 } else { 0.0 });
+    for v in node.stream_views() {
+        let stream = v.name;
+        gauge!(LAG_BYTES, "stream" => stream.clone()).set(v.lag_bytes as f64);
+        gauge!(LAG_SECONDS, "stream" => stream.clone()).set(v.lag_seconds);
+        gauge!(WRITTEN_POSITION, "stream" => stream.clone()).set(v.written_position as f64);
+        gauge!(DURABLE_POSITION, "stream" => stream.clone()).set(v.durable_position as f64);
+        gauge!(CONNECTED, "stream" => stream.clone()).set(if v.connected { 1.0 } else { 0.0 });
+        counter!(RECONNECTS, "stream" => stream).absolute(v.reconnects);
+    }
+}
+
+/// Segments and bytes each stream holds in the catalog.
+fn sample_catalog(node: &Node) {
+    for stream in node.stream_names() {
+        match node.catalog.segments(&stream) {
+            Ok(segs) => {
+                let bytes: u64 = segs.iter().map(|s| s.size).sum();
+                gauge!(STORED_SEGMENTS, "stream" => stream.to_string()).set(segs.len() as f64);
+                gauge!(STORED_BYTES, "stream" => stream.to_string()).set(bytes as f64);
+            }
+            Err(e) => tracing::debug!(%stream, error = %e, "cannot read the catalog for metrics"),
+        }
+    }
+}
