@@ -109,6 +109,10 @@ async fn sync_wal_push_returns_only_once_the_replica_has_the_file() {
         "{err}"
     );
     assert!(!spool.join("000000010000000000000002").exists());
+    let empty = random_file(&src, "000000010000000000000004", 0, 4);
+    let (code, _, err) = drctl(&a.socket, &["wal-push", empty.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is empty"), "{err}");
 
     // A side file: stored here, delivered, and confirmed before success.
     let hist = src.join("00000002.history");

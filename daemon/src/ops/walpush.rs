@@ -150,6 +150,13 @@ pub async fn wal_push(
     } else {
         sidefiles::MAX_SEGMENT_BYTES
     };
+    if first.size == 0 {
+        // PostgreSQL never archives an empty file; an empty segment could
+        // not be sealed at the replica.
+        return Err(Status::invalid_argument(format!(
+            "{name} is empty; nothing stored"
+        )));
+    }
     if first.size > limit {
         return Err(Status::invalid_argument(format!(
             "{name} has {} bytes, more than the {limit} a {} file may have",
