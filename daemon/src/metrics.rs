@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the catalog is scanned for stored segments and bytes (a
 /// RocksDB prefix scan per stream: cheap, but not every second).
-pub const CATALOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+pub const CATALOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// fsync latency buckets (seconds): an SSD's fdatasync is well under a
 /// millisecond, a busy disk or a network volume can take a second.
