@@ -336,6 +336,9 @@ mod tests {
         let e = Receiver::check_digest(&s, &[1; 32], &g).unwrap_err();
         assert!(e.to_string().contains("SHA-256 mismatch"));
         let e = Receiver::check_digest(&s, &[0; 32], &[9; 32]).unwrap_err();
-        assert!(matches!(e, Reject::SealChain { .. }), "a seal that does not extend our chain");
+        assert!(
+            matches!(e, Reject::SealChain { .. }),
+            "a seal that does not extend our chain"
+        );
     }
 }

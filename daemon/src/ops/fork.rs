@@ -121,7 +121,12 @@ pub fn close_source_log(
     let mut meta = node.catalog.stream_meta(&cfg.name)?;
     let sha = hash_prefix(&path, len)?;
     let digest = crate::chain::from_hex(&sha).expect("hex digest");
-    let chain = hex::encode(crate::chain::link(&meta.chain_head(), &digest, segment.as_str(), len));
+    let chain = hex::encode(crate::chain::link(
+        &meta.chain_head(),
+        &digest,
+        segment.as_str(),
+        len,
+    ));
     meta.chain_head = Some(chain.clone());
     let rec = SegmentRecord {
         name: segment.to_string(),
@@ -144,6 +149,33 @@ pub fn close_source_log(
     meta.fork = Some(fork.clone());
     meta.sealed_segments += 1;
     txn.segment(&cfg.name, &rec).meta(&cfg.name, &meta);
+    Ok(fork)
+}
+
+/// Demotion of a node that wrote nothing since its last fork: its log already
+/// ends with a sealed segment at `fork_position`; record the new fork there.
+pub fn mark_fork_at_end(
+    node: &Node,
+    stream: &StreamName,
+    fork_position: u64,
+    new_epoch: u64,
+    txn: &mut Txn,
+) -> anyhow::Result<Fork> {
+    let tail = node
+        .catalog
+        .tail(stream)?
+        .filter(|t| t.sealed && t.end() == fork_position)
+        .with_context(|| {
+            format!("the log of {stream} does not end with a sealed segment at {fork_position}")
+        })?;
+    let mut meta = node.catalog.stream_meta(stream)?;
+    let fork = Fork {
+        segment: tail.name,
+        position: fork_position,
+        epoch: new_epoch,
+    };
+    meta.fork = Some(fork.clone());
+    txn.meta(stream, &meta);
     Ok(fork)
 }
 

@@ -226,7 +226,9 @@ pub async fn switchover(
             let st = shipper.state.lock().unwrap();
             (st.current_segment.clone(), st.current_start)
         };
-        if v.connected && v.lag_bytes == 0 && !seg.is_empty() {
+        // An empty `seg`: nothing written since this node's own fork; its
+        // log ends with a sealed segment and the fork is that end.
+        if v.connected && v.lag_bytes == 0 {
             match quiet_since {
                 Some((t, pos)) if pos == v.written_position && t.elapsed() >= DRAIN_QUIET => {
                     break (v.written_position, seg, start)
@@ -284,10 +286,18 @@ pub async fn switchover(
             None => {}
         }
     }
-    let active_len = fork_position - start;
-    let our_active = match fork::hash_prefix(&cfg.wal_dir.join(&segment), active_len) {
-        Ok(h) => h,
-        Err(e) => return run.fail("verify", format!("{e:#}"), true).await,
+    let active_len = if segment.is_empty() {
+        0
+    } else {
+        fork_position - start
+    };
+    let our_active = if segment.is_empty() {
+        String::new()
+    } else {
+        match fork::hash_prefix(&cfg.wal_dir.join(&segment), active_len) {
+            Ok(h) => h,
+            Err(e) => return run.fail("verify", format!("{e:#}"), true).await,
+        }
     };
     match theirs.segments.iter().find(|t| t.name == segment) {
         Some(t) if t.size == active_len && t.sha256 == our_active => checked += 1,
@@ -300,7 +310,11 @@ pub async fn switchover(
             return run.fail("verify", e, true).await;
         }
     }
-    run.step(format!("verify: {checked} segments match by SHA-256, including the active {segment} at {active_len} bytes"));
+    run.step(if segment.is_empty() {
+        format!("verify: {checked} segments match by SHA-256 (nothing written since the last fork)")
+    } else {
+        format!("verify: {checked} segments match by SHA-256, including the active {segment} at {active_len} bytes")
+    });
 
     // 5. promote the replica
     let promoted = client
@@ -335,9 +349,12 @@ pub async fn switchover(
     run.r.new_epoch = new_epoch;
 
     // 6. demote this node
-    let seg = match SegmentName::new(segment.clone()) {
-        Ok(s) => s,
-        Err(e) => return run.fail("demote", e.to_string(), true).await,
+    let seg = match segment.is_empty() {
+        true => None,
+        false => match SegmentName::new(segment.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => return run.fail("demote", e.to_string(), true).await,
+        },
     };
     let demoted = {
         let _gate = node.transition.write().await;
@@ -347,9 +364,13 @@ pub async fn switchover(
             Err(e) => return run.fail("demote", e.to_string(), true).await,
         };
         let mut txn = Txn::default();
-        if let Err(e) =
-            fork::close_source_log(node, cfg, &seg, start, fork_position, new_epoch, &mut txn)
-        {
+        let closed = match &seg {
+            Some(seg) => {
+                fork::close_source_log(node, cfg, seg, start, fork_position, new_epoch, &mut txn)
+            }
+            None => fork::mark_fork_at_end(node, &cfg.name, fork_position, new_epoch, &mut txn),
+        };
+        if let Err(e) = closed {
             return run.fail("demote", format!("{e:#}"), true).await;
         }
         txn.audit(AuditRecord {
