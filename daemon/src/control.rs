@@ -148,7 +148,9 @@ impl Control for ControlService {
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
         let who = caller(&request);
-        ops::pause(&self.node, request.into_inner(), who).map(Response::new)
+        ops::pause(&self.node, request.into_inner(), who)
+            .await
+            .map(Response::new)
     }
 
     async fn history(

@@ -42,8 +42,12 @@ pub fn audit_hook(node: &Node, who: &Caller, epoch: u64, summary: &str) {
     }
 }
 
-/// `drctl pause` / `drctl resume`.
-pub fn pause(node: &Node, req: pb::PauseRequest, who: Caller) -> Result<pb::PauseResponse, Status> {
+/// How long `drctl pause` waits for the shippers to stop.
+const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `drctl pause` / `drctl resume`. A pause returns once no stream is being
+/// shipped any more, so that nothing written after it leaves the site.
+pub async fn pause(node: &Node, req: pb::PauseRequest, who: Caller) -> Result<pb::PauseResponse, Status> {
     let state = node.state();
     let next = crate::catalog::NodeState {
         paused: req.pause,
@@ -68,6 +72,17 @@ pub fn pause(node: &Node, req: pb::PauseRequest, who: Caller) -> Result<pb::Paus
         "shipping {}",
         if req.pause { "paused" } else { "resumed" }
     );
+    if req.pause {
+        let deadline = std::time::Instant::now() + PAUSE_WAIT;
+        while node.shippers.iter().any(|s| s.state.lock().unwrap().connected) {
+            if std::time::Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(
+                    "paused, but a replication session did not stop within 10 s; check `drctl status`",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     Ok(pb::PauseResponse { paused: req.pause })
 }
 
