@@ -102,7 +102,7 @@ pub async fn run(
             return HookOutcome::Failed {
                 reason: format!("cannot start sh: {e}"),
                 output: String::new(),
-            }
+            };
         }
     };
     let result = tokio::time::timeout(timeout, child.wait_with_output()).await;
@@ -139,6 +139,40 @@ pub async fn run(
         _ => tracing::warn!(hook = name, epoch = env.epoch, "hook succeeded"),
     }
     outcome
+}
+
+/// Runs the configured hook `name` (promote, demote, fence,
+/// pre_switchover, abort_switchover) for the change to `epoch`, with the
+/// node's timeout and environment.
+pub async fn run_configured(
+    node: &crate::node::Node,
+    name: &str,
+    epoch: u64,
+    role: &str,
+    fork_position: Option<u64>,
+) -> HookOutcome {
+    let h = &node.config.hooks;
+    let command = match name {
+        "promote" => h.promote.as_deref(),
+        "demote" => h.demote.as_deref(),
+        "fence" => h.fence.as_deref(),
+        "pre_switchover" => h.pre_switchover.as_deref(),
+        "abort_switchover" => h.abort_switchover.as_deref(),
+        _ => None,
+    };
+    run(
+        &node.catalog,
+        name,
+        command,
+        Duration::from_secs(h.timeout_seconds),
+        &HookEnv {
+            node_id: node.config.node_id.as_str(),
+            epoch,
+            role,
+            fork_position,
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

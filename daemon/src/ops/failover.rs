@@ -7,7 +7,7 @@
 
 use crate::catalog::{AuditRecord, Role, Txn};
 use crate::config::DataLoss;
-use crate::hooks::{self, HookEnv};
+use crate::hooks;
 use crate::node::Node;
 use crate::ops::{fork, peer, Caller};
 use drd_proto::{pb, StreamName};
@@ -217,17 +217,12 @@ pub async fn failover(
                 .push(format!("old primary not reached to fence it: {e}")),
         }
     }
-    let outcome = hooks::run(
-        &node.catalog,
+    let outcome = hooks::run_configured(
+        node,
         "promote",
-        node.config.hooks.promote.as_deref(),
-        Duration::from_secs(node.config.hooks.timeout_seconds),
-        &HookEnv {
-            node_id: node.config.node_id.as_str(),
-            epoch: next.epoch,
-            role: "primary",
-            fork_position: Some(r.durable_position),
-        },
+        next.epoch,
+        "primary",
+        Some(r.durable_position),
     )
     .await;
     r.hook_report = outcome.summary("promote");

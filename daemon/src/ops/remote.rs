@@ -3,12 +3,11 @@
 //! one to stop), `LogInfo` (a node's log, for rejoin and checksum checks).
 
 use crate::catalog::{AuditRecord, Role, Txn};
-use crate::hooks::{self, HookEnv, HookOutcome};
+use crate::hooks::{self, HookOutcome};
 use crate::node::Node;
 use crate::ops::{fork, Caller};
 use drd_proto::{pb, StreamName};
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::Status;
 
 fn pb_role(r: Role) -> i32 {
@@ -96,19 +95,8 @@ pub async fn promote(
             req.fork_position
         )));
     }
-    let outcome = hooks::run(
-        &node.catalog,
-        "promote",
-        node.config.hooks.promote.as_deref(),
-        Duration::from_secs(node.config.hooks.timeout_seconds),
-        &HookEnv {
-            node_id: node.config.node_id.as_str(),
-            epoch: next.epoch,
-            role: "primary",
-            fork_position: Some(durable),
-        },
-    )
-    .await;
+    let outcome =
+        hooks::run_configured(node, "promote", next.epoch, "primary", Some(durable)).await;
     if let HookOutcome::Failed { .. } = outcome {
         return Err(Status::aborted(format!(
             "{}; this node stays a replica at epoch {}",
@@ -219,19 +207,7 @@ pub async fn fence_self(node: &Arc<Node>, seen_epoch: u64, reason: &str, from: &
         %reason,
         "FENCED: a newer primary exists; this node stopped shipping. Run `drctl rejoin` to make it a replica"
     );
-    let outcome = hooks::run(
-        &node.catalog,
-        "fence",
-        node.config.hooks.fence.as_deref(),
-        Duration::from_secs(node.config.hooks.timeout_seconds),
-        &HookEnv {
-            node_id: node.config.node_id.as_str(),
-            epoch: seen_epoch,
-            role: "fenced",
-            fork_position: None,
-        },
-    )
-    .await;
+    let outcome = hooks::run_configured(node, "fence", seen_epoch, "fenced", None).await;
     crate::ops::audit_hook(
         node,
         &Caller {

@@ -12,7 +12,7 @@
 //! abort hook lets writes resume.
 
 use crate::catalog::{AuditRecord, Role, Txn};
-use crate::hooks::{self, HookEnv};
+use crate::hooks;
 use crate::node::Node;
 use crate::ops::{fork, peer, remote, Caller};
 use drd_proto::{pb, SegmentName};
@@ -37,31 +37,8 @@ impl Run<'_> {
         self.r.steps.push(s);
     }
 
-    fn hook_env(&self, epoch: u64, fork: Option<u64>) -> (String, u64, Option<u64>) {
-        (self.node.config.node_id.to_string(), epoch, fork)
-    }
-
-    async fn hook(
-        &self,
-        name: &str,
-        cmd: Option<&str>,
-        change_id: u64,
-        fork: Option<u64>,
-    ) -> hooks::HookOutcome {
-        let (id, epoch, fork) = self.hook_env(change_id, fork);
-        hooks::run(
-            &self.node.catalog,
-            name,
-            cmd,
-            Duration::from_secs(self.node.config.hooks.timeout_seconds),
-            &HookEnv {
-                node_id: &id,
-                epoch,
-                role: "primary",
-                fork_position: fork,
-            },
-        )
-        .await
+    async fn hook(&self, name: &str, change_id: u64, fork: Option<u64>) -> hooks::HookOutcome {
+        hooks::run_configured(self.node, name, change_id, "primary", fork).await
     }
 
     /// Rolls back after `step` failed: writes may resume, roles unchanged.
@@ -72,14 +49,7 @@ impl Run<'_> {
         pre_hook_ran: bool,
     ) -> pb::SwitchoverResponse {
         if pre_hook_ran {
-            let o = self
-                .hook(
-                    "abort_switchover",
-                    self.node.config.hooks.abort_switchover.as_deref(),
-                    crate::unix_ms(),
-                    None,
-                )
-                .await;
+            let o = self.hook("abort_switchover", crate::unix_ms(), None).await;
             self.step(format!("rollback: {}", o.summary("abort_switchover")));
         }
         let state = self.node.state();
@@ -197,14 +167,7 @@ pub async fn switchover(
     }
 
     // 2. stop writes
-    let o = run
-        .hook(
-            "pre_switchover",
-            node.config.hooks.pre_switchover.as_deref(),
-            crate::unix_ms(),
-            None,
-        )
-        .await;
+    let o = run.hook("pre_switchover", crate::unix_ms(), None).await;
     run.step(o.summary("pre_switchover"));
     if o.failed() {
         return run
@@ -397,14 +360,7 @@ pub async fn switchover(
         "demote: this node is a replica of {} at epoch {new_epoch}",
         info.node_id
     ));
-    let o = run
-        .hook(
-            "demote",
-            node.config.hooks.demote.as_deref(),
-            new_epoch,
-            Some(fork_position),
-        )
-        .await;
+    let o = run.hook("demote", new_epoch, Some(fork_position)).await;
     run.step(o.summary("demote"));
     crate::ops::audit_hook(node, &who, new_epoch, &o.summary("demote"));
     run.r.ok = true;
