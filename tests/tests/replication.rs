@@ -409,3 +409,50 @@ async fn memory_stays_bounded_while_shipping_a_1_gib_backlog() {
     assert!(max_p < 200 * 1024, "primary RSS {max_p} KiB");
     assert!(max_r < 200 * 1024, "replica RSS {max_r} KiB");
 }
+
+/// A frame that is not a valid `ShipMessage`: an `Ack` (field 1 a varint)
+/// where a `ShipMessage` (field 1 a message) is expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_protobuf_is_refused_and_the_daemon_keeps_serving() {
+    let mut pair = Pair::new("");
+    pair.replica.start_ready().await;
+    let m = drd::tls::load(&drd::tls::TlsFiles {
+        ca: pair.certs.as_ref().unwrap().join("ca.pem"),
+        cert: pair.certs.as_ref().unwrap().join(format!("{PRIMARY_ID}.pem")),
+        key: pair.certs.as_ref().unwrap().join(format!("{PRIMARY_ID}.key")),
+    })
+    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", pair.port))
+        .unwrap()
+        .tls_config(drd::tls::client_tls(&m, REPLICA_ID))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let garbage = pb::Ack {
+        durable_position: 42,
+        ..Default::default()
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/drd.v1.Replication/Replicate");
+    let codec = tonic_prost::ProstCodec::<pb::Ack, pb::ReplicaMessage>::default();
+    let reply = grpc
+        .streaming(tonic::Request::new(tokio_stream::iter(vec![garbage])), path, codec)
+        .await;
+    let err = match reply {
+        Err(s) => s,
+        Ok(mut r) => r.get_mut().message().await.expect_err("garbage accepted"),
+    };
+    println!("malformed protobuf: {:?} {}", err.code(), err.message());
+    assert_ne!(err.code(), tonic::Code::Ok);
+    assert!(!pair.landing().exists(), "nothing may be written");
+
+    // The daemon keeps serving.
+    let mut w = WalWriter::new(&pair.wal, 8);
+    w.segments(1, 1, MIB);
+    w.append(2, 10);
+    pair.primary.start_ready().await;
+    pair.wait_durable(w.total, Duration::from_secs(60)).await;
+    assert_replica_identical(&pair.wal, &pair.landing()).unwrap();
+}
