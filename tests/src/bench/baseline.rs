@@ -1,0 +1,225 @@
+//! Baselines measured in the same run as drd: the physical ceiling (a
+//! minimal sender → loopback TCP → receiver with fdatasync every 1 MiB),
+//! rsync --fsync, a plain copy + fsync, and paced write + fdatasync latency.
+
+use crate::procs::{children_cpu_seconds, thread_cpu_seconds};
+use crate::stats::Samples;
+use anyhow::{bail, Context};
+use rand::{Rng, RngCore, SeedableRng};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+/// The ceiling receiver's fdatasync interval (what the issue prescribes).
+const CEILING_SYNC_BYTES: usize = MIB;
+
+/// Bytes moved, wall time and CPU.
+pub struct Transfer {
+    pub bytes: u64,
+    pub secs: f64,
+    /// CPU seconds of the sending side (thread or process).
+    pub cpu_send: f64,
+    /// CPU seconds of the receiving side; for rsync, all of its processes.
+    pub cpu_recv: f64,
+}
+
+impl Transfer {
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+}
+
+/// The files of `dir`, sorted by name.
+pub fn sorted_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The physical ceiling: every file of `src` read in 1 MiB blocks, sent
+/// over loopback TCP (plaintext, length-prefixed), and written by the
+/// receiver into `dst` with fdatasync after every 1 MiB and at the end.
+pub fn ceiling(src: &Path, dst: &Path) -> anyhow::Result<Transfer> {
+    std::fs::create_dir_all(dst)?;
+    let files = sorted_files(src)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let dst = dst.to_path_buf();
+    let receiver = std::thread::spawn(move || -> anyhow::Result<(u64, f64, Instant)> {
+        let (mut sock, _) = listener.accept()?;
+        let cpu0 = thread_cpu_seconds();
+        let mut buf = vec![0u8; MIB];
+        let mut total = 0u64;
+        loop {
+            let mut hdr = [0u8; 12];
+            sock.read_exact(&mut hdr)?;
+            let (idx, len) = (
+                u32::from_le_bytes(hdr[..4].try_into()?),
+                u64::from_le_bytes(hdr[4..].try_into()?),
+            );
+            if idx == u32::MAX {
+                break;
+            }
+            let f = std::fs::File::create(dst.join(format!("{idx:08}")))?;
+            let (mut off, mut unsynced) = (0u64, 0usize);
+            while off < len {
+                let k = ((len - off) as usize).min(buf.len());
+                sock.read_exact(&mut buf[..k])?;
+                f.write_all_at(&buf[..k], off)?;
+                off += k as u64;
+                unsynced += k;
+                if unsynced >= CEILING_SYNC_BYTES {
+                    f.sync_data()?; // the durability step being measured
+                    unsynced = 0;
+                }
+            }
+            f.sync_data()?;
+            total += len;
+        }
+        Ok((total, thread_cpu_seconds() - cpu0, Instant::now()))
+    });
+    let started = Instant::now();
+    let cpu0 = thread_cpu_seconds();
+    let mut sock = TcpStream::connect(addr)?;
+    let mut buf = vec![0u8; MIB];
+    for (i, path) in files.iter().enumerate() {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let mut hdr = (i as u32).to_le_bytes().to_vec();
+        hdr.extend_from_slice(&len.to_le_bytes());
+        sock.write_all(&hdr)?;
+        let mut left = len;
+        while left > 0 {
+            let k = (left as usize).min(buf.len());
+            f.read_exact(&mut buf[..k])?;
+            sock.write_all(&buf[..k])?;
+            left -= k as u64;
+        }
+    }
+    let mut end = u32::MAX.to_le_bytes().to_vec();
+    end.extend_from_slice(&0u64.to_le_bytes());
+    sock.write_all(&end)?;
+    let cpu_send = thread_cpu_seconds() - cpu0;
+    let (bytes, cpu_recv, done) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("ceiling receiver panicked"))??;
+    Ok(Transfer {
+        bytes,
+        secs: (done - started).as_secs_f64(),
+        cpu_send,
+        cpu_recv,
+    })
+}
+
+/// `rsync --version`'s first line, if rsync is installed.
+pub fn rsync_version() -> Option<String> {
+    let out = Command::new("rsync").arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+/// `rsync -a --fsync SRC/ DST/` between two local directories.
+pub fn rsync(src: &Path, dst: &Path) -> anyhow::Result<Transfer> {
+    let bytes: u64 = sorted_files(src)?
+        .iter()
+        .map(|p| p.metadata().map_or(0, |m| m.len()))
+        .sum();
+    let cpu0 = children_cpu_seconds();
+    let started = Instant::now();
+    let out = Command::new("rsync")
+        .arg("-a")
+        .arg("--fsync")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .context("run rsync")?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(Transfer {
+        bytes,
+        secs,
+        cpu_send: 0.0,
+        cpu_recv: children_cpu_seconds() - cpu0,
+    })
+}
+
+/// A plain local copy of `src` into `dir` plus fsync of the file and the
+/// directory: what any archive command must at least do.
+pub fn copy_fsync(src: &Path, dir: &Path) -> anyhow::Result<Duration> {
+    let dst = dir.join(src.file_name().context("file name")?);
+    let t = Instant::now();
+    std::fs::copy(src, &dst)?;
+    std::fs::File::open(&dst)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(t.elapsed())
+}
+
+/// A generator of WAL-like write sizes: log-uniform between 8 KiB and 1 MiB
+/// (many small commits, some bulk loads).
+pub struct WriteSizes(rand::rngs::StdRng);
+
+impl WriteSizes {
+    pub const MIN: usize = 8 * 1024;
+    pub const MAX: usize = MIB;
+
+    pub fn new(seed: u64) -> Self {
+        Self(rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    pub fn next(&mut self) -> usize {
+        let lo = (Self::MIN as f64).ln();
+        let hi = (Self::MAX as f64).ln();
+        (self.0.random_range(lo..=hi).exp() as usize).clamp(Self::MIN, Self::MAX)
+    }
+}
+
+/// Random bytes to write from (content does not matter: nothing compresses).
+pub fn random_buffer(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Latency of fdatasync after each paced write (same sizes and rate as the
+/// lag writer) into 16 MiB files in `dir`, for `secs` seconds.
+pub fn fdatasync_latency(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Samples> {
+    std::fs::create_dir_all(dir)?;
+    let buf = random_buffer(2 * MIB, 77);
+    let mut sizes = WriteSizes::new(78);
+    let mut out = Samples::default();
+    let started = Instant::now();
+    let (mut written, mut file_no, mut in_file) = (0u64, 0u32, 0usize);
+    let mut f = std::fs::File::create(dir.join(format!("{file_no:08}")))?;
+    while started.elapsed().as_secs_f64() < secs {
+        let due = Duration::from_secs_f64(written as f64 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let n = sizes.next();
+        if in_file + n > 16 * MIB {
+            std::fs::remove_file(dir.join(format!("{file_no:08}")))?;
+            file_no += 1;
+            in_file = 0;
+            f = std::fs::File::create(dir.join(format!("{file_no:08}")))?;
+        }
+        f.write_all(&buf[..n])?;
+        let t = Instant::now();
+        f.sync_data()?;
+        out.push(t.elapsed());
+        written += n as u64;
+        in_file += n;
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(out)
+}

@@ -1,0 +1,405 @@
+//! `drd-bench`: issue 9's measurements in one run, on loopback, with mTLS
+//! and fsync on, each next to a baseline measured in the same run (the
+//! machine is shared and noisy; ratios are what count).
+//!
+//! ```sh
+//! cargo build --release --workspace --bins && target/release/drd-bench
+//! ```
+//!
+//! Options: `--backlog-mib N` (default 2048), `--lag-seconds N` (15),
+//! `--rates-mb 20,100`, `--sync-pushes N` (12), `--failover-runs N` (10).
+//! Not part of `cargo test`: performance is measured here, not asserted.
+
+#[path = "../bench/baseline.rs"]
+mod baseline;
+#[path = "../bench/procs.rs"]
+mod procs;
+#[path = "../bench/runs.rs"]
+mod runs;
+#[path = "../bench/stats.rs"]
+mod stats;
+
+use anyhow::{bail, Context};
+use stats::{Row, Samples};
+use std::process::ExitCode;
+use std::time::Instant;
+
+const MIB: f64 = 1024.0 * 1024.0;
+const GIB: f64 = 1024.0 * MIB;
+
+/// Command-line options.
+struct Opts {
+    backlog_mib: u64,
+    lag_seconds: f64,
+    rates_mb: Vec<f64>,
+    sync_pushes: u64,
+    failover_runs: usize,
+}
+
+impl Opts {
+    fn parse() -> anyhow::Result<Self> {
+        let mut o = Self {
+            backlog_mib: 2048,
+            lag_seconds: 15.0,
+            rates_mb: vec![20.0, 100.0],
+            sync_pushes: 12,
+            failover_runs: 10,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+            match a.as_str() {
+                "--backlog-mib" => o.backlog_mib = val()?.parse()?,
+                "--lag-seconds" => o.lag_seconds = val()?.parse()?,
+                "--rates-mb" => {
+                    o.rates_mb = val()?
+                        .split(',')
+                        .map(|r| r.trim().parse())
+                        .collect::<Result<_, _>>()?
+                }
+                "--sync-pushes" => o.sync_pushes = val()?.parse()?,
+                "--failover-runs" => o.failover_runs = val()?.parse()?,
+                "-h" | "--help" => {
+                    println!(
+                        "drd-bench [--backlog-mib N] [--lag-seconds N] [--rates-mb 20,100] \
+                         [--sync-pushes N] [--failover-runs N]\n\
+                         Build first: {}",
+                        procs::BUILD_CMD
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown option {other} (see --help)"),
+            }
+        }
+        if o.backlog_mib < 16 || o.backlog_mib % 16 != 0 {
+            bail!("--backlog-mib must be a positive multiple of 16");
+        }
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drd-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.1} ms")
+}
+
+fn pct3(s: &Samples) -> String {
+    format!(
+        "p50 {:.1} / p99 {:.1} / max {:.1} ms",
+        s.pct(50.0),
+        s.pct(99.0),
+        s.max()
+    )
+}
+
+fn pct2(s: &Samples) -> String {
+    format!("p50 {:.1} / p99 {:.1} ms", s.pct(50.0), s.pct(99.0))
+}
+
+async fn run() -> anyhow::Result<()> {
+    let o = Opts::parse()?;
+    let bins = procs::Bins::locate()?;
+    let wall = Instant::now();
+    let tmp = std::env::temp_dir();
+    println!("# drd-bench");
+    println!(
+        "machine: {} cores, {} MiB RAM, kernel {}, disk {} ({}), load average at start: {}",
+        sh("nproc"),
+        sh("free -m | awk '/^Mem:/{print $2}'"),
+        sh("uname -r"),
+        sh(&format!("df --output=source {} | tail -1", tmp.display())),
+        tmp.display(),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+    );
+    println!(
+        "binaries: {} and {}",
+        bins.drd.display(),
+        bins.drctl.display()
+    );
+
+    // The backlog, written once, used by the ceiling, rsync and drd.
+    let segs = o.backlog_mib / 16;
+    let pair = drd_tests::Pair::new("");
+    eprintln!(
+        "writing a {} MiB backlog of 16 MiB segments…",
+        o.backlog_mib
+    );
+    let total = runs::write_backlog(&pair.wal, segs)?;
+
+    eprintln!("ceiling (loopback TCP, fdatasync every 1 MiB)…");
+    let ceil_a = baseline::ceiling(&pair.wal, runs::scratch("ceiling")?.path())?;
+
+    let rsync_ver = baseline::rsync_version();
+    let rsync = match &rsync_ver {
+        Some(v) => {
+            eprintln!("rsync -a --fsync ({v})…");
+            Some(baseline::rsync(&pair.wal, runs::scratch("rsync")?.path())?)
+        }
+        None => None,
+    };
+    let pgbackrest = !sh("command -v pgbackrest").is_empty();
+
+    eprintln!("catch-up: drd primary → replica over mTLS…");
+    let (running, cu) = runs::catch_up(&bins, pair, total).await?;
+
+    eprintln!("ceiling again (after catch-up)…");
+    let ceil_b = baseline::ceiling(&running.pair.wal, runs::scratch("ceiling")?.path())?;
+    let ceiling = if ceil_a.mb_per_s() >= ceil_b.mb_per_s() {
+        &ceil_a
+    } else {
+        &ceil_b
+    };
+
+    let mut lags = Vec::new();
+    let (mut next_seg, mut pos) = (segs + 1, total);
+    for &rate in &o.rates_mb {
+        eprintln!("fdatasync latency at {rate} MB/s (5 s)…");
+        let fsync = baseline::fdatasync_latency(runs::scratch("fsync")?.path(), rate * 1e6, 5.0)?;
+        eprintln!("steady-state lag at {rate} MB/s ({} s)…", o.lag_seconds);
+        let (l, n, p) = runs::lag(&running, rate * 1e6, o.lag_seconds, next_seg, pos).await?;
+        (next_seg, pos) = (n, p);
+        lags.push((l, fsync));
+    }
+    let hwm_end = (running.primary.hwm_kib(), running.replica.hwm_kib());
+    drop(running);
+
+    eprintln!("sync-mode wal-push ×{}…", o.sync_pushes);
+    let sp = runs::sync_push(&bins, o.sync_pushes).await?;
+
+    eprintln!("failover ×{}…", o.failover_runs);
+    let fo = runs::failover(&bins, o.failover_runs).await?;
+    let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
+
+    // ---- the table ----
+    let cu_mb = cu.bytes as f64 / cu.secs / 1e6;
+    let gib = cu.bytes as f64 / GIB;
+    let mut rows = vec![Row::new(
+        "ceiling: TCP + fdatasync/MiB",
+        "-".into(),
+        format!(
+            "{:.0} MB/s (runs: {:.0}, {:.0})",
+            ceiling.mb_per_s(),
+            ceil_a.mb_per_s(),
+            ceil_b.mb_per_s()
+        ),
+        "-".into(),
+        "-",
+        None,
+    )];
+    rows.push(Row::new(
+        &format!("catch-up {} MiB vs ceiling", o.backlog_mib),
+        format!("{cu_mb:.0} MB/s ({:.1} s)", cu.secs),
+        format!("{:.0} MB/s", ceiling.mb_per_s()),
+        format!("{:.0} %", 100.0 * cu_mb / ceiling.mb_per_s()),
+        ">= 90 %",
+        Some(cu_mb >= 0.9 * ceiling.mb_per_s()),
+    ));
+    match &rsync {
+        Some(r) => rows.push(Row::new(
+            "catch-up vs rsync -a --fsync",
+            format!("{cu_mb:.0} MB/s"),
+            format!("{:.0} MB/s ({:.1} s)", r.mb_per_s(), r.secs),
+            format!("{:.2}x", cu_mb / r.mb_per_s()),
+            ">= 1.5x",
+            Some(cu_mb >= 1.5 * r.mb_per_s()),
+        )),
+        None => rows.push(Row::new(
+            "catch-up vs rsync -a --fsync",
+            format!("{cu_mb:.0} MB/s"),
+            "rsync not installed (apt-get install -y rsync)".into(),
+            "-".into(),
+            ">= 1.5x",
+            None,
+        )),
+    }
+    rows.push(Row::new(
+        "catch-up vs pgbackrest",
+        format!("{cu_mb:.0} MB/s"),
+        if pgbackrest {
+            "installed, but not measured by this version".into()
+        } else {
+            "not installed: skipped".into()
+        },
+        "-".into(),
+        "-",
+        None,
+    ));
+    for (l, f) in &lags {
+        let rate = l.target_rate / 1e6;
+        let extra = l.lag.pct(99.0) - f.pct(99.0);
+        let target = (rate == 20.0).then_some(extra <= 2.0);
+        rows.push(Row::new(
+            &format!("lag at {rate:.0} MB/s (got {:.0})", l.achieved_rate / 1e6),
+            format!(
+                "{}{}",
+                pct3(&l.lag),
+                if l.unacked > 0 {
+                    format!(", {} writes not acked", l.unacked)
+                } else {
+                    String::new()
+                }
+            ),
+            format!("fdatasync {}", pct2(f)),
+            format!(
+                "p99 {:+.1} ms ({:.1}x)",
+                extra,
+                l.lag.pct(99.0) / f.pct(99.0).max(1e-3)
+            ),
+            if rate == 20.0 {
+                "p99 <= fdatasync p99 + 2 ms"
+            } else {
+                "-"
+            },
+            target,
+        ));
+    }
+    rows.push(Row::new(
+        "sync wal-push, 16 MiB",
+        pct2(&sp.push),
+        format!("copy+fsync {}", pct2(&sp.copy)),
+        format!(
+            "p50 {:.1}x / p99 {:.1}x",
+            sp.push.pct(50.0) / sp.copy.pct(50.0),
+            sp.push.pct(99.0) / sp.copy.pct(99.0)
+        ),
+        "-",
+        None,
+    ));
+    rows.push(Row::new(
+        &format!("failover to serving (n={})", fo.to_primary.len()),
+        format!(
+            "p50 {} (max {})",
+            ms(fo.to_primary.pct(50.0)),
+            ms(fo.to_primary.max())
+        ),
+        format!("drctl status p50 {}", ms(fo.drctl_status.pct(50.0))),
+        format!(
+            "{:.1}x",
+            fo.to_primary.pct(50.0) / fo.drctl_status.pct(50.0)
+        ),
+        "-",
+        None,
+    ));
+    for (side, cpu, base) in [
+        ("primary", cu.cpu_primary, ceiling.cpu_send),
+        ("replica", cu.cpu_replica, ceiling.cpu_recv),
+    ] {
+        rows.push(Row::new(
+            &format!("CPU per GiB, {side}"),
+            format!("{:.2} core-s/GiB", cpu / gib),
+            format!(
+                "ceiling {} {:.2} core-s/GiB",
+                if side == "primary" {
+                    "sender"
+                } else {
+                    "receiver"
+                },
+                base / (ceiling.bytes as f64 / GIB)
+            ),
+            format!("{:.1}x", cpu / base.max(1e-6)),
+            "< 1 core-s/GiB",
+            Some(cpu / gib < 1.0),
+        ));
+    }
+    if let Some(r) = &rsync {
+        rows.push(Row::new(
+            "CPU per GiB, rsync (all procs)",
+            "-".into(),
+            format!("{:.2} core-s/GiB", r.cpu_recv / (r.bytes as f64 / GIB)),
+            "-".into(),
+            "-",
+            None,
+        ));
+    }
+    for (side, at_cu, at_end) in [
+        ("primary", cu.hwm_primary_kib, hwm_end.0),
+        ("replica", cu.hwm_replica_kib, hwm_end.1),
+    ] {
+        let peak = at_cu.max(at_end) as f64 / 1024.0;
+        rows.push(Row::new(
+            &format!("peak RSS (VmHWM), {side}"),
+            format!(
+                "{peak:.0} MiB (after catch-up {:.0})",
+                at_cu as f64 / 1024.0
+            ),
+            "64 MiB target".into(),
+            format!("{:.2}x", peak / 64.0),
+            "< 64 MiB",
+            Some(peak < 64.0),
+        ));
+    }
+    rows.push(Row::new(
+        "zstd on/off",
+        "not implemented: drd ships uncompressed".into(),
+        "-".into(),
+        "-".into(),
+        "-",
+        None,
+    ));
+
+    println!();
+    println!("{}", stats::markdown(&rows));
+    println!("Notes:");
+    println!(
+        "- MB = 10^6 bytes. drd runs with default tuning, mTLS and fsync on; the ceiling is plaintext TCP \
+         in one process. Source files are in the page cache for every transfer."
+    );
+    println!(
+        "- Catch-up is timed from the primary's start (replica already running) to the replica durable at \
+         every byte; the replica's copy was then checked byte for byte (SHA-256)."
+    );
+    for (l, _) in &lags {
+        println!(
+            "- lag at {:.0} MB/s: {} writes of 8 KiB-1 MiB (log-uniform), {:.0} s; the primary's durable \
+             position polled every {} ms, control RPC p50 {:.2} / p99 {:.2} ms (the resolution of the lag figures)",
+            l.target_rate / 1e6,
+            l.lag.len() + l.unacked,
+            o.lag_seconds,
+            runs::POLL.as_millis(),
+            l.poll_rtt.pct(50.0),
+            l.poll_rtt.pct(99.0)
+        );
+    }
+    println!(
+        "- failover: fresh mTLS pair per run, primary killed with SIGKILL; timed from starting \
+         `drctl failover --yes` until status shows role primary (polled every {} ms).",
+        runs::POLL.as_millis()
+    );
+    println!(
+        "- pgbackrest: {}. rsync: {}.",
+        if pgbackrest {
+            "installed, not measured"
+        } else {
+            "not installed, skipped"
+        },
+        rsync_ver.as_deref().unwrap_or("not installed")
+    );
+    println!(
+        "- load average at the end: {load_end}; total run time {:.0} s.",
+        wall.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
