@@ -4,6 +4,7 @@
 //! The binaries are the workspace's own (`target/<profile>/drd`); `cargo test
 //! --workspace` builds them before any test runs.
 
+pub mod chaos;
 pub mod proxy;
 
 use anyhow::{bail, Context};
@@ -67,6 +68,9 @@ pub struct Daemon {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for the process (e.g. the chaos suite's test-only
+    /// switches); empty by default.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -91,6 +95,7 @@ impl Daemon {
             dir,
             config,
             socket,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -110,6 +115,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .env("DRD_LOG", "info,drd=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

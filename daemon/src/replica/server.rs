@@ -207,6 +207,9 @@ impl ReplicationService {
             last_segment = %welcome.last_segment,
             "primary connected; resuming at the durable position"
         );
+        // Test-only: logs the broken early-ack mode's WARN at session start.
+        #[cfg(feature = "chaos-testing")]
+        chaos_unsafe_early_ack();
         {
             let mut st = slot.state.lock().unwrap();
             st.connected = true;
@@ -387,9 +390,47 @@ async fn read_loop(
                 return Err(e.to_string());
             }
         };
+        // !!! DELIBERATELY BROKEN — TEST-ONLY — NEVER IN PRODUCTION !!!
+        // With the `chaos-testing` feature (enabled only by the tests crate)
+        // and DRD_CHAOS_UNSAFE_EARLY_ACK=1, the replica acks a chunk's end
+        // position as soon as it arrives, before it is written or fsynced:
+        // exactly the bug Invariant 1 forbids. The chaos suite runs it to
+        // prove its checker catches a replica that loses acked bytes.
+        #[cfg(feature = "chaos-testing")]
+        if let ShipMsg::Chunk(c) = &msg {
+            if chaos_unsafe_early_ack() {
+                let early = pb::ReplicaMessage {
+                    msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
+                        durable_position: c.end_position(),
+                        segment: c.segment.to_string(),
+                        segment_size: c.offset + c.data.len() as u64,
+                        sealed: false,
+                    })),
+                };
+                let _ = acks.send(Ok(early)).await;
+            }
+        }
         if disk.send(msg).await.is_err() {
             // The disk worker stopped (it refused something and said why).
             return Err("disk worker stopped".into());
         }
     }
+}
+
+/// `DRD_CHAOS_UNSAFE_EARLY_ACK=1` under the `chaos-testing` feature: the
+/// deliberately broken early-ack mode (see `read_loop`). Read once; logs a
+/// WARN the first time so a test can see the mode is really in the binary.
+#[cfg(feature = "chaos-testing")]
+fn chaos_unsafe_early_ack() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("DRD_CHAOS_UNSAFE_EARLY_ACK").is_ok_and(|v| v == "1");
+        if on {
+            tracing::warn!(
+                "CHAOS TESTING: DRD_CHAOS_UNSAFE_EARLY_ACK=1 — this replica acks data BEFORE it is durable; \
+                 a test-only broken mode, never for real data"
+            );
+        }
+        on
+    })
 }
