@@ -49,6 +49,38 @@ pub fn truncate_durable(path: &Path, len: u64) -> io::Result<()> {
     f.sync_all()
 }
 
+/// Moves `from` to `to`, also across file systems (a WAL volume and the data
+/// dir are often separate): rename where possible; otherwise copy, fsync the
+/// copy and its directory, and only then remove the original and fsync its
+/// directory — at no point is there no durable copy.
+pub fn move_durable(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Ok(()) => {
+            if let Some(dir) = to.parent() {
+                fsync_dir(dir)?;
+            }
+            if let Some(dir) = from.parent() {
+                fsync_dir(dir)?;
+            }
+            Ok(())
+        }
+        // EXDEV: source and destination are on different file systems.
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to)?;
+            File::open(to)?.sync_all()?;
+            if let Some(dir) = to.parent() {
+                fsync_dir(dir)?;
+            }
+            std::fs::remove_file(from)?;
+            if let Some(dir) = from.parent() {
+                fsync_dir(dir)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Renames `from` to `to` and fsyncs their directory so the new name is durable.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;

@@ -45,6 +45,9 @@ async fn chaos_ci() {
         }
     };
     err_line(&format!("chaos CI: seeds {seeds:?}"));
+    if let Err(why) = chaos::iptables_available() {
+        err_line(&format!("chaos CI: {why}"));
+    }
     let summary = chaos::run_seeds(&seeds, &cfg).await;
     summary.emit("ci", "CI run");
     assert_eq!(
@@ -96,8 +99,11 @@ async fn chaos_soak() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_checker_catches_a_replica_that_acks_before_durable() {
     let _one = ONE_AT_A_TIME.lock().await;
+    // Each kill catches the early ack about half the time (it must land
+    // while acked bytes are still queued for the disk): ten kills miss all
+    // of them with a probability of about 1 in 5000.
     let cfg = ChaosConfig {
-        events: 5,
+        events: 10,
         faults: vec![Fault::KillReplica],
         kill_burst: 1.0,
         burst_bytes: 12 << 20,
@@ -131,14 +137,11 @@ async fn the_checker_catches_a_replica_that_acks_before_durable() {
 
 /// Found by the chaos suite: when a node's WAL dir and data dir are on
 /// different file systems (the usual production layout: pg_wal on its own
-/// volume, /var/lib/drd elsewhere), `drctl rejoin` cannot move the segments
-/// it wrote past the fork into `data_dir/quarantine`: `cut_back` renames
-/// them, and rename(2) across file systems fails with EXDEV. The rejoin is
-/// refused and the node stays fenced. Ignored until the daemon copies
-/// (copy, fsync, then remove) instead of renaming across devices; the CI
-/// schedule leaves failovers out of its tmpfs runs for the same reason.
+/// volume, /var/lib/drd elsewhere), rename(2) into `data_dir/quarantine`
+/// fails with EXDEV. `fsutil::move_durable` now copies, fsyncs and only then
+/// removes across devices; this test keeps it that way (skipped with a
+/// printed reason where tmpfs cannot be mounted, i.e. not as root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known bug: rejoin across file systems fails with EXDEV (found by the chaos suite)"]
 async fn rejoin_when_wal_and_data_dir_are_on_different_file_systems() {
     use drd_tests::*;
     let _one = ONE_AT_A_TIME.lock().await;
@@ -179,6 +182,15 @@ async fn rejoin_when_wal_and_data_dir_are_on_different_file_systems() {
         },
     )
     .await;
-    let (code, out, err) = drctl(&sites.a.socket, &["rejoin", "--reason", "exdev"]);
+    let (code, out, err) = drctl(&sites.a.socket, &["rejoin", "--reason", "exdev", "--json"]);
     assert_eq!(code, 0, "rejoin across file systems failed:\n{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Exactly the bytes written past the fork moved across file systems.
+    assert_eq!(r["quarantined_bytes"], 50_000 + 70_000, "{r}");
+    let qdir = std::path::PathBuf::from(r["quarantine_dir"].as_str().unwrap());
+    assert!(qdir.join(seg_name(4)).exists(), "{r}");
+    assert!(
+        !sites.a_wal.join(seg_name(4)).exists(),
+        "the original must be gone once the copy is durable"
+    );
 }

@@ -271,7 +271,7 @@ pub fn cut_back(
             let from = dir.join(&name);
             let to = quarantine.join(&name);
             let bytes = std::fs::metadata(&from)?.len();
-            std::fs::rename(&from, &to)
+            fsutil::move_durable(&from, &to)
                 .with_context(|| format!("cannot move {} to quarantine", from.display()))?;
             moved.push(Quarantined {
                 path: to,
@@ -279,8 +279,6 @@ pub fn cut_back(
                 from,
             });
         }
-        // Make the moves durable on both sides.
-        fsutil::fsync_dir(&dir).ok();
     }
     if have > fork_len {
         let to = quarantine.join(format!("{}.after-fork-at-{fork_len}", fork.segment));

@@ -34,6 +34,8 @@ pub struct RunReport {
     /// The replica logged the broken early-ack mode's WARN (only looked
     /// for when the run asked for that mode).
     pub unsafe_mode_seen: bool,
+    /// A run of the deliberately broken build: violations are the point.
+    pub expect_violations: bool,
 }
 
 impl RunReport {
@@ -47,7 +49,14 @@ impl RunReport {
 
     pub fn violation(&mut self, v: impl Into<String>) {
         let v = v.into();
-        err_line(&format!("  VIOLATION (seed {}): {v}", self.seed));
+        if self.expect_violations {
+            err_line(&format!(
+                "  expected violation (deliberately broken build, seed {}): {v}",
+                self.seed
+            ));
+        } else {
+            err_line(&format!("  VIOLATION (seed {}): {v}", self.seed));
+        }
         self.violations.push(v);
     }
 
