@@ -159,10 +159,10 @@ pub struct ChaosConfig {
     /// deliberately broken build; needs the `chaos-testing` feature).
     pub unsafe_early_ack: bool,
     /// Schedule failovers in tmpfs runs too, where the WAL dir and the data
-    /// dir are on different file systems. Off by default: rejoin then fails
-    /// to move segments to quarantine (rename across file systems, EXDEV) —
-    /// a known daemon bug this suite found; `DRD_CHAOS_CROSS_DEVICE=1`
-    /// turns it on to reproduce it.
+    /// dir are on different file systems (rejoin must then copy into
+    /// quarantine: rename fails with EXDEV — a bug this suite found, fixed
+    /// in `fsutil::move_durable`). On by default; `DRD_CHAOS_CROSS_DEVICE=0`
+    /// leaves such failovers out.
     pub failover_across_devices: bool,
     /// Copy both daemons' logs to `<target>/chaos/logs/` after every run,
     /// not only after runs with violations (`DRD_CHAOS_KEEP_LOGS=1`).
@@ -187,7 +187,7 @@ impl Default for ChaosConfig {
             tmpfs_runs: 0.35,
             unsafe_early_ack: false,
             failover_across_devices: std::env::var("DRD_CHAOS_CROSS_DEVICE")
-                .is_ok_and(|v| v == "1"),
+                .map_or(true, |v| v != "0"),
             keep_logs: std::env::var("DRD_CHAOS_KEEP_LOGS").is_ok_and(|v| v == "1"),
             run_timeout: Duration::from_secs(300),
         }
@@ -337,7 +337,7 @@ impl World {
             } else {
                 rep.lock()
                     .unwrap()
-                    .skip("failover in tmpfs run (EXDEV bug)");
+                    .skip("failover in tmpfs run (DRD_CHAOS_CROSS_DEVICE=0)");
             }
         }
         let mut tmpfs = [None, None];
