@@ -60,6 +60,11 @@ pub struct NodeState {
     /// Why the node is fenced, for `drctl status`.
     #[serde(default)]
     pub fenced_reason: Option<String>,
+    /// A switchover holds shipping while the roles change hands, so that
+    /// neither side mistakes the other's new epoch for a reason to fence.
+    /// Never stored: a crash mid-switchover ends the hold.
+    #[serde(skip, default)]
+    pub shipping_held: bool,
 }
 
 impl NodeState {
@@ -69,6 +74,7 @@ impl NodeState {
             epoch,
             paused: false,
             fenced_reason: None,
+            shipping_held: false,
         }
     }
 }

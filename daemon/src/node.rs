@@ -242,6 +242,12 @@ impl Node {
         self.state.borrow().clone()
     }
 
+    /// Holds (or releases) shipping during a switchover; see
+    /// [`NodeState::shipping_held`].
+    pub fn hold_shipping(&self, on: bool) {
+        self.state.send_modify(|s| s.shipping_held = on);
+    }
+
     /// Follows role and epoch changes.
     pub fn subscribe(&self) -> watch::Receiver<NodeState> {
         self.state.subscribe()

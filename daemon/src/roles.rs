@@ -48,6 +48,7 @@ pub fn promote(s: &NodeState) -> Result<NodeState, RoleError> {
         epoch: s.epoch + 1,
         paused: false,
         fenced_reason: None,
+        shipping_held: false,
     })
 }
 
@@ -78,6 +79,7 @@ pub fn demote(s: &NodeState, new_epoch: Epoch) -> Result<NodeState, RoleError> {
         epoch: new_epoch,
         paused: s.paused,
         fenced_reason: None,
+        shipping_held: false,
     })
 }
 
@@ -94,6 +96,7 @@ pub fn fence(s: &NodeState, seen_epoch: Epoch, reason: &str) -> Option<NodeState
             epoch: s.epoch,
             paused: s.paused,
             fenced_reason: Some(reason.to_string()),
+            shipping_held: false,
         }),
         Role::Replica if seen_epoch > s.epoch => Some(NodeState {
             epoch: seen_epoch,
@@ -118,6 +121,7 @@ pub fn rejoin(s: &NodeState, primary_epoch: Epoch) -> Result<NodeState, RoleErro
         epoch: primary_epoch,
         paused: s.paused,
         fenced_reason: None,
+        shipping_held: false,
     })
 }
 

@@ -635,7 +635,8 @@ async fn run_inner(seed: u64, cfg: ChaosConfig, rep: Arc<Mutex<RunReport>>) {
 /// its time limit is a violation, never a lost report.
 pub async fn run_seed(seed: u64, cfg: &ChaosConfig) -> RunReport {
     err_line(&format!(
-        "chaos run: seed {seed} (replay: DRD_CHAOS_SEED={seed} cargo test -p drd-tests --test chaos chaos_ci -- --nocapture)"
+        "chaos run: seed {seed} (replay: DRD_CHAOS_SEED={seed} DRD_CHAOS_EVENTS={} cargo test -p drd-tests --test chaos chaos_ci -- --nocapture)",
+        cfg.events
     ));
     let t0 = Instant::now();
     let rep = Arc::new(Mutex::new(RunReport {

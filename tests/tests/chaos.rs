@@ -6,7 +6,8 @@
 //!   a few random ones; its summary table goes to stderr directly, so it
 //!   shows in the log of a passing `cargo test --workspace`, and to
 //!   `<target>/chaos/ci.txt`. `DRD_CHAOS_SEED=N` replays one seed;
-//!   `DRD_CHAOS_RANDOM=N` sets how many random seeds (default 4).
+//!   `DRD_CHAOS_RANDOM=N` sets how many random seeds (default 4);
+//!   `DRD_CHAOS_EVENTS=N` the events per run (default 6; the soak's 4).
 //! - `chaos_soak` (ignored): `DRD_CHAOS_RUNS=500 cargo test -p drd-tests
 //!   --test chaos -- --ignored chaos_soak --nocapture`; seeds start at
 //!   `DRD_CHAOS_FIRST_SEED` (default 1000).
@@ -32,7 +33,10 @@ fn env_u64(name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_ci() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let cfg = ChaosConfig::default();
+    let mut cfg = ChaosConfig::default();
+    if let Some(n) = env_u64("DRD_CHAOS_EVENTS") {
+        cfg.events = n as usize;
+    }
     let seeds: Vec<u64> = match env_u64("DRD_CHAOS_SEED") {
         Some(s) => vec![s],
         None => {

@@ -48,6 +48,7 @@ impl Run<'_> {
         error: String,
         pre_hook_ran: bool,
     ) -> pb::SwitchoverResponse {
+        self.node.hold_shipping(false);
         if pre_hook_ran {
             let o = self.hook("abort_switchover", crate::unix_ms(), None).await;
             self.step(format!("rollback: {}", o.summary("abort_switchover")));
@@ -279,7 +280,19 @@ pub async fn switchover(
         format!("verify: {checked} segments match by SHA-256, including the active {segment} at {active_len} bytes")
     });
 
-    // 5. promote the replica
+    // 5. promote the replica. Hold our shipping first: once the replica is
+    // primary at the new epoch, neither side may read the other's epoch as
+    // a reason to fence until this node has demoted itself.
+    node.hold_shipping(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shipper.state.lock().unwrap().connected {
+        if Instant::now() > deadline {
+            let e = "shipping did not stop within 10 s".to_string();
+            return run.fail("promote replica", e, true).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     let promoted = client
         .promote(pb::PromoteRequest {
             stream: cfg.name.to_string(),

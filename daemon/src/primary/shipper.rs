@@ -65,7 +65,7 @@ fn refused(s: tonic::Status) -> ShipError {
 
 /// Ship only while this node is primary and not paused.
 fn may_ship(s: &crate::catalog::NodeState) -> bool {
-    s.role == crate::catalog::Role::Primary && !s.paused
+    s.role == crate::catalog::Role::Primary && !s.paused && !s.shipping_held
 }
 
 /// Where shipping stands inside the source.

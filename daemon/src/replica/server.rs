@@ -283,6 +283,13 @@ impl ReplicationService {
         }
         match state.role {
             Role::Replica => {}
+            Role::Primary if hello.epoch > state.epoch && state.shipping_held => {
+                // Our own switchover just promoted the sender; we are about
+                // to become its replica. Not a reason to fence: retry.
+                return Err(Status::unavailable(
+                    "a switchover is in progress on this node; retry in a moment",
+                ));
+            }
             Role::Primary if hello.epoch > state.epoch => {
                 // A newer primary is talking to us: we are the stale one.
                 let reason = format!(

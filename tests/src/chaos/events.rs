@@ -419,9 +419,12 @@ impl World {
         let j: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
         if code != 0 || j["ok"] != true {
             self.writer.set_paused(false);
+            let st = status(&socket).await.map(|s| s.streams);
             self.violation(format!(
-                "switchover from {} failed (healthy link, writes stopped): exit {code}\n{out}{err}",
-                self.d(p).name
+                "switchover from {} failed (healthy link, writes stopped): exit {code}\n{out}{err}\n\
+                 its stream now: {st:?}; the stream's log ends at {}",
+                self.d(p).name,
+                self.writer.total()
             ));
             return self.recover("switchover rolled back").await;
         }
