@@ -8,8 +8,8 @@
 
 mod certs;
 mod fetch;
-mod push;
 mod lag;
+mod push;
 mod roles;
 mod verify;
 
@@ -169,7 +169,8 @@ async fn connect_remote(cli: &Cli, addr: &str) -> Result<ControlClient<Channel>,
         cert: cli.cert.clone().unwrap_or_default(),
         key: cli.key.clone().unwrap_or_default(),
     };
-    let m = drd::tls::load(&files).map_err(|e| unreachable(format!("cannot load the client certificate: {e}")))?;
+    let m = drd::tls::load(&files)
+        .map_err(|e| unreachable(format!("cannot load the client certificate: {e}")))?;
     let host = addr
         .trim_start_matches("https://")
         .rsplit_once(':')

@@ -386,7 +386,8 @@ impl Config {
                     s.wal_dir
                 );
             }
-            check_peer(&s.peer, raw.tls.is_some()).with_context(|| format!("key `stream[{i}].peer`"))?;
+            check_peer(&s.peer, raw.tls.is_some())
+                .with_context(|| format!("key `stream[{i}].peer`"))?;
             let peer_name = match (&raw.tls, s.peer_name) {
                 (Some(_), None) => bail!(
                     "key `stream[{i}].peer_name`: with [tls], name the node whose certificate the peer \
@@ -523,7 +524,8 @@ impl Config {
                     bail!("key `tls.allowed_peers`: a node that receives must list the certificate names allowed to connect");
                 }
                 for (i, n) in t.allowed_peers.iter().enumerate() {
-                    NodeId::new(n.clone()).with_context(|| format!("key `tls.allowed_peers[{i}]`"))?;
+                    NodeId::new(n.clone())
+                        .with_context(|| format!("key `tls.allowed_peers[{i}]`"))?;
                 }
                 Some(TlsConfig {
                     files: crate::tls::TlsFiles {
@@ -538,9 +540,9 @@ impl Config {
         let control_listen = match raw.control.listen {
             None => None,
             Some(l) => {
-                let addr: SocketAddr = l
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("key `control.listen`: {l:?} is not IP:PORT ({e})"))?;
+                let addr: SocketAddr = l.parse().map_err(|e| {
+                    anyhow::anyhow!("key `control.listen`: {l:?} is not IP:PORT ({e})")
+                })?;
                 if tls.is_none() {
                     bail!("key `control.listen`: the control API on TCP needs [tls] (mTLS)");
                 }
@@ -657,7 +659,11 @@ fn check_peer(peer: &str, tls: bool) -> anyhow::Result<()> {
             anyhow::anyhow!("{peer:?} must look like https://HOST:PORT (the [tls] section is set)")
         })?;
         let host_port = rest.trim_end_matches('/');
-        if host_port.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if host_port
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             bail!("{peer:?}: {host_port:?} is not HOST:PORT");
         }
         return Ok(());
@@ -714,7 +720,10 @@ peer = "http://127.0.0.1:7601"
             "{}\n[tls]\nca = \"/t/ca.pem\"\ncert = \"/t/n.pem\"\nkey = \"/t/n.key\"\nallowed_peers = [\"rochester-dr1\"]\n",
             no_tls.replace("http://127.0.0.1:7601", "https://10.0.0.2:7601")
         );
-        assert!(err(&tls).contains("peer_name"), "TLS peers need a certificate name");
+        assert!(
+            err(&tls).contains("peer_name"),
+            "TLS peers need a certificate name"
+        );
         let ok = tls.replace("peer = ", "peer_name = \"rochester-dr1\"\npeer = ");
         let c = Config::parse(&ok).unwrap();
         assert_eq!(c.streams[0].peer_name.as_deref(), Some("rochester-dr1"));
@@ -782,9 +791,7 @@ peer = "http://127.0.0.1:7601"
         assert_eq!(c.streams[0].mode, SyncMode::Async);
         assert_eq!(c.streams[0].sync_timeout, Duration::from_secs(60));
         assert_eq!(c.control_socket_group, None);
-        let spool = format!(
-            "{g}source = \"spool\"\nmode = \"sync\"\nsync_timeout_seconds = 5\n"
-        );
+        let spool = format!("{g}source = \"spool\"\nmode = \"sync\"\nsync_timeout_seconds = 5\n");
         let c = Config::parse(&spool).unwrap();
         assert_eq!(c.streams[0].source, SourceMode::Spool);
         assert_eq!(c.streams[0].mode, SyncMode::Sync);

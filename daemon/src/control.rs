@@ -62,7 +62,9 @@ fn caller<T>(request: &Request<T>) -> Caller {
             user: format!("certificate {:?}", crate::tls::peer_names(request)),
             origin: format!(
                 "control TCP from {}",
-                request.remote_addr().map_or("?".to_string(), |a| a.to_string())
+                request
+                    .remote_addr()
+                    .map_or("?".to_string(), |a| a.to_string())
             ),
         },
     }
@@ -229,8 +231,9 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::ne
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
     if let Some(g) = group {
-        let gid = group_id(g)
-            .with_context(|| format!("key `control.socket_group`: no group {g:?} on this machine"))?;
+        let gid = group_id(g).with_context(|| {
+            format!("key `control.socket_group`: no group {g:?} on this machine")
+        })?;
         std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
             format!(
                 "cannot give the control socket {} to group {g} (drd must run as root or be a \

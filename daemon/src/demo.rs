@@ -124,8 +124,13 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     // `drctl certs init` writes.
     let certs = dir.join("tls");
     if !certs.join("ca.pem").exists() {
-        crate::certs::init_dir(&certs, &["verona-db1".into(), "rochester-dr1".into()], 30, false)
-            .context("cannot create the demo's certificates")?;
+        crate::certs::init_dir(
+            &certs,
+            &["verona-db1".into(), "rochester-dr1".into()],
+            30,
+            false,
+        )
+        .context("cannot create the demo's certificates")?;
     }
     let tls = |node: &str| {
         format!(

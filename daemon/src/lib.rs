@@ -124,7 +124,8 @@ pub async fn run_with(
         match (&tls, &config.tls) {
             (Some(m), Some(t)) => {
                 tracing::info!(%addr, allowed_peers = ?t.allowed_peers, "replication service listening (mTLS)");
-                let incoming = tls::TlsIncoming::new(listener, m.acceptor()?, t.allowed_peers.clone());
+                let incoming =
+                    tls::TlsIncoming::new(listener, m.acceptor()?, t.allowed_peers.clone());
                 let mut builder = builder;
                 let server = builder
                     .add_service(svc)
@@ -177,7 +178,8 @@ pub async fn run_with(
             .with_context(|| format!("cannot listen on control.listen {}", cl.addr))?;
         tracing::info!(addr = %cl.addr, allowed_clients = ?cl.allowed_clients, "control API listening on TCP (mTLS)");
         let incoming = tls::TlsIncoming::new(listener, m.acceptor()?, cl.allowed_clients.clone());
-        let svc = pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
+        let svc =
+            pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
         let stop = shutdown.clone();
         tracker.spawn(async move {
             let server = tonic::transport::Server::builder()

@@ -49,7 +49,8 @@ enum Command {
 fn init_logging(format: LogFormat, default_level: &str) -> drd::notify::LogReload {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, reload, EnvFilter};
-    let filter = EnvFilter::try_from_env("DRD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("DRD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let (filter, handle) = reload::Layer::new(filter);
     let layer = fmt::layer()
         // Colour only on a terminal: journald and log files get plain text.

@@ -56,7 +56,10 @@ fn broken_configs_exit_2_naming_the_key() {
             "node_id",
         ),
         ("node_id = \"x\"\n[[stream".to_string(), "TOML"),
-        (GOOD.replace("insecure_plaintext = true\n", ""), "configure [tls]"),
+        (
+            GOOD.replace("insecure_plaintext = true\n", ""),
+            "configure [tls]",
+        ),
     ] {
         let (code, text) = check(&broken);
         assert_eq!(code, 2, "{broken}\n{text}");

@@ -257,8 +257,13 @@ pub const REPLICA_ID: &str = "rochester-dr1";
 /// `drctl certs init` runs), so every test runs with mTLS.
 pub fn make_certs(root: &Path) -> PathBuf {
     let dir = root.join("tls");
-    drd::certs::init_dir(&dir, &[PRIMARY_ID.to_string(), REPLICA_ID.to_string()], 30, false)
-        .expect("generate test certificates");
+    drd::certs::init_dir(
+        &dir,
+        &[PRIMARY_ID.to_string(), REPLICA_ID.to_string()],
+        30,
+        false,
+    )
+    .expect("generate test certificates");
     dir
 }
 
@@ -278,7 +283,8 @@ pub async fn tls_client(
     node: &str,
     port: u16,
     server_name: &str,
-) -> anyhow::Result<drd_proto::pb::replication_client::ReplicationClient<tonic::transport::Channel>> {
+) -> anyhow::Result<drd_proto::pb::replication_client::ReplicationClient<tonic::transport::Channel>>
+{
     let m = drd::tls::load(&drd::tls::TlsFiles {
         ca: certs.join("ca.pem"),
         cert: certs.join(format!("{node}.pem")),
@@ -288,7 +294,9 @@ pub async fn tls_client(
         .tls_config(drd::tls::client_tls(&m, server_name))?
         .connect()
         .await?;
-    Ok(drd_proto::pb::replication_client::ReplicationClient::new(channel))
+    Ok(drd_proto::pb::replication_client::ReplicationClient::new(
+        channel,
+    ))
 }
 
 impl Pair {
@@ -304,14 +312,27 @@ impl Pair {
     }
 
     fn build(tuning: &str, tls: bool) -> Self {
-        let root = tempfile::Builder::new().prefix("drd-test-").tempdir().unwrap();
+        let root = tempfile::Builder::new()
+            .prefix("drd-test-")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let wal = root.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
         let certs = tls.then(|| make_certs(root.path()));
         let (top, scheme, sec_r, sec_p) = match &certs {
-            Some(d) => ("", "https", tls_section(d, REPLICA_ID), tls_section(d, PRIMARY_ID)),
-            None => ("insecure_plaintext = true\n", "http", String::new(), String::new()),
+            Some(d) => (
+                "",
+                "https",
+                tls_section(d, REPLICA_ID),
+                tls_section(d, PRIMARY_ID),
+            ),
+            None => (
+                "insecure_plaintext = true\n",
+                "http",
+                String::new(),
+                String::new(),
+            ),
         };
         let replica = Daemon::new(
             root.path(),
@@ -567,7 +588,13 @@ impl Sites {
         std::fs::create_dir_all(&a_wal).unwrap();
         std::fs::create_dir_all(&b_wal).unwrap();
         let certs = make_certs(root.path());
-        let conf = |me: &str, role: &str, listen: u16, wal: &Path, peer: u16, peer_name: &str, extra: &str| {
+        let conf = |me: &str,
+                    role: &str,
+                    listen: u16,
+                    wal: &Path,
+                    peer: u16,
+                    peer_name: &str,
+                    extra: &str| {
             format!(
                 "initial_role = \"{role}\"\n[replica]\nlisten = \"127.0.0.1:{listen}\"\n\
                  [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"https://127.0.0.1:{peer}\"\n\
@@ -580,13 +607,17 @@ impl Sites {
             root.path(),
             "verona",
             PRIMARY_ID,
-            &conf(PRIMARY_ID, "primary", a_port, &a_wal, to_b, REPLICA_ID, a_extra),
+            &conf(
+                PRIMARY_ID, "primary", a_port, &a_wal, to_b, REPLICA_ID, a_extra,
+            ),
         );
         let b = Daemon::new(
             root.path(),
             "rochester",
             REPLICA_ID,
-            &conf(REPLICA_ID, "replica", b_port, &b_wal, to_a, PRIMARY_ID, b_extra),
+            &conf(
+                REPLICA_ID, "replica", b_port, &b_wal, to_a, PRIMARY_ID, b_extra,
+            ),
         );
         Self {
             root,

@@ -181,9 +181,14 @@ impl RawStream {
     /// Opens a stream with a Hello for `stream`; returns the Welcome or the
     /// refusal.
     async fn open(pair: &Pair, stream: &str) -> Result<(Self, pb::Welcome), tonic::Status> {
-        let mut client = tls_client(pair.certs.as_ref().unwrap(), PRIMARY_ID, pair.port, REPLICA_ID)
-            .await
-            .expect("connect with the primary's certificate");
+        let mut client = tls_client(
+            pair.certs.as_ref().unwrap(),
+            PRIMARY_ID,
+            pair.port,
+            REPLICA_ID,
+        )
+        .await
+        .expect("connect with the primary's certificate");
         let (tx, rx) = mpsc::channel(8);
         tx.send(hello(stream)).await.unwrap();
         let mut inbound = client
@@ -324,10 +329,7 @@ async fn hostile_names_are_refused_and_nothing_is_written() {
         );
     }
     for name in ["../../etc", "/etc", "a/b", "", long.as_str()] {
-        let err = RawStream::open(&pair, name)
-            .await
-            .err()
-            .expect("refused");
+        let err = RawStream::open(&pair, name).await.err().expect("refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}");
         assert!(
             err.message().contains("invalid stream name"),
@@ -418,27 +420,41 @@ async fn a_malformed_protobuf_is_refused_and_the_daemon_keeps_serving() {
     pair.replica.start_ready().await;
     let m = drd::tls::load(&drd::tls::TlsFiles {
         ca: pair.certs.as_ref().unwrap().join("ca.pem"),
-        cert: pair.certs.as_ref().unwrap().join(format!("{PRIMARY_ID}.pem")),
-        key: pair.certs.as_ref().unwrap().join(format!("{PRIMARY_ID}.key")),
+        cert: pair
+            .certs
+            .as_ref()
+            .unwrap()
+            .join(format!("{PRIMARY_ID}.pem")),
+        key: pair
+            .certs
+            .as_ref()
+            .unwrap()
+            .join(format!("{PRIMARY_ID}.key")),
     })
     .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", pair.port))
-        .unwrap()
-        .tls_config(drd::tls::client_tls(&m, REPLICA_ID))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", pair.port))
+            .unwrap()
+            .tls_config(drd::tls::client_tls(&m, REPLICA_ID))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let garbage = pb::Ack {
         durable_position: 42,
         ..Default::default()
     };
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/drd.v1.Replication/Replicate");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/drd.v1.Replication/Replicate");
     let codec = tonic_prost::ProstCodec::<pb::Ack, pb::ReplicaMessage>::default();
     let reply = grpc
-        .streaming(tonic::Request::new(tokio_stream::iter(vec![garbage])), path, codec)
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(vec![garbage])),
+            path,
+            codec,
+        )
         .await;
     let err = match reply {
         Err(s) => s,

@@ -47,7 +47,11 @@ const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `drctl pause` / `drctl resume`. A pause returns once no stream is being
 /// shipped any more, so that nothing written after it leaves the site.
-pub async fn pause(node: &Node, req: pb::PauseRequest, who: Caller) -> Result<pb::PauseResponse, Status> {
+pub async fn pause(
+    node: &Node,
+    req: pb::PauseRequest,
+    who: Caller,
+) -> Result<pb::PauseResponse, Status> {
     let state = node.state();
     let next = crate::catalog::NodeState {
         paused: req.pause,
@@ -74,7 +78,11 @@ pub async fn pause(node: &Node, req: pb::PauseRequest, who: Caller) -> Result<pb
     );
     if req.pause {
         let deadline = std::time::Instant::now() + PAUSE_WAIT;
-        while node.shippers.iter().any(|s| s.state.lock().unwrap().connected) {
+        while node
+            .shippers
+            .iter()
+            .any(|s| s.state.lock().unwrap().connected)
+        {
             if std::time::Instant::now() > deadline {
                 return Err(Status::deadline_exceeded(
                     "paused, but a replication session did not stop within 10 s; check `drctl status`",

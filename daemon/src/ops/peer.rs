@@ -55,7 +55,10 @@ pub fn endpoint(node: &Node, cfg: &StreamConfig) -> Result<Endpoint, String> {
 }
 
 /// A replication client for the stream's peer with drd's message limits.
-pub async fn connect(node: &Node, cfg: &StreamConfig) -> Result<ReplicationClient<Channel>, String> {
+pub async fn connect(
+    node: &Node,
+    cfg: &StreamConfig,
+) -> Result<ReplicationClient<Channel>, String> {
     let peer = &cfg.peer;
     let channel = endpoint(node, cfg)?
         .connect()
@@ -67,7 +70,10 @@ pub async fn connect(node: &Node, cfg: &StreamConfig) -> Result<ReplicationClien
 }
 
 /// A client for short node-to-node calls: every call gets a deadline.
-pub async fn connect_for_calls(node: &Node, cfg: &StreamConfig) -> Result<ReplicationClient<Channel>, String> {
+pub async fn connect_for_calls(
+    node: &Node,
+    cfg: &StreamConfig,
+) -> Result<ReplicationClient<Channel>, String> {
     let peer = &cfg.peer;
     let channel = endpoint(node, cfg)?
         .timeout(CALL_TIMEOUT)

@@ -489,9 +489,13 @@ impl StreamShipper {
             let size = listing[idx].size;
             let written = written_from(&listing, &cur.segment, cur.start);
             if cur.offset < size {
-                let n = (size - cur.offset).min(t.chunk_bytes as u64).min(
-                    crate::throttle::chunk_cap(&[&self.status.bandwidth, &self.node.bandwidth]),
-                );
+                let n =
+                    (size - cur.offset)
+                        .min(t.chunk_bytes as u64)
+                        .min(crate::throttle::chunk_cap(&[
+                            &self.status.bandwidth,
+                            &self.node.bandwidth,
+                        ]));
                 let end = cur.start + cur.offset + n;
                 // In-flight window: wait for acks before sending more.
                 while end.saturating_sub(*acked.borrow()) > t.window_bytes {

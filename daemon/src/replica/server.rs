@@ -144,7 +144,12 @@ impl ReplicationService {
 
     /// With TLS a peer may only claim a node id its certificate carries: an
     /// allowed peer cannot impersonate another node.
-    fn check_identity(&self, claimed: &str, cert_names: &[String], from: &str) -> Result<(), Status> {
+    fn check_identity(
+        &self,
+        claimed: &str,
+        cert_names: &[String],
+        from: &str,
+    ) -> Result<(), Status> {
         if self.node.tls.is_none() || cert_names.iter().any(|n| n == claimed) {
             return Ok(());
         }
