@@ -57,6 +57,19 @@ impl LagTracker {
         self.written
     }
 
+    /// Starts over at `written` when this node's log is now shorter than
+    /// what was tracked: a rejoin moved everything past the fork into
+    /// quarantine, so the old high-water mark names bytes that no longer
+    /// exist and would be reported as lag forever. A log that only grew is
+    /// left alone (its first-seen times stay, so lag is never understated).
+    pub fn rebase(&mut self, written: u64, now: Instant) {
+        if written < self.written {
+            self.marks.clear();
+            self.written = 0;
+        }
+        self.observe_written(written, now);
+    }
+
     /// Age of the oldest byte above `durable`; zero when caught up.
     pub fn lag(&mut self, durable: u64, now: Instant) -> Duration {
         // A mark whose whole range is durable is no longer needed. The first
@@ -126,6 +139,24 @@ mod tests {
         assert_eq!(l.lag(99, now), Duration::from_secs(3));
         assert_eq!(l.lag(100, now), Duration::from_secs(2));
         assert_eq!(l.lag(200, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn rebase_forgets_a_log_that_was_cut_back() {
+        let t0 = Instant::now();
+        let mut l = LagTracker::default();
+        l.observe_written(5_177_344, t0);
+        // A rejoin cut the log back to the fork: the old mark must go.
+        l.rebase(851_968, t0 + Duration::from_secs(1));
+        assert_eq!(l.written(), 851_968);
+        assert_eq!(l.lag(851_968, t0 + Duration::from_secs(2)), Duration::ZERO);
+        // A log that grew keeps its first-seen time.
+        l.rebase(900_000, t0 + Duration::from_secs(3));
+        assert_eq!(l.written(), 900_000);
+        assert_eq!(
+            l.lag(851_968, t0 + Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -21,6 +21,14 @@ use drd_tests::chaos::{self, err_line, ChaosConfig, Fault};
 /// worth of load on 2 cores otherwise, and timing is part of what they test.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Seeds the soak found bugs with, replayed in every CI run:
+/// - 1027: switchover fenced on its own new epoch (shipping is now held
+///   while roles change hands);
+/// - 1086: after a failover in a partition and a rejoin, the old primary
+///   kept its pre-fork written position, so a later switchover's drain never
+///   reached lag 0 (the lag tracker now starts over when the log was cut back).
+const REGRESSION_SEEDS: &[u64] = &[1027, 1086];
+
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     Some(
@@ -41,9 +49,11 @@ async fn chaos_ci() {
         Some(s) => vec![s],
         None => {
             // Seeds 0..16: the first event of seed n is Fault::ALL[n], so
-            // every kind runs in every CI run; then a few random ones.
+            // every kind runs in every CI run; then the soak's findings, kept
+            // as regression seeds; then a few random ones.
             let random = env_u64("DRD_CHAOS_RANDOM").unwrap_or(4);
             (0..Fault::ALL.len() as u64)
+                .chain(REGRESSION_SEEDS.iter().copied())
                 .chain((0..random).map(|_| rand::random::<u32>() as u64))
                 .collect()
         }

@@ -274,8 +274,11 @@ impl StreamShipper {
             .filter(|t| t.sealed)
             .map(|t| (t.name.clone(), t.end()));
         let listing = self.scan()?;
-        self.observe_listing(&listing);
+        // The log may have been cut back since the last session (a rejoin
+        // quarantined everything past the fork): start the tracker over.
+        let written = self.written_of(&listing);
         let mut st = self.status.state.lock().unwrap();
+        st.lag.rebase(written, Instant::now());
         st.network_bytes = self.meta.network_bytes;
         st.sealed_segments = self.meta.sealed_segments;
         Ok(())
@@ -423,7 +426,18 @@ impl StreamShipper {
 
     /// Records the source's written position as of `listing`.
     fn observe_listing(&self, listing: &[SourceSegment]) {
-        let written = match (&self.anchor, &self.log_end) {
+        let written = self.written_of(listing);
+        self.status
+            .state
+            .lock()
+            .unwrap()
+            .lag
+            .observe_written(written, Instant::now());
+    }
+
+    /// The source's written position as of `listing`.
+    fn written_of(&self, listing: &[SourceSegment]) -> u64 {
+        match (&self.anchor, &self.log_end) {
             (Some((name, start)), _) => written_from(listing, name, *start),
             (None, Some((tail, end))) => {
                 end + listing
@@ -433,13 +447,7 @@ impl StreamShipper {
                     .sum::<u64>()
             }
             (None, None) => listing.iter().map(|s| s.size).sum(),
-        };
-        self.status
-            .state
-            .lock()
-            .unwrap()
-            .lag
-            .observe_written(written, Instant::now());
+        }
     }
 
     /// Rescans the source and records its written position.

@@ -165,11 +165,11 @@ impl Summary {
             format!("{} / {}", sum(|r| r.failovers), sum(|r| r.switchovers)),
         );
         row(
-            "WAL bytes written",
+            "WAL bytes in the final log",
             format!("{:.1} MiB", mib(sum(|r| r.wal_bytes))),
         );
         row(
-            "  of which cut at forks (quarantined)",
+            "WAL bytes cut at forks (quarantined)",
             format!("{:.1} MiB", mib(sum(|r| r.cut_bytes))),
         );
         row(
