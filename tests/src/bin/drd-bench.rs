@@ -34,9 +34,18 @@ struct Opts {
     rates_mb: Vec<f64>,
     sync_pushes: u64,
     failover_runs: usize,
+    /// Parts to run (all when empty): ceiling and catch-up always run.
+    only: Vec<String>,
 }
 
+/// Parts that `--only` can pick (the ceiling and catch-up always run).
+const PARTS: [&str; 4] = ["rsync", "lag", "sync", "failover"];
+
 impl Opts {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+
     fn parse() -> anyhow::Result<Self> {
         let mut o = Self {
             backlog_mib: 2048,
@@ -44,6 +53,7 @@ impl Opts {
             rates_mb: vec![20.0, 100.0],
             sync_pushes: 12,
             failover_runs: 10,
+            only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -59,10 +69,20 @@ impl Opts {
                 }
                 "--sync-pushes" => o.sync_pushes = val()?.parse()?,
                 "--failover-runs" => o.failover_runs = val()?.parse()?,
+                "--only" => {
+                    o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
+                    if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                        bail!(
+                            "--only: unknown part {bad:?}; the parts are {}",
+                            PARTS.join(",")
+                        );
+                    }
+                }
                 "-h" | "--help" => {
                     println!(
                         "drd-bench [--backlog-mib N] [--lag-seconds N] [--rates-mb 20,100] \
-                         [--sync-pushes N] [--failover-runs N]\n\
+                         [--sync-pushes N] [--failover-runs N] [--only rsync,lag,sync,failover]\n\
+                         (--only: the parts to run besides the ceiling and catch-up; default all)\n\
                          Build first: {}",
                         procs::BUILD_CMD
                     );
@@ -154,6 +174,7 @@ async fn run() -> anyhow::Result<()> {
 
     let rsync_ver = baseline::rsync_version();
     let rsync = match &rsync_ver {
+        Some(_) if !o.wants("rsync") => None,
         Some(v) => {
             eprintln!("rsync -a --fsync ({v})…");
             Some(baseline::rsync(&pair.wal, runs::scratch("rsync")?.path())?)
@@ -175,7 +196,12 @@ async fn run() -> anyhow::Result<()> {
 
     let mut lags = Vec::new();
     let (mut next_seg, mut pos) = (segs + 1, total);
-    for &rate in &o.rates_mb {
+    let rates = if o.wants("lag") {
+        o.rates_mb.clone()
+    } else {
+        vec![]
+    };
+    for &rate in &rates {
         eprintln!("fdatasync latency at {rate} MB/s (5 s)…");
         let fsync = baseline::fdatasync_latency(runs::scratch("fsync")?.path(), rate * 1e6, 5.0)?;
         eprintln!("steady-state lag at {rate} MB/s ({} s)…", o.lag_seconds);
@@ -186,11 +212,19 @@ async fn run() -> anyhow::Result<()> {
     let hwm_end = (running.primary.hwm_kib(), running.replica.hwm_kib());
     drop(running);
 
-    eprintln!("sync-mode wal-push ×{}…", o.sync_pushes);
-    let sp = runs::sync_push(&bins, o.sync_pushes).await?;
+    let sp = if o.wants("sync") {
+        eprintln!("sync-mode wal-push ×{}…", o.sync_pushes);
+        Some(runs::sync_push(&bins, o.sync_pushes).await?)
+    } else {
+        None
+    };
 
-    eprintln!("failover ×{}…", o.failover_runs);
-    let fo = runs::failover(&bins, o.failover_runs).await?;
+    let fo = if o.wants("failover") {
+        eprintln!("failover ×{}…", o.failover_runs);
+        Some(runs::failover(&bins, o.failover_runs).await?)
+    } else {
+        None
+    };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
 
     // ---- the table ----
@@ -276,33 +310,37 @@ async fn run() -> anyhow::Result<()> {
             target,
         ));
     }
-    rows.push(Row::new(
-        "sync wal-push, 16 MiB",
-        pct2(&sp.push),
-        format!("copy+fsync {}", pct2(&sp.copy)),
-        format!(
-            "p50 {:.1}x / p99 {:.1}x",
-            sp.push.pct(50.0) / sp.copy.pct(50.0),
-            sp.push.pct(99.0) / sp.copy.pct(99.0)
-        ),
-        "-",
-        None,
-    ));
-    rows.push(Row::new(
-        &format!("failover to serving (n={})", fo.to_primary.len()),
-        format!(
-            "p50 {} (max {})",
-            ms(fo.to_primary.pct(50.0)),
-            ms(fo.to_primary.max())
-        ),
-        format!("drctl status p50 {}", ms(fo.drctl_status.pct(50.0))),
-        format!(
-            "{:.1}x",
-            fo.to_primary.pct(50.0) / fo.drctl_status.pct(50.0)
-        ),
-        "-",
-        None,
-    ));
+    if let Some(sp) = &sp {
+        rows.push(Row::new(
+            "sync wal-push, 16 MiB",
+            pct2(&sp.push),
+            format!("copy+fsync {}", pct2(&sp.copy)),
+            format!(
+                "p50 {:.1}x / p99 {:.1}x",
+                sp.push.pct(50.0) / sp.copy.pct(50.0),
+                sp.push.pct(99.0) / sp.copy.pct(99.0)
+            ),
+            "-",
+            None,
+        ));
+    }
+    if let Some(fo) = &fo {
+        rows.push(Row::new(
+            &format!("failover to serving (n={})", fo.to_primary.len()),
+            format!(
+                "p50 {} (max {})",
+                ms(fo.to_primary.pct(50.0)),
+                ms(fo.to_primary.max())
+            ),
+            format!("drctl status p50 {}", ms(fo.drctl_status.pct(50.0))),
+            format!(
+                "{:.1}x",
+                fo.to_primary.pct(50.0) / fo.drctl_status.pct(50.0)
+            ),
+            "-",
+            None,
+        ));
+    }
     for (side, cpu, base) in [
         ("primary", cu.cpu_primary, ceiling.cpu_send),
         ("replica", cu.cpu_replica, ceiling.cpu_recv),
