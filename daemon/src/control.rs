@@ -95,6 +95,48 @@ fn pb_role(r: crate::catalog::Role) -> pb::Role {
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    type WatchDurableStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::DurableUpdate, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_durable(
+        &self,
+        request: Request<pb::WatchDurableRequest>,
+    ) -> Result<Response<Self::WatchDurableStream>, Status> {
+        use tokio_stream::StreamExt;
+        let want = request.into_inner().stream;
+        let shippers = &self.node.shippers;
+        let shipper = match (want.as_str(), shippers.as_slice()) {
+            ("", [only]) => only,
+            ("", []) => {
+                return Err(Status::failed_precondition(
+                    "this node ships no stream (no [[stream]] in its config)",
+                ))
+            }
+            ("", _) => {
+                return Err(Status::invalid_argument(
+                    "this node ships several streams: name one",
+                ))
+            }
+            (name, all) => all
+                .iter()
+                .find(|s| s.stream.as_str() == name)
+                .ok_or_else(|| {
+                    Status::not_found(format!("this node ships no stream named {name:?}"))
+                })?,
+        };
+        let name = shipper.stream.to_string();
+        let updates = tokio_stream::wrappers::WatchStream::new(shipper.durable.subscribe()).map(
+            move |durable_position| {
+                Ok(pb::DurableUpdate {
+                    stream: name.clone(),
+                    durable_position,
+                })
+            },
+        );
+        Ok(Response::new(Box::pin(updates)))
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,

@@ -59,9 +59,20 @@ pub struct Shipper {
     pub push: crate::ops::walpush::PushState,
     /// This stream's `max_bandwidth` (changed live on SIGHUP).
     pub bandwidth: crate::throttle::Throttle,
+    /// The durable position, published on every ack (`WatchDurable`).
+    pub durable: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shipper {
+    /// Records an ack (or a Welcome): the replica is durable at `position`.
+    pub fn set_durable(&self, position: u64, now: Instant) {
+        let mut st = self.state.lock().unwrap();
+        st.durable = position;
+        st.rate.record(position, now);
+        drop(st);
+        self.durable.send_replace(position);
+    }
+
     pub fn view(&self, now: Instant) -> StreamView {
         let mut s = self.state.lock().unwrap();
         let written = s.lag.written();
@@ -210,6 +221,7 @@ impl Node {
                     state: Mutex::new(ShipState::default()),
                     push: Default::default(),
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
+                    durable: tokio::sync::watch::Sender::new(0),
                 })
             })
             .collect();

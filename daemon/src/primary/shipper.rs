@@ -7,7 +7,7 @@
 use crate::catalog::{SegmentRecord, StreamMeta};
 use crate::config::StreamConfig;
 use crate::node::{Node, Shipper};
-use crate::primary::source::{scan, DirWatch, SourceSegment};
+use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
 use crate::unix_ms;
 use bytes::Bytes;
 use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
@@ -291,6 +291,15 @@ impl StreamShipper {
         })
     }
 
+    /// The segments from `from` on: all the ship loop needs once it has a
+    /// cursor (the written position counts from the cursor's segment).
+    fn scan_from(&self, from: &SegmentName) -> Result<Vec<SourceSegment>, ShipError> {
+        scan_from(&self.cfg.wal_dir, Some(from)).map_err(|source| ShipError::Source {
+            path: self.cfg.wal_dir.display().to_string(),
+            source,
+        })
+    }
+
     fn idle(&self) -> Duration {
         self.node.config.tuning.idle_timeout()
     }
@@ -335,9 +344,10 @@ impl StreamShipper {
             st.connected = true;
             st.sessions += 1;
             st.reconnects = st.sessions - 1;
-            st.durable = welcome.durable_position;
             st.last_error.clear();
         }
+        self.status.durable.send_replace(welcome.durable_position);
+        self.status.state.lock().unwrap().durable = welcome.durable_position;
         if welcome.last_segment_sealed {
             self.status.push.note_sealed(&welcome.last_segment);
         }
@@ -355,10 +365,7 @@ impl StreamShipper {
                 let Some(pb::replica_message::Msg::Ack(a)) = m.msg else {
                     return Err(ShipError::Refused("expected an Ack".into()));
                 };
-                let mut st = status.state.lock().unwrap();
-                st.durable = a.durable_position;
-                st.rate.record(a.durable_position, Instant::now());
-                drop(st);
+                status.set_durable(a.durable_position, Instant::now());
                 if a.sealed {
                     // Durable and verified at the replica: sync wal-push waits for this.
                     status.push.note_sealed(&a.segment);
@@ -379,7 +386,7 @@ impl StreamShipper {
         listing: &[SourceSegment],
     ) -> Result<Option<Cursor>, ShipError> {
         if w.last_segment.is_empty() {
-            let Some(first) = listing.first() else {
+            let Some(first) = self.next_segment(None)?.0 else {
                 return Ok(None);
             };
             // Our own record of where this segment starts, if we have one.
@@ -405,13 +412,32 @@ impl StreamShipper {
                 w.last_segment_size,
             )));
         }
-        Ok(listing.iter().find(|s| s.name > tail).map(|next| {
-            Cursor::new(
-                next.name.clone(),
-                w.last_segment_start + w.last_segment_size,
-                0,
-            )
-        }))
+        Ok(self
+            .next_segment(Some(&tail))?
+            .0
+            .map(|next| Cursor::new(next.name, w.last_segment_start + w.last_segment_size, 0)))
+    }
+
+    /// The first segment named after `after` (the very first when `None`),
+    /// and the listing it was found in.
+    ///
+    /// A directory listing is not a snapshot: a readdir that runs while
+    /// files are created may return a newer file and miss older ones (the
+    /// chaos soak found it, seed 1029: a primary stopped between two
+    /// `getdents` calls of one scan came back, saw a segment three names
+    /// on, and shipped it as the next one — two segments were skipped). So
+    /// the answer is taken from a second scan: whatever the first scan saw
+    /// existed before the second began, and so did every segment created
+    /// before it (a WAL writer creates segments in name order), so the
+    /// second scan holds the true successor.
+    fn next_segment(
+        &self,
+        after: Option<&SegmentName>,
+    ) -> Result<(Option<SourceSegment>, Vec<SourceSegment>), ShipError> {
+        successor(after, || match after {
+            Some(a) => self.scan_from(a),
+            None => self.scan(),
+        })
     }
 
     fn observe(&mut self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
@@ -472,6 +498,11 @@ impl StreamShipper {
         let mut welcome = welcome.clone();
         let welcome = &mut welcome;
         let mut cursor = self.resume_cursor(welcome, &listing)?;
+        // The cursor's segment may come from a newer scan (next_segment):
+        // list again, which is sure to include it.
+        if cursor.is_some() {
+            listing = self.scan()?;
+        }
         // The hash chain continues from the replica's last sealed segment.
         let mut chain: [u8; 32] = welcome
             .chain
@@ -485,6 +516,9 @@ impl StreamShipper {
                 self.wait_for_source(tx, &mut last_sent, epoch, 0).await?;
                 listing = self.scan()?;
                 cursor = self.resume_cursor(welcome, &listing)?;
+                if cursor.is_some() {
+                    listing = self.scan()?;
+                }
                 continue;
             };
             let Some(idx) = listing.iter().position(|s| s.name == cur.segment) else {
@@ -552,7 +586,7 @@ impl StreamShipper {
                     source,
                 })?;
                 if now_size.len() != size {
-                    listing = self.scan()?;
+                    listing = self.scan_from(&cur.segment)?;
                     continue;
                 }
                 let digest = self.digest(cur).await?;
@@ -570,9 +604,13 @@ impl StreamShipper {
                     .await
                     .map_err(|_| ShipError::Closed)?;
                 self.record_sealed(cur, size, digest, chain, epoch)?;
-                match listing.get(idx + 1) {
+                // Not `listing[idx + 1]`: that listing may have missed
+                // segments created while it was read (see next_segment).
+                let (next, fresh) = self.next_segment(Some(&cur.segment))?;
+                match next {
                     Some(next) => {
-                        cursor = Some(Cursor::new(next.name.clone(), cur.start + size, 0));
+                        cursor = Some(Cursor::new(next.name, cur.start + size, 0));
+                        listing = fresh;
                     }
                     None => {
                         // Spool: wait for the next pushed segment after this one.
@@ -588,7 +626,7 @@ impl StreamShipper {
             // Caught up with the active segment: wait for it to grow.
             self.wait_for_source(tx, &mut last_sent, epoch, written)
                 .await?;
-            listing = self.scan()?;
+            listing = self.scan_from(&cur.segment)?;
         }
     }
 
@@ -703,6 +741,24 @@ impl StreamShipper {
     }
 }
 
+/// [`StreamShipper::next_segment`]'s rule: the first segment after `after`
+/// as seen by a scan that began after another scan had seen one.
+fn successor<E>(
+    after: Option<&SegmentName>,
+    mut scan: impl FnMut() -> Result<Vec<SourceSegment>, E>,
+) -> Result<(Option<SourceSegment>, Vec<SourceSegment>), E> {
+    let first_after = |l: &[SourceSegment]| {
+        l.iter()
+            .find(|s| after.is_none_or(|a| &s.name > a))
+            .cloned()
+    };
+    if first_after(&scan()?).is_none() {
+        return Ok((None, Vec::new()));
+    }
+    let listing = scan()?;
+    Ok((first_after(&listing), listing))
+}
+
 /// The source's written position, given that `anchor` starts at `start`:
 /// the anchor's start plus the sizes of it and every later segment.
 fn written_from(listing: &[SourceSegment], anchor: &SegmentName, start: u64) -> u64 {
@@ -712,4 +768,45 @@ fn written_from(listing: &[SourceSegment], anchor: &SegmentName, start: u64) -> 
             .filter(|s| &s.name >= anchor)
             .map(|s| s.size)
             .sum::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(n: u64) -> SourceSegment {
+        SourceSegment {
+            name: SegmentName::new(format!("00000001{:016X}", n)).unwrap(),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn the_successor_comes_from_a_scan_that_cannot_have_missed_it() {
+        // Seed 1029: a listing read while segments 0A..0C were created
+        // returned 0C but not 0A and 0B. A second scan has them all.
+        let mut scans = vec![
+            vec![seg(9), seg(10), seg(11), seg(12)],
+            vec![seg(9), seg(12)],
+        ];
+        let (next, listing) =
+            successor::<()>(Some(&seg(9).name), || Ok(scans.pop().unwrap())).unwrap();
+        assert_eq!(next, Some(seg(10)));
+        assert_eq!(listing.len(), 4);
+        assert!(scans.is_empty(), "two scans");
+
+        // Nothing after: one scan is enough.
+        let mut calls = 0;
+        let (next, _) = successor::<()>(Some(&seg(9).name), || {
+            calls += 1;
+            Ok(vec![seg(9)])
+        })
+        .unwrap();
+        assert_eq!((next, calls), (None, 1));
+
+        // The very first segment, the same way.
+        let mut scans = vec![vec![seg(1), seg(2)], vec![seg(2)]];
+        let (first, _) = successor::<()>(None, || Ok(scans.pop().unwrap())).unwrap();
+        assert_eq!(first, Some(seg(1)));
+    }
 }

@@ -25,6 +25,13 @@ fn ignored(name: &str) -> bool {
 /// not valid segment names (hidden files, sub-directories such as
 /// PostgreSQL's `archive_status`) are skipped.
 pub fn scan(dir: &Path) -> std::io::Result<Vec<SourceSegment>> {
+    scan_from(dir, None)
+}
+
+/// Like [`scan`], but only segments named `from` or later: the shipper
+/// needs nothing before its cursor, and a WAL directory can hold thousands
+/// of old segments that need not be stat'ed on every change.
+pub fn scan_from(dir: &Path, from: Option<&SegmentName>) -> std::io::Result<Vec<SourceSegment>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -37,6 +44,9 @@ pub fn scan(dir: &Path) -> std::io::Result<Vec<SourceSegment>> {
         let Ok(name) = SegmentName::new(name) else {
             continue;
         };
+        if from.is_some_and(|f| &name < f) {
+            continue;
+        }
         let meta = match entry.metadata() {
             Ok(m) => m,
             // Removed between readdir and stat.
@@ -65,12 +75,27 @@ impl DirWatch {
     pub fn start(dir: &Path, wake: Arc<Notify>) -> notify::Result<Self> {
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
-                    wake.notify_one();
+                match res {
+                    // Opening or reading a file changes nothing; the
+                    // shipper's own reads (and any archiver's or backup
+                    // tool's) would otherwise wake it for a rescan.
+                    // A close after writing still counts.
+                    Ok(e) if is_read_only(&e.kind) => {}
+                    _ => wake.notify_one(),
                 }
             })?;
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
         Ok(Self { _watcher: watcher })
+    }
+}
+
+/// Events that change no file: open, read, close after reading.
+fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        notify::EventKind::Access(_) => true,
+        _ => false,
     }
 }
 
@@ -93,5 +118,24 @@ mod tests {
             ["000000010000000000000001", "000000010000000000000002"]
         );
         assert_eq!(s[1].size, 2);
+        let later = scan_from(d.path(), Some(&s[1].name)).unwrap();
+        assert_eq!(later, vec![s[1].clone()]);
+    }
+
+    #[test]
+    fn only_reads_are_ignored_by_the_watch() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        use notify::EventKind;
+        assert!(is_read_only(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_read_only(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_read_only(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read_only(&EventKind::Modify(ModifyKind::Any)));
+        assert!(!is_read_only(&EventKind::Create(CreateKind::File)));
     }
 }

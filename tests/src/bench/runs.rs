@@ -92,13 +92,14 @@ pub struct Lag {
     pub lag: Samples,
     /// Writes not durable at the replica within the drain timeout.
     pub unacked: usize,
-    /// Control API round trip while polling (resolution of the lag figures).
-    pub poll_rtt: Samples,
+    /// Ack updates received from the primary while measuring.
+    pub acks: usize,
 }
 
 /// Appends at `rate` bytes/s for `secs` into segments after `next_seg`
-/// (stream position `base`), polling the primary's durable position; each
-/// write's lag is the time until the first poll that saw it durable.
+/// (stream position `base`), following the primary's durable position as it
+/// is acked; each write's lag is the time from the write returning to the
+/// first ack that covers it.
 /// Returns the figures and the next free segment number and position.
 pub async fn lag(
     run: &Running,
@@ -113,17 +114,26 @@ pub async fn lag(
         let stop = stop.clone();
         std::thread::spawn(move || write_paced(&wal, rate, secs, next_seg, base, &stop))
     };
+    // Every ack as it arrives (the primary's WatchDurable stream over its
+    // Unix socket), timestamped on receipt: the figures' resolution is the
+    // local socket's delivery time, not a polling interval.
     let mut client = drd::control::connect(&run.primary.socket).await?;
+    let mut updates = client
+        .watch_durable(pb::WatchDurableRequest::default())
+        .await?
+        .into_inner();
     let mut polls: Vec<(Instant, u64)> = Vec::new();
-    let mut rtt = Samples::default();
     let mut drain_deadline = None;
     loop {
-        let t0 = Instant::now();
-        let st = client.status(pb::StatusRequest {}).await?.into_inner();
+        let next = tokio::time::timeout(Duration::from_millis(100), updates.message()).await;
         let t1 = Instant::now();
-        rtt.push(t1 - t0);
-        let durable = st.streams.first().map_or(0, |s| s.durable_position);
-        polls.push((t1, durable));
+        match next {
+            Ok(Ok(Some(u))) => polls.push((t1, u.durable_position)),
+            Ok(Ok(None)) => bail!("the primary ended the WatchDurable stream"),
+            Ok(Err(e)) => bail!("WatchDurable: {e}"),
+            Err(_) => {} // no ack for 100 ms: check the writer
+        }
+        let durable = polls.last().map_or(0, |p| p.1);
         if writer.is_finished() {
             // Drain: wait for the last write to become durable (bounded).
             let deadline = *drain_deadline.get_or_insert(t1 + DRAIN);
@@ -131,8 +141,8 @@ pub async fn lag(
                 break;
             }
         }
-        tokio::time::sleep(POLL).await;
     }
+    let acks = polls.len();
     stop.store(true, Ordering::Relaxed);
     let w = writer
         .join()
@@ -152,7 +162,7 @@ pub async fn lag(
             achieved_rate: (w.end - base) as f64 / w.secs,
             lag,
             unacked,
-            poll_rtt: rtt,
+            acks,
         },
         w.next_seg,
         w.end,
