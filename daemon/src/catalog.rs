@@ -137,6 +137,28 @@ pub struct SegmentRecord {
     /// Hash chain value after this segment (hex), once sealed.
     #[serde(default)]
     pub chain: Option<String>,
+    /// While partial: checksums that let a restart tell whether `size` is
+    /// really on disk (see [`PartialCheck`]). None in records written
+    /// before drd kept them, and once sealed.
+    #[serde(default)]
+    pub check: Option<PartialCheck>,
+}
+
+/// CRC32C of a partial segment's first `size` bytes, and the previous
+/// durable point. A group's fdatasync runs alongside the catalog commit that
+/// records it (one disk flush of latency per ack instead of two), and the
+/// ack waits for both; but after a power loss the commit may be on disk
+/// while some of the group's bytes are not. Those bytes were never acked,
+/// and the previous point's bytes were synced before this commit began —
+/// so a restart checks the CRC and, if it does not match, falls back to
+/// the previous point, whose CRC must match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialCheck {
+    /// CRC32C of bytes `0..size` of the partial file.
+    pub crc32c: u32,
+    /// The durable size before this record, and the CRC32C of `0..prev_size`.
+    pub prev_size: u64,
+    pub prev_crc32c: u32,
 }
 
 impl SegmentRecord {
@@ -455,6 +477,7 @@ mod tests {
             fork: false,
             in_source: false,
             chain: None,
+            check: None,
         }
     }
 

@@ -242,6 +242,14 @@ fn reconcile_all(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
         let tail = catalog.tail(&stream)?;
         let r = replica::reconcile::reconcile_tail(&landing, tail.as_ref())
             .with_context(|| format!("stream {stream}: cannot reconcile {}", landing.display()))?;
+        if let (Some(size), Some(rec)) = (r.cut_back_to, tail.as_ref()) {
+            let fixed = replica::reconcile::cut_back_record(rec);
+            let meta = catalog.stream_meta(&stream)?;
+            catalog.commit(&stream, &[&fixed], &meta)?;
+            tracing::warn!(%stream, segment = %rec.name, recorded = rec.size, kept = size,
+                "the last group commit was recorded but its bytes did not all reach the disk \
+                 (power loss?): they were never acked; cut back to the previous durable point");
+        }
         if r.truncated_bytes > 0 || r.unsealed {
             tracing::warn!(%stream, truncated_bytes = r.truncated_bytes, unsealed = r.unsealed,
                 "reconciled the landing directory with the catalog after an unclean stop");

@@ -60,7 +60,7 @@ pub enum Reject {
 }
 
 /// What to do with an accepted chunk.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkAction {
     /// Append to the current partial segment.
     Append,
@@ -123,8 +123,17 @@ impl Receiver {
 
     /// Decides on a chunk and, if accepted, advances the accepted position.
     pub fn on_chunk(&mut self, c: &Chunk) -> Result<ChunkAction, Reject> {
+        let action = self.decide_chunk(c)?;
+        self.accept_chunk(action, c);
+        Ok(action)
+    }
+
+    /// Decides on a chunk without changing anything: the caller writes it,
+    /// then calls [`Receiver::accept_chunk`]. A chunk whose write failed
+    /// (disk full) must not count as accepted, or the next group commit
+    /// would record bytes that are not in the file.
+    pub fn decide_chunk(&self, c: &Chunk) -> Result<ChunkAction, Reject> {
         self.check_epoch(c.epoch)?;
-        let len = c.data.len() as u64;
         let action = match &self.tail {
             Some(t) if t.segment == c.segment => {
                 if t.sealed {
@@ -153,6 +162,13 @@ impl Receiver {
             }
             None => ChunkAction::StartSegment,
         };
+        Ok(action)
+    }
+
+    /// Advances the accepted position past a chunk that `decide_chunk`
+    /// accepted and that was written.
+    pub fn accept_chunk(&mut self, action: ChunkAction, c: &Chunk) {
+        let len = c.data.len() as u64;
         match action {
             ChunkAction::Append => {
                 if let Some(t) = &mut self.tail {
@@ -168,7 +184,6 @@ impl Receiver {
                 })
             }
         }
-        Ok(action)
     }
 
     /// Decides on a seal. On `Verify` the caller checks the checksum and then

@@ -472,3 +472,68 @@ async fn a_malformed_protobuf_is_refused_and_the_daemon_keeps_serving() {
     pair.wait_durable(w.total, Duration::from_secs(60)).await;
     assert_replica_identical(&pair.wal, &pair.landing()).unwrap();
 }
+
+/// A chunk whose write fails on a full disk must not count as received: the
+/// group commit that follows the refusal may only record bytes that are in
+/// the file. (Before the fix, the failed chunk was recorded and acked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_on_a_full_disk_is_never_acked() {
+    let mut pair = Pair::new("");
+    let landing = pair.landing();
+    let tmpfs = match drd_tests::chaos::TmpfsGuard::mount(&landing, 8) {
+        Ok(g) => g,
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+    // Leave about 3 MiB free, then ship 6 MiB.
+    let filler = landing.join("filler");
+    std::fs::write(&filler, vec![0u8; 5 * MIB]).unwrap();
+    let mut w = WalWriter::new(&pair.wal, 7);
+    w.append(1, 6 * MIB);
+    pair.replica.start_ready().await;
+    pair.primary.start_ready().await;
+
+    let partial = landing.join(format!("{}.partial", seg_name(1)));
+    wait_for(
+        "the replica to refuse a write with ENOSPC",
+        Duration::from_secs(60),
+        || async {
+            pair.replica
+                .log_text()
+                .contains("No space left on device")
+                .then_some(())
+        },
+    )
+    .await;
+    let source = std::fs::read(pair.wal.join(seg_name(1))).unwrap();
+    // Several refusals and reconnects: at each look, what is durable is in
+    // the file, byte for byte.
+    for _ in 0..5 {
+        let durable = pair.replica.stream().await.unwrap().durable_position as usize;
+        let on_disk = std::fs::read(&partial).unwrap_or_default();
+        assert!(
+            durable <= on_disk.len(),
+            "durable position {durable} is past the {} bytes in the file",
+            on_disk.len()
+        );
+        assert!(durable > 0 && durable < 6 * MIB, "durable {durable}");
+        assert!(
+            on_disk[..durable] == source[..durable],
+            "durable bytes differ from the source"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // spacing the looks, not synchronisation
+    }
+    // Space comes back: the stream completes, identical.
+    std::fs::remove_file(&filler).unwrap();
+    pair.wait_durable(w.total, Duration::from_secs(60)).await;
+    let on_disk = std::fs::read(&partial).unwrap();
+    assert!(
+        on_disk == source,
+        "the replica's copy differs after recovery"
+    );
+    pair.replica.terminate();
+    pair.primary.terminate();
+    drop(tmpfs);
+}

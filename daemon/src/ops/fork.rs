@@ -140,6 +140,7 @@ pub fn close_source_log(
         sealed_at_ms: Some(now),
         fork: true,
         in_source: true,
+        check: None,
     };
     let fork = Fork {
         segment: segment.to_string(),
@@ -315,6 +316,7 @@ pub fn cut_back(
             sealed: true,
             sha256: Some(fork.sha256.clone()),
             chain: Some(fork.chain.clone()),
+            check: None,
             epoch: fork.epoch,
             received_at_ms: now,
             sealed_at_ms: Some(now),

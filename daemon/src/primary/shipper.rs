@@ -603,7 +603,12 @@ impl StreamShipper {
                 tx.send(ShipMsg::Seal(seal).into())
                     .await
                     .map_err(|_| ShipError::Closed)?;
+                let t0 = Instant::now();
                 self.record_sealed(cur, size, digest, chain, epoch)?;
+                tracing::trace!(
+                    elapsed_us = t0.elapsed().as_micros() as u64,
+                    "seal: catalog commit"
+                );
                 // Not `listing[idx + 1]`: that listing may have missed
                 // segments created while it was read (see next_segment).
                 let (next, fresh) = self.next_segment(Some(&cur.segment))?;
@@ -730,6 +735,7 @@ impl StreamShipper {
             fork: false,
             in_source: true,
             chain: self.meta.chain_head.clone(),
+            check: None,
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;

@@ -6,7 +6,7 @@
 //!
 //! It runs on a blocking thread: file I/O and fsync block.
 
-use crate::catalog::{Catalog, SegmentRecord, StreamMeta};
+use crate::catalog::{Catalog, PartialCheck, SegmentRecord, StreamMeta};
 use crate::node::ReceiveSlot;
 use crate::receiver::{ChunkAction, Receiver, Reject, SealAction, Tail};
 use crate::{fsutil, unix_ms};
@@ -70,6 +70,10 @@ pub struct DiskWorker {
     /// Running SHA-256 of the tail file and how many bytes it covers; None
     /// when the session began mid-segment (re-hashed from disk at seal).
     hasher: Option<(Sha256, u64)>,
+    /// CRC32C of the tail file's accepted bytes (`0..tail size`).
+    crc: u32,
+    /// The last committed durable point of the tail: (size, CRC32C).
+    committed: (u64, u32),
     /// Bytes written since the last fdatasync.
     dirty: bool,
     /// Something changed since the last ack (bytes, seal, or a keepalive to
@@ -118,6 +122,8 @@ impl DiskWorker {
             meta,
             file: None,
             hasher: None,
+            crc: 0,
+            committed: (0, 0),
             dirty: false,
             need_ack: false,
             group_commit_bytes,
@@ -143,6 +149,13 @@ impl DiskWorker {
             // The cut must be durable before new bytes land after it.
             f.sync_all().map_err(io_err(&path))?;
         }
+        // Reconciliation checked the stored CRC at startup, and nothing
+        // else writes the file; records from before drd kept one are hashed.
+        self.crc = match rec.check {
+            Some(c) => c.crc32c,
+            None => crc_prefix(&f, rec.size).map_err(io_err(&path))?,
+        };
+        self.committed = (rec.size, self.crc);
         self.file = Some(f);
         Ok(())
     }
@@ -235,15 +248,19 @@ impl DiskWorker {
         // Every byte that arrives counts as received, accepted or not.
         self.meta.network_bytes += len;
         crate::metrics::chunk_received(self.stream.as_str(), len);
-        let action = self.receiver.on_chunk(&c)?;
+        let action = self.receiver.decide_chunk(&c)?;
         self.primary_epoch = c.epoch;
         if action == ChunkAction::StartSegment {
             self.start_segment(&c)?;
         }
         let path = self.partial_path(&c.segment);
         let file = self.file.as_ref().expect("tail file open after accept");
+        // Accepted only once written: a failed write (disk full) leaves the
+        // accepted size where it was, so no commit can record these bytes.
         file.write_all_at(&c.data, c.offset)
             .map_err(io_err(&path))?;
+        self.receiver.accept_chunk(action, &c);
+        self.crc = crc32c::crc32c_append(self.crc, &c.data);
         if let Some((h, covered)) = &mut self.hasher {
             if *covered == c.offset {
                 h.update(&c.data);
@@ -270,9 +287,16 @@ impl DiskWorker {
         // fdatasync covers the file's bytes, not its name: fsync the
         // directory so the new entry survives a power loss before the
         // catalog can say bytes of this segment are durable.
+        let t0 = Instant::now();
         fsutil::fsync_dir(&self.landing).map_err(io_err(&self.landing))?;
+        tracing::trace!(
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "new segment: fsync dir"
+        );
         self.file = Some(f);
         self.hasher = Some((Sha256::new(), 0));
+        self.crc = 0;
+        self.committed = (0, 0);
         self.meta.segments += 1;
         self.tail_rec = Some(SegmentRecord {
             name: c.segment.to_string(),
@@ -286,6 +310,7 @@ impl DiskWorker {
             fork: false,
             in_source: false,
             chain: None,
+            check: Some(PartialCheck::default()),
         });
         Ok(())
     }
@@ -308,11 +333,18 @@ impl DiskWorker {
         Receiver::check_digest(s, &digest, &self.meta.chain_head())?;
         // Full fsync (data and size) before the rename: the complete name
         // must never point at bytes that are not on disk.
+        let t0 = Instant::now();
         file.sync_all().map_err(io_err(&path))?;
+        tracing::trace!(elapsed_us = t0.elapsed().as_micros() as u64, "seal: fsync");
         self.dirty = false;
         let final_path = self.landing.join(s.segment.as_str());
         // rename_durable fsyncs the directory so the final name is durable.
+        let t0 = Instant::now();
         fsutil::rename_durable(&path, &final_path).map_err(io_err(&final_path))?;
+        tracing::trace!(
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "seal: rename, fsync dir"
+        );
         self.file = None;
         self.receiver.sealed();
         let rec = self.tail_rec.as_mut().expect("tail record before seal");
@@ -321,6 +353,7 @@ impl DiskWorker {
         rec.sha256 = Some(hex::encode(digest));
         rec.sealed_at_ms = Some(unix_ms());
         rec.chain = Some(hex::encode(s.chain));
+        rec.check = None;
         self.meta.chain_head = rec.chain.clone();
         self.meta.sealed_segments += 1;
         self.changed.push(rec.clone());
@@ -337,21 +370,17 @@ impl DiskWorker {
         if !self.need_ack {
             return Ok(());
         }
-        if self.dirty {
-            let t0 = Instant::now();
-            if let (Some(f), Some(rec)) = (&self.file, &self.tail_rec) {
-                // fdatasync: the bytes and the file size (needed to read them
-                // back) reach the disk; mtime need not.
-                f.sync_data()
-                    .map_err(io_err(&self.landing.join(&rec.name)))?;
-            }
-            let elapsed = t0.elapsed();
-            tracing::trace!(elapsed_us = elapsed.as_micros() as u64, "fdatasync");
-            crate::metrics::fsync(self.stream.as_str(), elapsed);
-            self.dirty = false;
-        }
         if let (Some(rec), Some(tail)) = (self.tail_rec.as_mut(), self.receiver.tail.as_ref()) {
-            rec.size = tail.size;
+            // A segment just started whose first write failed has a record
+            // but no accepted byte yet: it stays at size 0.
+            if rec.name == tail.segment.as_str() && !rec.sealed {
+                rec.size = tail.size;
+                rec.check = Some(PartialCheck {
+                    crc32c: self.crc,
+                    prev_size: self.committed.0,
+                    prev_crc32c: self.committed.1,
+                });
+            }
             if !self.changed.iter().any(|c| c.name == rec.name) {
                 self.changed.push(rec.clone());
             } else if let Some(c) = self.changed.iter_mut().find(|c| c.name == rec.name) {
@@ -360,8 +389,62 @@ impl DiskWorker {
         }
         self.meta.durable_at_ms = unix_ms();
         let refs: Vec<&SegmentRecord> = self.changed.iter().collect();
-        // Synced commit: after this the durable position survives a crash.
-        self.catalog.commit(&self.stream, &refs, &self.meta)?;
+        // The group's fdatasync and the synced catalog commit run side by
+        // side, and the ack waits for both: one flush of latency, not two.
+        // If power fails in between, the commit may be on disk before the
+        // bytes; the record's CRC tells a restart to fall back to the
+        // previous point, which was fully synced before this commit began
+        // (see PartialCheck and reconcile.rs).
+        let sync_file = self.dirty.then_some(()).and(self.file.as_ref());
+        let (catalog, stream, meta) = (&self.catalog, &self.stream, &self.meta);
+        let (synced, committed) = std::thread::scope(|scope| {
+            let sync = sync_file.map(|f| {
+                scope.spawn(move || {
+                    let t0 = Instant::now();
+                    // fdatasync: the bytes and the file size (needed to
+                    // read them back) reach the disk; mtime need not.
+                    f.sync_data().map(|()| t0.elapsed())
+                })
+            });
+            let t0 = Instant::now();
+            let committed = catalog.commit(stream, &refs, meta);
+            tracing::trace!(
+                elapsed_us = t0.elapsed().as_micros() as u64,
+                "catalog commit"
+            );
+            let synced = sync.map(|h| h.join().expect("fdatasync thread panicked"));
+            (synced, committed)
+        });
+        match synced {
+            Some(Ok(elapsed)) => {
+                tracing::trace!(elapsed_us = elapsed.as_micros() as u64, "fdatasync");
+                crate::metrics::fsync(self.stream.as_str(), elapsed);
+                self.dirty = false;
+            }
+            Some(Err(e)) => {
+                // The commit may already record bytes that did not reach
+                // the disk: put the record back to the last synced point
+                // before refusing (nothing here was acked).
+                let rec = self.tail_rec.as_mut().expect("dirty implies a tail");
+                let path = self.landing.join(&rec.name);
+                if committed.is_ok() && !rec.sealed {
+                    let (size, crc) = self.committed;
+                    rec.size = size;
+                    rec.check = Some(PartialCheck {
+                        crc32c: crc,
+                        prev_size: size,
+                        prev_crc32c: crc,
+                    });
+                    self.catalog.commit(&self.stream, &[rec], &self.meta)?;
+                }
+                return Err(io_err(&path)(e));
+            }
+            None => {}
+        }
+        committed?;
+        if let Some(rec) = self.tail_rec.as_ref().filter(|r| !r.sealed) {
+            self.committed = (rec.size, rec.check.map_or(0, |c| c.crc32c));
+        }
         self.changed.clear();
         self.need_ack = false;
         let durable = self.durable_position();
@@ -390,6 +473,20 @@ impl DiskWorker {
         let _ = acks.blocking_send(Ok(ack));
         Ok(())
     }
+}
+
+/// CRC32C of the first `len` bytes of a file.
+pub fn crc_prefix(f: &File, len: u64) -> std::io::Result<u32> {
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let want = (len - off).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..want], off)?;
+        crc = crc32c::crc32c_append(crc, &buf[..want]);
+        off += want as u64;
+    }
+    Ok(crc)
 }
 
 /// SHA-256 of a whole file, read from disk.

@@ -65,7 +65,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `drd --config CONFIG`, logging to `LOG` at info level.
+    /// Starts `drd --config CONFIG`, logging to `LOG` at info level (or at
+    /// `DRD_BENCH_LOG`, e.g. `drd=trace` when profiling).
     pub fn spawn(bins: &Bins, d: &drd_tests::Daemon) -> anyhow::Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -75,7 +76,10 @@ impl Proc {
         let child = Command::new(&bins.drd)
             .arg("--config")
             .arg(&d.config)
-            .env("DRD_LOG", "info")
+            .env(
+                "DRD_LOG",
+                std::env::var("DRD_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
