@@ -154,6 +154,8 @@ struct RawStream {
     mode: Option<String>,
     sync_timeout_seconds: Option<u64>,
     max_bandwidth: Option<String>,
+    compression: Option<String>,
+    compression_level: Option<i32>,
 }
 
 /// Tuning numbers. Each has a default that suits a DR link with a local SSD;
@@ -283,7 +285,15 @@ pub struct StreamConfig {
     /// Limit on bytes this stream ships per second (`max_bandwidth`; None:
     /// unlimited). Reloadable.
     pub max_bandwidth: Option<u64>,
+    /// How chunk payloads travel (`compression`, `compression_level`):
+    /// zstd trades the primary's and the replica's CPU for link bandwidth.
+    /// Used only with a replica that says it decodes it. Not reloadable.
+    pub compression: drd_proto::Compression,
 }
+
+/// Default of `stream.compression_level`: zstd's fastest positive level,
+/// which already gets most of the ratio on WAL.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 
 /// How segments get into a stream's `wal_dir`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,6 +444,31 @@ impl Config {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("key `stream[{i}].max_bandwidth`: {e}"))?
                 .flatten();
+            let compression = match (s.compression.as_deref(), s.compression_level) {
+                (None | Some("none"), None) => drd_proto::Compression::None,
+                (None | Some("none"), Some(_)) => bail!(
+                    "key `stream[{i}].compression_level`: applies only with \
+                     `compression = \"zstd\"`; set that too or remove the level"
+                ),
+                (Some("zstd"), level) => {
+                    let level = level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+                    let range = drd_proto::zstd_levels();
+                    if !range.contains(&level) {
+                        bail!(
+                            "key `stream[{i}].compression_level`: {level} is not a zstd level \
+                             ({} to {}; 1 is fast and the default, higher compresses more \
+                             and costs more CPU)",
+                            range.start(),
+                            range.end()
+                        );
+                    }
+                    drd_proto::Compression::Zstd { level }
+                }
+                (Some(other), _) => bail!(
+                    "key `stream[{i}].compression`: {other:?} must be \"none\" (the default) \
+                     or \"zstd\""
+                ),
+            };
             streams.push(StreamConfig {
                 name,
                 wal_dir: s.wal_dir,
@@ -443,6 +478,7 @@ impl Config {
                 mode,
                 sync_timeout: Duration::from_secs(sync_timeout_seconds),
                 max_bandwidth,
+                compression,
             });
         }
         if replica.is_none() && streams.is_empty() {
@@ -781,6 +817,36 @@ peer = "http://127.0.0.1:7601"
         assert!(err(&ops.replace("127.0.0.1:9601", "nowhere")).contains("metrics.listen"));
         assert!(err(&ops.replace("info,drd=debug", "info,drd=[")).contains("log_level"));
         assert!(err(&format!("{ops}lissen = 1\n")).contains("lissen"));
+    }
+
+    #[test]
+    fn compression_keys() {
+        use drd_proto::Compression;
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        let c = Config::parse(&g).unwrap();
+        assert_eq!(c.streams[0].compression, Compression::None);
+        let c = Config::parse(&format!("{g}compression = \"none\"\n")).unwrap();
+        assert_eq!(c.streams[0].compression, Compression::None);
+        let zstd = format!("{g}compression = \"zstd\"\n");
+        let c = Config::parse(&zstd).unwrap();
+        assert_eq!(c.streams[0].compression, Compression::Zstd { level: 1 });
+        let c = Config::parse(&format!("{zstd}compression_level = 19\n")).unwrap();
+        assert_eq!(c.streams[0].compression, Compression::Zstd { level: 19 });
+        let c = Config::parse(&format!("{zstd}compression_level = -5\n")).unwrap();
+        assert_eq!(c.streams[0].compression, Compression::Zstd { level: -5 });
+        let e = err(&format!("{zstd}compression_level = 23\n"));
+        assert!(
+            e.contains("stream[0].compression_level") && e.contains("23"),
+            "{e}"
+        );
+        let e = err(&format!("{g}compression = \"gzip\"\n"));
+        assert!(
+            e.contains("stream[0].compression") && e.contains("gzip"),
+            "{e}"
+        );
+        let e = err(&format!("{g}compression_level = 3\n"));
+        assert!(e.contains("stream[0].compression_level"), "{e}");
+        assert!(err(&format!("{zstd}compression_level = \"fast\"\n")).contains("compression_level"));
     }
 
     #[test]

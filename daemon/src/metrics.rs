@@ -40,6 +40,7 @@ pub const CONNECTED: &str = "drd_stream_connected";
 pub const RECONNECTS: &str = "drd_reconnects_total";
 pub const SHIPPED_BYTES: &str = "drd_shipped_bytes_total";
 pub const SHIPPED_CHUNKS: &str = "drd_shipped_chunks_total";
+pub const SHIPPED_WIRE_BYTES: &str = "drd_shipped_wire_bytes_total";
 pub const RECEIVED_BYTES: &str = "drd_received_bytes_total";
 pub const RECEIVED_CHUNKS: &str = "drd_received_chunks_total";
 pub const FSYNC_SECONDS: &str = "drd_fsync_duration_seconds";
@@ -114,6 +115,12 @@ fn describe() {
     );
     describe_counter!(SHIPPED_CHUNKS, "Chunks sent to the replica.");
     describe_counter!(
+        SHIPPED_WIRE_BYTES,
+        Unit::Bytes,
+        "Chunk payload bytes as sent to the replica: after compression where the stream's \
+         `compression` is on and it helped (compare with drd_shipped_bytes_total)."
+    );
+    describe_counter!(
         RECEIVED_BYTES,
         Unit::Bytes,
         "WAL payload bytes received from the primary."
@@ -169,6 +176,12 @@ fn describe() {
 pub fn chunk_shipped(stream: &str, bytes: u64) {
     counter!(SHIPPED_BYTES, "stream" => stream.to_owned()).increment(bytes);
     counter!(SHIPPED_CHUNKS, "stream" => stream.to_owned()).increment(1);
+}
+
+/// A chunk's payload went out as `bytes` bytes on the wire (compressed or
+/// not; [`chunk_shipped`] counts the same chunk's uncompressed bytes).
+pub fn chunk_on_wire(stream: &str, bytes: u64) {
+    counter!(SHIPPED_WIRE_BYTES, "stream" => stream.to_owned()).increment(bytes);
 }
 
 /// The replica's disk worker received a chunk of `bytes` payload bytes.

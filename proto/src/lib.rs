@@ -61,6 +61,45 @@ pub enum ProtocolError {
     Overflow(String),
     #[error("epoch 0 is not valid")]
     ZeroEpoch,
+    #[error(
+        "chunk of segment {segment} at offset {offset}: unknown compression {value} \
+         (this build decodes NONE = 0 and ZSTD = 1; upgrade the replica or set \
+         `compression = \"none\"` on the primary's stream)"
+    )]
+    UnknownCompression {
+        segment: String,
+        offset: u64,
+        value: i32,
+    },
+    #[error(
+        "chunk of segment {segment} at offset {offset}: declares {len} uncompressed bytes, \
+         over the limit of {MAX_CHUNK_BYTES} bytes"
+    )]
+    UncompressedTooLarge {
+        segment: String,
+        offset: u64,
+        len: u64,
+    },
+    #[error(
+        "chunk of segment {segment} at offset {offset}: declares {declared} uncompressed bytes \
+         but {problem}"
+    )]
+    UncompressedLength {
+        segment: String,
+        offset: u64,
+        declared: u64,
+        problem: String,
+    },
+    #[error(
+        "chunk of segment {segment} at offset {offset}: its zstd data does not decompress \
+         within the declared {declared} bytes: {reason}"
+    )]
+    Decompress {
+        segment: String,
+        offset: u64,
+        declared: u64,
+        reason: String,
+    },
 }
 
 impl From<ProtocolError> for tonic::Status {
@@ -206,6 +245,95 @@ impl Chunk {
     }
 }
 
+/// How a sender encodes chunk payloads on the wire (a stream's `compression`
+/// and `compression_level` keys). Receivers always decode both; the domain
+/// [`Chunk`] always holds the uncompressed bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Payloads as they are.
+    #[default]
+    None,
+    /// Each chunk one zstd frame at this level. A chunk that zstd does not
+    /// make smaller (e.g. already compressed or random data) is sent as it
+    /// is, with `NONE`: so a wire payload never exceeds [`MAX_CHUNK_BYTES`],
+    /// and the receiver spends no time on a frame that saved nothing.
+    Zstd {
+        /// zstd level; see [`zstd_levels`].
+        level: i32,
+    },
+}
+
+/// The zstd levels a sender may use (the linked libzstd's range; 1 is
+/// fastest of the positive levels, negative levels are faster still and
+/// compress less).
+pub fn zstd_levels() -> std::ops::RangeInclusive<i32> {
+    zstd::compression_level_range()
+}
+
+impl Compression {
+    /// What to send to the peer that answered with `welcome`: `self` if the
+    /// replica said it decodes it, else `None` (a replica from before
+    /// compression existed lists nothing, and must never receive bytes it
+    /// would store as they arrive).
+    pub fn accepted_by(self, welcome: &pb::Welcome) -> Compression {
+        let wire = match self {
+            Compression::None => return Compression::None,
+            Compression::Zstd { .. } => pb::Compression::Zstd,
+        };
+        if welcome.accepts_compression.contains(&(wire as i32)) {
+            self
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// The encodings a replica of this build lists in its Welcome.
+pub fn accepted_compressions() -> Vec<i32> {
+    vec![pb::Compression::Zstd as i32]
+}
+
+thread_local! {
+    /// One zstd compression context per thread, reused across chunks (a
+    /// fresh context allocates and zeroes its tables every time).
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// One zstd decompression context per thread, reused across chunks.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `data` as one zstd frame at `level`, or None if that is not smaller than
+/// `data` (or zstd failed, which the caller treats the same: send as is).
+pub fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut()?;
+        // Room for no more than `data` itself: zstd stops with "destination
+        // too small" as soon as compressing cannot pay off.
+        let mut out = Vec::with_capacity(data.len());
+        c.compress_to_buffer(data, &mut out).ok()?;
+        (out.len() < data.len()).then_some(out)
+    })
+}
+
+/// Decompresses one chunk's zstd payload into at most `capacity` bytes
+/// (never more: a hostile frame cannot make the receiver allocate beyond
+/// it). Errors carry zstd's reason.
+pub fn zstd_decompress(data: &[u8], capacity: usize) -> Result<Vec<u8>, String> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let d = slot.as_mut().expect("set above");
+        d.decompress(data, capacity).map_err(|e| e.to_string())
+    })
+}
+
 /// A segment's final size and whole-file SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seal {
@@ -259,10 +387,8 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                 if c.data.len() > MAX_CHUNK_BYTES {
                     return Err(ProtocolError::ChunkTooLarge { len: c.data.len() });
                 }
-                c.segment_start
-                    .checked_add(c.offset)
-                    .and_then(|p| p.checked_add(c.data.len() as u64))
-                    .ok_or_else(|| ProtocolError::Overflow(segment.to_string()))?;
+                // The CRC covers the bytes as sent: corruption in flight is
+                // caught before anything is decompressed.
                 let computed = crc32c::crc32c(&c.data);
                 if computed != c.crc32c {
                     return Err(ProtocolError::Crc {
@@ -272,12 +398,23 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                         computed,
                     });
                 }
+                let data = decode_payload(
+                    &segment,
+                    c.offset,
+                    c.compression,
+                    c.uncompressed_length,
+                    c.data,
+                )?;
+                c.segment_start
+                    .checked_add(c.offset)
+                    .and_then(|p| p.checked_add(data.len() as u64))
+                    .ok_or_else(|| ProtocolError::Overflow(segment.to_string()))?;
                 Ok(ShipMsg::Chunk(Chunk {
                     epoch: check_epoch(c.epoch)?,
                     segment,
                     segment_start: c.segment_start,
                     offset: c.offset,
-                    data: c.data,
+                    data,
                     source_position: c.source_position,
                     written_at_ms: c.written_at_ms,
                 }))
@@ -315,7 +452,98 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
     }
 }
 
+/// A chunk's payload as the receiver stores it: `data` itself with NONE,
+/// decompressed (bounded by the declared length) with ZSTD. `data` has
+/// passed its CRC already.
+fn decode_payload(
+    segment: &SegmentName,
+    offset: u64,
+    compression: i32,
+    declared: u64,
+    data: Bytes,
+) -> Result<Bytes, ProtocolError> {
+    let length = |problem: String| ProtocolError::UncompressedLength {
+        segment: segment.to_string(),
+        offset,
+        declared,
+        problem,
+    };
+    match pb::Compression::try_from(compression) {
+        Ok(pb::Compression::None) => {
+            if declared != 0 {
+                return Err(length(
+                    "the chunk is not compressed (the length is for ZSTD only)".into(),
+                ));
+            }
+            Ok(data)
+        }
+        Ok(pb::Compression::Zstd) => {
+            if declared == 0 {
+                return Err(length("a chunk may not be empty".into()));
+            }
+            if declared > MAX_CHUNK_BYTES as u64 {
+                return Err(ProtocolError::UncompressedTooLarge {
+                    segment: segment.to_string(),
+                    offset,
+                    len: declared,
+                });
+            }
+            let out = zstd_decompress(&data, declared as usize).map_err(|reason| {
+                ProtocolError::Decompress {
+                    segment: segment.to_string(),
+                    offset,
+                    declared,
+                    reason,
+                }
+            })?;
+            if out.len() as u64 != declared {
+                return Err(length(format!("decompresses to {} bytes", out.len())));
+            }
+            Ok(Bytes::from(out))
+        }
+        Err(_) => Err(ProtocolError::UnknownCompression {
+            segment: segment.to_string(),
+            offset,
+            value: compression,
+        }),
+    }
+}
+
+impl ShipMsg {
+    /// The wire message, with a chunk's payload encoded as `compression`
+    /// says (compressed only if that makes it smaller; see
+    /// [`Compression::Zstd`]). Other messages are the same either way.
+    pub fn to_wire(self, compression: Compression) -> pb::ShipMessage {
+        match (self, compression) {
+            (ShipMsg::Chunk(c), Compression::Zstd { level }) => {
+                match zstd_compress(&c.data, level) {
+                    Some(z) => {
+                        let data = Bytes::from(z);
+                        pb::ShipMessage {
+                            msg: Some(pb::ship_message::Msg::Chunk(pb::Chunk {
+                                epoch: c.epoch,
+                                segment: c.segment.0,
+                                segment_start: c.segment_start,
+                                offset: c.offset,
+                                crc32c: crc32c::crc32c(&data),
+                                uncompressed_length: c.data.len() as u64,
+                                data,
+                                source_position: c.source_position,
+                                written_at_ms: c.written_at_ms,
+                                compression: pb::Compression::Zstd as i32,
+                            })),
+                        }
+                    }
+                    None => ShipMsg::Chunk(c).into(),
+                }
+            }
+            (m, _) => m.into(),
+        }
+    }
+}
+
 impl From<ShipMsg> for pb::ShipMessage {
+    /// The wire message with chunk payloads uncompressed.
     fn from(m: ShipMsg) -> Self {
         use pb::ship_message::Msg;
         let msg = match m {
@@ -334,6 +562,8 @@ impl From<ShipMsg> for pb::ShipMessage {
                 data: c.data,
                 source_position: c.source_position,
                 written_at_ms: c.written_at_ms,
+                compression: pb::Compression::None as i32,
+                uncompressed_length: 0,
             }),
             ShipMsg::Seal(s) => Msg::Seal(pb::Seal {
                 epoch: s.epoch,
@@ -409,6 +639,201 @@ mod tests {
             ShipMsg::try_from(bad),
             Err(ProtocolError::Crc { .. })
         ));
+    }
+
+    fn chunk(data: Vec<u8>) -> Chunk {
+        Chunk {
+            epoch: 3,
+            segment: SegmentName::new("000000010000000000000001").unwrap(),
+            segment_start: 16 << 20,
+            offset: 4096,
+            data: Bytes::from(data),
+            source_position: 99 << 20,
+            written_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// WAL-like bytes: repetitive records with a counter in them.
+    fn compressible(len: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len);
+        let mut i = 0u32;
+        while v.len() < len {
+            v.extend_from_slice(b"INSERT INTO pgbench_history VALUES (");
+            v.extend_from_slice(&i.to_le_bytes());
+            i += 1;
+        }
+        v.truncate(len);
+        v
+    }
+
+    /// Bytes zstd cannot shrink (xorshift64*).
+    fn random(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect()
+    }
+
+    fn wire_chunk(m: &pb::ShipMessage) -> &pb::Chunk {
+        match m.msg.as_ref() {
+            Some(pb::ship_message::Msg::Chunk(c)) => c,
+            other => panic!("not a chunk: {other:?}"),
+        }
+    }
+
+    fn wire_chunk_mut(m: &mut pb::ShipMessage) -> &mut pb::Chunk {
+        match m.msg.as_mut() {
+            Some(pb::ship_message::Msg::Chunk(c)) => c,
+            other => panic!("not a chunk: {other:?}"),
+        }
+    }
+
+    const ZSTD1: Compression = Compression::Zstd { level: 1 };
+
+    #[test]
+    fn compressible_chunks_round_trip_through_zstd() {
+        for len in [1, 100, 4096, MAX_CHUNK_BYTES] {
+            let c = chunk(compressible(len));
+            let wire = ShipMsg::Chunk(c.clone()).to_wire(ZSTD1);
+            let w = wire_chunk(&wire);
+            if len >= 4096 {
+                assert_eq!(w.compression, pb::Compression::Zstd as i32, "len {len}");
+                assert_eq!(w.uncompressed_length, len as u64);
+                assert!(
+                    w.data.len() < len / 4,
+                    "len {len}: {} on the wire",
+                    w.data.len()
+                );
+                assert_eq!(w.crc32c, crc32c::crc32c(&w.data), "CRC over the wire bytes");
+            }
+            assert_eq!(ShipMsg::try_from(wire).unwrap(), ShipMsg::Chunk(c));
+        }
+    }
+
+    #[test]
+    fn incompressible_chunks_go_uncompressed() {
+        let c = chunk(random(MAX_CHUNK_BYTES));
+        let wire = ShipMsg::Chunk(c.clone()).to_wire(ZSTD1);
+        let w = wire_chunk(&wire);
+        assert_eq!(w.compression, pb::Compression::None as i32);
+        assert_eq!(w.uncompressed_length, 0);
+        assert_eq!(w.data, c.data);
+        assert_eq!(ShipMsg::try_from(wire).unwrap(), ShipMsg::Chunk(c.clone()));
+        // And without compression nothing changes at all.
+        let plain = ShipMsg::Chunk(c.clone()).to_wire(Compression::None);
+        assert_eq!(plain, pb::ShipMessage::from(ShipMsg::Chunk(c)));
+    }
+
+    /// A chunk compressed honestly, then `edit`ed; CRC recomputed over the
+    /// edited wire bytes unless `edit` breaks it on purpose.
+    fn tampered(edit: impl FnOnce(&mut pb::Chunk)) -> Result<ShipMsg, ProtocolError> {
+        let mut wire = ShipMsg::Chunk(chunk(compressible(64 * 1024))).to_wire(ZSTD1);
+        let w = wire_chunk_mut(&mut wire);
+        assert_eq!(w.compression, pb::Compression::Zstd as i32);
+        edit(w);
+        ShipMsg::try_from(wire)
+    }
+
+    fn fix_crc(w: &mut pb::Chunk) {
+        w.crc32c = crc32c::crc32c(&w.data);
+    }
+
+    #[test]
+    fn hostile_compressed_chunks_are_refused() {
+        // Flipped in flight: the CRC over the wire bytes catches it before
+        // anything is decompressed.
+        let e = tampered(|w| {
+            let mut d = w.data.to_vec();
+            d[10] ^= 1;
+            w.data = Bytes::from(d);
+        });
+        assert!(matches!(e, Err(ProtocolError::Crc { .. })), "{e:?}");
+        // Unknown encoding.
+        let e = tampered(|w| w.compression = 7).unwrap_err();
+        assert!(matches!(
+            e,
+            ProtocolError::UnknownCompression { value: 7, .. }
+        ));
+        assert!(e.to_string().contains("unknown compression 7"), "{e}");
+        // Declares more than any chunk may hold.
+        let e = tampered(|w| w.uncompressed_length = MAX_CHUNK_BYTES as u64 + 1).unwrap_err();
+        assert!(
+            matches!(e, ProtocolError::UncompressedTooLarge { .. }),
+            "{e}"
+        );
+        let e = tampered(|w| w.uncompressed_length = u64::MAX).unwrap_err();
+        assert!(
+            matches!(e, ProtocolError::UncompressedTooLarge { .. }),
+            "{e}"
+        );
+        // Declares more than the frame holds: decompresses short.
+        let e = tampered(|w| w.uncompressed_length += 1).unwrap_err();
+        assert!(matches!(e, ProtocolError::UncompressedLength { .. }), "{e}");
+        assert!(e.to_string().contains("decompresses to 65536 bytes"), "{e}");
+        // Declares less than the frame holds: refused, never written past.
+        let e = tampered(|w| w.uncompressed_length -= 1).unwrap_err();
+        assert!(matches!(e, ProtocolError::Decompress { .. }), "{e}");
+        // ZSTD with no length, NONE with one.
+        let e = tampered(|w| w.uncompressed_length = 0).unwrap_err();
+        assert!(matches!(e, ProtocolError::UncompressedLength { .. }), "{e}");
+        let e = tampered(|w| {
+            w.compression = pb::Compression::None as i32;
+        })
+        .unwrap_err();
+        assert!(matches!(e, ProtocolError::UncompressedLength { .. }), "{e}");
+        // Not zstd at all, with a matching CRC.
+        let e = tampered(|w| {
+            w.data = Bytes::from(random(4096));
+            fix_crc(w);
+        })
+        .unwrap_err();
+        assert!(matches!(e, ProtocolError::Decompress { .. }), "{e}");
+        // A truncated frame.
+        let e = tampered(|w| {
+            w.data = w.data.slice(..w.data.len() / 2);
+            fix_crc(w);
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProtocolError::Decompress { .. } | ProtocolError::UncompressedLength { .. }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_zstd_bomb_is_refused_within_the_declared_room() {
+        // 64 MiB of zeros in a few KiB: small on the wire, far over the limit
+        // once decompressed. The receiver stops at the declared 1 MiB.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
+        assert!(bomb.len() < MAX_CHUNK_BYTES);
+        let e = tampered(|w| {
+            w.data = Bytes::from(bomb);
+            w.uncompressed_length = MAX_CHUNK_BYTES as u64;
+            fix_crc(w);
+        })
+        .unwrap_err();
+        assert!(matches!(e, ProtocolError::Decompress { .. }), "{e}");
+    }
+
+    #[test]
+    fn compression_is_used_only_with_a_replica_that_accepts_it() {
+        let old = pb::Welcome::default();
+        assert_eq!(ZSTD1.accepted_by(&old), Compression::None);
+        let new = pb::Welcome {
+            accepts_compression: accepted_compressions(),
+            ..Default::default()
+        };
+        assert_eq!(ZSTD1.accepted_by(&new), ZSTD1);
+        assert_eq!(Compression::None.accepted_by(&new), Compression::None);
+        assert!(zstd_levels().contains(&1) && zstd_levels().contains(&22));
     }
 
     #[test]

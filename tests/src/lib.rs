@@ -311,12 +311,36 @@ impl Pair {
         Self::build(tuning, false)
     }
 
+    /// An mTLS pair whose primary's `[[stream]]` also gets `stream_keys`
+    /// (e.g. `compression = "zstd"`).
+    pub fn with_stream_keys(tuning: &str, stream_keys: &str) -> Self {
+        Self::build_with(tuning, true, stream_keys, None)
+    }
+
+    /// An mTLS pair like [`Pair::with_stream_keys`] whose primary reaches
+    /// the replica through a [`proxy::Proxy`] (which counts the bytes).
+    pub async fn proxied(tuning: &str, stream_keys: &str) -> (Self, std::sync::Arc<proxy::Proxy>) {
+        let port = free_port();
+        let proxy = proxy::Proxy::start(port).await;
+        let pair = Self::build_with(tuning, true, stream_keys, Some((port, proxy.port)));
+        (pair, proxy)
+    }
+
     fn build(tuning: &str, tls: bool) -> Self {
+        Self::build_with(tuning, tls, "", None)
+    }
+
+    /// `ports`: the replica's listen port and the port the primary connects
+    /// to (a proxy's), when they differ.
+    fn build_with(tuning: &str, tls: bool, stream_keys: &str, ports: Option<(u16, u16)>) -> Self {
         let root = tempfile::Builder::new()
             .prefix("drd-test-")
             .tempdir()
             .unwrap();
-        let port = free_port();
+        let (port, peer_port) = ports.unwrap_or_else(|| {
+            let p = free_port();
+            (p, p)
+        });
         let wal = root.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
         let certs = tls.then(|| make_certs(root.path()));
@@ -345,8 +369,8 @@ impl Pair {
             "primary",
             PRIMARY_ID,
             &format!(
-                "{top}[[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"{scheme}://127.0.0.1:{port}\"\n\
-                 peer_name = \"{REPLICA_ID}\"\n{tuning}\n{sec_p}",
+                "{top}[[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"{scheme}://127.0.0.1:{peer_port}\"\n\
+                 peer_name = \"{REPLICA_ID}\"\n{stream_keys}\n{tuning}\n{sec_p}",
                 wal.display()
             ),
         );

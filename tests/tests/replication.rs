@@ -237,6 +237,7 @@ fn chunk(segment: &str, offset: u64, data: Bytes, crc: u32) -> pb::ShipMessage {
             data,
             source_position: 0,
             written_at_ms: 0,
+            ..Default::default()
         })),
     }
 }

@@ -2,3 +2,4 @@
 
 pub mod shipper;
 pub mod source;
+pub mod wire;

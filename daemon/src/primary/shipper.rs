@@ -560,7 +560,9 @@ impl StreamShipper {
                     source_position: written,
                     written_at_ms: unix_ms(),
                 });
-                tx.send(chunk.into()).await.map_err(|_| ShipError::Closed)?;
+                tx.send(crate::primary::wire::encode(&self.cfg, welcome, chunk))
+                    .await
+                    .map_err(|_| ShipError::Closed)?;
                 crate::metrics::chunk_shipped(self.cfg.name.as_str(), n);
                 cur.offset += n;
                 last_sent = Instant::now();

@@ -206,6 +206,7 @@ impl ReplicationService {
             last_segment_sealed: tail.as_ref().is_some_and(|t| t.sealed),
             last_segment_start: tail.as_ref().map_or(0, |t| t.start),
             chain: worker.chain_head().to_vec(),
+            accepts_compression: drd_proto::accepted_compressions(),
         };
         tracing::info!(
             durable_position = welcome.durable_position,

@@ -12,12 +12,16 @@
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/pgwal.rs"]
+mod pgwal;
 #[path = "../bench/procs.rs"]
 mod procs;
 #[path = "../bench/runs.rs"]
 mod runs;
 #[path = "../bench/stats.rs"]
 mod stats;
+#[path = "../bench/zstd.rs"]
+mod zstd;
 
 use anyhow::{bail, Context};
 use stats::{Row, Samples};
@@ -39,7 +43,7 @@ struct Opts {
 }
 
 /// Parts that `--only` can pick (the ceiling and catch-up always run).
-const PARTS: [&str; 4] = ["rsync", "lag", "sync", "failover"];
+const PARTS: [&str; 5] = ["rsync", "lag", "sync", "failover", "zstd"];
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
@@ -81,7 +85,7 @@ impl Opts {
                 "-h" | "--help" => {
                     println!(
                         "drd-bench [--backlog-mib N] [--lag-seconds N] [--rates-mb 20,100] \
-                         [--sync-pushes N] [--failover-runs N] [--only rsync,lag,sync,failover]\n\
+                         [--sync-pushes N] [--failover-runs N] [--only rsync,lag,sync,failover,zstd]\n\
                          (--only: the parts to run besides the ceiling and catch-up; default all)\n\
                          Build first: {}",
                         procs::BUILD_CMD
@@ -222,6 +226,11 @@ async fn run() -> anyhow::Result<()> {
     let fo = if o.wants("failover") {
         eprintln!("failover ×{}…", o.failover_runs);
         Some(runs::failover(&bins, o.failover_runs).await?)
+    } else {
+        None
+    };
+    let zs = if o.wants("zstd") {
+        Some(zstd::measure(&bins, o.backlog_mib).await?)
     } else {
         None
     };
@@ -389,14 +398,7 @@ async fn run() -> anyhow::Result<()> {
             Some(peak < 64.0),
         ));
     }
-    rows.push(Row::new(
-        "zstd on/off",
-        "not implemented: drd ships uncompressed".into(),
-        "-".into(),
-        "-".into(),
-        "-",
-        None,
-    ));
+    rows.extend(zs.as_ref().map(zstd::rows).unwrap_or_default());
 
     println!();
     println!("{}", stats::markdown(&rows));
@@ -434,6 +436,9 @@ async fn run() -> anyhow::Result<()> {
         },
         rsync_ver.as_deref().unwrap_or("not installed")
     );
+    zs.iter()
+        .flat_map(zstd::notes)
+        .for_each(|n| println!("{n}"));
     println!(
         "- load average at the end: {load_end}; total run time {:.0} s.",
         wall.elapsed().as_secs_f64()
