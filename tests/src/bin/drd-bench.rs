@@ -166,7 +166,10 @@ async fn run() -> anyhow::Result<()> {
 
     // The backlog, written once, used by the ceiling, rsync and drd.
     let segs = o.backlog_mib / 16;
-    let pair = drd_tests::Pair::new("");
+    // DRD_BENCH_TUNING (e.g. "[tuning]\nwindow_bytes = 16777216") tries
+    // other tuning for the catch-up and lag pair; the default is none.
+    let tuning = std::env::var("DRD_BENCH_TUNING").unwrap_or_default();
+    let pair = drd_tests::Pair::new(&tuning.replace("\\n", "\n"));
     eprintln!(
         "writing a {} MiB backlog of 16 MiB segments…",
         o.backlog_mib
