@@ -35,6 +35,8 @@ pub enum ShipError {
     Stale { epoch: u64, message: String },
     #[error("the replica closed the stream")]
     Closed,
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
     #[error("no answer from the replica for {0:?}")]
     Timeout(Duration),
     #[error("reading the WAL source {path}: {source}")]
@@ -652,7 +654,10 @@ impl StreamShipper {
         tokio::select! {
             _ = self.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = self.shutdown.cancelled() => return Ok(()),
+            // An error, not Ok: the ship loop must end here, not rescan and
+            // come back to a wait that returns at once (a busy loop that
+            // never yields, so SIGTERM never finished).
+            _ = self.shutdown.cancelled() => return Err(ShipError::ShuttingDown),
         }
         if last_sent.elapsed() >= t.keepalive_interval() {
             let ka = ShipMsg::Keepalive {
