@@ -190,6 +190,9 @@ async fn run() -> anyhow::Result<()> {
     };
     let pgbackrest = !sh("command -v pgbackrest").is_empty();
 
+    eprintln!("SHA-256 of the backlog on one core…");
+    let (sha_cpu, sha_bytes) = baseline::sha256_cost(&pair.wal)?;
+
     eprintln!("catch-up: drd primary → replica over mTLS…");
     let (running, cu) = runs::catch_up(&bins, pair, total).await?;
 
@@ -275,7 +278,11 @@ async fn run() -> anyhow::Result<()> {
         None => rows.push(Row::new(
             "catch-up vs rsync -a --fsync",
             format!("{cu_mb:.0} MB/s"),
-            "rsync not installed (apt-get install -y rsync)".into(),
+            if rsync_ver.is_some() {
+                "not run (--only leaves rsync out)".into()
+            } else {
+                "rsync not installed (apt-get install -y rsync)".into()
+            },
             "-".into(),
             ">= 1.5x",
             None,
@@ -374,6 +381,18 @@ async fn run() -> anyhow::Result<()> {
             Some(cpu / gib < 1.0),
         ));
     }
+    rows.push(Row::new(
+        "CPU per GiB, SHA-256 alone (one core)",
+        "-".into(),
+        format!(
+            "{:.2} core-s/GiB ({:.0} MB/s)",
+            sha_cpu / (sha_bytes as f64 / GIB),
+            sha_bytes as f64 / sha_cpu.max(1e-6) / 1e6
+        ),
+        "-".into(),
+        "-",
+        None,
+    ));
     if let Some(r) = &rsync {
         rows.push(Row::new(
             "CPU per GiB, rsync (all procs)",
