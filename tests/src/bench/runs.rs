@@ -390,6 +390,11 @@ pub fn write_backlog(dir: &Path, count: u64) -> anyhow::Result<u64> {
         let mut f = std::fs::File::create(dir.join(seg_name(n)))?;
         f.write_all(&n.to_le_bytes())?;
         f.write_all(&buf[8..])?;
+        // Synced, as PostgreSQL syncs its WAL: left dirty, the whole backlog
+        // would be written back ~30 s later (dirty_expire_centisecs), in
+        // the middle of the lag runs, and the disk's queue would show up
+        // as seconds of lag that have nothing to do with drd.
+        f.sync_all()?;
     }
     Ok(count * SEG as u64)
 }
