@@ -217,6 +217,8 @@ async fn run_stream(
         }
         match &result {
             Ok(()) => continue,
+            // Not "reconnecting": the daemon is on its way out.
+            Err(ShipError::ShuttingDown) => break,
             Err(ShipError::Stale { epoch, message }) => {
                 crate::ops::remote::fence_self(&node, *epoch, message, &shipper.cfg.peer).await;
                 continue;
