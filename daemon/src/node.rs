@@ -47,6 +47,9 @@ pub struct ShipState {
     pub reconnects: u64,
     pub sessions: u64,
     pub last_error: String,
+    /// A sealed segment's record is being committed to this node's own
+    /// catalog in the background (switchover's drain waits for it).
+    pub recording_seal: bool,
 }
 
 /// A stream this node ships, with its live state.

@@ -186,13 +186,19 @@ pub async fn switchover(
     let mut quiet_since: Option<(Instant, u64)> = None;
     let (fork_position, segment, start) = loop {
         let v = shipper.view(Instant::now());
-        let (seg, start) = {
+        let (seg, start, recording) = {
             let st = shipper.state.lock().unwrap();
-            (st.current_segment.clone(), st.current_start)
+            (
+                st.current_segment.clone(),
+                st.current_start,
+                st.recording_seal,
+            )
         };
         // An empty `seg`: nothing written since this node's own fork; its
-        // log ends with a sealed segment and the fork is that end.
-        if v.connected && v.lag_bytes == 0 {
+        // log ends with a sealed segment and the fork is that end. Our own
+        // record of the last seal must be in the catalog before step 4
+        // compares the two logs.
+        if v.connected && v.lag_bytes == 0 && !recording {
             match quiet_since {
                 Some((t, pos)) if pos == v.written_position && t.elapsed() >= DRAIN_QUIET => {
                     break (v.written_position, seg, start)

@@ -163,9 +163,10 @@ async fn run_stream(
         progressed: false,
         anchor: None,
         log_end: None,
+        recording: None,
     };
     let mut state_rx = node.subscribe();
-    loop {
+    'sessions: loop {
         // Idle until this node is a primary that may ship.
         loop {
             let st = state_rx.borrow_and_update().clone();
@@ -178,10 +179,15 @@ async fn run_stream(
                 shipper.refresh_written();
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = state_rx.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => break 'sessions,
+                r = state_rx.changed() => if r.is_err() { break 'sessions },
                 _ = tokio::time::sleep(node.config.tuning.rescan_interval()) => {}
             }
+        }
+        // A seal record still being committed from the last session must
+        // be in the catalog before init reads it back.
+        if let Err(e) = shipper.settle().await {
+            tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
         }
         if let Err(e) = shipper.init() {
             tracing::error!(error = %e, "cannot read this stream's catalog");
@@ -201,7 +207,7 @@ async fn run_stream(
         };
         shipper.progressed = false;
         let result = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break 'sessions,
             _ = state_changed => {
                 tracing::warn!("role or epoch changed; replication session ended");
                 Ok(())
@@ -220,6 +226,11 @@ async fn run_stream(
             // Not "reconnecting": the daemon is on its way out.
             Err(ShipError::ShuttingDown) => break,
             Err(ShipError::Stale { epoch, message }) => {
+                // Fencing rewrites this stream's record: our own last seal
+                // record must land first, not after it.
+                if let Err(e) = shipper.settle().await {
+                    tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
+                }
                 crate::ops::remote::fence_self(&node, *epoch, message, &shipper.cfg.peer).await;
                 continue;
             }
@@ -238,11 +249,15 @@ async fn run_stream(
                 break;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break 'sessions,
                 _ = state_rx.changed() => break,
                 _ = tokio::time::sleep(left.min(node.config.tuning.rescan_interval())) => {}
             }
         }
+    }
+    // The last seal's own record, if still being committed, is kept.
+    if let Err(e) = shipper.settle().await {
+        tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
     }
     tracing::info!("shipper stopped");
 }
@@ -263,6 +278,9 @@ struct StreamShipper {
     /// The end of this node's own log (last sealed segment, e.g. a fork):
     /// the written position before any cursor is known.
     log_end: Option<(String, u64)>,
+    /// The catalog commit of the last sealed segment's record, running on
+    /// a blocking thread while shipping goes on (see `record_sealed`).
+    recording: Option<tokio::task::JoinHandle<Result<(), crate::catalog::CatalogError>>>,
 }
 
 impl StreamShipper {
@@ -370,6 +388,7 @@ impl StreamShipper {
                     return Err(ShipError::Refused("expected an Ack".into()));
                 };
                 status.set_durable(a.durable_position, Instant::now());
+                tracing::trace!(durable = a.durable_position, "ack");
                 if a.sealed {
                     // Durable and verified at the replica: sync wal-push waits for this.
                     status.push.note_sealed(&a.segment);
@@ -550,7 +569,9 @@ impl StreamShipper {
                 // max_bandwidth: this stream's limit, then the node's.
                 self.status.bandwidth.acquire(n).await;
                 self.node.bandwidth.acquire(n).await;
+                let t0 = Instant::now();
                 let data = self.read(cur, n).await?;
+                let read_us = t0.elapsed().as_micros() as u64;
                 if let Some((h, covered)) = &mut cur.hasher {
                     h.update(&data);
                     *covered += n;
@@ -564,9 +585,16 @@ impl StreamShipper {
                     source_position: written,
                     written_at_ms: unix_ms(),
                 });
+                let t0 = Instant::now();
                 tx.send(crate::primary::wire::encode(&self.cfg, welcome, chunk))
                     .await
                     .map_err(|_| ShipError::Closed)?;
+                tracing::trace!(
+                    end,
+                    read_us,
+                    send_us = t0.elapsed().as_micros() as u64,
+                    "chunk queued"
+                );
                 crate::metrics::chunk_shipped(self.cfg.name.as_str(), n);
                 cur.offset += n;
                 last_sent = Instant::now();
@@ -609,12 +637,7 @@ impl StreamShipper {
                 tx.send(ShipMsg::Seal(seal).into())
                     .await
                     .map_err(|_| ShipError::Closed)?;
-                let t0 = Instant::now();
-                self.record_sealed(cur, size, digest, chain, epoch)?;
-                tracing::trace!(
-                    elapsed_us = t0.elapsed().as_micros() as u64,
-                    "seal: catalog commit"
-                );
+                self.record_sealed(cur, size, digest, chain, epoch).await?;
                 // Not `listing[idx + 1]`: that listing may have missed
                 // segments created while it was read (see next_segment).
                 let (next, fresh) = self.next_segment(Some(&cur.segment))?;
@@ -653,9 +676,14 @@ impl StreamShipper {
         let keepalive_due =
             (*last_sent + t.keepalive_interval()).saturating_duration_since(Instant::now());
         let wait = keepalive_due.min(t.rescan_interval());
+        let t0 = Instant::now();
         tokio::select! {
-            _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = self.wake.notified() => {
+                tracing::trace!(waited_us = t0.elapsed().as_micros() as u64, "woken by the WAL directory");
+            }
+            _ = tokio::time::sleep(wait) => {
+                tracing::trace!(waited_us = t0.elapsed().as_micros() as u64, "woken by the rescan timer");
+            }
             // An error, not Ok: the ship loop must end here, not rescan and
             // come back to a wait that returns at once (a busy loop that
             // never yields, so SIGTERM never finished).
@@ -722,7 +750,15 @@ impl StreamShipper {
     }
 
     /// Adds a sealed segment to the primary's own log in its catalog.
-    fn record_sealed(
+    ///
+    /// The synced commit runs on a blocking thread and shipping goes on
+    /// while it runs: it is this node's own record, not what makes anything
+    /// durable at the replica, and waiting for it here held up the next
+    /// segment's bytes and the processing of acks (a commit that met a
+    /// 160 ms journal stall showed up as 160 ms of lag). Records still land
+    /// in order: the next seal, and the next session, wait for this one
+    /// first (`settle`).
+    async fn record_sealed(
         &mut self,
         cur: &Cursor,
         size: u64,
@@ -730,6 +766,7 @@ impl StreamShipper {
         chain: [u8; 32],
         epoch: u64,
     ) -> Result<(), ShipError> {
+        self.settle().await?;
         let now = unix_ms();
         self.meta.chain_head = Some(hex::encode(chain));
         let rec = SegmentRecord {
@@ -748,11 +785,32 @@ impl StreamShipper {
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;
-        self.node
-            .catalog
-            .commit(&self.cfg.name, &[&rec], &self.meta)?;
-        self.status.state.lock().unwrap().sealed_segments = self.meta.sealed_segments;
+        let (node, stream, meta) = (self.node.clone(), self.cfg.name.clone(), self.meta.clone());
+        let status = self.status.clone();
+        status.state.lock().unwrap().recording_seal = true;
+        self.recording = Some(tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let r = node.catalog.commit(&stream, &[&rec], &meta);
+            tracing::trace!(
+                elapsed_us = t0.elapsed().as_micros() as u64,
+                "seal: catalog commit"
+            );
+            let mut st = status.state.lock().unwrap();
+            st.recording_seal = false;
+            if r.is_ok() {
+                st.sealed_segments = meta.sealed_segments;
+            }
+            r
+        }));
         Ok(())
+    }
+
+    /// Waits for the last sealed segment's record to be committed.
+    async fn settle(&mut self) -> Result<(), ShipError> {
+        match self.recording.take() {
+            Some(h) => Ok(h.await.expect("catalog commit task panicked")?),
+            None => Ok(()),
+        }
     }
 }
 

@@ -185,6 +185,7 @@ impl DiskWorker {
             let mut batch = 0u64;
             let mut refused = None;
             let mut next = Some(first);
+            let t0 = Instant::now();
             while let Some(msg) = next.take() {
                 match self.apply(msg) {
                     Ok(Applied::Bytes(n)) => batch += n,
@@ -200,6 +201,11 @@ impl DiskWorker {
                 }
                 next = rx.try_recv().ok();
             }
+            tracing::trace!(
+                batch,
+                apply_us = t0.elapsed().as_micros() as u64,
+                "batch applied"
+            );
             // What was accepted before a refusal was valid: make it durable
             // and ack it, then end the stream with the refusal.
             if let Err(e) = self.flush(&acks) {
@@ -471,6 +477,7 @@ impl DiskWorker {
         // If the primary has gone, nobody reads the ack; that is fine: the
         // position is durable and the next Welcome reports it.
         let _ = acks.blocking_send(Ok(ack));
+        tracing::trace!(durable, "acked");
         Ok(())
     }
 }

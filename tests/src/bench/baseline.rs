@@ -208,7 +208,8 @@ pub fn fdatasync_latency(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Sam
         }
         let n = sizes.next();
         if in_file + n > 16 * MIB {
-            std::fs::remove_file(dir.join(format!("{file_no:08}")))?;
+            // Not removed here: a delete on this disk stalls fsyncs (see
+            // `kept` in drd-bench); the caller removes `dir` at the end.
             file_no += 1;
             in_file = 0;
             f = std::fs::File::create(dir.join(format!("{file_no:08}")))?;
@@ -220,7 +221,6 @@ pub fn fdatasync_latency(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Sam
         written += n as u64;
         in_file += n;
     }
-    std::fs::remove_dir_all(dir)?;
     Ok(out)
 }
 
@@ -236,4 +236,115 @@ pub fn sha256_cost(dir: &Path) -> anyhow::Result<(f64, u64)> {
         total += size;
     }
     Ok((thread_cpu_seconds() - cpu0, total))
+}
+
+/// What a local group commit gives the same writes: a writer paced like the
+/// lag writer (never blocked by a sync) and a syncer that fdatasyncs in a
+/// loop, each sync covering every write that returned before it began.
+/// `per_write` is each write's time from returning to the end of the first
+/// sync that covers it: the same measure as drd's lag, with no network and
+/// no second node. (A per-call fdatasync figure counts a 100 ms stall once;
+/// a writer that keeps writing meets it in every write made meanwhile, and
+/// so does drd's lag.)
+pub struct LocalSync {
+    pub per_write: Samples,
+    /// Each sync's duration.
+    pub per_sync: Samples,
+}
+
+pub fn local_group_commit(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<LocalSync> {
+    use std::sync::{Arc, Condvar, Mutex};
+    #[derive(Default)]
+    struct Shared {
+        /// Files written to since the last sync began (the current one last).
+        unsynced: Vec<Arc<std::fs::File>>,
+        written: u64,
+        done: bool,
+    }
+    std::fs::create_dir_all(dir)?;
+    let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+    let syncer = {
+        let shared = shared.clone();
+        std::thread::spawn(move || -> anyhow::Result<(Vec<(Instant, u64)>, Samples)> {
+            let (lock, cv) = &*shared;
+            let (mut covered, mut per_sync) = (Vec::new(), Samples::default());
+            let mut synced = 0u64;
+            loop {
+                let (files, target) = {
+                    let mut s = lock.lock().unwrap();
+                    while s.written == synced && !s.done {
+                        s = cv.wait(s).unwrap();
+                    }
+                    if s.written == synced && s.done {
+                        break;
+                    }
+                    let cur = s.unsynced.last().cloned();
+                    let files = std::mem::take(&mut s.unsynced);
+                    s.unsynced.extend(cur);
+                    (files, s.written)
+                };
+                let t = Instant::now();
+                for f in &files {
+                    f.sync_data()?;
+                }
+                per_sync.push(t.elapsed());
+                synced = target;
+                covered.push((Instant::now(), target));
+            }
+            Ok((covered, per_sync))
+        })
+    };
+    let buf = random_buffer(2 * MIB, 77);
+    let mut sizes = WriteSizes::new(78);
+    let mut writes = Vec::new();
+    let (mut written, mut file_no, mut in_file) = (0u64, 0u32, 0usize);
+    let create = |n: u32| -> anyhow::Result<Arc<std::fs::File>> {
+        Ok(Arc::new(std::fs::File::create(
+            dir.join(format!("{n:08}")),
+        )?))
+    };
+    let mut f = create(file_no)?;
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < secs {
+        let due = Duration::from_secs_f64(written as f64 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let n = sizes.next();
+        if in_file + n > 16 * MIB {
+            file_no += 1;
+            in_file = 0;
+            f = create(file_no)?;
+        }
+        (&*f).write_all(&buf[..n])?;
+        written += n as u64;
+        in_file += n;
+        writes.push((Instant::now(), written));
+        let (lock, cv) = &*shared;
+        let mut s = lock.lock().unwrap();
+        if !s.unsynced.last().is_some_and(|l| Arc::ptr_eq(l, &f)) {
+            s.unsynced.push(f.clone());
+        }
+        s.written = written;
+        cv.notify_one();
+    }
+    {
+        let (lock, cv) = &*shared;
+        lock.lock().unwrap().done = true;
+        cv.notify_one();
+    }
+    let (covered, per_sync) = syncer
+        .join()
+        .map_err(|_| anyhow::anyhow!("syncer panicked"))??;
+    let mut per_write = Samples::default();
+    for &(t, pos) in &writes {
+        let i = covered.partition_point(|&(_, c)| c < pos);
+        if let Some(&(at, _)) = covered.get(i) {
+            per_write.push(at.saturating_duration_since(t));
+        }
+    }
+    Ok(LocalSync {
+        per_write,
+        per_sync,
+    })
 }

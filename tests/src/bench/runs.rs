@@ -149,11 +149,31 @@ pub async fn lag(
         .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     let mut lag = Samples::default();
     let mut unacked = 0;
+    let mut worst = Vec::new();
     for &(t, pos) in &w.writes {
         let i = polls.partition_point(|&(_, d)| d < pos);
         match polls.get(i) {
-            Some(&(seen, _)) => lag.push(seen.saturating_duration_since(t)),
+            Some(&(seen, _)) => {
+                lag.push(seen.saturating_duration_since(t));
+                worst.push((seen.saturating_duration_since(t), t, pos));
+            }
             None => unacked += 1,
+        }
+    }
+    if std::env::var_os("DRD_BENCH_LOG").is_some() {
+        // With daemon traces on, name the slowest writes by wall-clock time
+        // so they can be found in the daemons' logs.
+        worst.sort_by(|a, b| b.0.cmp(&a.0));
+        let (i0, s0) = (Instant::now(), std::time::SystemTime::now());
+        for (lag, t, pos) in worst.iter().take(15) {
+            let wall = s0 - i0.duration_since(*t);
+            let ms = wall.duration_since(std::time::UNIX_EPOCH)?.as_millis();
+            eprintln!(
+                "  slow write: lag {:.1} ms, written at {}.{:03} (unix), position {pos}",
+                lag.as_secs_f64() * 1e3,
+                ms / 1000,
+                ms % 1000
+            );
         }
     }
     Ok((

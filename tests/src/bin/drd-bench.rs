@@ -117,6 +117,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// A new scratch directory that lives until `kept` is dropped.
+fn keep(kept: &mut Vec<tempfile::TempDir>, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = runs::scratch(name)?;
+    let p = d.path().to_path_buf();
+    kept.push(d);
+    Ok(p)
+}
+
 fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .arg("-c")
@@ -176,15 +184,20 @@ async fn run() -> anyhow::Result<()> {
     );
     let total = runs::write_backlog(&pair.wal, segs)?;
 
+    // Every baseline's copy is kept until the end of the run. This disk is
+    // ext4 mounted with `discard`: deleting a GiB stalls every fsync on it
+    // for 150-240 ms at a time over the next few seconds (measured), which
+    // landed in the middle of the catch-up and the lag runs.
+    let mut kept = Vec::new();
     eprintln!("ceiling (loopback TCP, fdatasync every 1 MiB)…");
-    let ceil_a = baseline::ceiling(&pair.wal, runs::scratch("ceiling")?.path())?;
+    let ceil_a = baseline::ceiling(&pair.wal, &keep(&mut kept, "ceiling")?)?;
 
     let rsync_ver = baseline::rsync_version();
     let rsync = match &rsync_ver {
         Some(_) if !o.wants("rsync") => None,
         Some(v) => {
             eprintln!("rsync -a --fsync ({v})…");
-            Some(baseline::rsync(&pair.wal, runs::scratch("rsync")?.path())?)
+            Some(baseline::rsync(&pair.wal, &keep(&mut kept, "rsync")?)?)
         }
         None => None,
     };
@@ -197,7 +210,7 @@ async fn run() -> anyhow::Result<()> {
     let (running, cu) = runs::catch_up(&bins, pair, total).await?;
 
     eprintln!("ceiling again (after catch-up)…");
-    let ceil_b = baseline::ceiling(&running.pair.wal, runs::scratch("ceiling")?.path())?;
+    let ceil_b = baseline::ceiling(&running.pair.wal, &keep(&mut kept, "ceiling")?)?;
     let ceiling = if ceil_a.mb_per_s() >= ceil_b.mb_per_s() {
         &ceil_a
     } else {
@@ -213,11 +226,14 @@ async fn run() -> anyhow::Result<()> {
     };
     for &rate in &rates {
         eprintln!("fdatasync latency at {rate} MB/s (5 s)…");
-        let fsync = baseline::fdatasync_latency(runs::scratch("fsync")?.path(), rate * 1e6, 5.0)?;
+        let fsync = baseline::fdatasync_latency(&keep(&mut kept, "fsync")?, rate * 1e6, 5.0)?;
+        eprintln!("local group commit at {rate} MB/s ({} s)…", o.lag_seconds);
+        let local =
+            baseline::local_group_commit(&keep(&mut kept, "gc")?, rate * 1e6, o.lag_seconds)?;
         eprintln!("steady-state lag at {rate} MB/s ({} s)…", o.lag_seconds);
         let (l, n, p) = runs::lag(&running, rate * 1e6, o.lag_seconds, next_seg, pos).await?;
         (next_seg, pos) = (n, p);
-        lags.push((l, fsync));
+        lags.push((l, fsync, local));
     }
     let hwm_end = (running.primary.hwm_kib(), running.replica.hwm_kib());
     drop(running);
@@ -241,6 +257,8 @@ async fn run() -> anyhow::Result<()> {
         None
     };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
+    eprintln!("removing the baselines' copies…");
+    drop(kept);
 
     // ---- the table ----
     let cu_mb = cu.bytes as f64 / cu.secs / 1e6;
@@ -300,7 +318,7 @@ async fn run() -> anyhow::Result<()> {
         "-",
         None,
     ));
-    for (l, f) in &lags {
+    for (l, f, local) in &lags {
         let rate = l.target_rate / 1e6;
         let extra = l.lag.pct(99.0) - f.pct(99.0);
         let target = (rate == 20.0).then_some(extra <= 2.0);
@@ -327,6 +345,28 @@ async fn run() -> anyhow::Result<()> {
                 "-"
             },
             target,
+        ));
+        let g = &local.per_write;
+        let extra = l.lag.pct(99.0) - g.pct(99.0);
+        rows.push(Row::new(
+            &format!("lag at {rate:.0} MB/s vs local group commit"),
+            pct3(&l.lag),
+            format!(
+                "per write {} (its syncs p99 {})",
+                pct3(g),
+                ms(local.per_sync.pct(99.0))
+            ),
+            format!(
+                "p99 {:+.1} ms ({:.1}x)",
+                extra,
+                l.lag.pct(99.0) / g.pct(99.0).max(1e-3)
+            ),
+            if rate == 20.0 {
+                "p99 <= local p99 + 2 ms"
+            } else {
+                "-"
+            },
+            (rate == 20.0).then_some(extra <= 2.0),
         ));
     }
     if let Some(sp) = &sp {
@@ -433,7 +473,7 @@ async fn run() -> anyhow::Result<()> {
         "- Catch-up is timed from the primary's start (replica already running) to the replica durable at \
          every byte; the replica's copy was then checked byte for byte (SHA-256)."
     );
-    for (l, _) in &lags {
+    for (l, _, _) in &lags {
         println!(
             "- lag at {:.0} MB/s: {} writes of 8 KiB-1 MiB (log-uniform), {:.0} s; {} acks followed as they \
              happened (the primary's WatchDurable stream on its Unix socket), from write() returning to the first \
@@ -444,6 +484,14 @@ async fn run() -> anyhow::Result<()> {
             l.acks,
         );
     }
+    println!(
+        "- local group commit: the lag writer's sizes and pace, {:.0} s, into local files; a second thread \
+         fdatasyncs in a loop, each sync covering the writes that returned before it began; per write: from \
+         write() returning to the end of that sync (drd's lag measure, without the network and second node). \
+         The fdatasync row times one sync after each write, so a stall counts once there but in every write \
+         made during it here.",
+        o.lag_seconds
+    );
     println!(
         "- failover: fresh mTLS pair per run, primary killed with SIGKILL; timed from starting \
          `drctl failover --yes` until status shows role primary (polled every {} ms).",
