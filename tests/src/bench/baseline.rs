@@ -348,3 +348,29 @@ pub fn local_group_commit(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Lo
         per_sync,
     })
 }
+
+/// Waits for fsyncs on this disk to be quick again (after a large delete,
+/// say): an 8 KiB write + fdatasync every 5 ms until a whole second passes
+/// with none over 20 ms, for at most 30 s. Returns the time waited.
+pub fn settle_disk(dir: &Path) -> anyhow::Result<Duration> {
+    const QUIET: Duration = Duration::from_secs(1);
+    const SLOW: Duration = Duration::from_millis(20);
+    const LIMIT: Duration = Duration::from_secs(30);
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::File::create(dir.join("probe"))?;
+    let block = [0u8; 8192];
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    while started.elapsed() < LIMIT {
+        f.write_all(&block)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        if t.elapsed() > SLOW {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= QUIET {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(started.elapsed())
+}

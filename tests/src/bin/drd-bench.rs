@@ -26,7 +26,7 @@ mod zstd;
 use anyhow::{bail, Context};
 use stats::{Row, Samples};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -117,12 +117,29 @@ fn main() -> ExitCode {
     }
 }
 
-/// A new scratch directory that lives until `kept` is dropped.
-fn keep(kept: &mut Vec<tempfile::TempDir>, name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let d = runs::scratch(name)?;
-    let p = d.path().to_path_buf();
-    kept.push(d);
-    Ok(p)
+/// Runs baselines in scratch directories that are removed right after,
+/// then waits for the disk to settle (see `run`); keeps the waits' total.
+#[derive(Default)]
+struct Settle {
+    waited: Duration,
+    longest: Duration,
+}
+
+impl Settle {
+    fn measure<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&std::path::Path) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let dir = runs::scratch(name)?;
+        let out = f(dir.path())?;
+        drop(dir);
+        let probe = runs::scratch("settle")?;
+        let waited = baseline::settle_disk(probe.path())?;
+        self.waited += waited;
+        self.longest = self.longest.max(waited);
+        Ok(out)
+    }
 }
 
 fn sh(cmd: &str) -> String {
@@ -184,20 +201,23 @@ async fn run() -> anyhow::Result<()> {
     );
     let total = runs::write_backlog(&pair.wal, segs)?;
 
-    // Every baseline's copy is kept until the end of the run. This disk is
-    // ext4 mounted with `discard`: deleting a GiB stalls every fsync on it
-    // for 150-240 ms at a time over the next few seconds (measured), which
-    // landed in the middle of the catch-up and the lag runs.
-    let mut kept = Vec::new();
+    // Every baseline's copy is removed as soon as it is measured, and the
+    // next measure waits for the disk to settle. Both matter on this VM:
+    // writes get ~4x dearer in CPU once the page cache passes a few GiB
+    // (so copies must not pile up), and the disk is ext4 mounted with
+    // `discard`, where deleting a GiB stalls every fsync for 150-240 ms at a
+    // time over the next seconds (measured; it landed inside the catch-up
+    // and lag runs).
+    let mut settle = Settle::default();
     eprintln!("ceiling (loopback TCP, fdatasync every 1 MiB)…");
-    let ceil_a = baseline::ceiling(&pair.wal, &keep(&mut kept, "ceiling")?)?;
+    let ceil_a = settle.measure("ceiling", |d| baseline::ceiling(&pair.wal, d))?;
 
     let rsync_ver = baseline::rsync_version();
     let rsync = match &rsync_ver {
         Some(_) if !o.wants("rsync") => None,
         Some(v) => {
             eprintln!("rsync -a --fsync ({v})…");
-            Some(baseline::rsync(&pair.wal, &keep(&mut kept, "rsync")?)?)
+            Some(settle.measure("rsync", |d| baseline::rsync(&pair.wal, d))?)
         }
         None => None,
     };
@@ -210,7 +230,7 @@ async fn run() -> anyhow::Result<()> {
     let (running, cu) = runs::catch_up(&bins, pair, total).await?;
 
     eprintln!("ceiling again (after catch-up)…");
-    let ceil_b = baseline::ceiling(&running.pair.wal, &keep(&mut kept, "ceiling")?)?;
+    let ceil_b = settle.measure("ceiling", |d| baseline::ceiling(&running.pair.wal, d))?;
     let ceiling = if ceil_a.mb_per_s() >= ceil_b.mb_per_s() {
         &ceil_a
     } else {
@@ -226,10 +246,12 @@ async fn run() -> anyhow::Result<()> {
     };
     for &rate in &rates {
         eprintln!("fdatasync latency at {rate} MB/s (5 s)…");
-        let fsync = baseline::fdatasync_latency(&keep(&mut kept, "fsync")?, rate * 1e6, 5.0)?;
+        let fsync =
+            settle.measure("fsync", |d| baseline::fdatasync_latency(d, rate * 1e6, 5.0))?;
         eprintln!("local group commit at {rate} MB/s ({} s)…", o.lag_seconds);
-        let local =
-            baseline::local_group_commit(&keep(&mut kept, "gc")?, rate * 1e6, o.lag_seconds)?;
+        let local = settle.measure("gc", |d| {
+            baseline::local_group_commit(d, rate * 1e6, o.lag_seconds)
+        })?;
         eprintln!("steady-state lag at {rate} MB/s ({} s)…", o.lag_seconds);
         let (l, n, p) = runs::lag(&running, rate * 1e6, o.lag_seconds, next_seg, pos).await?;
         (next_seg, pos) = (n, p);
@@ -257,8 +279,6 @@ async fn run() -> anyhow::Result<()> {
         None
     };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
-    eprintln!("removing the baselines' copies…");
-    drop(kept);
 
     // ---- the table ----
     let cu_mb = cu.bytes as f64 / cu.secs / 1e6;
@@ -491,6 +511,12 @@ async fn run() -> anyhow::Result<()> {
          The fdatasync row times one sync after each write, so a stall counts once there but in every write \
          made during it here.",
         o.lag_seconds
+    );
+    println!(
+        "- each baseline's copy was removed right after it was measured, and the next measure waited for \
+         fsyncs to be quick again (1 s with none over 20 ms): {:.1} s of waits in all, the longest {:.1} s.",
+        settle.waited.as_secs_f64(),
+        settle.longest.as_secs_f64()
     );
     println!(
         "- failover: fresh mTLS pair per run, primary killed with SIGKILL; timed from starting \
