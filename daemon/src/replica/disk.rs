@@ -66,7 +66,7 @@ pub struct DiskWorker {
     /// Records changed since the last commit (a sealed segment, a new one).
     changed: Vec<SegmentRecord>,
     meta: StreamMeta,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     /// Running SHA-256 of the tail file and how many bytes it covers; None
     /// when the session began mid-segment (re-hashed from disk at seal).
     hasher: Option<(Sha256, u64)>,
@@ -81,6 +81,9 @@ pub struct DiskWorker {
     need_ack: bool,
     group_commit_bytes: u64,
     primary_epoch: u64,
+    /// The flush running on the syncer thread, and the tail's (size, CRC)
+    /// that becomes `committed` when it succeeds.
+    in_flight: Option<Option<(u64, u32)>>,
 }
 
 fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -128,6 +131,7 @@ impl DiskWorker {
             need_ack: false,
             group_commit_bytes,
             primary_epoch: node_epoch,
+            in_flight: None,
         };
         w.open_tail()?;
         Ok(w)
@@ -156,7 +160,7 @@ impl DiskWorker {
             None => crc_prefix(&f, rec.size).map_err(io_err(&path))?,
         };
         self.committed = (rec.size, self.crc);
-        self.file = Some(f);
+        self.file = Some(Arc::new(f));
         Ok(())
     }
 
@@ -176,10 +180,49 @@ impl DiskWorker {
     /// The session loop: batches, group commit, acks. Returns when the queue
     /// closes or a message is refused (then the error is sent as the stream's
     /// final status).
+    ///
+    /// Flushes run on a second thread, one at a time, while this one goes on
+    /// writing what arrives next: a group's fdatasync and commit overlap the
+    /// next group's writes and hashing instead of alternating with them.
+    /// The syncer acks each group itself as soon as it is durable.
     pub fn run(
         mut self,
         mut rx: mpsc::Receiver<ShipMsg>,
         acks: mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
+    ) {
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<FlushJob>(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), DiskError>>();
+        let syncer = Syncer {
+            stream: self.stream.clone(),
+            landing: self.landing.clone(),
+            catalog: self.catalog.clone(),
+            slot: self.slot.clone(),
+            acks: acks.clone(),
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for job in jobs_rx {
+                    let r = syncer.flush(job);
+                    let failed = r.is_err();
+                    if done_tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut flusher = Flusher {
+                jobs: jobs_tx,
+                done: done_rx,
+            };
+            self.session(&mut rx, &mut flusher, &acks);
+            // Dropping `flusher` ends the syncer; the scope waits for it.
+        });
+    }
+
+    fn session(
+        &mut self,
+        rx: &mut mpsc::Receiver<ShipMsg>,
+        flusher: &mut Flusher,
+        acks: &mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
     ) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = 0u64;
@@ -187,7 +230,7 @@ impl DiskWorker {
             let mut next = Some(first);
             let t0 = Instant::now();
             while let Some(msg) = next.take() {
-                match self.apply(msg) {
+                match self.apply(msg, flusher) {
                     Ok(Applied::Bytes(n)) => batch += n,
                     Ok(Applied::Sealed) => break,
                     Ok(Applied::Nothing) => {}
@@ -208,8 +251,13 @@ impl DiskWorker {
             );
             // What was accepted before a refusal was valid: make it durable
             // and ack it, then end the stream with the refusal.
-            if let Err(e) = self.flush(&acks) {
+            if let Err(e) = self.flush(flusher) {
                 refused.get_or_insert(e);
+            }
+            if refused.is_some() {
+                if let Err(e) = self.settle(flusher) {
+                    refused.get_or_insert(e);
+                }
             }
             if let Some(e) = refused {
                 tracing::warn!(stream = %self.stream, error = %e, "refused replication data");
@@ -218,12 +266,23 @@ impl DiskWorker {
                 return;
             }
         }
+        // The primary closed the stream: the last group's ack still goes out.
+        if let Err(e) = self.settle(flusher) {
+            tracing::warn!(stream = %self.stream, error = %e, "the last flush failed");
+            self.slot.state.lock().unwrap().last_error = e.to_string();
+            let _ = acks.blocking_send(Err(e.into()));
+        }
     }
 
-    fn apply(&mut self, msg: ShipMsg) -> Result<Applied, DiskError> {
+    fn apply(&mut self, msg: ShipMsg, flusher: &mut Flusher) -> Result<Applied, DiskError> {
         match msg {
-            ShipMsg::Chunk(c) => self.apply_chunk(c).map(Applied::Bytes),
-            ShipMsg::Seal(s) => self.apply_seal(&s),
+            ShipMsg::Chunk(c) => self.apply_chunk(c, flusher).map(Applied::Bytes),
+            ShipMsg::Seal(s) => {
+                // The seal renames the file and changes its record: the
+                // flush of its last bytes must be done first.
+                self.settle(flusher)?;
+                self.apply_seal(&s)
+            }
             ShipMsg::Keepalive {
                 epoch,
                 source_position,
@@ -249,7 +308,7 @@ impl DiskWorker {
         self.meta.source_position = self.meta.source_position.max(pos);
     }
 
-    fn apply_chunk(&mut self, c: Chunk) -> Result<u64, DiskError> {
+    fn apply_chunk(&mut self, c: Chunk, flusher: &mut Flusher) -> Result<u64, DiskError> {
         let len = c.data.len() as u64;
         // Every byte that arrives counts as received, accepted or not.
         self.meta.network_bytes += len;
@@ -257,6 +316,8 @@ impl DiskWorker {
         let action = self.receiver.decide_chunk(&c)?;
         self.primary_epoch = c.epoch;
         if action == ChunkAction::StartSegment {
+            // A new tail: no flush of the old one may still be running.
+            self.settle(flusher)?;
             self.start_segment(&c)?;
         }
         let path = self.partial_path(&c.segment);
@@ -299,7 +360,7 @@ impl DiskWorker {
             elapsed_us = t0.elapsed().as_micros() as u64,
             "new segment: fsync dir"
         );
-        self.file = Some(f);
+        self.file = Some(Arc::new(f));
         self.hasher = Some((Sha256::new(), 0));
         self.crc = 0;
         self.committed = (0, 0);
@@ -368,18 +429,29 @@ impl DiskWorker {
         Ok(Applied::Sealed)
     }
 
-    /// Makes everything accepted so far durable, then acks it.
-    fn flush(
-        &mut self,
-        acks: &mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
-    ) -> Result<(), DiskError> {
+    /// Hands everything accepted so far to the syncer, which makes it
+    /// durable and acks it. Waits for the flush before it first.
+    fn flush(&mut self, flusher: &mut Flusher) -> Result<(), DiskError> {
         if !self.need_ack {
             return Ok(());
         }
+        self.settle(flusher)?;
+        let mut rollback = None;
         if let (Some(rec), Some(tail)) = (self.tail_rec.as_mut(), self.receiver.tail.as_ref()) {
             // A segment just started whose first write failed has a record
             // but no accepted byte yet: it stays at size 0.
             if rec.name == tail.segment.as_str() && !rec.sealed {
+                // If the fdatasync fails, the record goes back to this
+                // point, the last one fully synced.
+                let (size, crc) = self.committed;
+                let mut back = rec.clone();
+                back.size = size;
+                back.check = Some(PartialCheck {
+                    crc32c: crc,
+                    prev_size: size,
+                    prev_crc32c: crc,
+                });
+                rollback = Some(back);
                 rec.size = tail.size;
                 rec.check = Some(PartialCheck {
                     crc32c: self.crc,
@@ -394,17 +466,90 @@ impl DiskWorker {
             }
         }
         self.meta.durable_at_ms = unix_ms();
-        let refs: Vec<&SegmentRecord> = self.changed.iter().collect();
+        let job = FlushJob {
+            // fdatasync covers every byte written before it is called, so
+            // once it is handed over the file is clean as of this point.
+            file: self.dirty.then(|| self.file.clone()).flatten(),
+            records: std::mem::take(&mut self.changed),
+            meta: self.meta.clone(),
+            tail: self.tail_rec.clone(),
+            rollback: rollback.filter(|_| self.dirty),
+        };
+        self.dirty = false;
+        self.need_ack = false;
+        let committed = self
+            .tail_rec
+            .as_ref()
+            .filter(|r| !r.sealed)
+            .map(|r| (r.size, r.check.map_or(0, |c| c.crc32c)));
+        if flusher.jobs.send(job).is_err() {
+            // The syncer stopped after a failure; `settle` reports it.
+            return self.settle(flusher);
+        }
+        self.in_flight = Some(committed);
+        Ok(())
+    }
+
+    /// Waits for the running flush, if any, and takes in its outcome.
+    fn settle(&mut self, flusher: &mut Flusher) -> Result<(), DiskError> {
+        let Some(committed) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match flusher.done.recv() {
+            Ok(Ok(())) => {
+                if let Some(c) = committed {
+                    self.committed = c;
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DiskError::Io {
+                path: self.landing.display().to_string(),
+                source: std::io::Error::other("the flush thread stopped"),
+            }),
+        }
+    }
+}
+
+/// The syncer's side of the pipeline, owned by the writing thread.
+struct Flusher {
+    jobs: std::sync::mpsc::SyncSender<FlushJob>,
+    done: std::sync::mpsc::Receiver<Result<(), DiskError>>,
+}
+
+/// One group to make durable: a snapshot taken by the writing thread.
+struct FlushJob {
+    /// The tail file, when bytes were written since the last fdatasync.
+    file: Option<Arc<File>>,
+    records: Vec<SegmentRecord>,
+    meta: StreamMeta,
+    /// The tail's record as this flush makes it durable (for the ack).
+    tail: Option<SegmentRecord>,
+    /// The tail's record at the last fully synced point, put back if the
+    /// fdatasync fails after the commit went through.
+    rollback: Option<SegmentRecord>,
+}
+
+/// Makes groups durable and acks them, on its own thread.
+struct Syncer {
+    stream: StreamName,
+    landing: PathBuf,
+    catalog: Arc<Catalog>,
+    slot: Arc<ReceiveSlot>,
+    acks: mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
+}
+
+impl Syncer {
+    fn flush(&self, job: FlushJob) -> Result<(), DiskError> {
+        let refs: Vec<&SegmentRecord> = job.records.iter().collect();
         // The group's fdatasync and the synced catalog commit run side by
         // side, and the ack waits for both: one flush of latency, not two.
         // If power fails in between, the commit may be on disk before the
         // bytes; the record's CRC tells a restart to fall back to the
         // previous point, which was fully synced before this commit began
-        // (see PartialCheck and reconcile.rs).
-        let sync_file = self.dirty.then_some(()).and(self.file.as_ref());
-        let (catalog, stream, meta) = (&self.catalog, &self.stream, &self.meta);
+        // (flushes run one at a time; see PartialCheck and reconcile.rs).
         let (synced, committed) = std::thread::scope(|scope| {
-            let sync = sync_file.map(|f| {
+            let sync = job.file.as_ref().map(|f| {
                 scope.spawn(move || {
                     let t0 = Instant::now();
                     // fdatasync: the bytes and the file size (needed to
@@ -413,7 +558,7 @@ impl DiskWorker {
                 })
             });
             let t0 = Instant::now();
-            let committed = catalog.commit(stream, &refs, meta);
+            let committed = self.catalog.commit(&self.stream, &refs, &job.meta);
             tracing::trace!(
                 elapsed_us = t0.elapsed().as_micros() as u64,
                 "catalog commit"
@@ -425,47 +570,35 @@ impl DiskWorker {
             Some(Ok(elapsed)) => {
                 tracing::trace!(elapsed_us = elapsed.as_micros() as u64, "fdatasync");
                 crate::metrics::fsync(self.stream.as_str(), elapsed);
-                self.dirty = false;
             }
             Some(Err(e)) => {
                 // The commit may already record bytes that did not reach
                 // the disk: put the record back to the last synced point
                 // before refusing (nothing here was acked).
-                let rec = self.tail_rec.as_mut().expect("dirty implies a tail");
-                let path = self.landing.join(&rec.name);
-                if committed.is_ok() && !rec.sealed {
-                    let (size, crc) = self.committed;
-                    rec.size = size;
-                    rec.check = Some(PartialCheck {
-                        crc32c: crc,
-                        prev_size: size,
-                        prev_crc32c: crc,
-                    });
-                    self.catalog.commit(&self.stream, &[rec], &self.meta)?;
+                let name = job.tail.as_ref().map_or(String::new(), |r| r.name.clone());
+                if committed.is_ok() {
+                    if let Some(back) = &job.rollback {
+                        self.catalog.commit(&self.stream, &[back], &job.meta)?;
+                    }
                 }
-                return Err(io_err(&path)(e));
+                return Err(io_err(&self.landing.join(name))(e));
             }
             None => {}
         }
         committed?;
-        if let Some(rec) = self.tail_rec.as_ref().filter(|r| !r.sealed) {
-            self.committed = (rec.size, rec.check.map_or(0, |c| c.crc32c));
-        }
-        self.changed.clear();
-        self.need_ack = false;
-        let durable = self.durable_position();
+        let durable = job.tail.as_ref().map_or(0, SegmentRecord::end);
         {
             let mut st = self.slot.state.lock().unwrap();
             st.durable = durable;
-            st.tail = self.tail_rec.clone();
-            st.meta = self.meta.clone();
+            st.tail = job.tail.clone();
             let now = Instant::now();
-            if durable >= self.meta.source_position {
+            if durable >= job.meta.source_position {
                 st.caught_up_at = now;
             }
+            st.meta = job.meta;
             st.rate.record(durable, now);
         }
-        let rec = self.tail_rec.as_ref();
+        let rec = job.tail.as_ref();
         let ack = pb::ReplicaMessage {
             msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
                 durable_position: durable,
@@ -476,7 +609,7 @@ impl DiskWorker {
         };
         // If the primary has gone, nobody reads the ack; that is fine: the
         // position is durable and the next Welcome reports it.
-        let _ = acks.blocking_send(Ok(ack));
+        let _ = self.acks.blocking_send(Ok(ack));
         tracing::trace!(durable, "acked");
         Ok(())
     }

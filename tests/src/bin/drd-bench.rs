@@ -246,8 +246,7 @@ async fn run() -> anyhow::Result<()> {
     };
     for &rate in &rates {
         eprintln!("fdatasync latency at {rate} MB/s (5 s)…");
-        let fsync =
-            settle.measure("fsync", |d| baseline::fdatasync_latency(d, rate * 1e6, 5.0))?;
+        let fsync = settle.measure("fsync", |d| baseline::fdatasync_latency(d, rate * 1e6, 5.0))?;
         eprintln!("local group commit at {rate} MB/s ({} s)…", o.lag_seconds);
         let local = settle.measure("gc", |d| {
             baseline::local_group_commit(d, rate * 1e6, o.lag_seconds)
