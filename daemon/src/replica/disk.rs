@@ -69,7 +69,7 @@ pub struct DiskWorker {
     file: Option<Arc<File>>,
     /// Running SHA-256 of the tail file and how many bytes it covers; None
     /// when the session began mid-segment (re-hashed from disk at seal).
-    hasher: Option<(Sha256, u64)>,
+    hasher: Option<RunningHash>,
     /// CRC32C of the tail file's accepted bytes (`0..tail size`).
     crc: u32,
     /// The last committed durable point of the tail: (size, CRC32C).
@@ -224,7 +224,9 @@ impl DiskWorker {
         flusher: &mut Flusher,
         acks: &mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
     ) {
+        let mut idle = Instant::now();
         while let Some(first) = rx.blocking_recv() {
+            let waited_us = idle.elapsed().as_micros() as u64;
             let mut batch = 0u64;
             let mut refused = None;
             let mut next = Some(first);
@@ -246,6 +248,7 @@ impl DiskWorker {
             }
             tracing::trace!(
                 batch,
+                waited_us,
                 apply_us = t0.elapsed().as_micros() as u64,
                 "batch applied"
             );
@@ -265,6 +268,7 @@ impl DiskWorker {
                 let _ = acks.blocking_send(Err(e.into()));
                 return;
             }
+            idle = Instant::now();
         }
         // The primary closed the stream: the last group's ack still goes out.
         if let Err(e) = self.settle(flusher) {
@@ -316,8 +320,13 @@ impl DiskWorker {
         let action = self.receiver.decide_chunk(&c)?;
         self.primary_epoch = c.epoch;
         if action == ChunkAction::StartSegment {
-            // A new tail: no flush of the old one may still be running.
-            self.settle(flusher)?;
+            // A new tail: no flush of the old one's bytes may still be
+            // running, or its outcome would set `committed` for the new
+            // one. A flush that only records the old one sealed may go on
+            // meanwhile: the new one's first flush waits for it.
+            if matches!(self.in_flight, Some(Some(_))) {
+                self.settle(flusher)?;
+            }
             self.start_segment(&c)?;
         }
         let path = self.partial_path(&c.segment);
@@ -328,11 +337,8 @@ impl DiskWorker {
             .map_err(io_err(&path))?;
         self.receiver.accept_chunk(action, &c);
         self.crc = crc32c::crc32c_append(self.crc, &c.data);
-        if let Some((h, covered)) = &mut self.hasher {
-            if *covered == c.offset {
-                h.update(&c.data);
-                *covered += len;
-            }
+        if let Some(h) = &mut self.hasher {
+            h.update(c.offset, &c.data);
         }
         self.dirty = true;
         self.need_ack = true;
@@ -361,7 +367,7 @@ impl DiskWorker {
             "new segment: fsync dir"
         );
         self.file = Some(Arc::new(f));
-        self.hasher = Some((Sha256::new(), 0));
+        self.hasher = RunningHash::start();
         self.crc = 0;
         self.committed = (0, 0);
         self.meta.segments += 1;
@@ -393,8 +399,8 @@ impl DiskWorker {
         }
         let path = self.partial_path(&s.segment);
         let file = self.file.as_ref().expect("tail file open before seal");
-        let digest: [u8; 32] = match self.hasher.take() {
-            Some((h, covered)) if covered == s.size => h.finalize().into(),
+        let digest: [u8; 32] = match self.hasher.take().map(RunningHash::finish) {
+            Some((covered, digest)) if covered == s.size => digest,
             _ => hash_file(file).map_err(io_err(&path))?,
         };
         Receiver::check_digest(s, &digest, &self.meta.chain_head())?;
@@ -435,7 +441,12 @@ impl DiskWorker {
         if !self.need_ack {
             return Ok(());
         }
+        let t0 = Instant::now();
         self.settle(flusher)?;
+        tracing::trace!(
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "waited for the previous flush"
+        );
         let mut rollback = None;
         if let (Some(rec), Some(tail)) = (self.tail_rec.as_mut(), self.receiver.tail.as_ref()) {
             // A segment just started whose first write failed has a record
@@ -508,6 +519,59 @@ impl DiskWorker {
                 source: std::io::Error::other("the flush thread stopped"),
             }),
         }
+    }
+}
+
+/// The SHA-256 of a segment as it is written, computed on a thread of its
+/// own: on the writing thread it was a third of that thread's time, and the
+/// writes of the next bytes waited for it.
+struct RunningHash {
+    /// Bytes hashed so far: `0..covered` of the segment, in order.
+    covered: u64,
+    tx: std::sync::mpsc::SyncSender<bytes::Bytes>,
+    thread: std::thread::JoinHandle<[u8; 32]>,
+}
+
+impl RunningHash {
+    /// None if no thread can be started: the seal then hashes the file.
+    fn start() -> Option<Self> {
+        // Bounded: at most this many chunks wait to be hashed.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(8);
+        let thread = std::thread::Builder::new()
+            .name("drd-hash".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for data in rx {
+                    h.update(&data);
+                }
+                h.finalize().into()
+            })
+            .map_err(|e| tracing::warn!(error = %e, "cannot start a hashing thread; the seal will hash the file"))
+            .ok()?;
+        Some(Self {
+            covered: 0,
+            tx,
+            thread,
+        })
+    }
+
+    /// Hashes `data` if it continues the hashed prefix (a re-sent chunk
+    /// does not).
+    fn update(&mut self, offset: u64, data: &bytes::Bytes) {
+        if offset == self.covered {
+            // The thread ends only when `tx` is dropped, so this cannot fail.
+            let _ = self.tx.send(data.clone());
+            self.covered += data.len() as u64;
+        }
+    }
+
+    /// The bytes covered and their digest.
+    fn finish(self) -> (u64, [u8; 32]) {
+        drop(self.tx);
+        (
+            self.covered,
+            self.thread.join().expect("hashing thread panicked"),
+        )
     }
 }
 
