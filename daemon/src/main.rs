@@ -11,13 +11,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc, not glibc's malloc: glibc serves each 1 MiB chunk buffer with
-/// a fresh mmap, so every chunk cost page faults and the kernel zeroing new
-/// pages on both sides (~6 % of the replica's CPU in profiles); mimalloc
-/// reuses the memory.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "drd",
