@@ -186,9 +186,7 @@ async fn run_stream(
         }
         // A seal record still being committed from the last session must
         // be in the catalog before init reads it back.
-        if let Err(e) = shipper.settle().await {
-            tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
-        }
+        shipper.settle_or_log().await;
         if let Err(e) = shipper.init() {
             tracing::error!(error = %e, "cannot read this stream's catalog");
         }
@@ -228,9 +226,7 @@ async fn run_stream(
             Err(ShipError::Stale { epoch, message }) => {
                 // Fencing rewrites this stream's record: our own last seal
                 // record must land first, not after it.
-                if let Err(e) = shipper.settle().await {
-                    tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
-                }
+                shipper.settle_or_log().await;
                 crate::ops::remote::fence_self(&node, *epoch, message, &shipper.cfg.peer).await;
                 continue;
             }
@@ -256,9 +252,7 @@ async fn run_stream(
         }
     }
     // The last seal's own record, if still being committed, is kept.
-    if let Err(e) = shipper.settle().await {
-        tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
-    }
+    shipper.settle_or_log().await;
     tracing::info!("shipper stopped");
 }
 
@@ -810,6 +804,13 @@ impl StreamShipper {
         match self.recording.take() {
             Some(h) => Ok(h.await.expect("catalog commit task panicked")?),
             None => Ok(()),
+        }
+    }
+
+    /// [`Self::settle`] where no caller can act on a failure but the log.
+    async fn settle_or_log(&mut self) {
+        if let Err(e) = self.settle().await {
+            tracing::error!(error = %e, "cannot record a sealed segment in the catalog");
         }
     }
 }

@@ -523,8 +523,8 @@ impl DiskWorker {
 }
 
 /// The SHA-256 of a segment as it is written, computed on a thread of its
-/// own: on the writing thread it was a third of that thread's time, and the
-/// writes of the next bytes waited for it.
+/// own: on the writing thread it took two fifths of that thread's time,
+/// and the writes of the next bytes waited for it.
 struct RunningHash {
     /// Bytes hashed so far: `0..covered` of the segment, in order.
     covered: u64,
