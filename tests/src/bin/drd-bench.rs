@@ -513,7 +513,7 @@ async fn run() -> anyhow::Result<()> {
     );
     println!(
         "- each baseline's copy was removed right after it was measured, and the next measure waited for \
-         fsyncs to be quick again (1 s with none over 20 ms): {:.1} s of waits in all, the longest {:.1} s.",
+         fsyncs to be quick again (3 s with none over 20 ms): {:.1} s of waits in all, the longest {:.1} s.",
         settle.waited.as_secs_f64(),
         settle.longest.as_secs_f64()
     );
