@@ -194,34 +194,71 @@ pub fn random_buffer(len: usize, seed: u64) -> Vec<u8> {
 /// Latency of fdatasync after each paced write (same sizes and rate as the
 /// lag writer) into 16 MiB files in `dir`, for `secs` seconds.
 pub fn fdatasync_latency(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Samples> {
-    std::fs::create_dir_all(dir)?;
-    let buf = random_buffer(2 * MIB, 77);
-    let mut sizes = WriteSizes::new(78);
+    let mut writer = PacedWriter::new(dir, rate)?;
     let mut out = Samples::default();
-    let started = Instant::now();
-    let (mut written, mut file_no, mut in_file) = (0u64, 0u32, 0usize);
-    let mut f = std::fs::File::create(dir.join(format!("{file_no:08}")))?;
-    while started.elapsed().as_secs_f64() < secs {
-        let due = Duration::from_secs_f64(written as f64 / rate);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let n = sizes.next();
-        if in_file + n > 16 * MIB {
-            // Not removed here: a delete on this disk stalls fsyncs (see
-            // `kept` in drd-bench); the caller removes `dir` at the end.
-            file_no += 1;
-            in_file = 0;
-            f = std::fs::File::create(dir.join(format!("{file_no:08}")))?;
-        }
-        f.write_all(&buf[..n])?;
+    while writer.started.elapsed().as_secs_f64() < secs {
+        let f = writer.write_next()?;
         let t = Instant::now();
         f.sync_data()?;
         out.push(t.elapsed());
-        written += n as u64;
-        in_file += n;
     }
     Ok(out)
+}
+
+/// The lag writer's sizes and pace, into 16 MiB files in `dir` (none is
+/// removed here: a delete on this disk stalls fsyncs, so the caller removes
+/// `dir` and lets the disk settle; see `Settle` in drd-bench).
+struct PacedWriter {
+    dir: PathBuf,
+    rate: f64,
+    started: Instant,
+    buf: Vec<u8>,
+    sizes: WriteSizes,
+    file: std::sync::Arc<std::fs::File>,
+    file_no: u32,
+    in_file: usize,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl PacedWriter {
+    fn new(dir: &Path, rate: f64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let buf = random_buffer(2 * MIB, 77);
+        let file = std::sync::Arc::new(std::fs::File::create(dir.join("00000000"))?);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            rate,
+            // The pace counts from here, once the buffer and file are ready.
+            started: Instant::now(),
+            buf,
+            sizes: WriteSizes::new(78),
+            file,
+            file_no: 0,
+            in_file: 0,
+            written: 0,
+        })
+    }
+
+    /// Waits until the next write is due, makes it, and returns the file it
+    /// went to.
+    fn write_next(&mut self) -> anyhow::Result<std::sync::Arc<std::fs::File>> {
+        let due = Duration::from_secs_f64(self.written as f64 / self.rate);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let n = self.sizes.next();
+        if self.in_file + n > 16 * MIB {
+            self.file_no += 1;
+            self.in_file = 0;
+            let path = self.dir.join(format!("{:08}", self.file_no));
+            self.file = std::sync::Arc::new(std::fs::File::create(path)?);
+        }
+        (&*self.file).write_all(&self.buf[..n])?;
+        self.written += n as u64;
+        self.in_file += n;
+        Ok(self.file.clone())
+    }
 }
 
 /// CPU seconds one core spends on SHA-256 over every file of `dir` (with
@@ -261,7 +298,6 @@ pub fn local_group_commit(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Lo
         written: u64,
         done: bool,
     }
-    std::fs::create_dir_all(dir)?;
     let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
     let syncer = {
         let shared = shared.clone();
@@ -294,38 +330,17 @@ pub fn local_group_commit(dir: &Path, rate: f64, secs: f64) -> anyhow::Result<Lo
             Ok((covered, per_sync))
         })
     };
-    let buf = random_buffer(2 * MIB, 77);
-    let mut sizes = WriteSizes::new(78);
+    let mut writer = PacedWriter::new(dir, rate)?;
     let mut writes = Vec::new();
-    let (mut written, mut file_no, mut in_file) = (0u64, 0u32, 0usize);
-    let create = |n: u32| -> anyhow::Result<Arc<std::fs::File>> {
-        Ok(Arc::new(std::fs::File::create(
-            dir.join(format!("{n:08}")),
-        )?))
-    };
-    let mut f = create(file_no)?;
-    let started = Instant::now();
-    while started.elapsed().as_secs_f64() < secs {
-        let due = Duration::from_secs_f64(written as f64 / rate);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let n = sizes.next();
-        if in_file + n > 16 * MIB {
-            file_no += 1;
-            in_file = 0;
-            f = create(file_no)?;
-        }
-        (&*f).write_all(&buf[..n])?;
-        written += n as u64;
-        in_file += n;
-        writes.push((Instant::now(), written));
+    while writer.started.elapsed().as_secs_f64() < secs {
+        let f = writer.write_next()?;
+        writes.push((Instant::now(), writer.written));
         let (lock, cv) = &*shared;
         let mut s = lock.lock().unwrap();
         if !s.unsynced.last().is_some_and(|l| Arc::ptr_eq(l, &f)) {
-            s.unsynced.push(f.clone());
+            s.unsynced.push(f);
         }
-        s.written = written;
+        s.written = writer.written;
         cv.notify_one();
     }
     {

@@ -142,6 +142,30 @@ impl Settle {
     }
 }
 
+/// A lag row: drd's lag against a baseline, and the 2 ms target
+/// on the p99 where `target` names it.
+fn lag_row(
+    measure: String,
+    drd: String,
+    lag: &Samples,
+    (baseline, base): (String, &Samples),
+    target: Option<&'static str>,
+) -> Row {
+    let extra = lag.pct(99.0) - base.pct(99.0);
+    Row::new(
+        &measure,
+        drd,
+        baseline,
+        format!(
+            "p99 {:+.1} ms ({:.1}x)",
+            extra,
+            lag.pct(99.0) / base.pct(99.0).max(1e-3)
+        ),
+        target.unwrap_or("-"),
+        target.map(|_| extra <= 2.0),
+    )
+}
+
 fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .arg("-c")
@@ -339,53 +363,31 @@ async fn run() -> anyhow::Result<()> {
     ));
     for (l, f, local) in &lags {
         let rate = l.target_rate / 1e6;
-        let extra = l.lag.pct(99.0) - f.pct(99.0);
-        let target = (rate == 20.0).then_some(extra <= 2.0);
-        rows.push(Row::new(
-            &format!("lag at {rate:.0} MB/s (got {:.0})", l.achieved_rate / 1e6),
-            format!(
-                "{}{}",
-                pct3(&l.lag),
-                if l.unacked > 0 {
-                    format!(", {} writes not acked", l.unacked)
-                } else {
-                    String::new()
-                }
-            ),
-            format!("fdatasync {}", pct2(f)),
-            format!(
-                "p99 {:+.1} ms ({:.1}x)",
-                extra,
-                l.lag.pct(99.0) / f.pct(99.0).max(1e-3)
-            ),
-            if rate == 20.0 {
-                "p99 <= fdatasync p99 + 2 ms"
-            } else {
-                "-"
-            },
-            target,
+        let unacked = if l.unacked > 0 {
+            format!(", {} writes not acked", l.unacked)
+        } else {
+            String::new()
+        };
+        rows.push(lag_row(
+            format!("lag at {rate:.0} MB/s (got {:.0})", l.achieved_rate / 1e6),
+            format!("{}{unacked}", pct3(&l.lag)),
+            &l.lag,
+            (format!("fdatasync {}", pct2(f)), f),
+            (rate == 20.0).then_some("p99 <= fdatasync p99 + 2 ms"),
         ));
-        let g = &local.per_write;
-        let extra = l.lag.pct(99.0) - g.pct(99.0);
-        rows.push(Row::new(
-            &format!("lag at {rate:.0} MB/s vs local group commit"),
+        rows.push(lag_row(
+            format!("lag at {rate:.0} MB/s vs local group commit"),
             pct3(&l.lag),
-            format!(
-                "per write {} (its syncs p99 {})",
-                pct3(g),
-                ms(local.per_sync.pct(99.0))
+            &l.lag,
+            (
+                format!(
+                    "per write {} (its syncs p99 {})",
+                    pct3(&local.per_write),
+                    ms(local.per_sync.pct(99.0))
+                ),
+                &local.per_write,
             ),
-            format!(
-                "p99 {:+.1} ms ({:.1}x)",
-                extra,
-                l.lag.pct(99.0) / g.pct(99.0).max(1e-3)
-            ),
-            if rate == 20.0 {
-                "p99 <= local p99 + 2 ms"
-            } else {
-                "-"
-            },
-            (rate == 20.0).then_some(extra <= 2.0),
+            (rate == 20.0).then_some("p99 <= local p99 + 2 ms"),
         ));
     }
     if let Some(sp) = &sp {
