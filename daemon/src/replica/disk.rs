@@ -605,6 +605,16 @@ struct Syncer {
 
 impl Syncer {
     fn flush(&self, job: FlushJob) -> Result<(), DiskError> {
+        // !!! TEST-ONLY: the deliberately broken early-ack mode (see
+        // `read_loop`) also holds each flush back, so that its acks run
+        // well ahead of what is durable and a kill -9 reliably loses acked
+        // bytes. Without it the pipelined flushes close the gap within a
+        // few ms and the chaos suite's proof that its checker catches this
+        // bug became a matter of luck.
+        #[cfg(feature = "chaos-testing")]
+        if crate::replica::server::chaos_unsafe_early_ack() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let refs: Vec<&SegmentRecord> = job.records.iter().collect();
         // The group's fdatasync and the synced catalog commit run side by
         // side, and the ack waits for both: one flush of latency, not two.

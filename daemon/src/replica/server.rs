@@ -434,7 +434,7 @@ async fn read_loop(
 /// deliberately broken early-ack mode (see `read_loop`). Read once; logs a
 /// WARN the first time so a test can see the mode is really in the binary.
 #[cfg(feature = "chaos-testing")]
-fn chaos_unsafe_early_ack() -> bool {
+pub(crate) fn chaos_unsafe_early_ack() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
         let on = std::env::var("DRD_CHAOS_UNSAFE_EARLY_ACK").is_ok_and(|v| v == "1");
