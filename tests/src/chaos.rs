@@ -346,7 +346,7 @@ impl World {
                 match TmpfsGuard::mount(&d.data_dir(), TMPFS_MIB) {
                     Ok(g) => tmpfs[i] = Some(g),
                     Err(e) => {
-                        rep.lock().unwrap().skip(e);
+                        rep.lock().unwrap().unavailable(e);
                         break;
                     }
                 }

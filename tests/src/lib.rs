@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod proxy;
+pub mod require;
 
 use anyhow::{bail, Context};
 use drd_proto::pb;

@@ -64,11 +64,18 @@ async fn chaos_ci() {
         }
     };
     err_line(&format!("chaos CI: seeds {seeds:?}"));
+    // Every fault kind the suite advertises runs here, or the run fails:
+    // `tests/run` installs iptables, and the suite runs as root.
     if let Err(why) = chaos::iptables_available() {
-        err_line(&format!("chaos CI: {why}"));
+        panic!("chaos CI: {why}; run the suite through `tests/run`, which installs iptables (as root)");
     }
     let summary = chaos::run_seeds(&seeds, &cfg).await;
     summary.emit("ci", "CI run");
+    let unavailable = summary.unavailable();
+    assert!(
+        unavailable.is_empty(),
+        "faults this machine could not inject (each must run in CI): {unavailable:?}"
+    );
     assert_eq!(
         summary.violations(),
         0,

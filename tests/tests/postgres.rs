@@ -102,18 +102,16 @@ fn find_postgres() -> Result<Postgres, String> {
     Ok(Postgres { bin, run_as })
 }
 
-/// PostgreSQL, or None (skip) outside CI; in CI its absence fails the test.
+/// PostgreSQL, or None (skip) only when skipping was asked for (see
+/// `drd_tests::require`).
 fn require_postgres() -> Option<Postgres> {
     match find_postgres() {
         Ok(p) => Some(p),
         Err(why) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !ci,
-                "CI=true and {why}. .ci/run installs Debian's `postgresql` package when it is \
-                 missing; run it as root (or with sudo)."
+            drd_tests::require::missing(
+                &why,
+                "Install Debian's `postgresql` package and run the tests as root (or with sudo)",
             );
-            eprintln!("SKIPPED: {why}. Install the `postgresql` package to run this test.");
             None
         }
     }

@@ -484,7 +484,7 @@ async fn a_write_that_fails_on_a_full_disk_is_never_acked() {
     let tmpfs = match drd_tests::chaos::TmpfsGuard::mount(&landing, 8) {
         Ok(g) => g,
         Err(why) => {
-            println!("SKIPPED: {why}");
+            drd_tests::require::missing(&why, "Run the tests as root (the test mounts a tmpfs)");
             return;
         }
     };

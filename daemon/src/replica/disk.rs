@@ -611,7 +611,7 @@ impl Syncer {
         // bytes. Without it the pipelined flushes close the gap within a
         // few ms and the chaos suite's proof that its checker catches this
         // bug became a matter of luck.
-        #[cfg(feature = "chaos-testing")]
+        #[cfg(all(feature = "chaos-testing", debug_assertions))]
         if crate::replica::server::chaos_unsafe_early_ack() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

@@ -214,7 +214,7 @@ impl ReplicationService {
             "primary connected; resuming at the durable position"
         );
         // Test-only: logs the broken early-ack mode's WARN at session start.
-        #[cfg(feature = "chaos-testing")]
+        #[cfg(all(feature = "chaos-testing", debug_assertions))]
         chaos_unsafe_early_ack();
         {
             let mut st = slot.state.lock().unwrap();
@@ -409,7 +409,7 @@ async fn read_loop(
         // position as soon as it arrives, before it is written or fsynced:
         // exactly the bug Invariant 1 forbids. The chaos suite runs it to
         // prove its checker catches a replica that loses acked bytes.
-        #[cfg(feature = "chaos-testing")]
+        #[cfg(all(feature = "chaos-testing", debug_assertions))]
         if let ShipMsg::Chunk(c) = &msg {
             if chaos_unsafe_early_ack() {
                 let early = pb::ReplicaMessage {
@@ -433,7 +433,7 @@ async fn read_loop(
 /// `DRD_CHAOS_UNSAFE_EARLY_ACK=1` under the `chaos-testing` feature: the
 /// deliberately broken early-ack mode (see `read_loop`). Read once; logs a
 /// WARN the first time so a test can see the mode is really in the binary.
-#[cfg(feature = "chaos-testing")]
+#[cfg(all(feature = "chaos-testing", debug_assertions))]
 pub(crate) fn chaos_unsafe_early_ack() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {

@@ -67,7 +67,7 @@ impl World {
             Fault::IptablesPartition => {
                 if let Err(why) = &self.iptables {
                     let why = why.clone();
-                    self.skip(why);
+                    self.rep.lock().unwrap().unavailable(why);
                     return Ok(());
                 }
                 let ports = [self.link(0).port, self.link(1).port];

@@ -8,6 +8,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Prefix of the skip reasons recorded by [`RunReport::unavailable`].
+pub const UNAVAILABLE: &str = "unavailable here: ";
+
 /// One run's record.
 #[derive(Debug, Default, Clone)]
 pub struct RunReport {
@@ -45,6 +48,14 @@ impl RunReport {
 
     pub fn skip(&mut self, reason: impl Into<String>) {
         *self.skipped.entry(reason.into()).or_default() += 1;
+    }
+
+    /// A fault this machine cannot inject (a missing tool, no root, no
+    /// tmpfs), as opposed to one the schedule made pointless: the CI mode
+    /// fails on these, since a fault kind that silently never runs proves
+    /// nothing.
+    pub fn unavailable(&mut self, reason: impl Into<String>) {
+        self.skip(format!("{UNAVAILABLE}{}", reason.into()));
     }
 
     pub fn violation(&mut self, v: impl Into<String>) {
@@ -108,6 +119,18 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The faults this machine could not inject, with how often (see
+    /// [`RunReport::unavailable`]).
+    pub fn unavailable(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        for (why, n) in self.runs.iter().flat_map(|r| &r.skipped) {
+            if why.starts_with(UNAVAILABLE) {
+                *all.entry(why.clone()).or_default() += n;
+            }
+        }
+        all
+    }
+
     pub fn violations(&self) -> usize {
         self.runs.iter().map(|r| r.violations.len()).sum()
     }

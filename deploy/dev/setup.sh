@@ -1,0 +1,66 @@
+# Installs what drd's build, demo and test suite need on a Debian/Ubuntu
+# machine that has only the Rust toolchain. Sourced by `deploy/demo` and
+# `tests/run` (the README's two commands); safe to run again: every step
+# first checks whether its tool is already there.
+#
+#   drd_setup build   system libraries for building drd (RocksDB, libclang)
+#   drd_setup test    + the servers and tools the test suite runs for real
+
+# Run a command as root (CI and these machines are root; a developer's
+# laptop is not).
+_drd_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+_drd_apt_updated=""
+_drd_apt() {
+  # $@: Debian package names, installed only when missing.
+  local need=() pkg
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  ((${#need[@]})) || return 0
+  echo "setup: installing ${need[*]} (Debian packages)" >&2
+  if [ -z "$_drd_apt_updated" ]; then
+    _drd_root apt-get update -qq
+    _drd_apt_updated=1
+  fi
+  _drd_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+_drd_cargo_tool() {
+  # $1: the cargo subcommand that must answer --version, $2: crate name.
+  cargo "$1" --version >/dev/null 2>&1 && return 0
+  echo "setup: installing $2 (cargo install --locked; once per machine)" >&2
+  cargo install "$2" --locked --quiet
+}
+
+drd_setup() {
+  # Building drd: Debian's RocksDB (see the comment on `rocksdb` in the
+  # workspace Cargo.toml) and libclang for the bindings bindgen makes.
+  _drd_apt librocksdb-dev libclang-dev pkg-config
+  [ "${1:-build}" = test ] || return 0
+
+  # PostgreSQL for tests/tests/postgres.rs: a real primary, standby and
+  # failover, run as the `postgres` user the package creates. Only the
+  # programs are wanted: no default cluster listening on port 5432.
+  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    _drd_root mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = off" |
+      _drd_root tee /etc/postgresql-common/createcluster.d/drd-tests.conf >/dev/null
+  fi
+  # postgresql: the server; iptables: the chaos suite's partitions (a fault
+  # that cannot run fails the suite); systemd: `systemd-analyze verify` of
+  # the unit (only the tool: no systemd runs here); dpkg-dev: the package
+  # check builds and installs the .deb; man-db, zsh, fish: that check opens
+  # the man pages and loads the completions; libnss-wrapper: daemon/tests/cli.rs
+  # looks up control.socket_group through NSS as LDAP/SSSD would serve it.
+  _drd_apt postgresql iptables systemd dpkg-dev man-db zsh fish libnss-wrapper
+  # iptables on Debian 12 is the nft front end; the chaos suite's DROP rules
+  # need the kernel's nf_tables, present on these machines.
+
+  # cargo tools: the brief fuzz run, the Debian package, the dependency
+  # policy (deny.toml), lints.
+  _drd_cargo_tool fuzz cargo-fuzz
+  _drd_cargo_tool deb cargo-deb
+  _drd_cargo_tool deny cargo-deny
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+}
