@@ -11,8 +11,7 @@ use std::process::Command;
 const RULE_COMMENT: &str = "drd-chaos";
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
