@@ -97,30 +97,15 @@ pub enum DataLoss {
 }
 
 impl DataLoss {
-    /// Parses `123`, `64KiB`, `16MiB`, `1GiB`, `500ms`, `30s`, `5m`, `1h`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let v: f64 = num
-            .parse()
-            .map_err(|_| format!("{text:?} is not an amount like 16MiB or 30s"))?;
-        let bytes = |m: f64| Ok(DataLoss::Bytes((v * m) as u64));
-        match unit.trim() {
-            "" | "B" => bytes(1.0),
-            "KiB" | "K" | "KB" => bytes(1024.0),
-            "MiB" | "M" | "MB" => bytes(1024.0 * 1024.0),
-            "GiB" | "G" | "GB" => bytes(1024.0 * 1024.0 * 1024.0),
-            "ms" => Ok(DataLoss::Seconds(v / 1000.0)),
-            "s" => Ok(DataLoss::Seconds(v)),
-            "m" | "min" => Ok(DataLoss::Seconds(v * 60.0)),
-            "h" => Ok(DataLoss::Seconds(v * 3600.0)),
-            u => Err(format!(
-                "{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, ms, s, m or h)"
-            )),
-        }
+    /// Parses an amount of bytes (`123`, `64KiB`, `16MiB`, `16MB`) or time
+    /// (`500ms`, `30s`, `5min`, `1h`) with the units of [`crate::units`];
+    /// `16m` and `16M` are refused as ambiguous.
+    pub fn parse(text: &str) -> Result<Self, crate::units::UnitError> {
+        use crate::units::SizeOrDuration;
+        Ok(match crate::units::parse_size_or_duration(text)? {
+            SizeOrDuration::Bytes(b) => DataLoss::Bytes(b),
+            SizeOrDuration::Duration(d) => DataLoss::Seconds(d.as_secs_f64()),
+        })
     }
 }
 
@@ -339,6 +324,20 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        // Checked before serde, which would only say "unknown field" (or
+        // "missing field `ca`" when [tls] holds nothing else).
+        let misplaced = text.parse::<toml::Table>().ok().is_some_and(|t| {
+            t.get("tls")
+                .and_then(|tls| tls.get("insecure_plaintext"))
+                .is_some()
+        });
+        if misplaced {
+            bail!(
+                "key `tls.insecure_plaintext`: `insecure_plaintext` is a top-level key, not part of \
+                 [tls]; move it to the top of the file, before any [section] (and remove [tls] \
+                 if you mean plaintext)"
+            );
+        }
         let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let node_id = NodeId::new(raw.node_id).context("key `node_id`")?;
         if !raw.data_dir.is_absolute() {
@@ -388,7 +387,7 @@ impl Config {
             let name =
                 StreamName::new(s.name).with_context(|| format!("key `stream[{i}].name`"))?;
             if !seen.insert(name.clone()) {
-                bail!("key `stream[{i}].name`: stream {name:?} is configured twice");
+                bail!("key `stream[{i}].name`: stream \"{name}\" is configured twice");
             }
             if !s.wal_dir.is_absolute() {
                 bail!(
@@ -547,7 +546,8 @@ impl Config {
             (None, false) => bail!(
                 "key `tls`: replication is encrypted and authenticated by default; configure [tls] \
                  (ca, cert, key, allowed_peers — `drctl certs init` makes them), or for a \
-                 loopback-only test set insecure_plaintext = true"
+                 loopback-only test set `insecure_plaintext = true` as a top-level key (at the \
+                 top of the file, before any [section])"
             ),
             (None, true) => None,
             (Some(t), false) => {
@@ -659,10 +659,13 @@ impl Config {
             }
         }
         if let Some(g) = &self.control_socket_group {
-            if crate::control::group_id(g).is_none() {
+            let gid = crate::control::group_id(g).with_context(|| {
+                format!("key `control.socket_group`: cannot look up group {g:?}")
+            })?;
+            if gid.is_none() {
                 bail!(
                     "key `control.socket_group`: there is no group {g:?} on this machine \
-                     (see /etc/group)"
+                     (`getent group {g}` finds none); create it or name an existing group"
                 );
             }
         }
@@ -768,6 +771,35 @@ peer = "http://127.0.0.1:7601"
     }
 
     #[test]
+    fn insecure_plaintext_is_a_top_level_key() {
+        let g = format!("initial_role = \"replica\"\n{GOOD}");
+        let no_tls = g.replace("insecure_plaintext = true\n", "");
+        let e = err(&no_tls);
+        assert!(
+            e.contains("`insecure_plaintext = true` as a top-level key")
+                && e.contains("before any [section]"),
+            "{e}"
+        );
+        // Put under [tls], as the hint used to invite: a specific error,
+        // not serde's "unknown field".
+        let under_tls = format!(
+            "{no_tls}[tls]\nca = \"/t/ca.pem\"\ncert = \"/t/n.pem\"\nkey = \"/t/n.key\"\n\
+             insecure_plaintext = true\n"
+        );
+        let e = err(&under_tls);
+        assert!(
+            e.contains("tls.insecure_plaintext")
+                && e.contains("top-level key")
+                && e.contains("move it")
+                && !e.contains("unknown field"),
+            "{e}"
+        );
+        let only_flag = format!("{no_tls}[tls]\ninsecure_plaintext = true\n");
+        let e = err(&only_flag);
+        assert!(e.contains("top-level key") && e.contains("move it"), "{e}");
+    }
+
+    #[test]
     fn data_loss_amounts_parse() {
         assert_eq!(DataLoss::parse("16MiB"), Ok(DataLoss::Bytes(16 << 20)));
         assert_eq!(DataLoss::parse("100"), Ok(DataLoss::Bytes(100)));
@@ -775,6 +807,42 @@ peer = "http://127.0.0.1:7601"
         assert_eq!(DataLoss::parse("500ms"), Ok(DataLoss::Seconds(0.5)));
         assert!(DataLoss::parse("5 parsecs").is_err());
         assert!(DataLoss::parse("MiB").is_err());
+        // One meaning everywhere (issue 15): KB is 1000 as in max_bandwidth,
+        // and a bare M is neither minutes nor MiB but refused.
+        assert_eq!(DataLoss::parse("64KB"), Ok(DataLoss::Bytes(64_000)));
+        assert_eq!(DataLoss::parse("64KiB"), Ok(DataLoss::Bytes(65_536)));
+        assert_eq!(DataLoss::parse("16min"), Ok(DataLoss::Seconds(960.0)));
+        let g = format!("initial_role = \"replica\"\n{GOOD}");
+        for bad in ["16m", "16M"] {
+            let e = err(&format!("rpo_budget = \"{bad}\"\n{g}"));
+            assert!(
+                e.contains("key `rpo_budget`")
+                    && e.contains("ambiguous")
+                    && e.contains("\"16MiB\"")
+                    && e.contains("\"16MB\"")
+                    && e.contains("\"16min\""),
+                "{e}"
+            );
+        }
+        let e = err(&format!("max_bandwidth = \"200M/s\"\n{g}"));
+        assert!(
+            e.contains("key `max_bandwidth`") && e.contains("\"200MiB/s\""),
+            "{e}"
+        );
+    }
+
+    /// Issue 15: errors printed `StreamName("ehr-prod")`, a Rust Debug form.
+    #[test]
+    fn errors_show_names_as_written() {
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        let twice = format!(
+            "{g}[[stream]]\nname = \"ehr-prod\"\nwal_dir = \"/w2\"\npeer = \"http://127.0.0.1:7602\"\n"
+        );
+        let e = err(&twice);
+        assert!(e.contains("stream \"ehr-prod\" is configured twice"), "{e}");
+        assert!(!e.contains("StreamName("), "{e}");
+        let e = err(&g.replace("\"ehr-prod\"", "\"x/y\""));
+        assert!(e.contains("\"x/y\"") && !e.contains("StreamName("), "{e}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn caller<T>(request: &Request<T>) -> Caller {
         },
         // Remote drctl over mTLS: the client certificate names the caller.
         None => Caller {
-            user: format!("certificate {:?}", crate::tls::peer_names(request)),
+            user: format!("certificate {}", crate::tls::peer_names(request).join(", ")),
             origin: format!(
                 "control TCP from {}",
                 request
@@ -70,19 +70,13 @@ fn caller<T>(request: &Request<T>) -> Caller {
     }
 }
 
-/// `uid` → login name from /etc/passwd (the uid itself if not found).
+/// `uid` → login name through the system's user database (NSS: files,
+/// LDAP, SSSD…); the uid itself if it has no name.
 fn user_name(uid: u32) -> String {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let id: u32 = f.nth(1)?.parse().ok()?;
-            (id == uid).then(|| format!("{name} (uid {uid})"))
-        })
-        .next()
-        .unwrap_or_else(|| format!("uid {uid}"))
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
 }
 
 fn pb_role(r: crate::catalog::Role) -> pb::Role {
@@ -234,14 +228,19 @@ impl Control for ControlService {
     }
 }
 
-/// The id of group `name`, from /etc/group.
-pub fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
+/// The id of group `name` through the system's group database (NSS, as
+/// `getent group` sees it: /etc/group, LDAP, SSSD…); None if there is no
+/// such group, an error if the lookup itself failed.
+pub fn group_id(name: &str) -> std::io::Result<Option<u32>> {
+    use nix::errno::Errno;
+    match nix::unistd::Group::from_name(name) {
+        Ok(g) => Ok(g.map(|g| g.gid.as_raw())),
+        // getgrnam_r(3): "0 or ENOENT or ESRCH or EBADF or EPERM or ..."
+        // all mean the name was not found, depending on the NSS module
+        // (nss_wrapper and some LDAP modules answer ENOENT).
+        Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Binds the control socket: creates its directory, replaces a stale socket
@@ -273,9 +272,14 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::ne
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
     if let Some(g) = group {
-        let gid = group_id(g).with_context(|| {
-            format!("key `control.socket_group`: no group {g:?} on this machine")
-        })?;
+        let gid = group_id(g)
+            .with_context(|| format!("key `control.socket_group`: cannot look up group {g:?}"))?
+            .with_context(|| {
+                format!(
+                    "key `control.socket_group`: there is no group {g:?} on this machine \
+                     (`getent group {g}` finds none)"
+                )
+            })?;
         std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
             format!(
                 "cannot give the control socket {} to group {g} (drd must run as root or be a \

@@ -25,6 +25,7 @@ pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
 pub mod tls;
+pub mod units;
 
 pub use drd_proto as proto;
 

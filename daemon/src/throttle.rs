@@ -129,48 +129,19 @@ pub fn chunk_cap(limits: &[&Throttle]) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Parses a bandwidth such as `200MiB/s`, `500KiB/s`, `1GiB/s`, `100Mbit/s`
-/// or `1Gbit/s` into bytes per second. `unlimited` (or `0`) is no limit.
+/// Parses a bandwidth such as `200MiB/s`, `500KiB/s`, `50MB/s`, `100Mbit/s`
+/// or `1Gbit/s` into bytes per second, with the units of [`crate::units`].
+/// `unlimited` (or `0`) is no limit.
 pub fn parse_bandwidth(text: &str) -> Result<Option<u64>, String> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("unlimited") || t == "0" {
-        return Ok(None);
-    }
-    let per_second = t
-        .strip_suffix("/s")
-        .ok_or_else(|| format!("{text:?} is not a rate like \"200MiB/s\" or \"1Gbit/s\""))?;
-    let split = per_second
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(per_second.len());
-    let (num, unit) = per_second.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rate like \"200MiB/s\" or \"1Gbit/s\""))?;
-    let factor = match unit.trim() {
-        "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "kbit" | "Kbit" => 1e3 / 8.0,
-        "Mbit" => 1e6 / 8.0,
-        "Gbit" => 1e9 / 8.0,
-        u => {
+    let rate = crate::units::parse_rate(text).map_err(|e| e.to_string())?;
+    if let Some(bytes) = rate {
+        if bytes < MIN_BANDWIDTH {
             return Err(format!(
-                "{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB, kbit, Mbit or \
-                 Gbit, followed by /s)"
-            ))
+                "{text:?} is below the smallest limit, 64KiB/s; write \"unlimited\" for no limit"
+            ));
         }
-    };
-    let bytes = (v * factor) as u64;
-    if bytes < MIN_BANDWIDTH {
-        return Err(format!(
-            "{text:?} is below the smallest limit, 64KiB/s; write \"unlimited\" for no limit"
-        ));
     }
-    Ok(Some(bytes))
+    Ok(rate)
 }
 
 /// Human form of a rate, for logs (`20.0 MiB/s`, `unlimited`).
@@ -199,6 +170,9 @@ mod tests {
         assert!(parse_bandwidth("fast/s").is_err());
         assert!(parse_bandwidth("3furlongs/s").unwrap_err().contains("unit"));
         assert!(parse_bandwidth("1KiB/s").unwrap_err().contains("smallest"));
+        // One meaning for KB everywhere (issue 15): 1000 here as in sizes.
+        assert_eq!(parse_bandwidth("100KB/s"), Ok(Some(100_000)));
+        assert!(parse_bandwidth("200M/s").unwrap_err().contains("ambiguous"));
         let (a, b) = (Throttle::new(Some(1 << 20)), Throttle::new(None));
         assert_eq!(chunk_cap(&[&a, &b]), 256 << 10);
         assert_eq!(chunk_cap(&[&b]), u64::MAX);

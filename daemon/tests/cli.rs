@@ -114,3 +114,88 @@ fn the_demo_runs_and_ends_byte_identical() {
     assert_eq!(same, total);
     assert!(total.parse::<u32>().unwrap() >= 3, "{last}");
 }
+
+/// nss_wrapper's preload library (Debian package `libnss-wrapper`), found
+/// through dpkg. Without it the NSS test skips — except in CI, where a
+/// missing library is a broken setup (deploy/dev/setup.sh installs it).
+fn nss_wrapper() -> Option<std::path::PathBuf> {
+    let listed = Command::new("dpkg")
+        .args(["-L", "libnss-wrapper"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let found = listed
+        .lines()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.file_name().is_some_and(|n| n == "libnss_wrapper.so") && p.exists());
+    if found.is_none() && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("libnss_wrapper.so not found: install the Debian package libnss-wrapper");
+    }
+    found
+}
+
+/// `control.socket_group` is looked up through NSS (as `getent group`
+/// does), not by reading /etc/group: a group that only LDAP or SSSD knows
+/// must pass `--check-config`. nss_wrapper stands in for such a directory:
+/// its group file has a group that /etc/group does not.
+#[test]
+fn socket_group_is_looked_up_through_nss() {
+    let Some(lib) = nss_wrapper() else {
+        eprintln!("skipped: libnss_wrapper.so not installed (apt-get install libnss-wrapper)");
+        return;
+    };
+    let group = "drd-ldap-archivers";
+    assert!(
+        !std::fs::read_to_string("/etc/group")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&format!("{group}:"))),
+        "{group} must not be in /etc/group for this test to mean anything"
+    );
+    let nss = tempfile::tempdir().unwrap();
+    let passwd = nss.path().join("passwd");
+    let groups = nss.path().join("group");
+    std::fs::write(
+        &passwd,
+        "root:x:0:0:root:/root:/bin/sh\ndrd:x:4711:4711:drd:/var/lib/drd:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(&groups, format!("root:x:0:\n{group}:x:4712:drd,postgres\n")).unwrap();
+    let run = |config: String| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drd.toml");
+        std::fs::write(
+            &path,
+            config.replace("WAL", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+            .args(["--check-config", "--config"])
+            .arg(&path)
+            .env("LD_PRELOAD", &lib)
+            .env("NSS_WRAPPER_PASSWD", &passwd)
+            .env("NSS_WRAPPER_GROUP", &groups)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap(), text)
+    };
+    let with_group = |g: &str| {
+        GOOD.replace(
+            "socket = \"/run/drd/drd.sock\"",
+            &format!("socket = \"/run/drd/drd.sock\"\nsocket_group = \"{g}\""),
+        )
+    };
+    let (code, text) = run(with_group(group));
+    assert_eq!(code, 0, "a group known to NSS is accepted: {text}");
+    assert!(text.contains("configuration is valid"), "{text}");
+    let (code, text) = run(with_group("no-such-group"));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("control.socket_group")
+            && text.contains("there is no group \"no-such-group\""),
+        "{text}"
+    );
+}
