@@ -52,13 +52,21 @@ impl HookOutcome {
 /// Context passed to hooks as environment variables (no secrets).
 pub struct HookEnv<'a> {
     pub node_id: &'a str,
+    /// `DRD_EPOCH`: the stream's epoch — the new one after a role change,
+    /// the current one for a hook that runs before any change.
     pub epoch: u64,
     pub role: &'a str,
     pub fork_position: Option<u64>,
+    /// What "at most once" counts when it is not the epoch change: one
+    /// switchover attempt for `pre_switchover` / `abort_switchover`, which
+    /// run before the epoch changes (a failed switchover may be tried again
+    /// at the same epoch, and its hooks must run again). None: once per
+    /// `epoch`.
+    pub attempt: Option<u64>,
 }
 
-/// Runs hook `name` (`sh -c COMMAND`) for the change to `env.epoch`, at most
-/// once per epoch.
+/// Runs hook `name` (`sh -c COMMAND`) for the change to `env.epoch` (or for
+/// `env.attempt`), at most once.
 pub async fn run(
     catalog: &Catalog,
     name: &str,
@@ -69,7 +77,7 @@ pub async fn run(
     let Some(command) = command else {
         return HookOutcome::NotConfigured;
     };
-    match catalog.claim_hook(name, env.epoch) {
+    match catalog.claim_hook(name, env.attempt.unwrap_or(env.epoch)) {
         Ok(true) => {}
         Ok(false) => return HookOutcome::AlreadyRan,
         Err(e) => {
@@ -141,15 +149,37 @@ pub async fn run(
     outcome
 }
 
-/// Runs the configured hook `name` (promote, demote, fence,
-/// pre_switchover, abort_switchover) for the change to `epoch`, with the
-/// node's timeout and environment.
+/// Runs the configured hook `name` (promote, demote, fence) for the change
+/// to `epoch`, with the node's timeout and environment.
 pub async fn run_configured(
     node: &crate::node::Node,
     name: &str,
     epoch: u64,
     role: &str,
     fork_position: Option<u64>,
+) -> HookOutcome {
+    run_configured_with(node, name, epoch, role, fork_position, None).await
+}
+
+/// Runs the configured hook `name` (pre_switchover, abort_switchover) once
+/// for switchover `attempt`, at the node's current `epoch`.
+pub async fn run_configured_for_attempt(
+    node: &crate::node::Node,
+    name: &str,
+    attempt: u64,
+    epoch: u64,
+    role: &str,
+) -> HookOutcome {
+    run_configured_with(node, name, epoch, role, None, Some(attempt)).await
+}
+
+async fn run_configured_with(
+    node: &crate::node::Node,
+    name: &str,
+    epoch: u64,
+    role: &str,
+    fork_position: Option<u64>,
+    attempt: Option<u64>,
 ) -> HookOutcome {
     let h = &node.config.hooks;
     let command = match name {
@@ -170,6 +200,7 @@ pub async fn run_configured(
             epoch,
             role,
             fork_position,
+            attempt,
         },
     )
     .await
@@ -185,7 +216,58 @@ mod tests {
             epoch: 7,
             role: "primary",
             fork_position: Some(42),
+            attempt: None,
         }
+    }
+
+    /// Issue 15: switchover hooks are claimed once per attempt (a
+    /// timestamp), but DRD_EPOCH must still be the epoch, not that id.
+    #[tokio::test]
+    async fn a_hook_run_per_attempt_still_sees_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c")).unwrap();
+        let out = dir.path().join("out");
+        let cmd = format!("echo $DRD_HOOK $DRD_EPOCH >> {}", out.display());
+        let t = Duration::from_secs(10);
+        let attempt = |id| HookEnv {
+            attempt: Some(id),
+            fork_position: None,
+            ..env()
+        };
+        let first = run(
+            &cat,
+            "pre_switchover",
+            Some(&cmd),
+            t,
+            &attempt(1_700_000_000_123),
+        )
+        .await;
+        assert!(matches!(first, HookOutcome::Succeeded { .. }), "{first:?}");
+        assert_eq!(
+            run(
+                &cat,
+                "pre_switchover",
+                Some(&cmd),
+                t,
+                &attempt(1_700_000_000_123)
+            )
+            .await,
+            HookOutcome::AlreadyRan
+        );
+        // A second attempt at the same epoch runs the hook again.
+        let again = run(
+            &cat,
+            "pre_switchover",
+            Some(&cmd),
+            t,
+            &attempt(1_700_000_009_999),
+        )
+        .await;
+        assert!(matches!(again, HookOutcome::Succeeded { .. }), "{again:?}");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "pre_switchover 7\npre_switchover 7\n"
+        );
     }
 
     #[tokio::test]

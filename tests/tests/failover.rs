@@ -372,7 +372,8 @@ impl FollowingWriter {
 fn hooks(root: &Path, me: &str, switch_in: u32, switch_out: u32) -> String {
     let r = root.display();
     format!(
-        "[hooks]\npre_switchover = \"touch {r}/stop-{me}-{switch_out}\"\npromote = \"touch {r}/promoted-{me}-{switch_in}\"\n\
+        "[hooks]\npre_switchover = \"echo $DRD_EPOCH > {r}/stop-{me}-{switch_out}\"\n\
+         promote = \"echo $DRD_EPOCH > {r}/promoted-{me}-{switch_in}\"\n\
          abort_switchover = \"touch {r}/aborted-{me}\"\n"
     )
 }
@@ -406,6 +407,11 @@ async fn switchover_there_and_back_under_load_loses_nothing() {
     assert!(out.contains("zero bytes lost"));
     assert_eq!(role(&sites.a), ("replica".into(), 2));
     assert_eq!(role(&sites.b), ("primary".into(), 2));
+    // The hooks see the epoch: the current one before the switch, the new
+    // one at the promotion (issue 15: pre_switchover got a timestamp).
+    let hook_epoch = |name: &str| std::fs::read_to_string(root.path().join(name)).unwrap();
+    assert_eq!(hook_epoch("stop-a-0"), "1\n", "pre_switchover's DRD_EPOCH");
+    assert_eq!(hook_epoch("promoted-b-0"), "2\n", "promote's DRD_EPOCH");
 
     wait_for(
         "writes at Rochester shipped back",
@@ -423,6 +429,8 @@ async fn switchover_there_and_back_under_load_loses_nothing() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(role(&sites.a), ("primary".into(), 3));
     assert_eq!(role(&sites.b), ("replica".into(), 3));
+    assert_eq!(hook_epoch("stop-b-1"), "2\n", "pre_switchover's DRD_EPOCH");
+    assert_eq!(hook_epoch("promoted-a-1"), "3\n", "promote's DRD_EPOCH");
 
     tokio::time::sleep(Duration::from_millis(500)).await; // let the writer add a little at Verona
     let total = writer.finish();
@@ -474,7 +482,10 @@ async fn switchover_there_and_back_under_load_loses_nothing() {
 async fn a_switchover_whose_promote_hook_fails_rolls_back() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path().display();
-    let a_hooks = format!("[hooks]\npre_switchover = \"touch {r}/stopped\"\nabort_switchover = \"touch {r}/aborted\"\n");
+    let a_hooks = format!(
+        "[hooks]\npre_switchover = \"echo $DRD_EPOCH > {r}/stopped\"\n\
+         abort_switchover = \"echo $DRD_EPOCH > {r}/aborted\"\n"
+    );
     let b_hooks = "[hooks]\npromote = \"echo cannot promote the database >&2; exit 7\"\n";
     let mut sites = Sites::new(false, "", &a_hooks, b_hooks).await;
     let mut w = WalWriter::new(&sites.a_wal, 14);
@@ -500,6 +511,12 @@ async fn a_switchover_whose_promote_hook_fails_rolls_back() {
         root.path().join("aborted").exists(),
         "the abort hook lets writes resume"
     );
+    // Both hooks ran at epoch 1 and were told so (issue 15: they got a
+    // timestamp in DRD_EPOCH).
+    for hook in ["stopped", "aborted"] {
+        let epoch = std::fs::read_to_string(root.path().join(hook)).unwrap();
+        assert_eq!(epoch, "1\n", "DRD_EPOCH of the hook that wrote {hook}");
+    }
     assert_eq!(role(&sites.a), ("primary".into(), 1));
     assert_eq!(role(&sites.b), ("replica".into(), 1));
     assert_eq!(dir_digests(&sites.b_landing()), before_b);

@@ -29,6 +29,11 @@ struct Run<'a> {
     who: &'a Caller,
     reason: String,
     r: pb::SwitchoverResponse,
+    /// This attempt's id (its start, unix ms): `pre_switchover` and
+    /// `abort_switchover` run once per attempt, since they run before the
+    /// epoch changes and a failed switchover may be tried again at the same
+    /// epoch. Only the hook's run record uses it; `DRD_EPOCH` is the epoch.
+    attempt: u64,
 }
 
 impl Run<'_> {
@@ -37,8 +42,11 @@ impl Run<'_> {
         self.r.steps.push(s);
     }
 
-    async fn hook(&self, name: &str, change_id: u64, fork: Option<u64>) -> hooks::HookOutcome {
-        hooks::run_configured(self.node, name, change_id, "primary", fork).await
+    /// `pre_switchover` / `abort_switchover`: this node is still primary at
+    /// its current epoch.
+    async fn attempt_hook(&self, name: &str) -> hooks::HookOutcome {
+        let epoch = self.node.state().epoch;
+        hooks::run_configured_for_attempt(self.node, name, self.attempt, epoch, "primary").await
     }
 
     /// Rolls back after `step` failed: writes may resume, roles unchanged.
@@ -50,7 +58,7 @@ impl Run<'_> {
     ) -> pb::SwitchoverResponse {
         self.node.hold_shipping(false);
         if pre_hook_ran {
-            let o = self.hook("abort_switchover", crate::unix_ms(), None).await;
+            let o = self.attempt_hook("abort_switchover").await;
             self.step(format!("rollback: {}", o.summary("abort_switchover")));
         }
         let state = self.node.state();
@@ -93,6 +101,7 @@ pub async fn switchover(
             dry_run: req.dry_run,
             ..Default::default()
         },
+        attempt: crate::unix_ms(),
     };
     let state = node.state();
     if state.role != Role::Primary {
@@ -168,7 +177,7 @@ pub async fn switchover(
     }
 
     // 2. stop writes
-    let o = run.hook("pre_switchover", crate::unix_ms(), None).await;
+    let o = run.attempt_hook("pre_switchover").await;
     run.step(o.summary("pre_switchover"));
     if o.failed() {
         return run
@@ -379,7 +388,7 @@ pub async fn switchover(
         "demote: this node is a replica of {} at epoch {new_epoch}",
         info.node_id
     ));
-    let o = run.hook("demote", new_epoch, Some(fork_position)).await;
+    let o = hooks::run_configured(node, "demote", new_epoch, "replica", Some(fork_position)).await;
     run.step(o.summary("demote"));
     crate::ops::audit_hook(node, &who, new_epoch, &o.summary("demote"));
     run.r.ok = true;
