@@ -155,10 +155,10 @@ pub async fn switchover(
             .fail(
                 "preflight",
                 format!(
-                    "{} is not a replica at epoch {} (role {:?}, epoch {})",
+                    "{} is not a replica at epoch {} (role {}, epoch {})",
                     info.node_id,
                     state.epoch,
-                    pb::Role::try_from(info.role).unwrap_or(pb::Role::Unspecified),
+                    crate::display::role_name(info.role),
                     info.epoch
                 ),
                 false,
@@ -282,9 +282,12 @@ pub async fn switchover(
         Some(t) if t.size == active_len && t.sha256 == our_active => checked += 1,
         None if active_len == 0 => {}
         t => {
+            let theirs = match t {
+                Some(t) => format!("{} bytes with sha256 {}", t.size, t.sha256),
+                None => "no such segment".to_string(),
+            };
             let e = format!(
-                "active segment {segment}: {active_len} bytes with sha256 {our_active} here, {:?} at the replica",
-                t.map(|t| (t.size, t.sha256.clone()))
+                "active segment {segment}: {active_len} bytes with sha256 {our_active} here, {theirs} at the replica"
             );
             return run.fail("verify", e, true).await;
         }

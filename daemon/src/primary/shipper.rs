@@ -61,7 +61,7 @@ fn refused(s: tonic::Status) -> ShipError {
             epoch,
             message: s.message().to_string(),
         },
-        _ => ShipError::Refused(format!("{:?}: {}", s.code(), s.message())),
+        _ => ShipError::Refused(format!("{}: {}", s.code(), s.message())),
     }
 }
 

@@ -155,7 +155,8 @@ impl ReplicationService {
         }
         tracing::warn!(%from, claimed, ?cert_names, "refused: the claimed node id is not in the client certificate");
         Err(Status::permission_denied(format!(
-            "node id {claimed:?} does not match the client certificate ({cert_names:?})"
+            "node id {claimed:?} does not match the client certificate (names: {})",
+            cert_names.join(", ")
         )))
     }
 

@@ -145,7 +145,7 @@ async fn send(
             tonic::Code::AlreadyExists | tonic::Code::InvalidArgument => {
                 Err(NotSent::Refused(s.message().to_string()))
             }
-            _ => Err(NotSent::Later(format!("{:?}: {}", s.code(), s.message()))),
+            _ => Err(NotSent::Later(format!("{}: {}", s.code(), s.message()))),
         },
     }
 }
