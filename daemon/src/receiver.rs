@@ -39,6 +39,13 @@ pub enum Reject {
     },
     #[error("segment {segment} is already complete here; a segment is never overwritten")]
     AlreadySealed { segment: String },
+    #[error("chunk of segment {segment}: start {segment_start} + offset {offset} + {len} bytes is beyond the largest position")]
+    Overflow {
+        segment: String,
+        segment_start: u64,
+        offset: u64,
+        len: u64,
+    },
     #[error("seal of {segment}: size {sealed} does not match the {received} bytes received")]
     SealSize {
         segment: String,
@@ -134,6 +141,21 @@ impl Receiver {
     /// would record bytes that are not in the file.
     pub fn decide_chunk(&self, c: &Chunk) -> Result<ChunkAction, Reject> {
         self.check_epoch(c.epoch)?;
+        // Checked on receipt too (drd_proto); a chunk built otherwise must
+        // not make the tail's end wrap either.
+        let len = c.data.len() as u64;
+        if c.segment_start
+            .checked_add(c.offset)
+            .and_then(|p| p.checked_add(len))
+            .is_none()
+        {
+            return Err(Reject::Overflow {
+                segment: c.segment.to_string(),
+                segment_start: c.segment_start,
+                offset: c.offset,
+                len,
+            });
+        }
         let action = match &self.tail {
             Some(t) if t.segment == c.segment => {
                 if t.sealed {
@@ -326,6 +348,24 @@ mod tests {
             r.on_chunk(&chunk(1, "b", 11, 0, 1)),
             Err(Reject::AlreadySealed { .. })
         ));
+    }
+
+    /// Issue 15: a first chunk near u64::MAX was accepted, and the tail's
+    /// end (start + size) then overflowed on the next message.
+    #[test]
+    fn positions_past_the_largest_are_refused() {
+        let mut r = Receiver::new(1, None);
+        let e = r.on_chunk(&chunk(1, "a", u64::MAX - 5, 0, 10)).unwrap_err();
+        assert!(matches!(e, Reject::Overflow { .. }), "{e:?}");
+        assert!(e.to_string().contains(&(u64::MAX - 5).to_string()), "{e}");
+        assert!(r.tail.is_none(), "nothing accepted");
+        r.on_chunk(&chunk(1, "a", 0, 0, 10)).unwrap();
+        assert!(matches!(
+            r.on_chunk(&chunk(1, "b", u64::MAX, u64::MAX, 1)),
+            Err(Reject::Overflow { .. })
+        ));
+        assert!(r.on_seal(&seal(1, "a", u64::MAX, u64::MAX)).is_err());
+        assert_eq!(r.tail.as_ref().unwrap().end(), 10);
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub enum RoleError {
     EpochMismatch { requested: Epoch, current: Epoch },
     #[error("the current primary's epoch {primary} is not newer than this node's epoch {current}")]
     NotNewer { primary: Epoch, current: Epoch },
+    /// The epoch is at its largest value (only a peer could have put it
+    /// there): a promotion cannot make a newer one.
+    #[error(
+        "this node's epoch {current} cannot grow (it is the largest epoch); it was adopted \
+         from a peer and cannot be true — restore the catalog or rebuild this node"
+    )]
+    EpochExhausted { current: Epoch },
 }
 
 fn need(s: &NodeState, role: Role) -> Result<(), RoleError> {
@@ -43,9 +50,13 @@ fn need(s: &NodeState, role: Role) -> Result<(), RoleError> {
 /// Failover at the DR node: replica → primary at epoch + 1.
 pub fn promote(s: &NodeState) -> Result<NodeState, RoleError> {
     need(s, Role::Replica)?;
+    let epoch = s
+        .epoch
+        .checked_add(1)
+        .ok_or(RoleError::EpochExhausted { current: s.epoch })?;
     Ok(NodeState {
         role: Role::Primary,
-        epoch: s.epoch + 1,
+        epoch,
         paused: false,
         fenced_reason: None,
         shipping_held: false,
@@ -131,6 +142,18 @@ mod tests {
 
     fn st(role: Role, epoch: Epoch) -> NodeState {
         NodeState::new(role, epoch)
+    }
+
+    /// Issue 15: a replica adopts epochs it sees from peers; one at
+    /// u64::MAX made the next promotion overflow.
+    #[test]
+    fn an_epoch_at_its_largest_cannot_be_promoted() {
+        let replica = fence(&st(Role::Replica, 3), u64::MAX, "hostile peer").unwrap();
+        assert_eq!(replica.epoch, u64::MAX);
+        let e = promote(&replica).unwrap_err();
+        assert_eq!(e, RoleError::EpochExhausted { current: u64::MAX });
+        assert!(e.to_string().contains(&u64::MAX.to_string()));
+        assert!(promote_for(&replica, u64::MAX).is_err());
     }
 
     #[test]

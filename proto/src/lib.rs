@@ -59,6 +59,15 @@ pub enum ProtocolError {
     Version(u32),
     #[error("position overflow in segment {0}")]
     Overflow(String),
+    /// A value from the peer that cannot be true (a position past the
+    /// largest one, a fork outside its segment): named, with what was
+    /// expected, instead of wrapping or panicking in arithmetic on it.
+    #[error("impossible {what} from the peer: {value}; expected {expected}")]
+    Impossible {
+        what: &'static str,
+        value: String,
+        expected: String,
+    },
     #[error("epoch 0 is not valid")]
     ZeroEpoch,
     #[error(
@@ -239,9 +248,13 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// Stream position just past this chunk.
+    /// Stream position just past this chunk. Checked on receipt to fit in a
+    /// u64 (see [`ShipMsg`]'s `TryFrom`); saturates for a chunk built by
+    /// hand that does not.
     pub fn end_position(&self) -> u64 {
-        self.segment_start + self.offset + self.data.len() as u64
+        self.segment_start
+            .saturating_add(self.offset)
+            .saturating_add(self.data.len() as u64)
     }
 }
 
@@ -452,6 +465,31 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
     }
 }
 
+/// Checks a replica's Welcome on receipt, before the primary resumes from
+/// it: the last segment it names must be a valid name whose end
+/// (`last_segment_start + last_segment_size`) is a position, so no
+/// arithmetic on it can wrap.
+pub fn check_welcome(w: &pb::Welcome) -> Result<(), ProtocolError> {
+    if w.last_segment.is_empty() {
+        return Ok(());
+    }
+    SegmentName::new(w.last_segment.clone())?;
+    if w.last_segment_start
+        .checked_add(w.last_segment_size)
+        .is_none()
+    {
+        return Err(ProtocolError::Impossible {
+            what: "resume point",
+            value: format!(
+                "last segment {} at position {} with {} bytes",
+                w.last_segment, w.last_segment_start, w.last_segment_size
+            ),
+            expected: format!("start + size at most {}", u64::MAX),
+        });
+    }
+    Ok(())
+}
+
 /// A chunk's payload as the receiver stores it: `data` itself with NONE,
 /// decompressed (bounded by the declared length) with ZSTD. `data` has
 /// passed its CRC already.
@@ -589,6 +627,55 @@ impl From<ShipMsg> for pb::ShipMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_welcome_whose_resume_point_overflows_is_refused() {
+        let mut w = pb::Welcome {
+            last_segment: "000000010000000000000003".into(),
+            last_segment_start: 32 << 20,
+            last_segment_size: 5000,
+            ..Default::default()
+        };
+        assert_eq!(check_welcome(&w), Ok(()));
+        w.last_segment_size = u64::MAX;
+        let e = check_welcome(&w).unwrap_err().to_string();
+        assert!(
+            e.contains("impossible resume point")
+                && e.contains(&u64::MAX.to_string())
+                && e.contains("000000010000000000000003"),
+            "{e}"
+        );
+        w.last_segment_size = 0;
+        w.last_segment_start = u64::MAX;
+        assert!(
+            check_welcome(&w).is_ok(),
+            "position 2^64-1 itself is a position"
+        );
+        w.last_segment_size = 1;
+        assert!(check_welcome(&w).is_err());
+        w.last_segment = "../x".into();
+        assert!(matches!(
+            check_welcome(&w),
+            Err(ProtocolError::BadName { .. })
+        ));
+        // Nothing held: the sizes are not used.
+        let empty = pb::Welcome {
+            last_segment_start: u64::MAX,
+            last_segment_size: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(check_welcome(&empty), Ok(()));
+        let c = Chunk {
+            epoch: 1,
+            segment: SegmentName::new("a").unwrap(),
+            segment_start: u64::MAX,
+            offset: u64::MAX,
+            data: Bytes::from_static(b"x"),
+            source_position: 0,
+            written_at_ms: 0,
+        };
+        assert_eq!(c.end_position(), u64::MAX, "saturates, never wraps");
+    }
 
     #[test]
     fn hostile_names_are_refused() {

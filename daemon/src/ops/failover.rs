@@ -71,7 +71,15 @@ pub async fn failover(
         Err(e) => return refuse(r, e),
     };
     r.stream = stream.to_string();
-    r.new_epoch = state.epoch + 1;
+    r.new_epoch = match state.epoch.checked_add(1) {
+        Some(e) => e,
+        None => {
+            let e = crate::roles::RoleError::EpochExhausted {
+                current: state.epoch,
+            };
+            return refuse(r, e.to_string());
+        }
+    };
     let slot = match node.receive_slot(&stream) {
         Ok(s) => s,
         Err(e) => return refuse(r, format!("{e:#}")),

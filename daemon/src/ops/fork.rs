@@ -200,6 +200,56 @@ pub struct RemoteFork {
     pub epoch: u64,
 }
 
+impl RemoteFork {
+    /// The fork as the new primary reported it (its `LogInfo`: the fork
+    /// segment's record and the fork position), checked before any
+    /// arithmetic: the fork position must lie within the fork segment.
+    pub fn from_peer(
+        seg: &drd_proto::pb::SegmentInfo,
+        position: u64,
+        epoch: u64,
+    ) -> Result<Self, drd_proto::ProtocolError> {
+        let segment = SegmentName::new(seg.name.clone())?;
+        let impossible = |expected: String| drd_proto::ProtocolError::Impossible {
+            what: "fork",
+            value: format!(
+                "position {position} in segment {segment} (start {}, {} bytes)",
+                seg.start, seg.size
+            ),
+            expected,
+        };
+        let end = seg
+            .start
+            .checked_add(seg.size)
+            .ok_or_else(|| impossible(format!("the segment to end at most at {}", u64::MAX)))?;
+        if !(seg.start..=end).contains(&position) {
+            return Err(impossible(format!(
+                "a fork position from {} to {end}, inside its fork segment",
+                seg.start
+            )));
+        }
+        Ok(RemoteFork {
+            segment,
+            start: seg.start,
+            position,
+            sha256: seg.sha256.clone(),
+            chain: seg.chain.clone(),
+            epoch,
+        })
+    }
+
+    /// Bytes of the fork segment before the fork position.
+    pub fn len_in_segment(&self) -> anyhow::Result<u64> {
+        self.position.checked_sub(self.start).with_context(|| {
+            format!(
+                "the new primary's fork position {} lies before the start {} of its fork \
+                 segment {}; refusing to rejoin (nothing changed)",
+                self.position, self.start, self.segment
+            )
+        })
+    }
+}
+
 /// Rejoin: cuts this node's log of `cfg.name` back to `fork`. Checks first
 /// (nothing is changed if the shared prefix does not match), then moves
 /// everything past the fork into `quarantine`, and records the cut in `txn`.
@@ -212,7 +262,7 @@ pub fn cut_back(
 ) -> anyhow::Result<Vec<Quarantined>> {
     let stream = &cfg.name;
     let landing = node.config.landing_dir(stream);
-    let fork_len = fork.position - fork.start;
+    let fork_len = fork.len_in_segment()?;
     // Where this node holds the fork segment: its source, or its landing dir.
     let candidates = [
         (cfg.wal_dir.join(fork.segment.as_str()), true),
@@ -334,4 +384,67 @@ pub fn cut_back(
     meta.chain_head = Some(fork.chain.clone());
     txn.meta(stream, &meta);
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drd_proto::pb::SegmentInfo;
+
+    fn seg(start: u64, size: u64) -> SegmentInfo {
+        SegmentInfo {
+            name: "000000010000000000000002".into(),
+            start,
+            size,
+            sealed: true,
+            ..Default::default()
+        }
+    }
+
+    /// Issue 15: rejoin computed `fork position - segment start` on the new
+    /// primary's word, unchecked: a fork before its segment's start was a
+    /// panic in debug builds and a huge length in release.
+    #[test]
+    fn hostile_forks_from_the_new_primary_are_refused() {
+        let ok = RemoteFork::from_peer(&seg(16 << 20, 5000), (16 << 20) + 5000, 3).unwrap();
+        assert_eq!(ok.len_in_segment().unwrap(), 5000);
+        assert_eq!(
+            RemoteFork::from_peer(&seg(100, 50), 100, 3)
+                .unwrap()
+                .len_in_segment()
+                .unwrap(),
+            0
+        );
+        for (s, position) in [
+            (seg(1000, 10), 999),                // before the segment
+            (seg(1000, 10), 1011),               // past its end
+            (seg(1000, 10), u64::MAX),           // far beyond the log
+            (seg(u64::MAX - 1, 10), u64::MAX),   // a segment that cannot end
+            (seg(u64::MAX, u64::MAX), u64::MAX), // sizes at u64::MAX
+        ] {
+            let e = RemoteFork::from_peer(&s, position, 3)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("impossible fork") && e.contains(&format!("position {position}")),
+                "{e}"
+            );
+        }
+        let bad_name = SegmentInfo {
+            name: "../x".into(),
+            ..seg(0, 10)
+        };
+        assert!(RemoteFork::from_peer(&bad_name, 5, 3).is_err());
+        // Built by hand, past the checks: still an error, not a panic.
+        let hand = RemoteFork {
+            position: 5,
+            start: 10,
+            ..ok
+        };
+        let e = format!("{:#}", hand.len_in_segment().unwrap_err());
+        assert!(
+            e.contains("fork position 5") && e.contains("start 10"),
+            "{e}"
+        );
+    }
 }

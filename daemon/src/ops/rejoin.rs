@@ -8,7 +8,7 @@
 use crate::catalog::{AuditRecord, Role, Txn};
 use crate::node::Node;
 use crate::ops::{fork, peer, Caller};
-use drd_proto::{pb, SegmentName};
+use drd_proto::pb;
 use std::sync::Arc;
 use tonic::Status;
 
@@ -57,14 +57,12 @@ pub async fn rejoin(
         .iter()
         .find(|s| s.name == info.fork_segment)
         .ok_or_else(|| Status::internal("the primary's fork segment is not in its log"))?;
-    let remote = fork::RemoteFork {
-        segment: SegmentName::new(seg.name.clone()).map_err(Status::from)?,
-        start: seg.start,
-        position: info.fork_position,
-        sha256: seg.sha256.clone(),
-        chain: seg.chain.clone(),
-        epoch: info.epoch,
-    };
+    let remote = fork::RemoteFork::from_peer(seg, info.fork_position, info.epoch).map_err(|e| {
+        Status::failed_precondition(format!(
+            "{}: {e}; refusing to rejoin (nothing changed)",
+            info.node_id
+        ))
+    })?;
     let quarantine = node
         .config
         .data_dir

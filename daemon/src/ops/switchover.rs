@@ -268,7 +268,17 @@ pub async fn switchover(
     let active_len = if segment.is_empty() {
         0
     } else {
-        fork_position - start
+        // `start` may come from the replica's Welcome: checked, not trusted.
+        match fork_position.checked_sub(start) {
+            Some(len) => len,
+            None => {
+                let e = format!(
+                    "active segment {segment} starts at position {start}, past the drained \
+                     position {fork_position}: the two logs disagree"
+                );
+                return run.fail("verify", e, true).await;
+            }
+        }
     };
     let our_active = if segment.is_empty() {
         String::new()

@@ -349,6 +349,9 @@ impl StreamShipper {
             }))) => w,
             Ok(Ok(Some(_))) => return Err(ShipError::Refused("expected Welcome".into())),
         };
+        // Its resume point is the replica's word: check it before any
+        // arithmetic on it.
+        drd_proto::check_welcome(&welcome).map_err(|e| ShipError::Refused(e.to_string()))?;
         tracing::info!(
             durable_position = welcome.durable_position,
             last_segment = %welcome.last_segment,
@@ -429,10 +432,11 @@ impl StreamShipper {
                 w.last_segment_size,
             )));
         }
+        let next_start = position_after(&tail, w.last_segment_start, w.last_segment_size)?;
         Ok(self
             .next_segment(Some(&tail))?
             .0
-            .map(|next| Cursor::new(next.name, w.last_segment_start + w.last_segment_size, 0)))
+            .map(|next| Cursor::new(next.name, next_start, 0)))
     }
 
     /// The first segment named after `after` (the very first when `None`),
@@ -555,7 +559,7 @@ impl StreamShipper {
                             &self.status.bandwidth,
                             &self.node.bandwidth,
                         ]));
-                let end = cur.start + cur.offset + n;
+                let end = position_after(&cur.segment, cur.start, cur.offset + n)?;
                 // In-flight window: wait for acks before sending more.
                 while end.saturating_sub(*acked.borrow()) > t.window_bytes {
                     acked.changed().await.map_err(|_| ShipError::Closed)?;
@@ -637,7 +641,8 @@ impl StreamShipper {
                 let (next, fresh) = self.next_segment(Some(&cur.segment))?;
                 match next {
                     Some(next) => {
-                        cursor = Some(Cursor::new(next.name, cur.start + size, 0));
+                        let next_start = position_after(&cur.segment, cur.start, size)?;
+                        cursor = Some(Cursor::new(next.name, next_start, 0));
                         listing = fresh;
                     }
                     None => {
@@ -836,12 +841,24 @@ fn successor<E>(
 /// The source's written position, given that `anchor` starts at `start`:
 /// the anchor's start plus the sizes of it and every later segment.
 fn written_from(listing: &[SourceSegment], anchor: &SegmentName, start: u64) -> u64 {
-    start
-        + listing
-            .iter()
-            .filter(|s| &s.name >= anchor)
-            .map(|s| s.size)
-            .sum::<u64>()
+    // `start` may come from the replica's Welcome: saturate, never wrap
+    // (position_after refuses such a start before anything is shipped).
+    listing
+        .iter()
+        .filter(|s| &s.name >= anchor)
+        .fold(start, |p, s| p.saturating_add(s.size))
+}
+
+/// The stream position `len` bytes into `segment`, which starts at `start`
+/// (a value the replica may have reported): an error, not a wrap, when it
+/// is past the largest position.
+fn position_after(segment: &SegmentName, start: u64, len: u64) -> Result<u64, ShipError> {
+    start.checked_add(len).ok_or_else(|| {
+        ShipError::Diverged(format!(
+            "segment {segment} starts at position {start} (as the replica reported): \
+             {len} bytes past it is beyond the largest position"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -853,6 +870,22 @@ mod tests {
             name: SegmentName::new(format!("00000001{:016X}", n)).unwrap(),
             size: 1,
         }
+    }
+
+    /// Issue 15: a replica reporting a last segment at u64::MAX made the
+    /// resume arithmetic overflow (a panic in debug builds, a wrap in
+    /// release).
+    #[test]
+    fn positions_from_the_replica_never_wrap() {
+        let s = seg(3).name;
+        assert_eq!(position_after(&s, 100, 5).unwrap(), 105);
+        let e = position_after(&s, u64::MAX - 1, 5).unwrap_err().to_string();
+        assert!(
+            e.contains(&(u64::MAX - 1).to_string()) && e.contains("beyond the largest position"),
+            "{e}"
+        );
+        assert_eq!(written_from(&[seg(3), seg(4)], &s, u64::MAX), u64::MAX);
+        assert_eq!(written_from(&[seg(3), seg(4)], &s, 10), 12);
     }
 
     #[test]
