@@ -38,6 +38,8 @@ impl From<StreamView> for pb::StreamStatus {
             last_error: v.last_error,
             throughput_bytes_per_second: v.throughput_bytes_per_second,
             paused: v.paused,
+            peer_protocol_version: v.peer_protocol_version,
+            peer_software_version: v.peer_software_version,
         }
     }
 }
@@ -146,10 +148,12 @@ impl Control for ControlService {
                 .into_iter()
                 .map(Into::into)
                 .collect(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version::VERSION_LINE.to_string(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
             paused: state.paused,
             fenced_reason: state.fenced_reason.clone().unwrap_or_default(),
+            protocol_version: crate::version::PROTOCOL_VERSION,
+            operations: self.node.operations.snapshot(),
         }))
     }
 

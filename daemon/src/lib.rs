@@ -18,6 +18,7 @@ pub mod node;
 pub mod notify;
 pub mod ops;
 pub mod primary;
+pub mod progress;
 pub mod receiver;
 pub mod replica;
 pub mod roles;
@@ -25,6 +26,7 @@ pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
 pub mod tls;
+pub mod version;
 pub mod units;
 
 pub use drd_proto as proto;

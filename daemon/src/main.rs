@@ -1,11 +1,13 @@
 //! `drd`: the daemon binary. `drd --config FILE` runs it, `--check-config`
-//! validates the file and exits, `drd demo` runs a local primary + replica.
+//! validates the file and exits, `drd demo` runs a local primary + replica,
+//! `drd completions SHELL` prints a completion script, and the hidden
+//! `drd man --out DIR` writes the man page (for packaging).
 //!
 //! Exit codes: 0 clean stop or valid config; 1 runtime failure; 2 invalid
 //! configuration or usage.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use drd::config::{Config, DEFAULT_CONFIG_PATH};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "drd",
-    version,
+    version = drd::version::VERSION_LINE,
     about = "Disaster-recovery replication daemon for database WAL"
 )]
 struct Cli {
@@ -42,6 +44,33 @@ enum Command {
     /// Run a local primary and replica on loopback with generated WAL and a
     /// live status table (Ctrl-C to stop).
     Demo(drd::demo::DemoArgs),
+    /// Print a shell completion script to stdout, e.g.
+    /// `drd completions bash > /etc/bash_completion.d/drd`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man page drd.1 into a directory (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Writes drd.1 into `dir` and names it on stdout. The hidden `man`
+/// subcommand gets no page of its own; `completions` does not either: the
+/// page documents the daemon.
+fn write_man_page(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the man page directory {}", dir.display()))?;
+    let page = clap_mangen::Man::new(Cli::command())
+        .generate_to(dir)
+        .with_context(|| format!("cannot write the man page into {}", dir.display()))?;
+    println!("{}", page.display());
+    Ok(())
 }
 
 /// Installs the log subscriber: `DRD_LOG` if set, else `default_level`.
@@ -74,6 +103,20 @@ fn main() -> ExitCode {
             let _ = init_logging(cli.log_format, "warn");
             return report(drd::demo::run(args));
         }
+        Some(Command::Completions { shell }) => {
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "drd", &mut script);
+            // A closed pipe (`drd completions bash | head`) is not an error.
+            return match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("drd: cannot write the completion script to stdout: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            };
+        }
+        Some(Command::Man { out }) => return report(write_man_page(&out)),
         None => {}
     }
     let config = match Config::load(&cli.config) {

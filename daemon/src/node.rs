@@ -30,6 +30,10 @@ pub struct StreamView {
     pub last_error: String,
     pub throughput_bytes_per_second: f64,
     pub paused: bool,
+    /// The peer's protocol version and drd release from its last handshake
+    /// (0 / "" before one, or from a build that did not send them).
+    pub peer_protocol_version: u32,
+    pub peer_software_version: String,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -50,6 +54,9 @@ pub struct ShipState {
     /// A sealed segment's record is being committed to this node's own
     /// catalog in the background (switchover's drain waits for it).
     pub recording_seal: bool,
+    /// The replica's protocol version and drd release, from its Welcome.
+    pub peer_protocol_version: u32,
+    pub peer_software_version: String,
 }
 
 /// A stream this node ships, with its live state.
@@ -98,6 +105,8 @@ impl Shipper {
             last_error: s.last_error.clone(),
             throughput_bytes_per_second: s.rate.rate(now),
             paused: false,
+            peer_protocol_version: s.peer_protocol_version,
+            peer_software_version: s.peer_software_version.clone(),
         }
     }
 }
@@ -115,6 +124,9 @@ pub struct ReceiveState {
     pub rate: RateMeter,
     pub sessions: u64,
     pub last_error: String,
+    /// The primary's protocol version and drd release, from its Hello.
+    pub peer_protocol_version: u32,
+    pub peer_software_version: String,
 }
 
 /// A stream this node receives.
@@ -142,6 +154,8 @@ impl ReceiveSlot {
                 rate: RateMeter::default(),
                 sessions: 0,
                 last_error: String::new(),
+                peer_protocol_version: 0,
+                peer_software_version: String::new(),
             }),
             session: tokio::sync::Mutex::new(None),
         }
@@ -175,6 +189,8 @@ impl ReceiveSlot {
             last_error: s.last_error.clone(),
             throughput_bytes_per_second: s.rate.rate(now),
             paused: false,
+            peer_protocol_version: s.peer_protocol_version,
+            peer_software_version: s.peer_software_version.clone(),
         }
     }
 }
@@ -196,6 +212,8 @@ pub struct Node {
     receivers: Mutex<BTreeMap<StreamName, Arc<ReceiveSlot>>>,
     /// The node-wide `max_bandwidth`, shared by all shipped streams.
     pub bandwidth: crate::throttle::Throttle,
+    /// Long operations running now, for `drctl`'s progress bars.
+    pub operations: crate::progress::Operations,
 }
 
 impl Node {
@@ -250,6 +268,7 @@ impl Node {
             shippers,
             receivers: Mutex::new(receivers),
             bandwidth,
+            operations: Default::default(),
         })
     }
 

@@ -199,3 +199,87 @@ fn socket_group_is_looked_up_through_nss() {
         "{text}"
     );
 }
+
+/// `drd 0.1.0 (git 8bd3ff1b2c3d)`, `-dirty` after changes, `unknown`
+/// outside a git checkout.
+fn assert_version_line(binary: &str, out: &str) {
+    let line = out.trim_end();
+    let rest = line
+        .strip_prefix(&format!("{binary} {} (git ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not `{binary} VERSION (git COMMIT)`: {line:?}"));
+    let commit = rest.strip_suffix("-dirty").unwrap_or(rest);
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "bad commit {rest:?} in {line:?}"
+    );
+}
+
+#[test]
+fn version_names_the_release_and_the_git_commit() {
+    for flag in ["--version", "-V"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_version_line("drd", &String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
+fn drd_writes_its_man_page_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+        .args(["man", "--out"])
+        .arg(dir.path().join("man1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = dir.path().join("man1").join("drd.1");
+    let text = std::fs::read_to_string(&page).unwrap();
+    assert!(text.starts_with(".TH") || text.starts_with(".ie"), "{text}");
+    assert!(text.contains("check\\-config"), "{text}");
+    // The hidden subcommand stays out of --help.
+    let help = Command::new(env!("CARGO_BIN_EXE_drd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("man "), "{help}");
+    assert!(help.contains("completions"), "{help}");
+    if Command::new("man").arg("--version").output().is_ok() {
+        let out = Command::new("man")
+            .arg("-l")
+            .arg(&page)
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains("replication daemon"), "{shown}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_drd"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = dir.path().join("drd.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let ok = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "bash -n refused the drd completion script");
+}

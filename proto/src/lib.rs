@@ -16,6 +16,34 @@ pub mod pb {
 /// Protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Oldest protocol version this build still accepts from a peer. A release
+/// that changes the protocol keeps accepting the previous version for a
+/// while, so the two sites can be upgraded one after the other; `drctl
+/// status` warns while they differ.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// Longest software version string kept from a peer (longer ones are cut).
+pub const MAX_SOFTWARE_VERSION_LEN: usize = 64;
+
+/// A peer's software version as it may be shown and logged: printable
+/// ASCII only, at most [`MAX_SOFTWARE_VERSION_LEN`] characters.
+pub fn sanitize_software_version(v: &str) -> String {
+    v.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(MAX_SOFTWARE_VERSION_LEN)
+        .collect()
+}
+
+/// The protocol version a peer announced: 0 (a build from before the field
+/// existed) means 1, the only version such builds spoke.
+pub fn announced_protocol_version(v: u32) -> u32 {
+    if v == 0 {
+        1
+    } else {
+        v
+    }
+}
+
 /// Largest chunk payload a sender produces and a receiver accepts.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -55,7 +83,10 @@ pub enum ProtocolError {
     EmptyChunk,
     #[error("seal of segment {0}: sha256 and chain must be 32 bytes each")]
     BadDigest(String),
-    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "unsupported protocol version {0} (this build speaks {MIN_PROTOCOL_VERSION} to \
+         {PROTOCOL_VERSION}); upgrade the older site so both run the same drd release"
+    )]
     Version(u32),
     #[error("position overflow in segment {0}")]
     Overflow(String),
@@ -233,6 +264,11 @@ pub struct Hello {
     pub stream: StreamName,
     pub node_id: NodeId,
     pub epoch: Epoch,
+    /// The protocol version the sender speaks (within the accepted range).
+    /// Senders always announce [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The sender's drd release, sanitized ("" if it sent none).
+    pub software_version: String,
 }
 
 /// A verified byte range of one segment (its CRC matched on receipt).
@@ -383,13 +419,15 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
         use pb::ship_message::Msg;
         match m.msg.ok_or(ProtocolError::Missing("body"))? {
             Msg::Hello(h) => {
-                if h.protocol_version != PROTOCOL_VERSION {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol_version) {
                     return Err(ProtocolError::Version(h.protocol_version));
                 }
                 Ok(ShipMsg::Hello(Hello {
                     stream: StreamName::new(h.stream)?,
                     node_id: NodeId::new(h.node_id)?,
                     epoch: check_epoch(h.epoch)?,
+                    protocol_version: h.protocol_version,
+                    software_version: sanitize_software_version(&h.software_version),
                 }))
             }
             Msg::Chunk(c) => {
@@ -586,10 +624,11 @@ impl From<ShipMsg> for pb::ShipMessage {
         use pb::ship_message::Msg;
         let msg = match m {
             ShipMsg::Hello(h) => Msg::Hello(pb::Hello {
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: h.protocol_version,
                 stream: h.stream.0,
                 node_id: h.node_id.0,
                 epoch: h.epoch,
+                software_version: h.software_version,
             }),
             ShipMsg::Chunk(c) => Msg::Chunk(pb::Chunk {
                 epoch: c.epoch,
@@ -921,6 +960,39 @@ mod tests {
         assert_eq!(ZSTD1.accepted_by(&new), ZSTD1);
         assert_eq!(Compression::None.accepted_by(&new), Compression::None);
         assert!(zstd_levels().contains(&1) && zstd_levels().contains(&22));
+    }
+
+    #[test]
+    fn hello_carries_versions_within_the_accepted_range() {
+        let hello = |v: u32, sw: &str| pb::ShipMessage {
+            msg: Some(pb::ship_message::Msg::Hello(pb::Hello {
+                protocol_version: v,
+                stream: "ehr-prod".into(),
+                node_id: "verona-db1".into(),
+                epoch: 1,
+                software_version: sw.into(),
+            })),
+        };
+        match ShipMsg::try_from(hello(PROTOCOL_VERSION, "0.1.0 (git abc)\x1b[2J")).unwrap() {
+            ShipMsg::Hello(h) => {
+                assert_eq!(h.protocol_version, PROTOCOL_VERSION);
+                // Control characters from the network never reach a terminal.
+                assert_eq!(h.software_version, "0.1.0 (git abc)[2J");
+            }
+            m => panic!("{m:?}"),
+        }
+        let long = "9".repeat(500);
+        match ShipMsg::try_from(hello(PROTOCOL_VERSION, &long)).unwrap() {
+            ShipMsg::Hello(h) => assert_eq!(h.software_version.len(), MAX_SOFTWARE_VERSION_LEN),
+            m => panic!("{m:?}"),
+        }
+        for v in [0, PROTOCOL_VERSION + 1] {
+            let e = ShipMsg::try_from(hello(v, "")).unwrap_err();
+            assert_eq!(e, ProtocolError::Version(v));
+            assert!(e.to_string().contains("upgrade the older site"), "{e}");
+        }
+        assert_eq!(announced_protocol_version(0), 1);
+        assert_eq!(announced_protocol_version(3), 3);
     }
 
     #[test]

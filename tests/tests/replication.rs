@@ -222,6 +222,7 @@ fn hello(stream: &str) -> pb::ShipMessage {
             stream: stream.into(),
             node_id: PRIMARY_ID.into(),
             epoch: 1,
+            ..Default::default()
         })),
     }
 }

@@ -87,6 +87,7 @@ async fn attempt(port: u16, ca: &Path, cert: &Path, key: &Path) -> String {
             stream: STREAM.into(),
             node_id: PRIMARY_ID.into(),
             epoch: 1,
+            ..Default::default()
         }),
         pb::ship_message::Msg::Chunk(pb::Chunk {
             epoch: 1,

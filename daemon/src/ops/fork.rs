@@ -253,12 +253,14 @@ impl RemoteFork {
 /// Rejoin: cuts this node's log of `cfg.name` back to `fork`. Checks first
 /// (nothing is changed if the shared prefix does not match), then moves
 /// everything past the fork into `quarantine`, and records the cut in `txn`.
+/// Counts the files and bytes it moves in `progress`.
 pub fn cut_back(
     node: &Node,
     cfg: &StreamConfig,
     fork: &RemoteFork,
     quarantine: &Path,
     txn: &mut Txn,
+    progress: &crate::progress::Operation,
 ) -> anyhow::Result<Vec<Quarantined>> {
     let stream = &cfg.name;
     let landing = node.config.landing_dir(stream);
@@ -279,6 +281,7 @@ pub fn cut_back(
                 fork.segment
             )
         })?;
+    progress.set_phase(format!("checking the shared prefix of {}", fork.segment));
     let have = std::fs::metadata(&fork_file)?.len();
     if have < fork_len {
         bail!(
@@ -297,9 +300,9 @@ pub fn cut_back(
         );
     }
 
-    // Checks passed: move what lies past the fork.
-    fsutil::create_dir_durable(quarantine)?;
-    let mut moved = Vec::new();
+    // Checks passed: move what lies past the fork. First list it, so the
+    // progress has a total.
+    let mut past_fork = Vec::new();
     for dir in [cfg.wal_dir.clone(), landing.clone()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -320,16 +323,30 @@ pub fn cut_back(
                 continue;
             }
             let from = dir.join(&name);
-            let to = quarantine.join(&name);
             let bytes = std::fs::metadata(&from)?.len();
-            fsutil::move_durable(&from, &to)
-                .with_context(|| format!("cannot move {} to quarantine", from.display()))?;
-            moved.push(Quarantined {
-                path: to,
-                bytes,
-                from,
-            });
+            past_fork.push((from, quarantine.join(&name), bytes));
         }
+    }
+    let tail_bytes = have.saturating_sub(fork_len);
+    progress.set_totals(
+        past_fork
+            .iter()
+            .map(|(_, _, b)| *b)
+            .fold(tail_bytes, u64::saturating_add),
+        past_fork.len() as u64 + u64::from(tail_bytes > 0),
+    );
+    progress.set_phase(format!("moving to quarantine {}", quarantine.display()));
+    fsutil::create_dir_durable(quarantine)?;
+    let mut moved = Vec::new();
+    for (from, to, bytes) in past_fork {
+        fsutil::move_durable(&from, &to)
+            .with_context(|| format!("cannot move {} to quarantine", from.display()))?;
+        progress.add_done(bytes, 1);
+        moved.push(Quarantined {
+            path: to,
+            bytes,
+            from,
+        });
     }
     if have > fork_len {
         let to = quarantine.join(format!("{}.after-fork-at-{fork_len}", fork.segment));
@@ -346,6 +363,7 @@ pub fn cut_back(
             from: fork_file.clone(),
         });
         fsutil::truncate_durable(&fork_file, fork_len)?;
+        progress.add_done(have - fork_len, 1);
     }
     fsutil::fsync_dir(quarantine)?;
 

@@ -30,6 +30,10 @@ pub async fn rejoin(
             "rejoin needs exactly one [[stream]] (its peer is the new primary)",
         ));
     };
+    let progress = node
+        .operations
+        .start("rejoin", cfg.name.as_str(), &req.progress_token);
+    progress.set_phase("asking the new primary for the fork");
     let mut client = peer::connect_for_calls(node, cfg)
         .await
         .map_err(|e| Status::unavailable(format!("cannot reach the new primary: {e}")))?;
@@ -70,12 +74,14 @@ pub async fn rejoin(
         .join(cfg.name.as_str())
         .join(format!("epoch-{}-{}", info.epoch, crate::unix_ms()));
 
+    progress.set_phase("waiting for other role changes to finish");
     let _gate = node.transition.write().await;
     let next = crate::roles::rejoin(&state, info.epoch)
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
     let mut txn = Txn::default();
-    let moved = fork::cut_back(node, cfg, &remote, &quarantine, &mut txn)
+    let moved = fork::cut_back(node, cfg, &remote, &quarantine, &mut txn, &progress)
         .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+    progress.set_phase("recording the new role");
     let total: u64 = moved.iter().map(|q| q.bytes).sum();
     txn.audit(AuditRecord {
         action: "rejoin".into(),

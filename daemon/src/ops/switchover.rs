@@ -126,6 +126,11 @@ pub async fn switchover(
             .await;
     };
     let shipper = node.shippers[0].clone();
+    // Listed in `Status` while it runs, for `drctl switchover`'s progress.
+    let progress = node
+        .operations
+        .start("switchover", cfg.name.as_str(), &req.progress_token);
+    progress.set_phase("preflight: asking the replica");
 
     // 1. preflight
     let mut client = match peer::connect_for_calls(node, cfg).await {
@@ -177,6 +182,7 @@ pub async fn switchover(
     }
 
     // 2. stop writes
+    progress.set_phase("pre_switchover hook: stopping writes");
     let o = run.attempt_hook("pre_switchover").await;
     run.step(o.summary("pre_switchover"));
     if o.failed() {
@@ -193,8 +199,15 @@ pub async fn switchover(
     };
     let deadline = Instant::now() + timeout;
     let mut quiet_since: Option<(Instant, u64)> = None;
+    progress.set_phase("drain: waiting for lag 0");
+    // The largest lag seen since the drain began: progress counts the
+    // bytes drained out of it.
+    let mut drain_total = 0u64;
     let (fork_position, segment, start) = loop {
         let v = shipper.view(Instant::now());
+        drain_total = drain_total.max(v.lag_bytes);
+        progress.set_totals(drain_total, 0);
+        progress.set_done(drain_total.saturating_sub(v.lag_bytes), 0);
         let (seg, start, recording) = {
             let st = shipper.state.lock().unwrap();
             (
@@ -236,6 +249,7 @@ pub async fn switchover(
     run.step(format!("drain: lag 0 at position {fork_position}"));
 
     // 4. verify checksums on both sides
+    progress.set_phase("verify: comparing checksums with the replica");
     let theirs = match client
         .log_info(pb::LogInfoRequest {
             stream: cfg.name.to_string(),
@@ -308,6 +322,7 @@ pub async fn switchover(
         format!("verify: {checked} segments match by SHA-256, including the active {segment} at {active_len} bytes")
     });
 
+    progress.set_phase("promote: the replica takes over");
     // 5. promote the replica. Hold our shipping first: once the replica is
     // primary at the new epoch, neither side may read the other's epoch as
     // a reason to fence until this node has demoted itself.
@@ -353,6 +368,7 @@ pub async fn switchover(
     run.r.new_epoch = new_epoch;
 
     // 6. demote this node
+    progress.set_phase("demote: this node becomes a replica");
     let seg = match segment.is_empty() {
         true => None,
         false => match SegmentName::new(segment.clone()) {

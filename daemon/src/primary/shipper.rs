@@ -332,6 +332,8 @@ impl StreamShipper {
             stream: self.cfg.name.clone(),
             node_id: self.node.config.node_id.clone(),
             epoch,
+            protocol_version: drd_proto::PROTOCOL_VERSION,
+            software_version: crate::version::VERSION_LINE.to_string(),
         });
         tx.send(hello.into()).await.map_err(|_| ShipError::Closed)?;
         let idle = self.idle();
@@ -358,12 +360,25 @@ impl StreamShipper {
             replica_epoch = welcome.epoch,
             "connected; resuming at the replica's durable position"
         );
+        let peer_software = drd_proto::sanitize_software_version(&welcome.software_version);
+        if let Some(w) = crate::version::protocol_warning(
+            self.cfg.name.as_str(),
+            drd_proto::PROTOCOL_VERSION,
+            crate::version::VERSION_LINE,
+            &self.cfg.peer,
+            welcome.protocol_version,
+            &peer_software,
+        ) {
+            tracing::warn!("{w}");
+        }
         {
             let mut st = self.status.state.lock().unwrap();
             st.connected = true;
             st.sessions += 1;
             st.reconnects = st.sessions - 1;
             st.last_error.clear();
+            st.peer_protocol_version = welcome.protocol_version;
+            st.peer_software_version = peer_software;
         }
         self.status.durable.send_replace(welcome.durable_position);
         self.status.state.lock().unwrap().durable = welcome.durable_position;

@@ -208,6 +208,8 @@ impl ReplicationService {
             last_segment_start: tail.as_ref().map_or(0, |t| t.start),
             chain: worker.chain_head().to_vec(),
             accepts_compression: drd_proto::accepted_compressions(),
+            protocol_version: drd_proto::PROTOCOL_VERSION,
+            software_version: crate::version::VERSION_LINE.to_string(),
         };
         tracing::info!(
             durable_position = welcome.durable_position,
@@ -224,6 +226,18 @@ impl ReplicationService {
             st.sessions += 1;
             st.last_error.clear();
             st.meta.last_primary = Some(hello.node_id.to_string());
+            st.peer_protocol_version = hello.protocol_version;
+            st.peer_software_version = hello.software_version.clone();
+        }
+        if let Some(w) = crate::version::protocol_warning(
+            hello.stream.as_str(),
+            drd_proto::PROTOCOL_VERSION,
+            crate::version::VERSION_LINE,
+            hello.node_id.as_str(),
+            hello.protocol_version,
+            &hello.software_version,
+        ) {
+            tracing::warn!("{w}");
         }
 
         let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
