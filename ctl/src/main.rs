@@ -5,21 +5,23 @@
 //! refused failover, a failed switchover step, a missing segment; for
 //! `drctl lag`: WARNING); 2 usage or configuration error (`drctl lag`:
 //! CRITICAL); 3 the daemon could not be reached (`drctl lag`: UNKNOWN).
+//!
+//! Long work (verify, rejoin, switchover, `status --watch`) shows progress
+//! bars on stderr when it is a terminal; never with `--json`.
 
 mod certs;
+mod docs;
 mod fetch;
 mod lag;
+mod progress;
 mod push;
 mod roles;
+mod status;
 mod verify;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drd::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
-use drd::display;
-use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tonic::transport::Channel;
@@ -30,7 +32,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 #[derive(Parser)]
 #[command(
     name = "drctl",
-    version,
+    version = env!("DRD_VERSION_LINE"),
     about = "Operate drd: status, lag, failover, switchover, rejoin, WAL fetch"
 )]
 struct Cli {
@@ -55,14 +57,19 @@ struct Cli {
     /// Name the remote daemon's certificate must carry (default: the host in --addr).
     #[arg(long, global = true)]
     server_name: Option<String>,
+    /// Never draw progress bars (they are drawn only on a terminal anyway,
+    /// on stderr, and never with --json).
+    #[arg(long, global = true, env = "DRCTL_NO_PROGRESS")]
+    no_progress: bool,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Role, epoch and per-stream positions, lag, throughput and errors.
-    Status(JsonArg),
+    /// Role, epoch and per-stream positions, lag, throughput and errors;
+    /// --watch follows a catch-up live.
+    Status(status::StatusArgs),
     /// Lag check with Nagios/Icinga exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
     Lag(lag::LagArgs),
     /// Unplanned failover, run at the DR node: become primary at epoch + 1.
@@ -86,6 +93,12 @@ enum Cmd {
     /// Certificates for a first deployment (no daemon needed).
     #[command(subcommand)]
     Certs(certs::CertsCmd),
+    /// Print a shell completion script to stdout (no daemon needed), e.g.
+    /// `drctl completions bash > /etc/bash_completion.d/drctl`.
+    Completions(docs::CompletionsArgs),
+    /// Write man pages (drctl.1, drctl-status.1, ...) into a directory.
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 #[derive(Args)]
@@ -131,9 +144,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let socket = socket_path(cli);
-    if let Cmd::Certs(c) = &cli.command {
-        return certs::run(c);
+    match &cli.command {
+        Cmd::Certs(c) => return certs::run(c),
+        Cmd::Completions(a) => return docs::completions(a),
+        Cmd::Man(a) => return docs::man(a),
+        _ => {}
     }
+    let no_progress = cli.no_progress;
     let connected = match &cli.addr {
         Some(addr) => connect_remote(cli, addr).await,
         None => connect(&socket).await,
@@ -143,18 +160,20 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     match &cli.command {
-        Cmd::Status(a) => status(&mut client, a).await,
+        Cmd::Status(a) => status::run(&mut client, a, no_progress).await,
         Cmd::Lag(a) => lag::run(&mut client, a).await,
         Cmd::Failover(a) => roles::failover(&mut client, a).await,
-        Cmd::Switchover(a) => roles::switchover(&mut client, a).await,
-        Cmd::Rejoin(a) => roles::rejoin(&mut client, a).await,
+        Cmd::Switchover(a) => roles::switchover(&mut client, a, no_progress).await,
+        Cmd::Rejoin(a) => roles::rejoin(&mut client, a, no_progress).await,
         Cmd::Pause(a) => roles::pause(&mut client, a, true).await,
         Cmd::Resume(a) => roles::pause(&mut client, a, false).await,
         Cmd::History(a) => roles::history(&mut client, a).await,
         Cmd::WalFetch(a) => fetch::run(&mut client, a).await,
         Cmd::WalPush(a) => push::run(&mut client, a).await,
-        Cmd::Verify(a) => verify::run(&mut client, a).await,
-        Cmd::Certs(_) => unreachable!("handled before connecting"),
+        Cmd::Verify(a) => verify::run(&mut client, a, no_progress).await,
+        Cmd::Certs(_) | Cmd::Completions(_) | Cmd::Man(_) => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
@@ -216,64 +235,4 @@ pub fn time(ms: u64) -> String {
     }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-async fn status(client: &mut ControlClient<Channel>, a: &JsonArg) -> anyhow::Result<ExitCode> {
-    let s = client
-        .status(pb::StatusRequest {})
-        .await
-        .context("status request failed")?
-        .into_inner();
-    if a.json {
-        print_json(&status_json(&s))?;
-    } else {
-        println!(
-            "node {}  role {}  epoch {}{}  drd {}  up {}s",
-            s.node_id,
-            display::role_name(s.role),
-            s.epoch,
-            if s.paused { "  PAUSED" } else { "" },
-            s.version,
-            s.uptime_seconds
-        );
-        if !s.fenced_reason.is_empty() {
-            println!(
-                "FENCED: {}. Run `drctl rejoin` to make this node a replica.",
-                s.fenced_reason
-            );
-        }
-        println!();
-        print!("{}", display::status_table(std::slice::from_ref(&s)));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
-    json!({
-        "node_id": s.node_id,
-        "role": display::role_name(s.role).to_lowercase(),
-        "epoch": s.epoch,
-        "paused": s.paused,
-        "fenced_reason": s.fenced_reason,
-        "version": s.version,
-        "uptime_seconds": s.uptime_seconds,
-        "streams": s.streams.iter().map(|t| json!({
-            "name": t.name,
-            "direction": t.direction,
-            "peer": t.peer,
-            "connected": t.connected,
-            "written_position": t.written_position,
-            "durable_position": t.durable_position,
-            "lag_bytes": t.lag_bytes,
-            "lag_seconds": t.lag_seconds,
-            "network_bytes": t.network_bytes,
-            "segments": t.segments,
-            "sealed_segments": t.sealed_segments,
-            "current_segment": t.current_segment,
-            "reconnects": t.reconnects,
-            "throughput_bytes_per_second": t.throughput_bytes_per_second,
-            "paused": t.paused,
-            "last_error": t.last_error,
-        })).collect::<Vec<_>>(),
-    })
 }

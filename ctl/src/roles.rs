@@ -1,7 +1,9 @@
 //! `drctl failover`, `switchover`, `rejoin`, `pause`/`resume`, `history`:
 //! requests to the daemon and reports an on-call DBA can read at 3 a.m.
+//! Switchover (its drain to lag 0) and rejoin (its move of the bytes past
+//! the fork into quarantine) show progress on a terminal while they run.
 
-use crate::{print_json, time, JsonArg};
+use crate::{print_json, progress, time, JsonArg};
 use anyhow::Context;
 use clap::Args;
 use drd::config::DataLoss;
@@ -167,13 +169,18 @@ pub async fn failover(
 pub async fn switchover(
     c: &mut ControlClient<Channel>,
     a: &SwitchoverArgs,
+    no_progress: bool,
 ) -> anyhow::Result<ExitCode> {
-    let r = c
-        .switchover(pb::SwitchoverRequest {
-            dry_run: a.dry_run,
-            reason: a.reason.clone(),
-            drain_timeout_seconds: a.drain_timeout,
-        })
+    let token = progress::token("switchover");
+    let mut call = c.clone();
+    let request = call.switchover(pb::SwitchoverRequest {
+        dry_run: a.dry_run,
+        reason: a.reason.clone(),
+        drain_timeout_seconds: a.drain_timeout,
+        progress_token: token.clone(),
+    });
+    let show = progress::wanted(a.json, no_progress);
+    let r = progress::follow(c.clone(), &token, "switchover", show, request)
         .await
         .context("switchover request failed")?
         .into_inner();
@@ -208,13 +215,19 @@ pub async fn switchover(
     })
 }
 
-pub async fn rejoin(c: &mut ControlClient<Channel>, a: &ReasonArgs) -> anyhow::Result<ExitCode> {
-    let r = match c
-        .rejoin(pb::RejoinRequest {
-            reason: a.reason.clone(),
-        })
-        .await
-    {
+pub async fn rejoin(
+    c: &mut ControlClient<Channel>,
+    a: &ReasonArgs,
+    no_progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = progress::token("rejoin");
+    let mut call = c.clone();
+    let request = call.rejoin(pb::RejoinRequest {
+        reason: a.reason.clone(),
+        progress_token: token.clone(),
+    });
+    let show = progress::wanted(a.json, no_progress);
+    let r = match progress::follow(c.clone(), &token, "rejoin", show, request).await {
         Ok(r) => r.into_inner(),
         Err(s) => {
             eprintln!("drctl: rejoin refused: {}", s.message());

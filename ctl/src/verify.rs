@@ -1,7 +1,9 @@
 //! `drctl verify`: re-hash every stored segment and check the hash chain.
 //! Exit 0 when every segment matches; 1 naming the first one that does not.
+//! On a terminal a progress bar (bytes and segments hashed, rate, ETA) runs
+//! on stderr meanwhile.
 
-use crate::print_json;
+use crate::{print_json, progress};
 use anyhow::Context;
 use clap::Args;
 use drd::display::bytes;
@@ -16,28 +18,40 @@ pub struct VerifyArgs {
     /// Stream (default: the node's only stream).
     #[arg(long, default_value = "")]
     pub stream: String,
+    /// Print JSON for scripts instead of a report (no progress bar).
     #[arg(long)]
     pub json: bool,
 }
 
-pub async fn run(c: &mut ControlClient<Channel>, a: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let r = c
-        .verify(pb::VerifyRequest {
-            stream: a.stream.clone(),
-        })
+pub async fn run(
+    c: &mut ControlClient<Channel>,
+    a: &VerifyArgs,
+    no_progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = progress::token("verify");
+    let mut call = c.clone();
+    let request = call.verify(pb::VerifyRequest {
+        stream: a.stream.clone(),
+        progress_token: token.clone(),
+    });
+    let show = progress::wanted(a.json, no_progress);
+    let r = progress::follow(c.clone(), &token, "verify", show, request)
         .await
         .context("verify request failed")?
         .into_inner();
+    // Builds before the count existed listed every problem.
+    let total = r.problems_total.max(r.problems.len() as u64);
     if a.json {
         print_json(&json!({
             "stream": r.stream,
-            "ok": r.problems.is_empty(),
+            "ok": total == 0,
             "segments_checked": r.segments_checked,
             "bytes_checked": r.bytes_checked,
             "chain_head": r.chain_head,
+            "problems_total": total,
             "problems": r.problems.iter().map(|p| json!({"segment": p.segment, "problem": p.problem})).collect::<Vec<_>>(),
         }))?;
-    } else if r.problems.is_empty() {
+    } else if total == 0 {
         println!(
             "VERIFIED: {} segments of {} ({}) match their recorded SHA-256 and the hash chain (head {}).",
             r.segments_checked,
@@ -48,9 +62,7 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &VerifyArgs) -> anyhow::Resu
     } else {
         println!(
             "VERIFY FAILED for {}: {} of {} segments are not what was verified at seal time.",
-            r.stream,
-            r.problems.len(),
-            r.segments_checked
+            r.stream, total, r.segments_checked
         );
         println!(
             "first bad segment: {} — {}",
@@ -59,12 +71,18 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &VerifyArgs) -> anyhow::Resu
         for p in &r.problems[1..] {
             println!("also: {} — {}", p.segment, p.problem);
         }
+        if total > r.problems.len() as u64 {
+            println!(
+                "… and {} more (the daemon's log lists every one)",
+                total - r.problems.len() as u64
+            );
+        }
         println!(
             "Do not restore from this copy past {}; fetch the segment again from the other site.",
             r.problems[0].segment
         );
     }
-    Ok(if r.problems.is_empty() {
+    Ok(if total == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,0 +1,415 @@
+//! `drctl status`: the node's role, epoch and streams as a table (or
+//! `--json`), a warning line when a stream's peer speaks another protocol
+//! version, the long operations running on the node, and with `--watch` a
+//! live view: on a terminal a progress bar per stream that fills as a
+//! replica catches up, otherwise a table (or a JSON line) per interval.
+
+use crate::{print_json, progress, EXIT_UNREACHABLE};
+use anyhow::Context;
+use clap::Args;
+use drd::display::{self, bytes, rate};
+use drd_proto::pb;
+use drd_proto::pb::control_client::ControlClient;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print JSON for scripts instead of a table (with --watch: one JSON
+    /// object per line and interval).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep watching until Ctrl-C: on a terminal, a bar per stream that
+    /// fills as the replica catches up (with rate and ETA).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between updates with --watch.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
+    pub interval: f64,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// One warning per stream whose peer speaks another protocol version.
+pub fn protocol_warnings(s: &pb::StatusResponse) -> Vec<String> {
+    s.streams
+        .iter()
+        .filter_map(|t| {
+            drd::version::protocol_warning(
+                &t.name,
+                s.protocol_version,
+                &s.version,
+                &t.peer,
+                t.peer_protocol_version,
+                &t.peer_software_version,
+            )
+        })
+        .collect()
+}
+
+/// `verify of ehr-prod: hashing segments (3/8 segments), 3.0 MiB of 8.0 MiB, 12 s`.
+pub fn operation_line(o: &pb::OperationProgress) -> String {
+    let v = progress::view(o);
+    let amount = match v.length {
+        Some(total) => format!(", {} of {}", bytes(v.position), bytes(total)),
+        None => String::new(),
+    };
+    format!(
+        "{} of {}: {}{amount}, {:.0} s",
+        o.kind, o.stream, v.message, o.elapsed_seconds
+    )
+}
+
+fn header(s: &pb::StatusResponse) -> String {
+    format!(
+        "node {}  role {}  epoch {}{}  drd {}  up {}s",
+        s.node_id,
+        display::role_name(s.role),
+        s.epoch,
+        if s.paused { "  PAUSED" } else { "" },
+        s.version,
+        s.uptime_seconds
+    )
+}
+
+fn print_human(s: &pb::StatusResponse) {
+    println!("{}", header(s));
+    if !s.fenced_reason.is_empty() {
+        println!(
+            "FENCED: {}. Run `drctl rejoin` to make this node a replica.",
+            s.fenced_reason
+        );
+    }
+    for w in protocol_warnings(s) {
+        println!("WARNING: {w}");
+    }
+    for o in &s.operations {
+        println!("running: {}", operation_line(o));
+    }
+    println!();
+    print!("{}", display::status_table(std::slice::from_ref(s)));
+}
+
+pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    json!({
+        "node_id": s.node_id,
+        "role": display::role_name(s.role).to_lowercase(),
+        "epoch": s.epoch,
+        "paused": s.paused,
+        "fenced_reason": s.fenced_reason,
+        "version": s.version,
+        "protocol_version": drd_proto::announced_protocol_version(s.protocol_version),
+        "uptime_seconds": s.uptime_seconds,
+        "warnings": protocol_warnings(s),
+        "operations": s.operations.iter().map(|o| json!({
+            "kind": o.kind,
+            "stream": o.stream,
+            "phase": o.phase,
+            "bytes_done": o.bytes_done,
+            "bytes_total": o.bytes_total,
+            "items_done": o.items_done,
+            "items_total": o.items_total,
+            "elapsed_seconds": o.elapsed_seconds,
+        })).collect::<Vec<_>>(),
+        "streams": s.streams.iter().map(|t| json!({
+            "name": t.name,
+            "direction": t.direction,
+            "peer": t.peer,
+            "connected": t.connected,
+            "written_position": t.written_position,
+            "durable_position": t.durable_position,
+            "lag_bytes": t.lag_bytes,
+            "lag_seconds": t.lag_seconds,
+            "network_bytes": t.network_bytes,
+            "segments": t.segments,
+            "sealed_segments": t.sealed_segments,
+            "current_segment": t.current_segment,
+            "reconnects": t.reconnects,
+            "throughput_bytes_per_second": t.throughput_bytes_per_second,
+            "paused": t.paused,
+            "last_error": t.last_error,
+            // 0 / "": not known (no handshake yet, or a peer too old to say).
+            "peer_protocol_version": t.peer_protocol_version,
+            "peer_software_version": t.peer_software_version,
+            "protocol_mismatch": t.peer_protocol_version != 0
+                && t.peer_protocol_version
+                    != drd_proto::announced_protocol_version(s.protocol_version),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn run(
+    c: &mut ControlClient<Channel>,
+    a: &StatusArgs,
+    no_progress: bool,
+) -> anyhow::Result<ExitCode> {
+    if a.watch {
+        return watch(c, a, progress::wanted(a.json, no_progress)).await;
+    }
+    let s = c
+        .status(pb::StatusRequest {})
+        .await
+        .context("status request failed")?
+        .into_inner();
+    if a.json {
+        print_json(&status_json(&s))?;
+    } else {
+        print_human(&s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--watch`: until Ctrl-C, or exit 3 when the daemon goes away.
+async fn watch(
+    c: &mut ControlClient<Channel>,
+    a: &StatusArgs,
+    bars: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(a.interval));
+    let mut view = bars.then(WatchBars::new);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {}
+        }
+        let s = match c.status(pb::StatusRequest {}).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                if let Some(v) = view.take() {
+                    v.abandon();
+                }
+                eprintln!(
+                    "drctl: status request failed: {}; is drd still running (systemctl status drd)?",
+                    e.message()
+                );
+                return Ok(ExitCode::from(EXIT_UNREACHABLE));
+            }
+        };
+        if a.json {
+            println!("{}", serde_json::to_string(&status_json(&s))?);
+        } else if let Some(v) = view.as_mut() {
+            v.update(&s);
+        } else {
+            print_human(&s);
+            println!();
+        }
+    }
+    if let Some(v) = view {
+        v.abandon();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a stream's catch-up bar starts and how far it has got: the bar
+/// runs from the durable position when the lag was first seen (`base`) to
+/// the written position, so it fills as the replica catches up. Returns
+/// the new base (None once caught up) and (done, total) in bytes.
+pub fn catch_up(base: Option<u64>, t: &pb::StreamStatus) -> (Option<u64>, Option<(u64, u64)>) {
+    if t.lag_bytes == 0 {
+        return (None, None);
+    }
+    // A log cut back (rejoin) or a new session can move durable backwards.
+    let base = base
+        .filter(|b| *b <= t.durable_position)
+        .unwrap_or(t.durable_position);
+    let total = t.written_position.saturating_sub(base);
+    let done = t.durable_position.saturating_sub(base).min(total);
+    (Some(base), Some((done, total)))
+}
+
+/// The terminal view of `--watch`: a header line and a bar per stream, on
+/// stderr.
+struct WatchBars {
+    multi: MultiProgress,
+    head: ProgressBar,
+    streams: BTreeMap<String, (ProgressBar, Option<u64>)>,
+    warnings: Vec<String>,
+}
+
+impl WatchBars {
+    fn new() -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let head = multi.add(ProgressBar::new_spinner());
+        head.set_style(
+            ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self {
+            multi,
+            head,
+            streams: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, s: &pb::StatusResponse) {
+        let mut head = header(s);
+        for o in &s.operations {
+            head.push_str(&format!("  | running: {}", operation_line(o)));
+        }
+        self.head.set_message(head);
+        let warnings = protocol_warnings(s);
+        if warnings != self.warnings {
+            for w in &warnings {
+                let _ = self.multi.println(format!("WARNING: {w}"));
+            }
+            self.warnings = warnings;
+        }
+        let catching = ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30.cyan/blue}] {binary_bytes}/{binary_total_bytes} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let steady = ProgressStyle::with_template("{prefix:.bold} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        for t in &s.streams {
+            let (bar, base) = self.streams.entry(t.name.clone()).or_insert_with(|| {
+                let b = self
+                    .multi
+                    .add(ProgressBar::new(0).with_style(steady.clone()));
+                b.set_prefix(t.name.clone());
+                (b, None)
+            });
+            let conn = if t.connected { "" } else { ", NOT CONNECTED" };
+            let (next, amount) = catch_up(*base, t);
+            match amount {
+                Some((done, total)) => {
+                    if base.is_none() {
+                        bar.set_style(catching.clone());
+                        bar.reset();
+                    }
+                    bar.set_length(total);
+                    bar.set_position(done);
+                    bar.set_message(format!(
+                        "lag {} ({:.1} s), {}{conn}",
+                        bytes(t.lag_bytes),
+                        t.lag_seconds,
+                        rate(t.throughput_bytes_per_second)
+                    ));
+                }
+                None => {
+                    bar.set_style(steady.clone());
+                    bar.set_message(format!(
+                        "{} {}, caught up at {} (lag 0){conn}",
+                        t.direction,
+                        t.peer,
+                        bytes(t.durable_position)
+                    ));
+                }
+            }
+            *base = next;
+        }
+    }
+
+    /// Leaves the last state on the screen.
+    fn abandon(self) {
+        self.head.abandon();
+        for (bar, _) in self.streams.values() {
+            bar.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(written: u64, durable: u64) -> pb::StreamStatus {
+        pb::StreamStatus {
+            name: "ehr-prod".into(),
+            peer: "rochester-dr1".into(),
+            written_position: written,
+            durable_position: durable,
+            lag_bytes: written - durable,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_catch_up_bar_fills_from_where_the_lag_was_first_seen() {
+        assert_eq!(catch_up(None, &stream(100, 100)), (None, None));
+        let (base, amount) = catch_up(None, &stream(1000, 200));
+        assert_eq!((base, amount), (Some(200), Some((0, 800))));
+        // More written meanwhile: the total grows, the start stays.
+        assert_eq!(
+            catch_up(base, &stream(1200, 700)),
+            (Some(200), Some((500, 1000)))
+        );
+        // Durable went backwards (a cut back): start again from there.
+        assert_eq!(
+            catch_up(Some(700), &stream(900, 100)),
+            (Some(100), Some((0, 800)))
+        );
+        assert_eq!(catch_up(Some(200), &stream(1200, 1200)), (None, None));
+    }
+
+    #[test]
+    fn status_json_carries_versions_and_a_mismatch_warning() {
+        let mut s = pb::StatusResponse {
+            node_id: "verona-db1".into(),
+            version: "0.2.0 (git abc)".into(),
+            protocol_version: 2,
+            streams: vec![pb::StreamStatus {
+                peer_protocol_version: 2,
+                peer_software_version: "0.2.0 (git def)".into(),
+                ..stream(10, 10)
+            }],
+            ..Default::default()
+        };
+        let j = status_json(&s);
+        assert_eq!(j["protocol_version"], 2);
+        assert_eq!(j["warnings"], json!([]));
+        assert_eq!(j["streams"][0]["peer_protocol_version"], 2);
+        assert_eq!(j["streams"][0]["peer_software_version"], "0.2.0 (git def)");
+        assert_eq!(j["streams"][0]["protocol_mismatch"], false);
+
+        s.streams[0].peer_protocol_version = 1;
+        s.streams[0].peer_software_version = "0.1.0 (git 123)".into();
+        let j = status_json(&s);
+        assert_eq!(j["streams"][0]["protocol_mismatch"], true);
+        let w = j["warnings"][0].as_str().unwrap();
+        assert!(w.contains("protocol 2") && w.contains("protocol 1"), "{w}");
+        assert!(w.contains("upgrade the peer rochester-dr1"), "{w}");
+        assert_eq!(protocol_warnings(&s).len(), 1);
+
+        // A peer whose version is not known yet: no warning.
+        s.streams[0].peer_protocol_version = 0;
+        assert!(protocol_warnings(&s).is_empty());
+        assert_eq!(status_json(&s)["streams"][0]["protocol_mismatch"], false);
+    }
+
+    #[test]
+    fn a_running_operation_reads_as_one_line() {
+        let o = pb::OperationProgress {
+            kind: "verify".into(),
+            stream: "ehr-prod".into(),
+            phase: "hashing segments".into(),
+            bytes_done: 3 << 20,
+            bytes_total: 8 << 20,
+            items_done: 3,
+            items_total: 8,
+            elapsed_seconds: 12.2,
+            ..Default::default()
+        };
+        assert_eq!(
+            operation_line(&o),
+            "verify of ehr-prod: hashing segments (3/8 segments), 3.0 MiB of 8.0 MiB, 12 s"
+        );
+    }
+
+    #[test]
+    fn intervals_must_be_positive() {
+        assert_eq!(positive_seconds("0.5"), Ok(0.5));
+        assert!(positive_seconds("0").is_err());
+        assert!(positive_seconds("-1").is_err());
+        assert!(positive_seconds("soon").is_err());
+    }
+}
