@@ -64,12 +64,14 @@ pub async fn run(
             "VERIFY FAILED for {}: {} of {} segments are not what was verified at seal time.",
             r.stream, total, r.segments_checked
         );
-        println!(
-            "first bad segment: {} — {}",
-            r.problems[0].segment, r.problems[0].problem
-        );
-        for p in &r.problems[1..] {
-            println!("also: {} — {}", p.segment, p.problem);
+        // The daemon lists at least the first problem whenever it counts one.
+        let first = r
+            .problems
+            .first()
+            .map_or("(not listed)", |p| p.segment.as_str());
+        for (i, p) in r.problems.iter().enumerate() {
+            let label = if i == 0 { "first bad segment" } else { "also" };
+            println!("{label}: {} — {}", p.segment, p.problem);
         }
         if total > r.problems.len() as u64 {
             println!(
@@ -78,8 +80,7 @@ pub async fn run(
             );
         }
         println!(
-            "Do not restore from this copy past {}; fetch the segment again from the other site.",
-            r.problems[0].segment
+            "Do not restore from this copy past {first}; fetch the segment again from the other site."
         );
     }
     Ok(if total == 0 {
