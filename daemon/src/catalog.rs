@@ -12,6 +12,7 @@
 //! Names are validated before they get here (no `/`), so prefixes are exact.
 //! Every write that an ack depends on is synced (`WriteOptions::set_sync`).
 
+use crate::locks::LockExt;
 use drd_proto::{Epoch, SegmentName, StreamName};
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -312,7 +313,7 @@ impl Catalog {
     /// Commits a transaction (synced). Audit records get their sequence
     /// numbers and timestamps here.
     pub fn commit_txn(&self, mut txn: Txn) -> Result<Vec<AuditRecord>> {
-        let mut next = self.next_audit.lock().unwrap();
+        let mut next = self.next_audit.locked();
         let mut seq = *next;
         let mut written = Vec::new();
         for mut rec in txn.audit.drain(..) {

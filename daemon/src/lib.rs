@@ -13,6 +13,7 @@ pub mod display;
 pub mod fsutil;
 pub mod hooks;
 pub mod lag;
+pub mod locks;
 pub mod metrics;
 pub mod node;
 pub mod notify;
@@ -26,8 +27,8 @@ pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
 pub mod tls;
-pub mod version;
 pub mod units;
+pub mod version;
 
 pub use drd_proto as proto;
 

@@ -4,6 +4,7 @@
 use crate::catalog::{AuditRecord, Catalog, NodeState, Role, SegmentRecord, StreamMeta, Txn};
 use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
+use crate::locks::LockExt;
 use drd_proto::StreamName;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -76,7 +77,7 @@ pub struct Shipper {
 impl Shipper {
     /// Records an ack (or a Welcome): the replica is durable at `position`.
     pub fn set_durable(&self, position: u64, now: Instant) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.locked();
         st.durable = position;
         st.rate.record(position, now);
         drop(st);
@@ -84,7 +85,7 @@ impl Shipper {
     }
 
     pub fn view(&self, now: Instant) -> StreamView {
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.state.locked();
         let written = s.lag.written();
         let durable = s.durable;
         let lag_seconds = s.lag.lag(durable, now).as_secs_f64();
@@ -162,7 +163,7 @@ impl ReceiveSlot {
     }
 
     pub fn view(&self, now: Instant) -> StreamView {
-        let s = self.state.lock().unwrap();
+        let s = self.state.locked();
         let written = s.meta.source_position.max(s.durable);
         let lag_bytes = written - s.durable;
         StreamView {
@@ -323,7 +324,7 @@ impl Node {
     /// their disk workers have stopped: after this, nothing more is written
     /// until a new session starts.
     pub async fn end_sessions(&self) {
-        let slots: Vec<_> = self.receivers.lock().unwrap().values().cloned().collect();
+        let slots: Vec<_> = self.receivers.locked().values().cloned().collect();
         for slot in slots {
             let mut session = slot.session.lock().await;
             if let Some(old) = session.take() {
@@ -345,7 +346,7 @@ impl Node {
 
     /// The slot of a received stream, created on first contact.
     pub fn receive_slot(&self, stream: &StreamName) -> anyhow::Result<Arc<ReceiveSlot>> {
-        let mut map = self.receivers.lock().unwrap();
+        let mut map = self.receivers.locked();
         if let Some(slot) = map.get(stream) {
             return Ok(slot.clone());
         }
@@ -364,7 +365,7 @@ impl Node {
         let now = Instant::now();
         let state = self.state();
         if state.role == Role::Replica {
-            let slots: Vec<_> = self.receivers.lock().unwrap().values().cloned().collect();
+            let slots: Vec<_> = self.receivers.locked().values().cloned().collect();
             return slots.iter().map(|s| s.view(now)).collect();
         }
         self.shippers

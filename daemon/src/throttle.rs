@@ -4,6 +4,7 @@
 //! outage must not saturate it. The rate can be changed while the daemon runs
 //! (SIGHUP): a shipper waiting on the old rate re-plans at once.
 
+use crate::locks::LockExt;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -60,14 +61,14 @@ impl Throttle {
 
     /// The current limit in bytes per second (None: unlimited).
     pub fn rate(&self) -> Option<u64> {
-        self.state.lock().unwrap().rate
+        self.state.locked().rate
     }
 
     /// Changes the limit; takes effect for bytes not yet paid for,
     /// including those a sender is waiting on right now.
     pub fn set_rate(&self, rate: Option<u64>) {
         {
-            let mut b = self.state.lock().unwrap();
+            let mut b = self.state.locked();
             b.refill(Instant::now());
             b.rate = rate;
             if rate.is_none() {
@@ -82,7 +83,7 @@ impl Throttle {
     /// wait has already paid (the bytes count against the limit either way).
     pub async fn acquire(&self, n: u64) {
         {
-            let mut b = self.state.lock().unwrap();
+            let mut b = self.state.locked();
             if b.rate.is_none() {
                 return;
             }
@@ -96,7 +97,7 @@ impl Throttle {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let wait = {
-                let mut b = self.state.lock().unwrap();
+                let mut b = self.state.locked();
                 b.refill(Instant::now());
                 match b.rate {
                     None => return,

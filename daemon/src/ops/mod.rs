@@ -12,6 +12,7 @@ pub mod verify;
 pub mod walpush;
 
 use crate::catalog::{AuditRecord, Txn};
+use crate::locks::LockExt;
 use crate::node::Node;
 use drd_proto::{pb, SegmentName, StreamName};
 use tonic::Status;
@@ -78,11 +79,7 @@ pub async fn pause(
     );
     if req.pause {
         let deadline = std::time::Instant::now() + PAUSE_WAIT;
-        while node
-            .shippers
-            .iter()
-            .any(|s| s.state.lock().unwrap().connected)
-        {
+        while node.shippers.iter().any(|s| s.state.locked().connected) {
             if std::time::Instant::now() > deadline {
                 return Err(Status::deadline_exceeded(
                     "paused, but a replication session did not stop within 10 s; check `drctl status`",

@@ -13,6 +13,7 @@
 
 use crate::catalog::{AuditRecord, Role, Txn};
 use crate::hooks;
+use crate::locks::LockExt;
 use crate::node::Node;
 use crate::ops::{fork, peer, remote, Caller};
 use drd_proto::{pb, SegmentName};
@@ -209,7 +210,7 @@ pub async fn switchover(
         progress.set_totals(drain_total, 0);
         progress.set_done(drain_total.saturating_sub(v.lag_bytes), 0);
         let (seg, start, recording) = {
-            let st = shipper.state.lock().unwrap();
+            let st = shipper.state.locked();
             (
                 st.current_segment.clone(),
                 st.current_start,
@@ -328,7 +329,7 @@ pub async fn switchover(
     // a reason to fence until this node has demoted itself.
     node.hold_shipping(true);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while shipper.state.lock().unwrap().connected {
+    while shipper.state.locked().connected {
         if Instant::now() > deadline {
             let e = "shipping did not stop within 10 s".to_string();
             return run.fail("promote replica", e, true).await;

@@ -6,6 +6,7 @@
 
 use crate::catalog::{SegmentRecord, StreamMeta};
 use crate::config::StreamConfig;
+use crate::locks::LockExt;
 use crate::node::{Node, Shipper};
 use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
 use crate::unix_ms;
@@ -173,7 +174,7 @@ async fn run_stream(
             if may_ship(&st) {
                 break;
             }
-            shipper.status.state.lock().unwrap().connected = false;
+            shipper.status.state.locked().connected = false;
             // Paused: keep the written position (and so the lag) current.
             if st.role == crate::catalog::Role::Primary {
                 shipper.refresh_written();
@@ -213,7 +214,7 @@ async fn run_stream(
             r = shipper.session() => r,
         };
         {
-            let mut st = shipper.status.state.lock().unwrap();
+            let mut st = shipper.status.state.locked();
             st.connected = false;
             if let Err(e) = &result {
                 st.last_error = e.to_string();
@@ -293,7 +294,7 @@ impl StreamShipper {
         // The log may have been cut back since the last session (a rejoin
         // quarantined everything past the fork): start the tracker over.
         let written = self.written_of(&listing);
-        let mut st = self.status.state.lock().unwrap();
+        let mut st = self.status.state.locked();
         st.lag.rebase(written, Instant::now());
         st.network_bytes = self.meta.network_bytes;
         st.sealed_segments = self.meta.sealed_segments;
@@ -372,7 +373,7 @@ impl StreamShipper {
             tracing::warn!("{w}");
         }
         {
-            let mut st = self.status.state.lock().unwrap();
+            let mut st = self.status.state.locked();
             st.connected = true;
             st.sessions += 1;
             st.reconnects = st.sessions - 1;
@@ -381,7 +382,7 @@ impl StreamShipper {
             st.peer_software_version = peer_software;
         }
         self.status.durable.send_replace(welcome.durable_position);
-        self.status.state.lock().unwrap().durable = welcome.durable_position;
+        self.status.state.locked().durable = welcome.durable_position;
         if welcome.last_segment_sealed {
             self.status.push.note_sealed(&welcome.last_segment);
         }
@@ -479,7 +480,7 @@ impl StreamShipper {
     fn observe(&mut self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
         if let Some(c) = cursor {
             self.anchor = Some((c.segment.clone(), c.start));
-            let mut st = self.status.state.lock().unwrap();
+            let mut st = self.status.state.locked();
             st.current_segment = c.segment.to_string();
             st.current_start = c.start;
         }
@@ -491,8 +492,7 @@ impl StreamShipper {
         let written = self.written_of(listing);
         self.status
             .state
-            .lock()
-            .unwrap()
+            .locked()
             .lag
             .observe_written(written, Instant::now());
     }
@@ -612,7 +612,7 @@ impl StreamShipper {
                 cur.offset += n;
                 last_sent = Instant::now();
                 self.progressed = true;
-                self.status.state.lock().unwrap().network_bytes += n;
+                self.status.state.locked().network_bytes += n;
                 self.meta.network_bytes += n;
                 continue;
             }
@@ -801,7 +801,7 @@ impl StreamShipper {
         self.meta.sealed_segments += 1;
         let (node, stream, meta) = (self.node.clone(), self.cfg.name.clone(), self.meta.clone());
         let status = self.status.clone();
-        status.state.lock().unwrap().recording_seal = true;
+        status.state.locked().recording_seal = true;
         self.recording = Some(tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let r = node.catalog.commit(&stream, &[&rec], &meta);
@@ -809,7 +809,7 @@ impl StreamShipper {
                 elapsed_us = t0.elapsed().as_micros() as u64,
                 "seal: catalog commit"
             );
-            let mut st = status.state.lock().unwrap();
+            let mut st = status.state.locked();
             st.recording_seal = false;
             if r.is_ok() {
                 st.sealed_segments = meta.sealed_segments;

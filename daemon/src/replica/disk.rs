@@ -7,6 +7,7 @@
 //! It runs on a blocking thread: file I/O and fsync block.
 
 use crate::catalog::{Catalog, PartialCheck, SegmentRecord, StreamMeta};
+use crate::locks::LockExt;
 use crate::node::ReceiveSlot;
 use crate::receiver::{ChunkAction, Receiver, Reject, SealAction, Tail};
 use crate::{fsutil, unix_ms};
@@ -264,7 +265,7 @@ impl DiskWorker {
             }
             if let Some(e) = refused {
                 tracing::warn!(stream = %self.stream, error = %e, "refused replication data");
-                self.slot.state.lock().unwrap().last_error = e.to_string();
+                self.slot.state.locked().last_error = e.to_string();
                 let _ = acks.blocking_send(Err(e.into()));
                 return;
             }
@@ -273,7 +274,7 @@ impl DiskWorker {
         // The primary closed the stream: the last group's ack still goes out.
         if let Err(e) = self.settle(flusher) {
             tracing::warn!(stream = %self.stream, error = %e, "the last flush failed");
-            self.slot.state.lock().unwrap().last_error = e.to_string();
+            self.slot.state.locked().last_error = e.to_string();
             let _ = acks.blocking_send(Err(e.into()));
         }
     }
@@ -662,7 +663,7 @@ impl Syncer {
         committed?;
         let durable = job.tail.as_ref().map_or(0, SegmentRecord::end);
         {
-            let mut st = self.slot.state.lock().unwrap();
+            let mut st = self.slot.state.locked();
             st.durable = durable;
             st.tail = job.tail.clone();
             let now = Instant::now();

@@ -6,6 +6,7 @@
 //! resume, then runs network reader → bounded queue → disk worker → acks.
 
 use crate::catalog::Role;
+use crate::locks::LockExt;
 use crate::node::Node;
 use crate::replica::disk::DiskWorker;
 use drd_proto::pb::replication_server::Replication;
@@ -220,7 +221,7 @@ impl ReplicationService {
         #[cfg(all(feature = "chaos-testing", debug_assertions))]
         chaos_unsafe_early_ack();
         {
-            let mut st = slot.state.lock().unwrap();
+            let mut st = slot.state.locked();
             st.connected = true;
             st.peer = format!("{} ({remote})", hello.node_id);
             st.sessions += 1;
@@ -280,7 +281,7 @@ impl ReplicationService {
                 let end = read_loop(&mut inbound, &disk_tx, &ack_tx, &reader_cancel, idle).await;
                 drop(disk_tx);
                 let _ = worker.await;
-                let mut st = reader_slot.state.lock().unwrap();
+                let mut st = reader_slot.state.locked();
                 st.connected = false;
                 if let Err(e) = &end {
                     st.last_error = e.clone();
