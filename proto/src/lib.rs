@@ -375,10 +375,10 @@ pub fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
 pub fn zstd_decompress(data: &[u8], capacity: usize) -> Result<Vec<u8>, String> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-        }
-        let d = slot.as_mut().expect("set above");
+        let d = match &mut *slot {
+            Some(d) => d,
+            empty => empty.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
+        };
         d.decompress(data, capacity).map_err(|e| e.to_string())
     })
 }
