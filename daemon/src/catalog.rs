@@ -27,6 +27,16 @@ pub enum CatalogError {
         key: String,
         source: serde_json::Error,
     },
+    /// Records are stored with validated names, so one that is not a valid
+    /// segment name was read back from a catalog changed outside drd.
+    #[error(
+        "catalog segment record {name:?} has an invalid name ({source}); the catalog was \
+         changed outside drd or is damaged: restore the data directory from a backup"
+    )]
+    BadSegmentName {
+        name: String,
+        source: drd_proto::ProtocolError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
@@ -166,6 +176,15 @@ impl SegmentRecord {
     pub fn end(&self) -> u64 {
         self.start + self.size
     }
+
+    /// The record's name as a segment name, or an error naming a record
+    /// damaged on disk.
+    pub fn segment_name(&self) -> Result<SegmentName> {
+        SegmentName::new(self.name.clone()).map_err(|source| CatalogError::BadSegmentName {
+            name: self.name.clone(),
+            source,
+        })
+    }
 }
 
 /// Per-stream counters and facts that are not per segment.
@@ -215,6 +234,9 @@ pub struct Catalog {
 pub struct Txn {
     batch: WriteBatch,
     audit: Vec<AuditRecord>,
+    /// A record that could not be added (see [`Txn::segment`]): the commit
+    /// fails with it and writes nothing.
+    invalid: Option<CatalogError>,
 }
 
 impl Txn {
@@ -222,9 +244,15 @@ impl Txn {
         self.batch.put(NODE_STATE_KEY, encode(s));
         self
     }
+    /// Adds a segment record. A record with an invalid name is not added,
+    /// and makes [`Catalog::commit_txn`] fail.
     pub fn segment(&mut self, stream: &StreamName, rec: &SegmentRecord) -> &mut Self {
-        let seg = SegmentName::new(rec.name.clone()).expect("validated segment name");
-        self.batch.put(seg_key(stream, &seg), encode(rec));
+        match rec.segment_name() {
+            Ok(seg) => self.batch.put(seg_key(stream, &seg), encode(rec)),
+            Err(e) => {
+                self.invalid.get_or_insert(e);
+            }
+        }
         self
     }
     pub fn delete_segment(&mut self, stream: &StreamName, name: &SegmentName) -> &mut Self {
@@ -271,8 +299,10 @@ fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
     })
 }
 
+// Serializing these plain structs (no maps, no custom Serialize) to JSON
+// cannot fail.
+#[allow(clippy::expect_used)]
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serializing these plain structs cannot fail.
     serde_json::to_vec(v).expect("catalog record serializes")
 }
 
@@ -313,6 +343,9 @@ impl Catalog {
     /// Commits a transaction (synced). Audit records get their sequence
     /// numbers and timestamps here.
     pub fn commit_txn(&self, mut txn: Txn) -> Result<Vec<AuditRecord>> {
+        if let Some(e) = txn.invalid.take() {
+            return Err(e);
+        }
         let mut next = self.next_audit.locked();
         let mut seq = *next;
         let mut written = Vec::new();
@@ -451,9 +484,7 @@ impl Catalog {
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for rec in segments {
-            // Records come from validated names; a bad one here is a bug.
-            let seg = SegmentName::new(rec.name.clone()).expect("validated segment name");
-            batch.put(seg_key(stream, &seg), encode(rec));
+            batch.put(seg_key(stream, &rec.segment_name()?), encode(rec));
         }
         batch.put(meta_key(stream), encode(meta));
         self.db.write_opt(batch, &synced())?;
@@ -510,6 +541,26 @@ mod tests {
         assert!(cat.claim_hook("promote", 2).unwrap());
         assert!(!cat.claim_hook("promote", 2).unwrap());
         assert!(cat.claim_hook("promote", 3).unwrap());
+    }
+
+    #[test]
+    fn a_record_with_an_invalid_name_is_an_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let a = StreamName::new("a").unwrap();
+        let bad = rec("../s1", 0, 10);
+        let e = cat
+            .commit(&a, &[&rec("s1", 0, 10), &bad], &StreamMeta::default())
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::BadSegmentName { .. }), "{e}");
+        assert!(e.to_string().contains("restore the data directory"), "{e}");
+        let mut t = Txn::default();
+        t.segment(&a, &rec("s2", 10, 5)).segment(&a, &bad);
+        t.audit(AuditRecord::default());
+        let e = cat.commit_txn(t).unwrap_err();
+        assert!(matches!(e, CatalogError::BadSegmentName { .. }), "{e}");
+        assert_eq!(cat.tail(&a).unwrap(), None);
+        assert!(cat.audit_log().unwrap().is_empty());
     }
 
     #[test]

@@ -162,12 +162,16 @@ fn serve(config: Config, service: drd::notify::Service) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
+        // Installed before anything starts: a daemon that could not stop
+        // cleanly on SIGTERM (systemctl stop) must not run.
+        let mut term = signal(SignalKind::terminate())
+            .context("cannot install the SIGTERM handler (needed for a clean stop)")?;
+        let mut int = signal(SignalKind::interrupt())
+            .context("cannot install the SIGINT handler (needed for a clean stop)")?;
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),

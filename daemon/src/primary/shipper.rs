@@ -49,6 +49,21 @@ pub enum ShipError {
     Diverged(String),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// A blocking task (a source read, a hash, a catalog commit) did not
+    /// finish: it panicked, or the runtime is shutting down.
+    #[error(
+        "the {what} task did not finish: {source}; if it panicked, that is a bug in drd: \
+         please report it with this log"
+    )]
+    Task {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Maps a blocking task's [`tokio::task::JoinError`] to [`ShipError::Task`].
+fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> ShipError {
+    move |source| ShipError::Task { what, source }
 }
 
 fn refused(s: tonic::Status) -> ShipError {
@@ -737,7 +752,7 @@ impl StreamShipper {
                 .map(|()| Bytes::from(buf))
         })
         .await
-        .expect("read task panicked")
+        .map_err(task_failed("source read"))?
         .map_err(|source| ShipError::Source {
             path: path.display().to_string(),
             source,
@@ -756,7 +771,7 @@ impl StreamShipper {
         let path = self.cfg.wal_dir.join(cur.segment.as_str());
         tokio::task::spawn_blocking(move || crate::replica::disk::hash_file(&file))
             .await
-            .expect("hash task panicked")
+            .map_err(task_failed("segment hash"))?
             .map_err(|source| ShipError::Source {
                 path: path.display().to_string(),
                 source,
@@ -822,7 +837,7 @@ impl StreamShipper {
     /// Waits for the last sealed segment's record to be committed.
     async fn settle(&mut self) -> Result<(), ShipError> {
         match self.recording.take() {
-            Some(h) => Ok(h.await.expect("catalog commit task panicked")?),
+            Some(h) => Ok(h.await.map_err(task_failed("catalog commit"))??),
             None => Ok(()),
         }
     }

@@ -108,13 +108,15 @@ impl DiskWorker {
         let mut meta = catalog.stream_meta(&stream)?;
         // Persisted with the first commit: the failover report names it.
         meta.last_primary = Some(primary.to_string());
-        let tail = tail_rec.as_ref().map(|r| Tail {
-            // Names in the catalog were validated before they were stored.
-            segment: SegmentName::new(r.name.clone()).expect("catalog segment name"),
-            start: r.start,
-            size: r.size,
-            sealed: r.sealed,
-        });
+        let tail = match &tail_rec {
+            Some(r) => Some(Tail {
+                segment: r.segment_name()?,
+                start: r.start,
+                size: r.size,
+                sealed: r.sealed,
+            }),
+            None => None,
+        };
         let mut w = Self {
             stream,
             landing,
@@ -331,6 +333,10 @@ impl DiskWorker {
             self.start_segment(&c)?;
         }
         let path = self.partial_path(&c.segment);
+        // The tail file is open whenever the receiver accepts a chunk: an
+        // Append continues the tail opened by `open_tail` or
+        // `start_segment`, and a StartSegment has just opened it above.
+        #[allow(clippy::expect_used)]
         let file = self.file.as_ref().expect("tail file open after accept");
         // Accepted only once written: a failed write (disk full) leaves the
         // accepted size where it was, so no commit can record these bytes.
@@ -399,6 +405,9 @@ impl DiskWorker {
             SealAction::Verify => {}
         }
         let path = self.partial_path(&s.segment);
+        // `on_seal` asks to verify only a seal of the unsealed tail, whose
+        // file `open_tail` or `start_segment` opened; only this seal closes it.
+        #[allow(clippy::expect_used)]
         let file = self.file.as_ref().expect("tail file open before seal");
         let digest: [u8; 32] = match self.hasher.take().map(RunningHash::finish) {
             Some((covered, digest)) if covered == s.size => digest,
@@ -421,6 +430,9 @@ impl DiskWorker {
         );
         self.file = None;
         self.receiver.sealed();
+        // The tail being sealed has a record: `new` read it from the
+        // catalog or `start_segment` made it.
+        #[allow(clippy::expect_used)]
         let rec = self.tail_rec.as_mut().expect("tail record before seal");
         rec.size = s.size;
         rec.sealed = true;
@@ -569,10 +581,12 @@ impl RunningHash {
     /// The bytes covered and their digest.
     fn finish(self) -> (u64, [u8; 32]) {
         drop(self.tx);
-        (
-            self.covered,
-            self.thread.join().expect("hashing thread panicked"),
-        )
+        // The thread fails only by panicking (a bug): propagate that panic.
+        let digest = self
+            .thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (self.covered, digest)
     }
 }
 
@@ -638,7 +652,11 @@ impl Syncer {
                 elapsed_us = t0.elapsed().as_micros() as u64,
                 "catalog commit"
             );
-            let synced = sync.map(|h| h.join().expect("fdatasync thread panicked"));
+            // The thread fails only by panicking (a bug): propagate that panic.
+            let synced = sync.map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
             (synced, committed)
         });
         match synced {

@@ -123,14 +123,14 @@ async fn send(
         )));
     }
     let sha256 = Sha256::digest(&data).to_vec();
-    if client.is_none() {
-        *client = Some(
+    let c = match client {
+        Some(c) => c,
+        None => client.insert(
             crate::ops::peer::connect_for_calls(node, cfg)
                 .await
                 .map_err(NotSent::Later)?,
-        );
-    }
-    let c = client.as_mut().expect("connected above");
+        ),
+    };
     let req = pb::PutFileRequest {
         stream: cfg.name.to_string(),
         name: name.to_string(),
