@@ -96,6 +96,8 @@ impl Incoming {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        // `file` is taken only by `publish` (which consumes `self`) and `drop`.
+        #[allow(clippy::expect_used)]
         let f = self.file.as_mut().expect("file open until publish");
         f.write_all(data).map_err(io_err(&self.tmp))?;
         self.hasher.update(data);
@@ -117,6 +119,8 @@ impl Incoming {
     /// that name exists: then the bytes are compared and the temporary file
     /// is removed either way.
     pub fn publish(mut self) -> Result<Published, SpoolError> {
+        // Set by `create`; only this call and `drop` take it.
+        #[allow(clippy::expect_used)]
         let file = self.file.take().expect("file open until publish");
         // The bytes (and size) must be on disk before any name points at
         // them: after a crash the final name never shows a short file.

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+// A test helper: a failed unwrap here is a failed test, with its location.
+#[allow(clippy::unwrap_used)]
 fn check(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drd.toml");

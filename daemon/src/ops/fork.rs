@@ -71,6 +71,8 @@ pub fn close_received_log(
             fsutil::truncate_durable(&partial, rec.size)?;
         }
         let sha = hash_prefix(&partial, rec.size)?;
+        // `hash_prefix` returns the hex of a 32-byte SHA-256.
+        #[allow(clippy::expect_used)]
         let digest = crate::chain::from_hex(&sha).expect("hex digest");
         let chain = crate::chain::link(&meta.chain_head(), &digest, &rec.name, rec.size);
         rec.sha256 = Some(sha);
@@ -120,6 +122,8 @@ pub fn close_source_log(
     let now = unix_ms();
     let mut meta = node.catalog.stream_meta(&cfg.name)?;
     let sha = hash_prefix(&path, len)?;
+    // `hash_prefix` returns the hex of a 32-byte SHA-256.
+    #[allow(clippy::expect_used)]
     let digest = crate::chain::from_hex(&sha).expect("hex digest");
     let chain = hex::encode(crate::chain::link(
         &meta.chain_head(),

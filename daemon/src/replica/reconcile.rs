@@ -34,8 +34,12 @@ pub struct Reconciled {
     pub cut_back_to: Option<u64>,
 }
 
-/// The tail record after a cut back to its previous point.
+/// The tail record after a cut back to its previous point. Only for a
+/// record that [`reconcile_tail`] cut back (`cut_back_to` is set), which it
+/// does only with the record's check.
 pub fn cut_back_record(rec: &SegmentRecord) -> SegmentRecord {
+    // `cut_back_to` is set only inside `if let Some(check) = rec.check`.
+    #[allow(clippy::expect_used)]
     let check = rec.check.expect("cut back only with a check");
     SegmentRecord {
         size: check.prev_size,
