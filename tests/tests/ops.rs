@@ -908,8 +908,7 @@ fn last_welcome(replica: &Daemon) -> Option<u64> {
     let text = log_of(replica);
     let line = text
         .lines()
-        .filter(|l| l.contains("resuming at the durable position"))
-        .last()?;
+        .rfind(|l| l.contains("resuming at the durable position"))?;
     let v = line.split("durable_position=").nth(1)?;
     v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }

@@ -60,8 +60,7 @@ fn last_welcome_position(log: &std::path::Path) -> Option<u64> {
     let text = std::fs::read_to_string(log).ok()?;
     let line = text
         .lines()
-        .filter(|l| l.contains("resuming at the durable position"))
-        .last()?;
+        .rfind(|l| l.contains("resuming at the durable position"))?;
     let v = line.split("durable_position=").nth(1)?;
     v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }

@@ -163,7 +163,7 @@ pub async fn lag(
     if std::env::var_os("DRD_BENCH_LOG").is_some() {
         // With daemon traces on, name the slowest writes by wall-clock time
         // so they can be found in the daemons' logs.
-        worst.sort_by(|a, b| b.0.cmp(&a.0));
+        worst.sort_by_key(|w| std::cmp::Reverse(w.0));
         let (i0, s0) = (Instant::now(), std::time::SystemTime::now());
         for (lag, t, pos) in worst.iter().take(15) {
             let wall = s0 - i0.duration_since(*t);

@@ -95,7 +95,7 @@ impl Opts {
                 other => bail!("unknown option {other} (see --help)"),
             }
         }
-        if o.backlog_mib < 16 || o.backlog_mib % 16 != 0 {
+        if o.backlog_mib < 16 || !o.backlog_mib.is_multiple_of(16) {
             bail!("--backlog-mib must be a positive multiple of 16");
         }
         Ok(o)
