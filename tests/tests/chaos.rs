@@ -67,7 +67,9 @@ async fn chaos_ci() {
     // Every fault kind the suite advertises runs here, or the run fails:
     // `tests/run` installs iptables, and the suite runs as root.
     if let Err(why) = chaos::iptables_available() {
-        panic!("chaos CI: {why}; run the suite through `tests/run`, which installs iptables (as root)");
+        panic!(
+            "chaos CI: {why}; run the suite through `tests/run`, which installs iptables (as root)"
+        );
     }
     let summary = chaos::run_seeds(&seeds, &cfg).await;
     summary.emit("ci", "CI run");

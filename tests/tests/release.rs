@@ -31,7 +31,10 @@ fn the_release_check_fails_on_a_binary_with_the_test_only_path() {
         Some(1),
         "the check must fail on the test build of drd (which has the early-ack path): {text}"
     );
-    assert!(text.contains("FAIL") && text.contains("DRD_CHAOS_UNSAFE"), "{text}");
+    assert!(
+        text.contains("FAIL") && text.contains("DRD_CHAOS_UNSAFE"),
+        "{text}"
+    );
 }
 
 #[test]
