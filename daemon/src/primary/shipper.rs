@@ -16,7 +16,8 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -180,6 +181,7 @@ async fn run_stream(
         anchor: None,
         log_end: None,
         recording: None,
+        sent: Arc::default(),
     };
     let mut state_rx = node.subscribe();
     'sessions: loop {
@@ -291,6 +293,55 @@ struct StreamShipper {
     /// The catalog commit of the last sealed segment's record, running on
     /// a blocking thread while shipping goes on (see `record_sealed`).
     recording: Option<tokio::task::JoinHandle<Result<(), crate::catalog::CatalogError>>>,
+    /// What the current session has sent, to check the replica's acks.
+    sent: Arc<Sent>,
+}
+
+/// What one session has sent, so that each ack can be checked against it.
+/// A replica that acks bytes or a seal it was never sent is broken or
+/// hostile; believing it would show lag 0 — and let a sync `wal-push`
+/// report success — for WAL that is not at the DR site.
+#[derive(Debug, Default)]
+struct Sent {
+    /// Stream position just past the last chunk handed to the transport.
+    end: AtomicU64,
+    /// The last segment whose Seal was handed to the transport (or that the
+    /// replica's Welcome reported sealed).
+    sealed: Mutex<Option<String>>,
+}
+
+impl Sent {
+    fn start(&self, welcome: &pb::Welcome) {
+        self.end.store(welcome.durable_position, Ordering::Release);
+        *self.sealed.locked() = (welcome.last_segment_sealed && !welcome.last_segment.is_empty())
+            .then(|| welcome.last_segment.clone());
+    }
+
+    /// Refuses an ack past what was sent: a position beyond the last chunk,
+    /// or a seal of a segment after the last one sealed.
+    fn check(&self, a: &pb::Ack) -> Result<(), ShipError> {
+        let end = self.end.load(Ordering::Acquire);
+        if a.durable_position > end {
+            return Err(ShipError::Refused(format!(
+                "the replica acked position {} but this session sent bytes only up to {end}; \
+                 its acks are not believed (a bug in the replica's drd, or not a drd at all)",
+                a.durable_position
+            )));
+        }
+        if a.sealed {
+            let sealed = self.sealed.locked();
+            // Segment names are ordered: a seal ack may repeat an older one.
+            if !sealed.as_deref().is_some_and(|s| a.segment.as_str() <= s) {
+                return Err(ShipError::Refused(format!(
+                    "the replica acked segment {:?} as sealed, but its seal was never sent \
+                     (last seal sent: {}); its acks are not believed",
+                    a.segment,
+                    sealed.as_deref().unwrap_or("none")
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl StreamShipper {
@@ -404,6 +455,8 @@ impl StreamShipper {
 
         let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
         let status = self.status.clone();
+        self.sent.start(&welcome);
+        let sent = self.sent.clone();
         let acks = async move {
             loop {
                 let m = match tokio::time::timeout(idle, inbound.message()).await {
@@ -415,6 +468,7 @@ impl StreamShipper {
                 let Some(pb::replica_message::Msg::Ack(a)) = m.msg else {
                     return Err(ShipError::Refused("expected an Ack".into()));
                 };
+                sent.check(&a)?;
                 status.set_durable(a.durable_position, Instant::now());
                 tracing::trace!(durable = a.durable_position, "ack");
                 if a.sealed {
@@ -614,6 +668,8 @@ impl StreamShipper {
                     written_at_ms: unix_ms(),
                 });
                 let t0 = Instant::now();
+                // Before the send: its ack can only come after it.
+                self.sent.end.fetch_max(end, Ordering::AcqRel);
                 tx.send(crate::primary::wire::encode(&self.cfg, welcome, chunk))
                     .await
                     .map_err(|_| ShipError::Closed)?;
@@ -662,6 +718,7 @@ impl StreamShipper {
                     source_position: written,
                     chain,
                 };
+                *self.sent.sealed.locked() = Some(cur.segment.to_string());
                 tx.send(ShipMsg::Seal(seal).into())
                     .await
                     .map_err(|_| ShipError::Closed)?;
@@ -905,6 +962,54 @@ mod tests {
     /// Issue 15: a replica reporting a last segment at u64::MAX made the
     /// resume arithmetic overflow (a panic in debug builds, a wrap in
     /// release).
+    #[test]
+    fn acks_past_what_was_sent_are_refused() {
+        let welcome = pb::Welcome {
+            durable_position: 100,
+            last_segment: "000000010000000000000001".into(),
+            last_segment_sealed: true,
+            ..Default::default()
+        };
+        let sent = Sent::default();
+        sent.start(&welcome);
+        let ack = |pos: u64, seg: &str, sealed: bool| pb::Ack {
+            durable_position: pos,
+            segment: seg.into(),
+            segment_size: 0,
+            sealed,
+        };
+        // What the Welcome said is believed; nothing past it yet.
+        assert!(sent
+            .check(&ack(100, "000000010000000000000001", true))
+            .is_ok());
+        let e = sent
+            .check(&ack(101, "000000010000000000000002", false))
+            .unwrap_err();
+        assert!(e.to_string().contains("acked position 101"), "{e}");
+        sent.end.store(500, Ordering::Release);
+        assert!(sent
+            .check(&ack(500, "000000010000000000000002", false))
+            .is_ok());
+        assert!(sent
+            .check(&ack(u64::MAX, "000000010000000000000002", false))
+            .is_err());
+        // A seal that was never sent is not believed (a sync wal-push waits on it).
+        let e = sent
+            .check(&ack(500, "000000010000000000000002", true))
+            .unwrap_err();
+        assert!(e.to_string().contains("never sent"), "{e}");
+        *sent.sealed.locked() = Some("000000010000000000000002".into());
+        assert!(sent
+            .check(&ack(500, "000000010000000000000002", true))
+            .is_ok());
+        // A fresh log: no seal at all yet.
+        let empty = Sent::default();
+        empty.start(&pb::Welcome::default());
+        assert!(empty
+            .check(&ack(0, "000000010000000000000001", true))
+            .is_err());
+    }
+
     #[test]
     fn positions_from_the_replica_never_wrap() {
         let s = seg(3).name;
