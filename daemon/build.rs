@@ -4,7 +4,8 @@
 //! and `DRD_VERSION_LINE` = `0.1.0 (git 8bd3ff1b2c3d)`. Packagers who build
 //! from a tarball may set `DRD_GIT_COMMIT` themselves. Never fails the build.
 //!
-//! The same file is `ctl/build.rs`: keep the two identical.
+//! drctl builds with this same script (`build = "../daemon/build.rs"` in
+//! ctl/Cargo.toml).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
