@@ -15,6 +15,11 @@ use drd_proto::{pb, SegmentName};
 use std::sync::Arc;
 use tonic::Status;
 
+/// Most quarantined files one rejoin reply lists: an old primary that wrote
+/// for days past the fork must not make a reply that grows with its log.
+/// The quarantine directory holds them all; `quarantined_files` counts them.
+pub const MAX_QUARANTINE_LISTED: usize = 100;
+
 pub async fn rejoin(
     node: &Arc<Node>,
     req: pb::RejoinRequest,
@@ -81,6 +86,15 @@ pub async fn rejoin(
         // Older daemons list their whole log in the first answer.
         info.clone()
     };
+    if (at_fork.epoch, &at_fork.fork_segment, at_fork.fork_position)
+        != (info.epoch, &info.fork_segment, info.fork_position)
+    {
+        return Err(refused(&format!(
+            "its fork changed between two answers (epoch {} fork {} at {}, then epoch {} fork {} at {}); try again",
+            info.epoch, info.fork_segment, info.fork_position,
+            at_fork.epoch, at_fork.fork_segment, at_fork.fork_position
+        )));
+    }
     let primary = logcmp::PeerLog::from_response(&at_fork, Some(fork_name.as_str()))
         .map_err(|e| refused(&e))?;
     let seg = primary
@@ -165,8 +179,10 @@ pub async fn rejoin(
         new_epoch: next.epoch,
         new_primary: info.node_id,
         quarantine_dir: quarantine.display().to_string(),
+        quarantined_files: moved.len() as u64,
         quarantined: moved
             .iter()
+            .take(MAX_QUARANTINE_LISTED)
             .map(|q| pb::QuarantinedFile {
                 path: q.path.display().to_string(),
                 bytes: q.bytes,
