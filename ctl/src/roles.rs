@@ -239,6 +239,7 @@ pub async fn rejoin(
             "stream": r.stream, "fork_position": r.fork_position, "fork_segment": r.fork_segment,
             "new_epoch": r.new_epoch, "new_primary": r.new_primary,
             "quarantine_dir": r.quarantine_dir, "quarantined_bytes": r.quarantined_bytes,
+            "quarantined_files": r.quarantined_files.max(r.quarantined.len() as u64),
             "quarantined": r.quarantined.iter().map(|q| json!({"path": q.path, "bytes": q.bytes, "from": q.from})).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -260,6 +261,12 @@ pub async fn rejoin(
             .map(|q| vec![q.path.clone(), bytes(q.bytes), q.from.clone()])
             .collect();
         print!("{}", table(&["QUARANTINED FILE", "SIZE", "FROM"], &rows));
+        let more = r
+            .quarantined_files
+            .saturating_sub(r.quarantined.len() as u64);
+        if more > 0 {
+            println!("... and {more} more files: all are in {}", r.quarantine_dir);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

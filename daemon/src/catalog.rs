@@ -6,6 +6,10 @@
 //! - `node/state` → [`NodeState`]
 //! - `stream/{stream}/meta` → [`StreamMeta`]
 //! - `stream/{stream}/seg/{segment}` → [`SegmentRecord`], ordered by name
+//! - `stream/{stream}/pos/{start:020}/{segment}` → empty: an index by start
+//!   position, so the segment holding a position is one seek away however
+//!   long the log (written with every record; built once by
+//!   [`Catalog::open`] for catalogs from before it existed)
 //! - `audit/{seq:020}` → [`AuditRecord`], append-only
 //! - `hook/{name}/{epoch:020}` → marker: the hook ran for that epoch change
 //!
@@ -248,15 +252,25 @@ impl Txn {
     /// and makes [`Catalog::commit_txn`] fail.
     pub fn segment(&mut self, stream: &StreamName, rec: &SegmentRecord) -> &mut Self {
         match rec.segment_name() {
-            Ok(seg) => self.batch.put(seg_key(stream, &seg), encode(rec)),
+            Ok(seg) => put_segment(&mut self.batch, stream, &seg, rec),
             Err(e) => {
                 self.invalid.get_or_insert(e);
             }
         }
         self
     }
-    pub fn delete_segment(&mut self, stream: &StreamName, name: &SegmentName) -> &mut Self {
-        self.batch.delete(seg_key(stream, name));
+    /// Removes a segment record and its position index entry. A record with
+    /// an invalid name makes [`Catalog::commit_txn`] fail.
+    pub fn delete_segment(&mut self, stream: &StreamName, rec: &SegmentRecord) -> &mut Self {
+        match rec.segment_name() {
+            Ok(seg) => {
+                self.batch.delete(seg_key(stream, &seg));
+                self.batch.delete(pos_key(stream, rec.start, &seg));
+            }
+            Err(e) => {
+                self.invalid.get_or_insert(e);
+            }
+        }
         self
     }
     pub fn meta(&mut self, stream: &StreamName, meta: &StreamMeta) -> &mut Self {
@@ -276,6 +290,32 @@ fn seg_prefix(stream: &StreamName) -> String {
 fn seg_key(stream: &StreamName, seg: &SegmentName) -> String {
     format!("stream/{stream}/seg/{seg}")
 }
+
+/// Index entry of a segment by its start position (zero-padded, so key
+/// order is position order; equal starts — empty segments — sort by name).
+fn pos_key(stream: &StreamName, start: u64, seg: &SegmentName) -> String {
+    format!("stream/{stream}/pos/{start:020}/{seg}")
+}
+
+fn pos_prefix(stream: &StreamName) -> String {
+    format!("stream/{stream}/pos/")
+}
+
+/// A segment record and its entry in the position index, in one batch.
+fn put_segment(
+    batch: &mut WriteBatch,
+    stream: &StreamName,
+    seg: &SegmentName,
+    rec: &SegmentRecord,
+) {
+    batch.put(seg_key(stream, seg), encode(rec));
+    batch.put(pos_key(stream, rec.start, seg), b"");
+}
+
+/// Marks a catalog whose position index is complete.
+const POS_INDEX_KEY: &str = "catalog/pos-index";
+/// Records per batch while building the position index of an old catalog.
+const POS_INDEX_BATCH: usize = 10_000;
 
 fn meta_key(stream: &StreamName) -> String {
     format!("stream/{stream}/meta")
@@ -334,10 +374,40 @@ impl Catalog {
             .map(|(k, v)| decode::<AuditRecord>(&k, &v))
             .transpose()?
             .map_or(0, |r| r.seq);
-        Ok(Self {
+        let cat = Self {
             db,
             next_audit: std::sync::Mutex::new(last + 1),
-        })
+        };
+        cat.build_pos_index()?;
+        Ok(cat)
+    }
+
+    /// Catalogs written before the position index existed get it once,
+    /// here, from their segment records.
+    fn build_pos_index(&self) -> Result<()> {
+        if self.db.get(POS_INDEX_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let mut n = 0usize;
+        for stream in self.streams()? {
+            self.for_each_segment(&stream, None, |rec| {
+                put_segment(&mut batch, &stream, &rec.segment_name()?, rec);
+                n += 1;
+                if n.is_multiple_of(POS_INDEX_BATCH) {
+                    self.db
+                        .write_opt(std::mem::take(&mut batch), &synced())
+                        .map_err(CatalogError::from)?;
+                }
+                Ok(true)
+            })?;
+        }
+        batch.put(POS_INDEX_KEY, b"1");
+        self.db.write_opt(batch, &synced())?;
+        if n > 0 {
+            tracing::info!(records = n, "catalog: built the position index");
+        }
+        Ok(())
     }
 
     /// Commits a transaction (synced). Audit records get their sequence
@@ -410,23 +480,37 @@ impl Catalog {
         Ok(self.get(&meta_key(stream))?.unwrap_or_default())
     }
 
-    /// Streams that have a record here, in name order.
+    /// Streams that have a record here, in name order. Seeks past each
+    /// stream's keys, so it costs one seek per stream, not one step per
+    /// segment.
     pub fn streams(&self) -> Result<Vec<StreamName>> {
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(b"stream/", Direction::Forward));
-        for item in iter {
+        let mut from = b"stream/".to_vec();
+        loop {
+            let Some(item) = self
+                .db
+                .iterator(IteratorMode::From(&from, Direction::Forward))
+                .next()
+            else {
+                break;
+            };
             let (k, _) = item?;
             let Some(rest) = k.strip_prefix(b"stream/") else {
                 break;
             };
-            let rest = String::from_utf8_lossy(rest);
-            if let Some(name) = rest.strip_suffix("/meta") {
-                if let Ok(n) = StreamName::new(name) {
+            let Some(slash) = rest.iter().position(|&b| b == b'/') else {
+                // Not a key of ours; step past it.
+                from = [&k[..], b"\0"].concat();
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[..slash]).into_owned();
+            if let Ok(n) = StreamName::new(name.as_str()) {
+                if self.db.get(meta_key(&n).as_bytes())?.is_some() {
                     out.push(n);
                 }
             }
+            // One past every key of this stream: '/' + 1 == '0'.
+            from = format!("stream/{name}0").into_bytes();
         }
         // Key order is byte order ("a-b/" sorts before "a/"); callers want names.
         out.sort();
@@ -458,21 +542,175 @@ impl Catalog {
         }
     }
 
-    /// All segments of the stream, in name order.
+    /// All segments of the stream, in name order. Grows with the log: for
+    /// work that must see every record (verify); replies use the bounded
+    /// lookups below.
     pub fn segments(&self, stream: &StreamName) -> Result<Vec<SegmentRecord>> {
-        let prefix = seg_prefix(stream);
         let mut out = Vec::new();
+        self.for_each_segment(stream, None, |r| {
+            out.push(r.clone());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each record after `after` (None = from the first), in
+    /// name order, until it returns false. Holds one record at a time.
+    pub fn for_each_segment(
+        &self,
+        stream: &StreamName,
+        after: Option<&SegmentName>,
+        mut f: impl FnMut(&SegmentRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let prefix = seg_prefix(stream);
+        let from = match after {
+            Some(a) => seg_key(stream, a),
+            None => prefix.clone(),
+        };
         for item in self
             .db
-            .iterator(IteratorMode::From(prefix.as_bytes(), Direction::Forward))
+            .iterator(IteratorMode::From(from.as_bytes(), Direction::Forward))
         {
             let (k, v) = item?;
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            out.push(decode(&k, &v)?);
+            if after.is_some() && k.as_ref() == from.as_bytes() {
+                continue;
+            }
+            if !f(&decode(&k, &v)?)? {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The stream's first segment by name, if any.
+    pub fn first(&self, stream: &StreamName) -> Result<Option<SegmentRecord>> {
+        let mut first = None;
+        self.for_each_segment(stream, None, |r| {
+            first = Some(r.clone());
+            Ok(false)
+        })?;
+        Ok(first)
+    }
+
+    /// Records before `before` (None = from the end), newest first, until
+    /// `f` returns false.
+    fn for_each_segment_back(
+        &self,
+        stream: &StreamName,
+        before: Option<&SegmentName>,
+        mut f: impl FnMut(SegmentRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let prefix = seg_prefix(stream);
+        let from = match before {
+            Some(b) => seg_key(stream, b),
+            // One past every key with this prefix: '/' + 1 == '0'.
+            None => format!("stream/{stream}/seg0"),
+        };
+        for item in self
+            .db
+            .iterator(IteratorMode::From(from.as_bytes(), Direction::Reverse))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if k.as_ref() == from.as_bytes() {
+                continue;
+            }
+            if !f(decode(&k, &v)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last sealed segment of the stream, if any (normally the last or
+    /// the one before it: only the newest segment is ever partial).
+    pub fn last_sealed(&self, stream: &StreamName) -> Result<Option<SegmentRecord>> {
+        let mut found = None;
+        self.for_each_segment_back(stream, None, |r| {
+            if r.sealed {
+                found = Some(r);
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+
+    /// The record just before segment `seg` in name order, if any.
+    pub fn previous(
+        &self,
+        stream: &StreamName,
+        seg: &SegmentName,
+    ) -> Result<Option<SegmentRecord>> {
+        let mut found = None;
+        self.for_each_segment_back(stream, Some(seg), |r| {
+            found = Some(r);
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
+    /// The segment that holds the byte at `position`, or the last segment
+    /// when `position` is the end of the log. None for a position in a gap
+    /// (a node that joined later), before the first or past the end. One
+    /// seek in the position index.
+    pub fn segment_at(&self, stream: &StreamName, position: u64) -> Result<Option<SegmentRecord>> {
+        let prefix = pos_prefix(stream);
+        // Past every entry that starts at `position`: '/' + 1 == '0'.
+        let from = format!("{prefix}{position:020}0");
+        for item in self
+            .db
+            .iterator(IteratorMode::From(from.as_bytes(), Direction::Reverse))
+        {
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            let rest = String::from_utf8_lossy(rest);
+            let Some((start, name)) = rest.split_once('/') else {
+                continue;
+            };
+            let (Ok(start), Ok(name)) = (start.parse::<u64>(), SegmentName::new(name)) else {
+                continue;
+            };
+            match self.segment(stream, &name)? {
+                // An entry left by a record whose start changed: skip it.
+                Some(rec) if rec.start == start => {
+                    let holds = position < rec.end()
+                        || (position == rec.end()
+                            && self.tail(stream)?.is_some_and(|t| t.name == rec.name));
+                    return Ok(holds.then_some(rec));
+                }
+                _ => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// At most `limit` records after `after` (None = from the first), in
+    /// name order, and whether more follow.
+    pub fn page(
+        &self,
+        stream: &StreamName,
+        after: Option<&SegmentName>,
+        limit: usize,
+    ) -> Result<(Vec<SegmentRecord>, bool)> {
+        let mut out = Vec::new();
+        let mut more = false;
+        self.for_each_segment(stream, after, |r| {
+            if out.len() == limit {
+                more = true;
+                return Ok(false);
+            }
+            out.push(r.clone());
+            Ok(true)
+        })?;
+        Ok((out, more))
     }
 
     /// Writes segment records and the stream's meta in one synced batch.
@@ -484,7 +722,7 @@ impl Catalog {
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for rec in segments {
-            batch.put(seg_key(stream, &rec.segment_name()?), encode(rec));
+            put_segment(&mut batch, stream, &rec.segment_name()?, rec);
         }
         batch.put(meta_key(stream), encode(meta));
         self.db.write_opt(batch, &synced())?;
@@ -585,6 +823,49 @@ mod tests {
         assert_eq!(cat.tail(&b).unwrap().unwrap().name, "s9");
         assert_eq!(cat.segments(&a).unwrap().len(), 2);
         assert_eq!(cat.streams().unwrap(), vec![a, ab, b]);
+    }
+
+    #[test]
+    fn bounded_lookups_and_the_position_index_of_an_old_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = StreamName::new("a").unwrap();
+        let name = |n: &str| SegmentName::new(n).unwrap();
+        {
+            let cat = Catalog::open(dir.path()).unwrap();
+            // As a catalog from before the index: records only, no marker.
+            for r in [rec("s1", 0, 10), rec("s2", 10, 0), rec("s3", 10, 5)] {
+                cat.db.put(seg_key(&a, &name(&r.name)), encode(&r)).unwrap();
+            }
+            cat.db
+                .put(meta_key(&a), encode(&StreamMeta::default()))
+                .unwrap();
+            cat.db.delete(POS_INDEX_KEY).unwrap();
+            assert_eq!(cat.segment_at(&a, 3).unwrap(), None);
+        }
+        let cat = Catalog::open(dir.path()).unwrap();
+        let at = |p| cat.segment_at(&a, p).unwrap().map(|r| r.name);
+        assert_eq!(at(0).as_deref(), Some("s1"));
+        assert_eq!(at(9).as_deref(), Some("s1"));
+        // s2 is empty at 10: the byte at 10 is s3's.
+        assert_eq!(at(10).as_deref(), Some("s3"));
+        assert_eq!(at(15).as_deref(), Some("s3"));
+        assert_eq!(at(16), None);
+        assert_eq!(cat.first(&a).unwrap().unwrap().name, "s1");
+        assert_eq!(cat.previous(&a, &name("s3")).unwrap().unwrap().name, "s2");
+        assert_eq!(cat.previous(&a, &name("s1")).unwrap(), None);
+        assert_eq!(cat.last_sealed(&a).unwrap(), None);
+        let mut sealed = rec("s2", 10, 0);
+        sealed.sealed = true;
+        cat.commit(&a, &[&sealed], &StreamMeta::default()).unwrap();
+        assert_eq!(cat.last_sealed(&a).unwrap().unwrap().name, "s2");
+        // Deleting a record removes its index entry too.
+        let mut t = Txn::default();
+        t.delete_segment(&a, &rec("s3", 10, 5));
+        cat.commit_txn(t).unwrap();
+        assert_eq!(at(12), None);
+        assert_eq!(at(10).as_deref(), Some("s2"));
+        let (page, more) = cat.page(&a, Some(&name("s1")), 1).unwrap();
+        assert_eq!((page[0].name.as_str(), more), ("s2", false));
     }
 
     #[test]

@@ -261,10 +261,16 @@ pub fn sample_status(node: &Node) {
 /// Segments and bytes each stream holds in the catalog.
 fn sample_catalog(node: &Node) {
     for stream in node.stream_names() {
-        match node.catalog.segments(&stream) {
-            Ok(segs) => {
-                let bytes: u64 = segs.iter().map(|s| s.size).sum();
-                gauge!(STORED_SEGMENTS, "stream" => stream.to_string()).set(segs.len() as f64);
+        // One record at a time: a year of segments is never held at once.
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let walked = node.catalog.for_each_segment(&stream, None, |s| {
+            count += 1;
+            bytes = bytes.saturating_add(s.size);
+            Ok(true)
+        });
+        match walked {
+            Ok(()) => {
+                gauge!(STORED_SEGMENTS, "stream" => stream.to_string()).set(count as f64);
                 gauge!(STORED_BYTES, "stream" => stream.to_string()).set(bytes as f64);
             }
             Err(e) => tracing::debug!(%stream, error = %e, "cannot read the catalog for metrics"),

@@ -242,6 +242,25 @@ impl RemoteFork {
         })
     }
 
+    /// The fork from the new primary's checked record of its fork segment
+    /// (see [`Self::from_peer`] for the checks).
+    pub fn from_rec(
+        seg: &crate::ops::logcmp::Rec,
+        position: u64,
+        epoch: u64,
+    ) -> Result<Self, drd_proto::ProtocolError> {
+        let info = drd_proto::pb::SegmentInfo {
+            name: seg.name.to_string(),
+            start: seg.start,
+            size: seg.size,
+            sealed: seg.sealed,
+            sha256: seg.sha256.clone(),
+            chain: seg.chain.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        Self::from_peer(&info, position, epoch)
+    }
+
     /// Bytes of the fork segment before the fork position.
     pub fn len_in_segment(&self) -> anyhow::Result<u64> {
         self.position.checked_sub(self.start).with_context(|| {
@@ -371,12 +390,17 @@ pub fn cut_back(
     }
     fsutil::fsync_dir(quarantine)?;
 
-    // Catalog: drop records past the fork, record the fork segment.
-    for rec in node.catalog.segments(stream)? {
-        let name = SegmentName::new(rec.name.clone())?;
-        if name > fork.segment {
-            txn.delete_segment(stream, &name);
-        }
+    // Catalog: drop records past the fork (only those: the walk starts at
+    // the fork segment), record the fork segment.
+    node.catalog
+        .for_each_segment(stream, Some(&fork.segment), |rec| {
+            txn.delete_segment(stream, rec);
+            Ok(true)
+        })?;
+    // The fork segment's own record may start elsewhere on this node: its
+    // old position index entry goes with it.
+    if let Some(old) = node.catalog.segment(stream, &fork.segment)? {
+        txn.delete_segment(stream, &old);
     }
     let now = unix_ms();
     txn.segment(

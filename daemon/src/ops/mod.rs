@@ -4,6 +4,7 @@
 
 pub mod failover;
 pub mod fork;
+pub mod logcmp;
 pub mod peer;
 pub mod rejoin;
 pub mod remote;

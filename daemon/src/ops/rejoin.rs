@@ -1,16 +1,24 @@
 //! `drctl rejoin`: a fenced node becomes a replica of the current primary.
 //! It asks the primary (its configured peer) for the fork of the new epoch,
-//! checks that it holds the same bytes up to the fork, moves everything past
+//! checks that it holds the same log up to the fork (the hash chain at the
+//! segment before the fork, then the fork segment's prefix by SHA-256 —
+//! lookups, never a listing), moves everything past
 //! the fork into `data_dir/quarantine/…` (never deletes it), and becomes a
 //! replica at the primary's epoch; the primary then ships the new epoch's
 //! segments to it.
 
 use crate::catalog::{AuditRecord, Role, Txn};
+use crate::config::StreamConfig;
 use crate::node::Node;
-use crate::ops::{fork, peer, Caller};
-use drd_proto::pb;
+use crate::ops::{fork, logcmp, peer, remote, Caller};
+use drd_proto::{pb, SegmentName};
 use std::sync::Arc;
 use tonic::Status;
+
+/// Most quarantined files one rejoin reply lists: an old primary that wrote
+/// for days past the fork must not make a reply that grows with its log.
+/// The quarantine directory holds them all; `quarantined_files` counts them.
+pub const MAX_QUARANTINE_LISTED: usize = 100;
 
 pub async fn rejoin(
     node: &Arc<Node>,
@@ -37,10 +45,12 @@ pub async fn rejoin(
     let mut client = peer::connect_for_calls(node, cfg)
         .await
         .map_err(|e| Status::unavailable(format!("cannot reach the new primary: {e}")))?;
+    // First ask for the fork, then look its segment up (and the one before
+    // it): two bounded answers, however long either log is.
     let info = client
         .log_info(pb::LogInfoRequest {
             stream: cfg.name.to_string(),
-            hash_tail: false,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -56,17 +66,68 @@ pub async fn rejoin(
             info.node_id, cfg.name
         )));
     }
-    let seg = info
-        .segments
-        .iter()
-        .find(|s| s.name == info.fork_segment)
-        .ok_or_else(|| Status::internal("the primary's fork segment is not in its log"))?;
-    let remote = fork::RemoteFork::from_peer(seg, info.fork_position, info.epoch).map_err(|e| {
+    let refused = |e: &dyn std::fmt::Display| {
         Status::failed_precondition(format!(
             "{}: {e}; refusing to rejoin (nothing changed)",
             info.node_id
         ))
-    })?;
+    };
+    let fork_name = SegmentName::new(info.fork_segment.clone()).map_err(|e| refused(&e))?;
+    let at_fork = if info.summary_version >= remote::LOG_INFO_SUMMARY {
+        client
+            .log_info(pb::LogInfoRequest {
+                stream: cfg.name.to_string(),
+                lookup_segment: fork_name.to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+    } else {
+        // Older daemons list their whole log in the first answer.
+        info.clone()
+    };
+    if (at_fork.epoch, &at_fork.fork_segment, at_fork.fork_position)
+        != (info.epoch, &info.fork_segment, info.fork_position)
+    {
+        return Err(refused(&format!(
+            "its fork changed between two answers (epoch {} fork {} at {}, then epoch {} fork {} at {}); try again",
+            info.epoch, info.fork_segment, info.fork_position,
+            at_fork.epoch, at_fork.fork_segment, at_fork.fork_position
+        )));
+    }
+    let primary = logcmp::PeerLog::from_response(&at_fork, Some(fork_name.as_str()))
+        .map_err(|e| refused(&e))?;
+    let seg = primary
+        .lookup
+        .as_ref()
+        .filter(|s| s.name == fork_name)
+        .ok_or_else(|| refused(&format!("its fork segment {fork_name} is not in its log")))?;
+    let remote =
+        fork::RemoteFork::from_rec(seg, info.fork_position, info.epoch).map_err(|e| refused(&e))?;
+    // Before the fork segment the logs must agree: compare the hash chain
+    // at the segment before it (which covers every sealed segment up to
+    // there); `cut_back` then compares the fork segment's own prefix.
+    progress.set_phase("comparing the logs before the fork");
+    let before = match primary.lookup_previous.as_ref() {
+        Some(p) => our_record_of(node, cfg, &p.name).map_err(|e| refused(&format!("{e:#}")))?,
+        None => None,
+    };
+    let our_first = node
+        .catalog
+        .first(&cfg.name)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(|r| logcmp::Rec::from_record(&r))
+        .transpose()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let agreed =
+        logcmp::check_before_fork(&primary, before.as_ref(), our_first.as_ref()).map_err(|e| {
+            Status::failed_precondition(format!(
+                "the logs diverged before the fork: {e}; refusing to rejoin (nothing changed)"
+            ))
+        })?;
+    if let Some(a) = &agreed {
+        tracing::info!(%a, "rejoin: the logs agree before the fork");
+    }
     let quarantine = node
         .config
         .data_dir
@@ -118,8 +179,10 @@ pub async fn rejoin(
         new_epoch: next.epoch,
         new_primary: info.node_id,
         quarantine_dir: quarantine.display().to_string(),
+        quarantined_files: moved.len() as u64,
         quarantined: moved
             .iter()
+            .take(MAX_QUARANTINE_LISTED)
             .map(|q| pb::QuarantinedFile {
                 path: q.path.display().to_string(),
                 bytes: q.bytes,
@@ -128,4 +191,39 @@ pub async fn rejoin(
             .collect(),
         quarantined_bytes: total,
     })
+}
+
+/// This node's record of segment `name`, for comparing with the new
+/// primary's. A segment whose file is here but whose record is not (a
+/// primary killed between sending a seal and recording it) is compared by
+/// its bytes: size and SHA-256, no chain.
+fn our_record_of(
+    node: &Node,
+    cfg: &StreamConfig,
+    name: &SegmentName,
+) -> anyhow::Result<Option<logcmp::Rec>> {
+    if let Some(rec) = node.catalog.segment(&cfg.name, name)? {
+        return Ok(Some(logcmp::Rec::from_record(&rec)?));
+    }
+    let landing = node.config.landing_dir(&cfg.name);
+    let Some(path) = [cfg.wal_dir.join(name.as_str()), landing.join(name.as_str())]
+        .into_iter()
+        .find(|p| p.exists())
+    else {
+        return Ok(None);
+    };
+    let size = std::fs::metadata(&path)?.len();
+    // Its start is not known without a record: taken from the previous one.
+    let start = node
+        .catalog
+        .previous(&cfg.name, name)?
+        .map_or(0, |p| p.end());
+    Ok(Some(logcmp::Rec {
+        name: name.clone(),
+        start,
+        size,
+        sealed: true,
+        sha256: fork::hash_prefix(&path, size)?,
+        chain: None,
+    }))
 }

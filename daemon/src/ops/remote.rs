@@ -1,12 +1,13 @@
 //! This node's side of the node-to-node calls: `Promote` (a switchover asks
 //! the drained replica to take over), `Fence` (a new primary tells an old
-//! one to stop), `LogInfo` (a node's log, for rejoin and checksum checks).
+//! one to stop), `LogInfo` (a bounded summary of a node's log and lookups in it, for
+//! rejoin and switchover checks).
 
-use crate::catalog::{AuditRecord, Role, Txn};
+use crate::catalog::{AuditRecord, Catalog, Role, SegmentRecord, Txn};
 use crate::hooks::{self, HookOutcome};
 use crate::node::Node;
 use crate::ops::{fork, Caller};
-use drd_proto::{pb, StreamName};
+use drd_proto::{pb, SegmentName, StreamName};
 use std::sync::Arc;
 use tonic::Status;
 
@@ -18,52 +19,186 @@ fn pb_role(r: Role) -> i32 {
     }) as i32
 }
 
-/// The stream's log as this node holds it. With `hash_tail`, a partial last
-/// segment is hashed too (up to its durable size), for switchover checks.
+/// Most records one `LogInfo` page lists: a page stays far below the
+/// message size limit (a record is under 250 bytes encoded) however long
+/// the log.
+pub const MAX_LOG_PAGE: usize = 1000;
+
+/// `LogInfoResponse.summary_version` of this build: the bounded summary.
+pub const LOG_INFO_SUMMARY: u32 = 2;
+
+/// What a `LogInfo` caller asked for, checked on receipt.
+#[derive(Debug, Default, Clone)]
+pub struct LogQuery {
+    /// Hash a partial last segment up to its durable size.
+    pub hash_tail: bool,
+    pub lookup: Option<Lookup>,
+    /// A page of the listing: after this segment (None = from the first),
+    /// at most this many records (already capped by [`MAX_LOG_PAGE`]).
+    pub page: Option<(Option<SegmentName>, usize)>,
+}
+
+/// One record to look up.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Name(SegmentName),
+    Position(u64),
+}
+
+impl TryFrom<&pb::LogInfoRequest> for LogQuery {
+    type Error = drd_proto::ProtocolError;
+
+    fn try_from(req: &pb::LogInfoRequest) -> Result<Self, Self::Error> {
+        let lookup = if req.lookup_by_position {
+            Some(Lookup::Position(req.lookup_position))
+        } else if !req.lookup_segment.is_empty() {
+            Some(Lookup::Name(SegmentName::new(req.lookup_segment.clone())?))
+        } else {
+            None
+        };
+        let page = match req.page_limit {
+            0 => None,
+            n => {
+                let after = match req.page_after.as_str() {
+                    "" => None,
+                    a => Some(SegmentName::new(a)?),
+                };
+                Some((after, (n as usize).min(MAX_LOG_PAGE)))
+            }
+        };
+        Ok(LogQuery {
+            hash_tail: req.hash_tail,
+            lookup,
+            page,
+        })
+    }
+}
+
+/// The stream's log as this node holds it, summarized: its size never
+/// depends on the number of segments (see `LogInfoResponse` in drd.proto).
+/// With `hash_tail`, a partial last segment is hashed (up to its durable
+/// size), for switchover checks.
 pub fn log_info(
     node: &Node,
     stream: &StreamName,
-    hash_tail: bool,
+    q: &LogQuery,
 ) -> Result<pb::LogInfoResponse, Status> {
-    let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
     let state = node.state();
-    let meta = node.catalog.stream_meta(stream).map_err(|e| internal(&e))?;
-    let mut segments = Vec::new();
-    let records = node.catalog.segments(stream).map_err(|e| internal(&e))?;
-    let last = records.len().saturating_sub(1);
-    for (i, rec) in records.iter().enumerate() {
-        let mut sha = rec.sha256.clone().unwrap_or_default();
-        if hash_tail && i == last && !rec.sealed {
-            if let Some(path) = fork::segment_path(node, stream, rec) {
-                sha =
-                    fork::hash_prefix(&path, rec.size).map_err(|e| internal(&format!("{e:#}")))?;
+    let hash_partial = |t: &SegmentRecord| match fork::segment_path(node, stream, t) {
+        Some(path) => fork::hash_prefix(&path, t.size).map(Some),
+        None => Ok(None),
+    };
+    let mut r = log_summary(&node.catalog, stream, q, hash_partial)
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    r.node_id = node.config.node_id.to_string();
+    r.role = pb_role(state.role);
+    r.epoch = state.epoch;
+    Ok(r)
+}
+
+/// [`log_info`] from the catalog alone (all but node id, role and epoch).
+/// `hash_partial` hashes a partial tail's durable prefix when `q` asks.
+pub fn log_summary(
+    cat: &Catalog,
+    stream: &StreamName,
+    q: &LogQuery,
+    hash_partial: impl FnOnce(&SegmentRecord) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<pb::LogInfoResponse> {
+    let meta = cat.stream_meta(stream)?;
+    let tail = cat.tail(stream)?;
+    // The partial tail's digest, computed once if asked for.
+    let tail_sha = match &tail {
+        Some(t) if q.hash_tail && !t.sealed => hash_partial(t)?,
+        _ => None,
+    };
+    let info = |rec: &SegmentRecord| {
+        let mut i = segment_info(rec);
+        if let (Some(t), Some(sha)) = (&tail, &tail_sha) {
+            if t.name == rec.name {
+                i.sha256 = sha.clone();
             }
         }
-        segments.push(pb::SegmentInfo {
-            name: rec.name.clone(),
-            start: rec.start,
-            size: rec.size,
-            sealed: rec.sealed,
-            sha256: sha,
-            epoch: rec.epoch,
-            fork: rec.fork,
-            chain: rec.chain.clone().unwrap_or_default(),
-        });
-    }
-    let durable = records.last().map_or(0, |r| r.end());
+        i
+    };
+    let first = cat.first(stream)?;
+    let last_sealed = cat.last_sealed(stream)?;
+    let (lookup, lookup_previous) = match &q.lookup {
+        None => (None, None),
+        Some(l) => {
+            let rec = match l {
+                Lookup::Name(n) => cat.segment(stream, n)?,
+                Lookup::Position(p) => cat.segment_at(stream, *p)?,
+            };
+            let prev = match &rec {
+                Some(r) => cat.previous(stream, &SegmentName::new(r.name.clone())?)?,
+                None => None,
+            };
+            (rec, prev)
+        }
+    };
+    let (page, next_page_after) = match &q.page {
+        None => (Vec::new(), String::new()),
+        Some((after, limit)) => {
+            let (recs, more) = cat.page(stream, after.as_ref(), *limit)?;
+            let next = match (more, recs.last()) {
+                (true, Some(r)) => r.name.clone(),
+                _ => String::new(),
+            };
+            (recs.iter().map(info).collect(), next)
+        }
+    };
+    let fork_rec = match &meta.fork {
+        Some(f) => match SegmentName::new(f.segment.clone()) {
+            Ok(n) => cat.segment(stream, &n)?,
+            Err(_) => None,
+        },
+        None => None,
+    };
+    // The deprecated full listing, kept to the few records that callers
+    // from before the summary look for: the fork segment (rejoin), the last
+    // sealed and the last record (switchover).
+    let mut legacy: Vec<&SegmentRecord> = [&fork_rec, &last_sealed, &tail]
+        .into_iter()
+        .flatten()
+        .collect();
+    legacy.sort_by(|a, b| a.name.cmp(&b.name));
+    legacy.dedup_by(|a, b| a.name == b.name);
+    let durable = tail.as_ref().map_or(0, |r| r.end());
     Ok(pb::LogInfoResponse {
-        node_id: node.config.node_id.to_string(),
-        role: pb_role(state.role),
-        epoch: state.epoch,
         durable_position: durable,
-        segments,
+        segments: legacy.into_iter().map(info).collect(),
         fork_segment: meta
             .fork
             .as_ref()
             .map(|f| f.segment.clone())
             .unwrap_or_default(),
         fork_position: meta.fork.as_ref().map_or(0, |f| f.position),
+        summary_version: LOG_INFO_SUMMARY,
+        first: first.as_ref().map(info),
+        last_sealed: last_sealed.as_ref().map(info),
+        tail: tail.as_ref().map(info),
+        lookup: lookup.as_ref().map(info),
+        lookup_previous: lookup_previous.as_ref().map(info),
+        page,
+        next_page_after,
+        segments_recorded: meta.segments,
+        chain_head: meta.chain_head.clone().unwrap_or_default(),
+        ..Default::default()
     })
+}
+
+/// A catalog record as `LogInfo` sends it.
+pub fn segment_info(rec: &SegmentRecord) -> pb::SegmentInfo {
+    pb::SegmentInfo {
+        name: rec.name.clone(),
+        start: rec.start,
+        size: rec.size,
+        sealed: rec.sealed,
+        sha256: rec.sha256.clone().unwrap_or_default(),
+        epoch: rec.epoch,
+        fork: rec.fork,
+        chain: rec.chain.clone().unwrap_or_default(),
+    }
 }
 
 /// A switchover's promotion, at the replica. The promote hook runs *before*
@@ -217,4 +352,219 @@ pub async fn fence_self(node: &Arc<Node>, seen_epoch: u64, reason: &str, from: &
         seen_epoch,
         &outcome.summary("fence"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Fork, StreamMeta};
+    use prost::Message;
+
+    /// Largest encoded `LogInfo` answer allowed by the test below, with
+    /// every optional part filled in: a few KiB, whatever the log's length.
+    const SUMMARY_BOUND: usize = 4 * 1024;
+
+    fn name(i: u64) -> String {
+        format!("{:024X}", i + 1)
+    }
+
+    /// A stream of `n` sealed 1 KiB segments (plus a partial one), chained.
+    fn big_catalog(cat: &Catalog, stream: &StreamName, n: u64) {
+        let mut prev = crate::chain::GENESIS;
+        let mut meta = StreamMeta::default();
+        let mut batch = Vec::new();
+        for i in 0..=n {
+            let sealed = i < n;
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(i.to_be_bytes()));
+            let chain = sealed.then(|| {
+                prev = crate::chain::link(
+                    &prev,
+                    &crate::chain::from_hex(&sha).unwrap(),
+                    &name(i),
+                    1024,
+                );
+                hex::encode(prev)
+            });
+            batch.push(SegmentRecord {
+                name: name(i),
+                start: i * 1024,
+                size: if sealed { 1024 } else { 100 },
+                sealed,
+                sha256: sealed.then(|| sha.clone()),
+                epoch: 1,
+                received_at_ms: 0,
+                sealed_at_ms: None,
+                fork: false,
+                in_source: false,
+                chain,
+                check: None,
+            });
+            if batch.len() == 10_000 || i == n {
+                meta.segments = i + 1;
+                meta.sealed_segments = i.min(n);
+                meta.chain_head = Some(hex::encode(prev));
+                meta.fork = Some(Fork {
+                    segment: name(n / 2),
+                    position: (n / 2) * 1024 + 1024,
+                    epoch: 2,
+                });
+                let refs: Vec<_> = batch.iter().collect();
+                cat.commit(stream, &refs, &meta).unwrap();
+                batch.clear();
+            }
+        }
+    }
+
+    fn ask(cat: &Catalog, stream: &StreamName, req: pb::LogInfoRequest) -> pb::LogInfoResponse {
+        let q = LogQuery::try_from(&req).unwrap();
+        log_summary(cat, stream, &q, |_| Ok(Some("ab".repeat(32)))).unwrap()
+    }
+
+    /// Issue 16: with 8,000 segments the answer outgrew the 1 MiB message
+    /// limit. With 100,000 it stays a few KiB, and lookups still find any
+    /// record by name or by position.
+    #[test]
+    fn log_info_stays_bounded_with_100k_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let stream = StreamName::new("ehr-prod").unwrap();
+        const N: u64 = 100_000;
+        big_catalog(&cat, &stream, N);
+
+        let plain = ask(&cat, &stream, pb::LogInfoRequest::default());
+        let by_name = ask(
+            &cat,
+            &stream,
+            pb::LogInfoRequest {
+                hash_tail: true,
+                lookup_segment: name(77_777),
+                ..Default::default()
+            },
+        );
+        let by_pos = ask(
+            &cat,
+            &stream,
+            pb::LogInfoRequest {
+                lookup_by_position: true,
+                lookup_position: 12_345 * 1024 + 1000,
+                ..Default::default()
+            },
+        );
+        for (what, r) in [
+            ("plain", &plain),
+            ("by name", &by_name),
+            ("by position", &by_pos),
+        ] {
+            let len = r.encoded_len();
+            println!("LogInfo answer ({what}) with {N} segments: {len} bytes encoded");
+            assert!(len < SUMMARY_BOUND, "{what}: {len} bytes");
+            assert!(
+                r.segments.len() <= 3,
+                "{what}: legacy listing {}",
+                r.segments.len()
+            );
+        }
+        assert_eq!(plain.summary_version, LOG_INFO_SUMMARY);
+        assert_eq!(plain.durable_position, N * 1024 + 100);
+        assert_eq!(plain.first.as_ref().unwrap().name, name(0));
+        assert_eq!(plain.last_sealed.as_ref().unwrap().name, name(N - 1));
+        let tail = plain.tail.as_ref().unwrap();
+        assert_eq!((tail.name.clone(), tail.sealed), (name(N), false));
+        assert_eq!(by_name.tail.as_ref().unwrap().sha256, "ab".repeat(32));
+        assert_eq!(plain.segments_recorded, N + 1);
+
+        let l = by_name.lookup.as_ref().unwrap();
+        assert_eq!((l.name.clone(), l.start), (name(77_777), 77_777 * 1024));
+        assert_eq!(by_name.lookup_previous.as_ref().unwrap().name, name(77_776));
+        let p = by_pos.lookup.as_ref().unwrap();
+        assert_eq!(p.name, name(12_345));
+        assert_eq!(by_pos.lookup_previous.as_ref().unwrap().name, name(12_344));
+        // The chain value at the lookup is the one the catalog recorded.
+        let rec = cat
+            .segment(&stream, &SegmentName::new(name(12_345)).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(Some(p.chain.clone()), rec.chain);
+
+        // Edges of the position lookup: the first byte, a segment's first
+        // byte, the log's end (the tail), past the end.
+        for (pos, want) in [
+            (0, Some(name(0))),
+            (1024, Some(name(1))),
+            (1023, Some(name(0))),
+            (N * 1024 + 100, Some(name(N))),
+            (N * 1024 + 101, None),
+            (u64::MAX, None),
+        ] {
+            let r = ask(
+                &cat,
+                &stream,
+                pb::LogInfoRequest {
+                    lookup_by_position: true,
+                    lookup_position: pos,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(r.lookup.map(|l| l.name), want, "position {pos}");
+        }
+        // A name this node does not hold: no record, no error.
+        let r = ask(
+            &cat,
+            &stream,
+            pb::LogInfoRequest {
+                lookup_segment: "FFFFFFFFFFFFFFFFFFFFFFFF".into(),
+                ..Default::default()
+            },
+        );
+        assert!(r.lookup.is_none() && r.lookup_previous.is_none());
+    }
+
+    #[test]
+    fn listings_are_paged_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let stream = StreamName::new("s").unwrap();
+        big_catalog(&cat, &stream, 2_500);
+        let page = |after: &str, limit: u32| {
+            ask(
+                &cat,
+                &stream,
+                pb::LogInfoRequest {
+                    page_limit: limit,
+                    page_after: after.into(),
+                    ..Default::default()
+                },
+            )
+        };
+        // The limit is capped, and one full page stays far below the
+        // message limit.
+        let p = page("", u32::MAX);
+        assert_eq!(p.page.len(), MAX_LOG_PAGE);
+        assert!(p.encoded_len() < 512 * 1024, "{}", p.encoded_len());
+        // Walking every page sees every record once, in order.
+        let (mut after, mut seen) = (String::new(), Vec::new());
+        loop {
+            let p = page(&after, 700);
+            seen.extend(p.page.iter().map(|s| s.name.clone()));
+            if p.next_page_after.is_empty() {
+                break;
+            }
+            after = p.next_page_after;
+        }
+        assert_eq!(seen, (0..=2_500).map(name).collect::<Vec<_>>());
+        // A hostile page_after or lookup name is refused before any use.
+        for req in [
+            pb::LogInfoRequest {
+                page_limit: 5,
+                page_after: "../x".into(),
+                ..Default::default()
+            },
+            pb::LogInfoRequest {
+                lookup_segment: "a/b".into(),
+                ..Default::default()
+            },
+        ] {
+            assert!(LogQuery::try_from(&req).is_err());
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //! 1. preflight — the replica answers and is at our epoch;
 //! 2. pre-switchover hook — stop writes at the database;
 //! 3. drain — wait for lag 0 with the source no longer growing;
-//! 4. verify — every segment's SHA-256 matches on both sides;
+//! 4. verify — the hash chain agrees at our last sealed segment (so every
+//!    sealed segment does) and the active segment's prefix matches by
+//!    SHA-256;
 //! 5. promote replica — it runs its promote hook, then becomes primary;
 //! 6. demote — this node closes its log at the fork and becomes a replica.
 //!
@@ -15,7 +17,7 @@ use crate::catalog::{AuditRecord, Role, Txn};
 use crate::hooks;
 use crate::locks::LockExt;
 use crate::node::Node;
-use crate::ops::{fork, peer, remote, Caller};
+use crate::ops::{fork, logcmp, peer, Caller};
 use drd_proto::{pb, SegmentName};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,7 +143,7 @@ pub async fn switchover(
     let info = match client
         .log_info(pb::LogInfoRequest {
             stream: cfg.name.to_string(),
-            hash_tail: false,
+            ..Default::default()
         })
         .await
     {
@@ -249,37 +251,50 @@ pub async fn switchover(
     run.r.fork_position = fork_position;
     run.step(format!("drain: lag 0 at position {fork_position}"));
 
-    // 4. verify checksums on both sides
-    progress.set_phase("verify: comparing checksums with the replica");
+    // 4. verify: compare the logs at our last sealed segment (equal hash
+    // chain values there mean every sealed segment up to it agrees), then
+    // the active segment's prefix byte for byte by SHA-256. Two bounded
+    // lookups, however long the log.
+    progress.set_phase("verify: comparing the logs with the replica");
+    let ours = match node.catalog.last_sealed(&cfg.name) {
+        Ok(r) => r,
+        Err(e) => return run.fail("verify", e.to_string(), true).await,
+    };
+    let ours = match ours.as_ref().map(logcmp::Rec::from_record).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            return run
+                .fail("verify", format!("our own record: {e}"), true)
+                .await
+        }
+    };
     let theirs = match client
         .log_info(pb::LogInfoRequest {
             stream: cfg.name.to_string(),
             hash_tail: true,
+            lookup_segment: ours
+                .as_ref()
+                .map(|r| r.name.to_string())
+                .unwrap_or_default(),
+            ..Default::default()
         })
         .await
     {
         Ok(i) => i.into_inner(),
         Err(s) => return run.fail("verify", s.message().to_string(), true).await,
     };
-    let ours = match remote::log_info(node, &cfg.name, false) {
-        Ok(i) => i,
-        Err(s) => return run.fail("verify", s.message().to_string(), true).await,
-    };
-    let mut checked = 0;
-    for mine in ours.segments.iter().filter(|s| s.sealed) {
-        match theirs.segments.iter().find(|t| t.name == mine.name) {
-            Some(t) if t.sha256 == mine.sha256 && t.size == mine.size => checked += 1,
-            Some(t) => {
-                let e = format!(
-                    "segment {}: sha256 {} here, {} at the replica",
-                    mine.name, mine.sha256, t.sha256
-                );
+    let theirs =
+        match logcmp::PeerLog::from_response(&theirs, ours.as_ref().map(|r| r.name.as_str())) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = format!("the replica's answer: {e}");
                 return run.fail("verify", e, true).await;
             }
-            // Older segments the replica never received (it joined later).
-            None => {}
-        }
-    }
+        };
+    let sealed = match logcmp::check_last_sealed(ours.as_ref(), &theirs) {
+        Ok(a) => a,
+        Err(e) => return run.fail("verify", e, true).await,
+    };
     let active_len = if segment.is_empty() {
         0
     } else {
@@ -303,25 +318,43 @@ pub async fn switchover(
             Err(e) => return run.fail("verify", format!("{e:#}"), true).await,
         }
     };
-    match theirs.segments.iter().find(|t| t.name == segment) {
-        Some(t) if t.size == active_len && t.sha256 == our_active => checked += 1,
-        None if active_len == 0 => {}
+    let their_tail = theirs.tail.as_ref().filter(|t| t.name.as_str() == segment);
+    let active_checked = match their_tail {
+        Some(t) if t.start == start && t.size == active_len && t.sha256 == our_active => true,
+        None if active_len == 0 => false,
         t => {
             let theirs = match t {
-                Some(t) => format!("{} bytes with sha256 {}", t.size, t.sha256),
-                None => "no such segment".to_string(),
+                Some(t) => format!(
+                    "start {} with {} bytes and sha256 {}",
+                    t.start, t.size, t.sha256
+                ),
+                None => format!(
+                    "no such segment (its last is {})",
+                    theirs
+                        .tail
+                        .as_ref()
+                        .map_or("none".to_string(), |t| t.name.to_string())
+                ),
             };
             let e = format!(
-                "active segment {segment}: {active_len} bytes with sha256 {our_active} here, {theirs} at the replica"
+                "active segment {segment}: start {start} with {active_len} bytes and sha256 \
+                 {our_active} here, {theirs} at the replica"
             );
             return run.fail("verify", e, true).await;
         }
-    }
+    };
+    let sealed_report = match &sealed {
+        Some(a) => a.to_string(),
+        None => "no sealed segment here yet".to_string(),
+    };
     run.step(if segment.is_empty() {
-        format!("verify: {checked} segments match by SHA-256 (nothing written since the last fork)")
+        format!("verify: {sealed_report} (nothing written since the last fork)")
+    } else if active_checked {
+        format!("verify: {sealed_report}; the active {segment} matches by SHA-256 at {active_len} bytes")
     } else {
-        format!("verify: {checked} segments match by SHA-256, including the active {segment} at {active_len} bytes")
+        format!("verify: {sealed_report}; the active {segment} is still empty")
     });
+    let verified = format!("{sealed_report}, active segment {active_len} bytes");
 
     progress.set_phase("promote: the replica takes over");
     // 5. promote the replica. Hold our shipping first: once the replica is
@@ -404,7 +437,7 @@ pub async fn switchover(
             role_before: state.role.as_str().into(),
             role_after: next.role.as_str().into(),
             detail: format!(
-                "{} promoted; fork at {fork_position} in {segment}; {checked} segments verified; zero bytes lost",
+                "{} promoted; fork at {fork_position} in {segment}; verified: {verified}; zero bytes lost",
                 info.node_id
             ),
             ..Default::default()

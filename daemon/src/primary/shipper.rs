@@ -331,7 +331,7 @@ impl Sent {
         if a.sealed {
             let sealed = self.sealed.locked();
             // Segment names are ordered: a seal ack may repeat an older one.
-            if !sealed.as_deref().is_some_and(|s| a.segment.as_str() <= s) {
+            if sealed.as_deref().is_none_or(|s| a.segment.as_str() > s) {
                 return Err(ShipError::Refused(format!(
                     "the replica acked segment {:?} as sealed, but its seal was never sent \
                      (last seal sent: {}); its acks are not believed",

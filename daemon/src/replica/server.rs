@@ -118,7 +118,8 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::LogInfoResponse>, Status> {
         let req = request.into_inner();
         let stream = crate::ops::stream_name(&req.stream)?;
-        crate::ops::remote::log_info(&self.node, &stream, req.hash_tail).map(Response::new)
+        let query = crate::ops::remote::LogQuery::try_from(&req).map_err(Status::from)?;
+        crate::ops::remote::log_info(&self.node, &stream, &query).map(Response::new)
     }
 
     async fn put_file(
