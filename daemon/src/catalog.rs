@@ -142,6 +142,14 @@ pub struct SegmentRecord {
     /// before drd kept them, and once sealed.
     #[serde(default)]
     pub check: Option<PartialCheck>,
+    /// Unix ms when the primary removed the file from its spool (the
+    /// replica held it sealed and verified, and `spool_retention` had
+    /// passed). The record stays: it anchors positions, answers a
+    /// re-push of the same segment with a byte comparison, and keeps the
+    /// hash chain verifiable across the pruning boundary. None while the
+    /// file is there (and always for a `tail` stream or a landing copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_at_ms: Option<u64>,
 }
 
 /// CRC32C of a partial segment's first `size` bytes, and the previous
@@ -424,6 +432,34 @@ impl Catalog {
         }
     }
 
+    /// The stream's first segment named after `after` (the very first
+    /// with None), if any.
+    pub fn segment_after(
+        &self,
+        stream: &StreamName,
+        after: Option<&SegmentName>,
+    ) -> Result<Option<SegmentRecord>> {
+        let prefix = seg_prefix(stream);
+        let from = match after {
+            Some(a) => seg_key(stream, a),
+            None => prefix.clone(),
+        };
+        for item in self
+            .db
+            .iterator(IteratorMode::From(from.as_bytes(), Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if k.as_ref() == from.as_bytes() {
+                continue;
+            }
+            return Ok(Some(decode(&k, &v)?));
+        }
+        Ok(None)
+    }
+
     /// All segments of the stream, in name order.
     pub fn segments(&self, stream: &StreamName) -> Result<Vec<SegmentRecord>> {
         let prefix = seg_prefix(stream);
@@ -478,6 +514,7 @@ mod tests {
             in_source: false,
             chain: None,
             check: None,
+            pruned_at_ms: None,
         }
     }
 
@@ -531,6 +568,16 @@ mod tests {
             .unwrap();
         assert_eq!(cat.tail(&a).unwrap().unwrap().name, "s2");
         assert_eq!(cat.tail(&b).unwrap().unwrap().name, "s9");
+        let name = |n: &str| SegmentName::new(n).unwrap();
+        let after = |s: Option<&str>| {
+            cat.segment_after(&a, s.map(name).as_ref())
+                .unwrap()
+                .map(|r| r.name)
+        };
+        assert_eq!(after(None).as_deref(), Some("s1"));
+        assert_eq!(after(Some("s1")).as_deref(), Some("s2"));
+        assert_eq!(after(Some("s0")).as_deref(), Some("s1"));
+        assert_eq!(after(Some("s2")), None, "not into stream a-b");
         assert_eq!(cat.segments(&a).unwrap().len(), 2);
         assert_eq!(cat.streams().unwrap(), vec![a, ab, b]);
     }

@@ -26,8 +26,8 @@ pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
 pub mod tls;
-pub mod version;
 pub mod units;
+pub mod version;
 
 pub use drd_proto as proto;
 
@@ -196,6 +196,13 @@ pub async fn run_with(
 
     for (cfg, status) in config.streams.iter().zip(node.shippers.iter()) {
         tracker.spawn(primary::shipper::run(
+            node.clone(),
+            cfg.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+        // A spool stream's segments leave wal_dir once safe at the DR site.
+        tracker.spawn(primary::prune::run(
             node.clone(),
             cfg.clone(),
             status.clone(),

@@ -34,6 +34,9 @@ pub struct StreamView {
     /// (0 / "" before one, or from a build that did not send them).
     pub peer_protocol_version: u32,
     pub peer_software_version: String,
+    /// A spool stream's usage at the primary (None for `tail` streams and
+    /// on the receiving side).
+    pub spool: Option<crate::primary::prune::SpoolUsage>,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -71,6 +74,10 @@ pub struct Shipper {
     pub bandwidth: crate::throttle::Throttle,
     /// The durable position, published on every ack (`WatchDurable`).
     pub durable: tokio::sync::watch::Sender<u64>,
+    /// A `source = "spool"` stream: `spool` is kept up to date.
+    pub is_spool: bool,
+    /// What the spool holds (pruning passes and `wal-push` update it).
+    pub spool: Mutex<crate::primary::prune::SpoolUsage>,
 }
 
 impl Shipper {
@@ -107,6 +114,7 @@ impl Shipper {
             paused: false,
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
+            spool: self.is_spool.then(|| self.spool.lock().unwrap().clone()),
         }
     }
 }
@@ -191,6 +199,7 @@ impl ReceiveSlot {
             paused: false,
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
+            spool: None,
         }
     }
 }
@@ -243,6 +252,12 @@ impl Node {
                     push: Default::default(),
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
                     durable: tokio::sync::watch::Sender::new(0),
+                    is_spool: s.source == crate::config::SourceMode::Spool,
+                    spool: Mutex::new(crate::primary::prune::SpoolUsage {
+                        limit_bytes: s.spool_max_bytes,
+                        retention_seconds: s.spool_retention.as_secs_f64(),
+                        ..Default::default()
+                    }),
                 })
             })
             .collect();
