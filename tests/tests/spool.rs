@@ -198,7 +198,7 @@ async fn bounded_run(mode: &str) {
     let (mut a, mut b, spool, _) = spool_pair(
         root.path(),
         mode,
-        &format!("spool_retention = \"1s\"\nspool_max_bytes = \"{LIMIT}\""),
+        &format!("spool_retention = \"300ms\"\nspool_max_bytes = \"{LIMIT}\""),
     );
     let src = root.path().join("pg_wal");
     b.start_ready().await;
@@ -218,7 +218,7 @@ async fn bounded_run(mode: &str) {
         },
     )
     .await;
-    // Retention is 1 s and a pass runs at least every 5 s: the spool ends
+    // Retention is 300 ms and a pass runs at least every 5 s: the spool ends
     // with the log's last segment only.
     wait_drained(&spool, 1, Duration::from_secs(20)).await;
     let (max_files, max_bytes) = sampler.finish().await;
@@ -431,6 +431,49 @@ async fn a_restarted_primary_resumes_at_the_right_position_after_pruning() {
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     let v = drctl_json(&a.socket, &["verify"], 0);
     assert_eq!(v["problems_total"], 0, "{v}");
+    // wal-fetch at the primary: a pruned segment is "not found" (exit 1,
+    // PostgreSQL's "not available"), with where to look instead.
+    let dest = root.path().join("fetched");
+    let (code, _, err) = drctl(
+        &a.socket,
+        &["wal-fetch", &seg_name(3), dest.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("removed from this node's spool"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_acked_segments_until_the_limit_needs_room() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b, spool, _) = spool_pair(
+        root.path(),
+        "sync",
+        "spool_retention = \"1h\"\nspool_max_bytes = \"1MiB\"",
+    );
+    let src = root.path().join("pg_wal");
+    b.start_ready().await;
+    a.start_ready().await;
+    // Under the limit: everything stays for its hour, though the replica
+    // has it all sealed.
+    push_all(&a.socket, &src, 10).await;
+    tokio::time::sleep(drd::primary::prune::PRUNE_INTERVAL + Duration::from_secs(1)).await;
+    assert_eq!(usage(&spool).0, 10, "spool_retention keeps them");
+    // Past the limit: the oldest safe segments make room, no push fails.
+    let sampler = Sampler::start(spool.clone());
+    let retries = push_all(&a.socket, &src, 40).await;
+    let (max_files, max_bytes) = sampler.finish().await;
+    assert_eq!(
+        retries, 0,
+        "no push was refused while the replica had the rest"
+    );
+    assert!(max_bytes <= 1 << 20, "{max_bytes}");
+    let (files, _) = usage(&spool);
+    assert!((15..=16).contains(&files), "{files} files: the newest stay");
+    assert!(spool.join(seg_name(40)).exists() && !spool.join(seg_name(1)).exists());
+    eprintln!("retention 1h, limit 1 MiB: at most {max_files} files, {max_bytes} bytes");
+    assert_all_at_replica(&src, &segments_dir(&b), 40);
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(log.contains("before its spool_retention ran out"), "logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,10 +365,7 @@ async fn check_room(
     if bytes.saturating_add(size) <= limit {
         return Ok(());
     }
-    match crate::primary::prune::pass(node, cfg, shipper, true).await {
-        Ok(p) if p.segments > 0 => tracing::warn!(stream = %cfg.name, removed = p.segments,
-            bytes = p.bytes, "spool at spool_max_bytes: removed segments the replica holds \
-            sealed before their spool_retention ran out"),
+    match crate::primary::prune::pass(node, cfg, shipper, Some(size)).await {
         Ok(_) => {}
         Err(e) => tracing::warn!(stream = %cfg.name, error = %format!("{e:#}"),
             "spool: pruning pass failed"),

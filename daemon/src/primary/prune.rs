@@ -114,6 +114,9 @@ pub enum Remove {
     /// The record was marked pruned but the file is still there (a crash or
     /// power cut between mark and unlink): unlink.
     Unfinished,
+    /// Sealed and verified at the replica but younger than the retention;
+    /// goes because the spool is at `spool_max_bytes` (see [`make_room`]).
+    MakeRoom,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +166,34 @@ pub fn plan(files: &[(SourceSegment, Option<SegmentRecord>)], f: &Facts) -> Vec<
         .collect()
 }
 
+/// Turns kept-for-retention files into removals, oldest first, until
+/// `need` more bytes fit under `limit`. `early` is the plan with no
+/// retention: only what it removes may go. Pure, like [`plan`].
+pub fn make_room(
+    files: &[(SourceSegment, Option<SegmentRecord>)],
+    decisions: &mut [Decision],
+    early: &[Decision],
+    need: u64,
+    limit: u64,
+) {
+    let mut kept: u64 = files
+        .iter()
+        .zip(decisions.iter())
+        .filter(|(_, d)| matches!(d, Decision::Keep(_)))
+        .map(|((f, _), _)| f.size)
+        .sum();
+    for (i, (file, _)) in files.iter().enumerate() {
+        if kept.saturating_add(need) <= limit {
+            return;
+        }
+        let young = matches!(decisions[i], Decision::Keep(Keep::Retention { .. }));
+        if young && early[i] == Decision::Remove(Remove::Retired) {
+            decisions[i] = Decision::Remove(Remove::MakeRoom);
+            kept -= file.size;
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -171,8 +202,9 @@ pub struct Pruned {
 }
 
 /// Runs one pruning pass over `cfg`'s spool, if this node is its primary,
-/// and refreshes the spool's usage. `ignore_retention` removes what is safe
-/// at the replica even if younger than `spool_retention` (the spool is at
+/// and refreshes the spool's usage. With `room_for`, segments that are safe
+/// at the replica but younger than `spool_retention` go too, oldest first,
+/// until that many more bytes fit under `spool_max_bytes` (the spool is at
 /// its limit: a refused `wal-push` is worse than a shorter local copy).
 ///
 /// The caller holds [`crate::ops::walpush::PUSH_LOCK`], so no push
@@ -181,7 +213,7 @@ pub async fn pass(
     node: &Arc<Node>,
     cfg: &StreamConfig,
     shipper: &Arc<Shipper>,
-    ignore_retention: bool,
+    room_for: Option<u64>,
 ) -> anyhow::Result<Pruned> {
     if cfg.source != SourceMode::Spool {
         return Ok(Pruned::default());
@@ -191,11 +223,9 @@ pub async fn pass(
     let _gate = node.transition.read().await;
     let primary = node.state().role == Role::Primary;
     let (node, cfg, shipper) = (node.clone(), cfg.clone(), shipper.clone());
-    tokio::task::spawn_blocking(move || {
-        pass_blocking(&node, &cfg, &shipper, primary, ignore_retention)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("prune task failed: {e}"))?
+    tokio::task::spawn_blocking(move || pass_blocking(&node, &cfg, &shipper, primary, room_for))
+        .await
+        .map_err(|e| anyhow::anyhow!("prune task failed: {e}"))?
 }
 
 fn pass_blocking(
@@ -203,7 +233,7 @@ fn pass_blocking(
     cfg: &StreamConfig,
     shipper: &Shipper,
     primary: bool,
-    ignore_retention: bool,
+    room_for: Option<u64>,
 ) -> anyhow::Result<Pruned> {
     let stream = &cfg.name;
     let listing = scan(&cfg.wal_dir)?;
@@ -222,19 +252,25 @@ fn pass_blocking(
             fork: meta.fork.as_ref().map(|f| f.segment.as_str()),
             tail: tail.as_ref().map(|t| t.name.as_str()),
             now_ms,
-            retention: if ignore_retention {
-                Duration::ZERO
-            } else {
-                cfg.spool_retention
-            },
+            retention: cfg.spool_retention,
         };
-        let decisions = plan(&files, &facts);
+        let mut decisions = plan(&files, &facts);
+        if let Some(need) = room_for {
+            let early = plan(
+                &files,
+                &Facts {
+                    retention: Duration::ZERO,
+                    ..facts
+                },
+            );
+            make_room(&files, &mut decisions, &early, need, cfg.spool_max_bytes);
+        }
         let mut txn = Txn::default();
         let mut marked = 0;
         let mut remove: Vec<(&SegmentName, u64, &Remove)> = Vec::new();
         for ((file, rec), d) in files.iter().zip(&decisions) {
             let Decision::Remove(why) = d else { continue };
-            if *why == Remove::Retired {
+            if matches!(why, Remove::Retired | Remove::MakeRoom) {
                 let rec = rec.as_ref().expect("a retired segment has a record");
                 txn.segment(
                     stream,
@@ -268,6 +304,10 @@ fn pass_blocking(
                     replica_sealed_through = %sealed_acked,
                     retention = ?facts.retention,
                     "spool: removed a segment the replica holds sealed and verified"),
+                Remove::MakeRoom => tracing::warn!(%stream, segment = %name, size,
+                    replica_sealed_through = %sealed_acked,
+                    "spool: at spool_max_bytes; removed a segment the replica holds sealed \
+                     and verified before its spool_retention ran out"),
                 Remove::Unfinished => tracing::info!(%stream, segment = %name, size,
                     "spool: removed a segment already marked pruned (an earlier removal was \
                      interrupted)"),
@@ -305,7 +345,7 @@ pub async fn run(
     loop {
         {
             let _one = crate::ops::walpush::PUSH_LOCK.lock().await;
-            if let Err(e) = pass(&node, &cfg, &shipper, false).await {
+            if let Err(e) = pass(&node, &cfg, &shipper, None).await {
                 tracing::warn!(stream = %cfg.name, error = %format!("{e:#}"),
                     "spool: pruning pass failed; retrying");
             }
@@ -425,6 +465,35 @@ mod tests {
         assert!(removed(&d).is_empty());
         let d = plan(&files, &facts(&a5, &t5, 7000, 3000));
         assert_eq!(removed(&d), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn at_the_limit_the_oldest_safe_segments_make_room() {
+        let (a4, t5) = (name(4), name(5));
+        let files = spool(); // six files of 100 bytes
+        let f = facts(&a4, &t5, 2000, 3_600_000);
+        let early = plan(
+            &files,
+            &Facts {
+                retention: Duration::ZERO,
+                ..f
+            },
+        );
+        // Room for 100 more under 600: one file must go, the oldest.
+        let mut d = plan(&files, &f);
+        assert!(removed(&d).is_empty());
+        make_room(&files, &mut d, &early, 100, 600);
+        assert_eq!(removed(&d), [1]);
+        assert_eq!(d[0], Decision::Remove(Remove::MakeRoom));
+        // Room for 400: only 1..=3 may go (4 is the replica's last sealed
+        // segment, 5 the tail, 6 not shipped) — not enough, but all of them.
+        let mut d = plan(&files, &f);
+        make_room(&files, &mut d, &early, 400, 600);
+        assert_eq!(removed(&d), [1, 2, 3]);
+        // Room enough already: nothing goes early.
+        let mut d = plan(&files, &f);
+        make_room(&files, &mut d, &early, 0, 600);
+        assert!(removed(&d).is_empty());
     }
 
     #[test]
