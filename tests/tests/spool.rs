@@ -442,6 +442,40 @@ async fn a_restarted_primary_resumes_at_the_right_position_after_pruning() {
     assert!(err.contains("removed from this node's spool"), "{err}");
 }
 
+/// Never a gap: a replica that lost what it had acked (rebuilt empty here)
+/// cannot be fed from the spool once its successor was pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_pruned_spool_gets_no_gap() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b, spool, _) = spool_pair(root.path(), "async", "");
+    let src = root.path().join("pg_wal");
+    b.start_ready().await;
+    a.start_ready().await;
+    push_all(&a.socket, &src, 10).await;
+    wait_drained(&spool, 1, Duration::from_secs(20)).await;
+    b.kill9();
+    std::fs::remove_dir_all(b.data_dir()).unwrap();
+    b.start_ready().await;
+    let s = wait_for("the primary to refuse", Duration::from_secs(20), || async {
+        let s = a.stream().await.ok()?;
+        s.last_error.contains("would leave a gap").then_some(s)
+    })
+    .await;
+    assert!(
+        s.last_error.contains("holds nothing of this stream")
+            && s.last_error.contains(&seg_name(1)),
+        "{}",
+        s.last_error
+    );
+    assert!(
+        !segments_dir(&b).join(seg_name(10)).exists()
+            && !segments_dir(&b)
+                .join(format!("{}.partial", seg_name(10)))
+                .exists(),
+        "nothing shipped past the hole"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_acked_segments_until_the_limit_needs_room() {
     let root = tempfile::tempdir().unwrap();
