@@ -549,3 +549,93 @@ async fn a_tail_stream_never_loses_a_file() {
         "{err}"
     );
 }
+
+/// Waits until `d` ships with nothing left to send, at `position`.
+async fn wait_shipped(d: &Daemon, position: u64) {
+    wait_for(
+        &format!("{} durable at {position}", d.name),
+        Duration::from_secs(30),
+        || async {
+            let s = d.stream().await.ok()?;
+            (s.connected && s.durable_position == position && s.lag_bytes == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A switchover there and back with spool streams at both sites: each
+/// site's spool is pruned while it is primary, positions continue across
+/// both switchovers, and every segment is at the site that was the replica
+/// when it was archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchovers_with_pruned_spools_lose_nothing() {
+    let spool = "source = \"spool\"\nmode = \"sync\"\nsync_timeout_seconds = 10\n";
+    let mut sites = Sites::new(false, "", spool, spool).await;
+    let src = sites.root.path().join("pg_wal");
+    sites.b.start_ready().await;
+    sites.a.start_ready().await;
+    let seg = SEG as u64;
+    for n in 1..=30 {
+        push(&sites.a.socket, &make_segment(&src, n, SEG))
+            .await
+            .unwrap();
+    }
+    wait_shipped(&sites.a, 30 * seg).await;
+    wait_drained(&sites.a_wal, 1, Duration::from_secs(20)).await;
+
+    let (code, out, err) = drctl(&sites.a.socket, &["switchover", "--reason", "drill"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for n in 31..=50 {
+        push(&sites.b.socket, &make_segment(&src, n, SEG))
+            .await
+            .unwrap();
+    }
+    wait_shipped(&sites.b, 50 * seg).await;
+    wait_drained(&sites.b_wal, 1, Duration::from_secs(20)).await;
+
+    let (code, out, err) = drctl(&sites.b.socket, &["switchover", "--reason", "back"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for n in 51..=60 {
+        push(&sites.a.socket, &make_segment(&src, n, SEG))
+            .await
+            .unwrap();
+    }
+    wait_shipped(&sites.a, 60 * seg).await;
+    let s = sites.a.stream().await.unwrap();
+    assert_eq!(s.written_position, 60 * seg, "positions continue");
+
+    // Segments 1..=30 and 51..=60 were archived at Verona: at Rochester.
+    // 31..=50 were archived at Rochester: at Verona.
+    let (a_land, b_land) = (sites.a_landing(), sites.b_landing());
+    for n in 1..=60 {
+        let name = seg_name(n);
+        let at = if (31..=50).contains(&n) {
+            &a_land
+        } else {
+            &b_land
+        };
+        assert_eq!(
+            sha256_file(&at.join(&name)).unwrap(),
+            sha256_file(&src.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Pruned segments are not reported missing. (A switchover of a spool
+    // stream links its last, already sealed segment into the hash chain a
+    // second time — close_source_log — so verify reports the chain broken
+    // at each fork segment; that predates retention and is left for its
+    // own fix: only "missing" is checked here.)
+    for d in [&sites.a, &sites.b] {
+        let (_, out, _) = drctl(&d.socket, &["verify", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for p in v["problems"].as_array().unwrap() {
+            let what = p["problem"].as_str().unwrap();
+            assert!(!what.contains("missing"), "{}: {p}", d.name);
+        }
+    }
+    eprintln!(
+        "after two switchovers: Verona's spool {:?}, Rochester's spool {:?} (files, bytes)",
+        usage(&sites.a_wal),
+        usage(&sites.b_wal)
+    );
+}
