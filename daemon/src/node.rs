@@ -81,6 +81,12 @@ pub struct Shipper {
 }
 
 impl Shipper {
+    /// The spool's usage. A task that panicked while holding the lock left
+    /// plain counters behind, at worst a pass old: keep using them.
+    pub fn spool_usage(&self) -> std::sync::MutexGuard<'_, crate::primary::prune::SpoolUsage> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records an ack (or a Welcome): the replica is durable at `position`.
     pub fn set_durable(&self, position: u64, now: Instant) {
         let mut st = self.state.lock().unwrap();
@@ -114,7 +120,7 @@ impl Shipper {
             paused: false,
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
-            spool: self.is_spool.then(|| self.spool.lock().unwrap().clone()),
+            spool: self.is_spool.then(|| self.spool_usage().clone()),
         }
     }
 }

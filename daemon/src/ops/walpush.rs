@@ -265,7 +265,7 @@ pub async fn wal_push(
         }
     };
     if new_segment && !published.already_present {
-        let mut u = shipper.spool.lock().unwrap();
+        let mut u = shipper.spool_usage();
         u.bytes += published.size;
         u.segments += 1;
         u.full = false;
@@ -375,7 +375,7 @@ async fn check_room(
         return Ok(());
     }
     {
-        let mut u = shipper.spool.lock().unwrap();
+        let mut u = shipper.spool_usage();
         u.bytes = bytes;
         u.segments = segments;
         u.full = true;

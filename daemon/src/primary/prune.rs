@@ -270,16 +270,21 @@ fn pass_blocking(
         let mut remove: Vec<(&SegmentName, u64, &Remove)> = Vec::new();
         for ((file, rec), d) in files.iter().zip(&decisions) {
             let Decision::Remove(why) = d else { continue };
-            if matches!(why, Remove::Retired | Remove::MakeRoom) {
-                let rec = rec.as_ref().expect("a retired segment has a record");
-                txn.segment(
-                    stream,
-                    &SegmentRecord {
-                        pruned_at_ms: Some(now_ms),
-                        ..rec.clone()
-                    },
-                );
-                marked += 1;
+            match (why, rec) {
+                (Remove::Unfinished, _) => {}
+                (Remove::Retired | Remove::MakeRoom, Some(rec)) => {
+                    txn.segment(
+                        stream,
+                        &SegmentRecord {
+                            pruned_at_ms: Some(now_ms),
+                            ..rec.clone()
+                        },
+                    );
+                    marked += 1;
+                }
+                // `plan` retires only recorded segments; never unlink
+                // without a mark.
+                (Remove::Retired | Remove::MakeRoom, None) => continue,
             }
             remove.push((&file.name, file.size, why));
         }
@@ -317,7 +322,7 @@ fn pass_blocking(
     let left: Vec<_> = listing.iter().collect();
     let bytes: u64 = left.iter().map(|s| s.size).sum::<u64>() - done.bytes;
     let segments = left.len() as u64 - done.segments;
-    let mut u = shipper.spool.lock().unwrap();
+    let mut u = shipper.spool_usage();
     u.bytes = bytes;
     u.segments = segments;
     u.pruned_segments += done.segments;
