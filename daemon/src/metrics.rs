@@ -250,10 +250,13 @@ pub fn spool_pruned(stream: &str, segments: u64, bytes: u64) {
     counter!(SPOOL_PRUNED_BYTES, "stream" => stream.to_owned()).increment(bytes);
 }
 
-/// A `wal-push` was refused at `spool_max_bytes`.
-pub fn spool_refused(stream: &str) {
+/// A `wal-push` was refused at `spool_max_bytes`; `full`: because the
+/// spool is full (not because the one segment is larger than the limit).
+pub fn spool_refused(stream: &str, full: bool) {
     counter!(SPOOL_REFUSED, "stream" => stream.to_owned()).increment(1);
-    gauge!(SPOOL_FULL, "stream" => stream.to_owned()).set(1.0);
+    if full {
+        gauge!(SPOOL_FULL, "stream" => stream.to_owned()).set(1.0);
+    }
 }
 
 /// A bandwidth limit was set (`stream` is `*` for the node-wide one).

@@ -296,6 +296,14 @@ async fn a_full_spool_refuses_wal_push_loses_nothing_and_drains() {
         !spool.join(seg_name(17)).exists(),
         "a refused push stores nothing"
     );
+    // A segment larger than the whole limit: a different, direct hint.
+    let huge = make_segment(&root.path().join("huge"), 17, (1 << 20) + 1);
+    let (code, _, err) = drctl(&a.socket, &["wal-push", huge.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("more than stream ehr-prod's whole spool_max_bytes"),
+        "{err}"
+    );
     assert_eq!(usage(&spool), (16, 16 * SEG as u64));
     let j = drctl_json(&a.socket, &["status"], 0);
     let sp = &j["streams"][0]["spool"];
@@ -321,7 +329,7 @@ async fn a_full_spool_refuses_wal_push_loses_nothing_and_drains() {
         "{m}"
     );
     assert!(
-        m.contains("drd_spool_refused_pushes_total{stream=\"ehr-prod\"} 1"),
+        m.contains("drd_spool_refused_pushes_total{stream=\"ehr-prod\"} 2"),
         "{m}"
     );
 

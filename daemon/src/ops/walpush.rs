@@ -361,6 +361,17 @@ async fn check_room(
     size: u64,
 ) -> Result<(), Status> {
     let limit = cfg.spool_max_bytes;
+    if size > limit {
+        // No pruning can help: refused every time, so say what to change.
+        shipper.spool_usage().refused_pushes += 1;
+        crate::metrics::spool_refused(cfg.name.as_str(), false);
+        return Err(Status::resource_exhausted(format!(
+            "{name} has {size} bytes, more than stream {}'s whole spool_max_bytes = {limit}; \
+             nothing stored, and PostgreSQL's retries will fail the same way: raise \
+             spool_max_bytes to hold many segments (the default is 16GiB) and restart drd",
+            cfg.name
+        )));
+    }
     let (_, bytes) = spool_usage(cfg)?;
     if bytes.saturating_add(size) <= limit {
         return Ok(());
@@ -381,7 +392,7 @@ async fn check_room(
         u.full = true;
         u.refused_pushes += 1;
     }
-    crate::metrics::spool_refused(cfg.name.as_str());
+    crate::metrics::spool_refused(cfg.name.as_str(), true);
     let v = shipper.view(std::time::Instant::now());
     let replica = if v.connected {
         format!("connected, {} bytes behind", v.lag_bytes)
