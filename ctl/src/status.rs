@@ -97,6 +97,43 @@ fn print_human(s: &pb::StatusResponse) {
     }
     println!();
     print!("{}", display::status_table(std::slice::from_ref(s)));
+    for t in &s.streams {
+        if let Some(sp) = &t.spool {
+            println!("{}", spool_line(&t.name, sp));
+        }
+    }
+}
+
+/// `spool ehr-prod: 12 segments, 192.0 MiB of 16.0 GiB (1.2 %), retention 1h, 40 pruned`.
+pub fn spool_line(stream: &str, sp: &pb::SpoolStatus) -> String {
+    let pct = if sp.limit_bytes == 0 {
+        0.0
+    } else {
+        sp.bytes as f64 * 100.0 / sp.limit_bytes as f64
+    };
+    let retention = if sp.retention_seconds > 0.0 {
+        humantime::format_duration(std::time::Duration::from_secs_f64(sp.retention_seconds))
+            .to_string()
+    } else {
+        "none (removed once sealed at the replica)".to_string()
+    };
+    let mut line = format!(
+        "spool {stream}: {} segments, {} of {} limit ({pct:.1} %), retention {retention}, \
+         {} segments ({}) pruned",
+        sp.segments,
+        bytes(sp.bytes),
+        bytes(sp.limit_bytes),
+        sp.pruned_segments,
+        bytes(sp.pruned_bytes),
+    );
+    if sp.full {
+        line.push_str(&format!(
+            "\nSPOOL FULL: wal-push refuses new segments ({} refused); PostgreSQL keeps them in \
+             pg_wal and retries. Check the DR link and the replica.",
+            sp.refused_pushes
+        ));
+    }
+    line
 }
 
 pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
@@ -140,6 +177,17 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             // 0 / "": not known (no handshake yet, or a peer too old to say).
             "peer_protocol_version": t.peer_protocol_version,
             "peer_software_version": t.peer_software_version,
+            // Spool streams at the primary only; null otherwise.
+            "spool": t.spool.as_ref().map(|sp| json!({
+                "bytes": sp.bytes,
+                "segments": sp.segments,
+                "limit_bytes": sp.limit_bytes,
+                "full": sp.full,
+                "retention_seconds": sp.retention_seconds,
+                "pruned_segments": sp.pruned_segments,
+                "pruned_bytes": sp.pruned_bytes,
+                "refused_pushes": sp.refused_pushes,
+            })),
             "protocol_mismatch": t.peer_protocol_version != 0
                 && t.peer_protocol_version
                     != drd_proto::announced_protocol_version(s.protocol_version),

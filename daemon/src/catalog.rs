@@ -157,6 +157,14 @@ pub struct SegmentRecord {
     /// before drd kept them, and once sealed.
     #[serde(default)]
     pub check: Option<PartialCheck>,
+    /// Unix ms when the primary removed the file from its spool (the
+    /// replica held it sealed and verified, and `spool_retention` had
+    /// passed). The record stays: it anchors positions, answers a
+    /// re-push of the same segment with a byte comparison, and keeps the
+    /// hash chain verifiable across the pruning boundary. None while the
+    /// file is there (and always for a `tail` stream or a landing copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_at_ms: Option<u64>,
 }
 
 /// CRC32C of a partial segment's first `size` bytes, and the previous
@@ -542,6 +550,21 @@ impl Catalog {
         }
     }
 
+    /// The stream's first segment named after `after` (the very first
+    /// with None), if any.
+    pub fn segment_after(
+        &self,
+        stream: &StreamName,
+        after: Option<&SegmentName>,
+    ) -> Result<Option<SegmentRecord>> {
+        let mut found = None;
+        self.for_each_segment(stream, after, |r| {
+            found = Some(r.clone());
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+
     /// All segments of the stream, in name order. Grows with the log: for
     /// work that must see every record (verify); replies use the bounded
     /// lookups below.
@@ -748,6 +771,7 @@ mod tests {
             in_source: false,
             chain: None,
             check: None,
+            pruned_at_ms: None,
         }
     }
 
@@ -821,6 +845,16 @@ mod tests {
             .unwrap();
         assert_eq!(cat.tail(&a).unwrap().unwrap().name, "s2");
         assert_eq!(cat.tail(&b).unwrap().unwrap().name, "s9");
+        let name = |n: &str| SegmentName::new(n).unwrap();
+        let after = |s: Option<&str>| {
+            cat.segment_after(&a, s.map(name).as_ref())
+                .unwrap()
+                .map(|r| r.name)
+        };
+        assert_eq!(after(None).as_deref(), Some("s1"));
+        assert_eq!(after(Some("s1")).as_deref(), Some("s2"));
+        assert_eq!(after(Some("s0")).as_deref(), Some("s1"));
+        assert_eq!(after(Some("s2")), None, "not into stream a-b");
         assert_eq!(cat.segments(&a).unwrap().len(), 2);
         assert_eq!(cat.streams().unwrap(), vec![a, ab, b]);
     }

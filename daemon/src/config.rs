@@ -141,6 +141,8 @@ struct RawStream {
     max_bandwidth: Option<String>,
     compression: Option<String>,
     compression_level: Option<i32>,
+    spool_retention: Option<String>,
+    spool_max_bytes: Option<String>,
 }
 
 /// Tuning numbers. Each has a default that suits a DR link with a local SSD;
@@ -274,7 +276,21 @@ pub struct StreamConfig {
     /// zstd trades the primary's and the replica's CPU for link bandwidth.
     /// Used only with a replica that says it decodes it. Not reloadable.
     pub compression: drd_proto::Compression,
+    /// How long a spooled segment stays in `wal_dir` after the replica
+    /// holds it sealed and verified (`spool_retention`; default 0: removed
+    /// as soon as it is safely at the DR site). Spool streams only.
+    pub spool_retention: Duration,
+    /// Most bytes of segments the spool may hold (`spool_max_bytes`): a
+    /// `wal-push` that would pass it is refused, and PostgreSQL keeps the
+    /// segment in pg_wal and retries. Spool streams only.
+    pub spool_max_bytes: u64,
 }
+
+/// Default of `stream.spool_max_bytes`: 16 GiB, a thousand 16 MiB segments —
+/// hours of a busy database's WAL while the DR link is down, and far from
+/// filling a database host's disk. Set it to what the spool's file system
+/// can spare; PostgreSQL's own pg_wal then grows while pushes are refused.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 16 << 30;
 
 /// Default of `stream.compression_level`: zstd's fastest positive level,
 /// which already gets most of the ratio on WAL.
@@ -468,6 +484,40 @@ impl Config {
                      or \"zstd\""
                 ),
             };
+            let spool_only = |key: &str| {
+                anyhow::anyhow!(
+                    "key `stream[{i}].{key}`: applies only to a `source = \"spool\"` stream \
+                     (filled by drctl wal-push); this stream reads the database's own WAL \
+                     directory (source = \"tail\"), whose files drd never removes — PostgreSQL \
+                     recycles them (wal_keep_size, max_slot_wal_keep_size). Remove the key, or \
+                     set source = \"spool\" and point archive_command at drctl wal-push"
+                )
+            };
+            let spool_retention = match s.spool_retention.as_deref() {
+                None => Duration::ZERO,
+                Some(_) if source != SourceMode::Spool => {
+                    return Err(spool_only("spool_retention"))
+                }
+                Some(t) => crate::units::parse_duration(t)
+                    .map_err(|e| anyhow::anyhow!("key `stream[{i}].spool_retention`: {e}"))?,
+            };
+            let spool_max_bytes = match s.spool_max_bytes.as_deref() {
+                None => DEFAULT_SPOOL_MAX_BYTES,
+                Some(_) if source != SourceMode::Spool => {
+                    return Err(spool_only("spool_max_bytes"))
+                }
+                Some(t) => {
+                    let b = crate::units::parse_size(t)
+                        .map_err(|e| anyhow::anyhow!("key `stream[{i}].spool_max_bytes`: {e}"))?;
+                    if b == 0 {
+                        bail!(
+                            "key `stream[{i}].spool_max_bytes`: must be greater than 0 (a size \
+                             like \"4GiB\"; leave it out for the default of 16GiB)"
+                        );
+                    }
+                    b
+                }
+            };
             streams.push(StreamConfig {
                 name,
                 wal_dir: s.wal_dir,
@@ -478,6 +528,8 @@ impl Config {
                 sync_timeout: Duration::from_secs(sync_timeout_seconds),
                 max_bandwidth,
                 compression,
+                spool_retention,
+                spool_max_bytes,
             });
         }
         if replica.is_none() && streams.is_empty() {
@@ -941,5 +993,34 @@ peer = "http://127.0.0.1:7601"
         let c = Config::parse(&grp).unwrap();
         assert_eq!(c.control_socket_group.as_deref(), Some("postgres"));
         assert!(err(&grp.replace("\"postgres\"", "\"a b\"")).contains("control.socket_group"));
+    }
+
+    #[test]
+    fn spool_retention_and_limit_keys() {
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        let spool = format!("{g}source = \"spool\"\n");
+        let c = Config::parse(&spool).unwrap();
+        assert_eq!(c.streams[0].spool_retention, Duration::ZERO);
+        assert_eq!(c.streams[0].spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        let set = format!("{spool}spool_retention = \"1h\"\nspool_max_bytes = \"4GiB\"\n");
+        let c = Config::parse(&set).unwrap();
+        assert_eq!(c.streams[0].spool_retention, Duration::from_secs(3600));
+        assert_eq!(c.streams[0].spool_max_bytes, 4 << 30);
+        for key in ["spool_retention = \"1h\"", "spool_max_bytes = \"4GiB\""] {
+            let e = err(&format!("{g}{key}\n"));
+            let name = key.split(' ').next().unwrap();
+            assert!(
+                e.contains(&format!("stream[0].{name}"))
+                    && e.contains("source = \"spool\"")
+                    && e.contains("never removes"),
+                "{e}"
+            );
+        }
+        let e = err(&set.replace("\"1h\"", "\"soon\""));
+        assert!(e.contains("stream[0].spool_retention"), "{e}");
+        let e = err(&set.replace("\"4GiB\"", "\"4G\""));
+        assert!(e.contains("stream[0].spool_max_bytes"), "{e}");
+        let e = err(&set.replace("\"4GiB\"", "\"0\""));
+        assert!(e.contains("greater than 0"), "{e}");
     }
 }

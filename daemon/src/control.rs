@@ -40,6 +40,16 @@ impl From<StreamView> for pb::StreamStatus {
             paused: v.paused,
             peer_protocol_version: v.peer_protocol_version,
             peer_software_version: v.peer_software_version,
+            spool: v.spool.map(|u| pb::SpoolStatus {
+                bytes: u.bytes,
+                segments: u.segments,
+                limit_bytes: u.limit_bytes,
+                full: u.full,
+                retention_seconds: u.retention_seconds,
+                pruned_segments: u.pruned_segments,
+                pruned_bytes: u.pruned_bytes,
+                refused_pushes: u.refused_pushes,
+            }),
         }
     }
 }

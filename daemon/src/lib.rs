@@ -202,6 +202,13 @@ pub async fn run_with(
             status.clone(),
             shutdown.clone(),
         ));
+        // A spool stream's segments leave wal_dir once safe at the DR site.
+        tracker.spawn(primary::prune::run(
+            node.clone(),
+            cfg.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ));
         // PostgreSQL's .history/.backup files travel beside the log.
         tracker.spawn(sidefiles::deliver::run(
             node.clone(),

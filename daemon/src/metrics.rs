@@ -47,6 +47,14 @@ pub const FSYNC_SECONDS: &str = "drd_fsync_duration_seconds";
 pub const STORED_SEGMENTS: &str = "drd_stored_segments";
 pub const STORED_BYTES: &str = "drd_stored_bytes";
 pub const BANDWIDTH_LIMIT: &str = "drd_bandwidth_limit_bytes_per_second";
+// Per spool stream (`source = "spool"`), at the primary.
+pub const SPOOL_BYTES: &str = "drd_spool_bytes";
+pub const SPOOL_SEGMENTS: &str = "drd_spool_segments";
+pub const SPOOL_LIMIT_BYTES: &str = "drd_spool_limit_bytes";
+pub const SPOOL_FULL: &str = "drd_spool_full";
+pub const SPOOL_PRUNED_SEGMENTS: &str = "drd_spool_pruned_segments_total";
+pub const SPOOL_PRUNED_BYTES: &str = "drd_spool_pruned_bytes_total";
+pub const SPOOL_REFUSED: &str = "drd_spool_refused_pushes_total";
 // Per node.
 pub const ROLE: &str = "drd_role";
 pub const EPOCH: &str = "drd_epoch";
@@ -145,6 +153,39 @@ fn describe() {
         "Configured max_bandwidth in bytes per second (0: unlimited); label stream=\"*\" is the node-wide limit."
     );
     describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes of segments in a spool stream's wal_dir at the primary (filled by drctl wal-push, \
+         emptied once the replica holds them sealed and spool_retention passed)."
+    );
+    describe_gauge!(
+        SPOOL_SEGMENTS,
+        "Segment files in a spool stream's wal_dir at the primary."
+    );
+    describe_gauge!(
+        SPOOL_LIMIT_BYTES,
+        Unit::Bytes,
+        "The stream's spool_max_bytes: wal-push refuses a segment that would pass it."
+    );
+    describe_gauge!(
+        SPOOL_FULL,
+        "1 while the spool is at spool_max_bytes and wal-push refuses new segments \
+         (PostgreSQL keeps them in pg_wal and retries archive_command)."
+    );
+    describe_counter!(
+        SPOOL_PRUNED_SEGMENTS,
+        "Segments removed from the spool once safe at the replica."
+    );
+    describe_counter!(
+        SPOOL_PRUNED_BYTES,
+        Unit::Bytes,
+        "Bytes removed from the spool once safe at the replica."
+    );
+    describe_counter!(
+        SPOOL_REFUSED,
+        "wal-push requests refused because the spool was at spool_max_bytes."
+    );
+    describe_gauge!(
         ROLE,
         "1 for the node's current role (label role: primary, replica, fenced), 0 for the others."
     );
@@ -203,6 +244,21 @@ pub fn hook_ran(hook: &str, failed: bool) {
     }
 }
 
+/// A pruning pass removed `segments` spooled segments of `bytes` bytes.
+pub fn spool_pruned(stream: &str, segments: u64, bytes: u64) {
+    counter!(SPOOL_PRUNED_SEGMENTS, "stream" => stream.to_owned()).increment(segments);
+    counter!(SPOOL_PRUNED_BYTES, "stream" => stream.to_owned()).increment(bytes);
+}
+
+/// A `wal-push` was refused at `spool_max_bytes`; `full`: because the
+/// spool is full (not because the one segment is larger than the limit).
+pub fn spool_refused(stream: &str, full: bool) {
+    counter!(SPOOL_REFUSED, "stream" => stream.to_owned()).increment(1);
+    if full {
+        gauge!(SPOOL_FULL, "stream" => stream.to_owned()).set(1.0);
+    }
+}
+
 /// A bandwidth limit was set (`stream` is `*` for the node-wide one).
 pub fn bandwidth_limit(stream: &str, rate: Option<u64>) {
     gauge!(BANDWIDTH_LIMIT, "stream" => stream.to_owned()).set(rate.unwrap_or(0) as f64);
@@ -254,6 +310,12 @@ pub fn sample_status(node: &Node) {
         gauge!(WRITTEN_POSITION, "stream" => stream.clone()).set(v.written_position as f64);
         gauge!(DURABLE_POSITION, "stream" => stream.clone()).set(v.durable_position as f64);
         gauge!(CONNECTED, "stream" => stream.clone()).set(if v.connected { 1.0 } else { 0.0 });
+        if let Some(sp) = &v.spool {
+            gauge!(SPOOL_BYTES, "stream" => stream.clone()).set(sp.bytes as f64);
+            gauge!(SPOOL_SEGMENTS, "stream" => stream.clone()).set(sp.segments as f64);
+            gauge!(SPOOL_LIMIT_BYTES, "stream" => stream.clone()).set(sp.limit_bytes as f64);
+            gauge!(SPOOL_FULL, "stream" => stream.clone()).set(if sp.full { 1.0 } else { 0.0 });
+        }
         counter!(RECONNECTS, "stream" => stream).absolute(v.reconnects);
     }
 }
@@ -264,8 +326,12 @@ fn sample_catalog(node: &Node) {
         // One record at a time: a year of segments is never held at once.
         let (mut count, mut bytes) = (0u64, 0u64);
         let walked = node.catalog.for_each_segment(&stream, None, |s| {
-            count += 1;
-            bytes = bytes.saturating_add(s.size);
+            // A spooled segment pruned at the primary keeps its record but
+            // is no longer stored here.
+            if s.pruned_at_ms.is_none() {
+                count += 1;
+                bytes = bytes.saturating_add(s.size);
+            }
             Ok(true)
         });
         match walked {

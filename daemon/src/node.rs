@@ -35,6 +35,9 @@ pub struct StreamView {
     /// (0 / "" before one, or from a build that did not send them).
     pub peer_protocol_version: u32,
     pub peer_software_version: String,
+    /// A spool stream's usage at the primary (None for `tail` streams and
+    /// on the receiving side).
+    pub spool: Option<crate::primary::prune::SpoolUsage>,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -72,9 +75,19 @@ pub struct Shipper {
     pub bandwidth: crate::throttle::Throttle,
     /// The durable position, published on every ack (`WatchDurable`).
     pub durable: tokio::sync::watch::Sender<u64>,
+    /// A `source = "spool"` stream: `spool` is kept up to date.
+    pub is_spool: bool,
+    /// What the spool holds (pruning passes and `wal-push` update it).
+    pub spool: Mutex<crate::primary::prune::SpoolUsage>,
 }
 
 impl Shipper {
+    /// The spool's usage. A task that panicked while holding the lock left
+    /// plain counters behind, at worst a pass old: keep using them.
+    pub fn spool_usage(&self) -> std::sync::MutexGuard<'_, crate::primary::prune::SpoolUsage> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records an ack (or a Welcome): the replica is durable at `position`.
     pub fn set_durable(&self, position: u64, now: Instant) {
         let mut st = self.state.locked();
@@ -108,6 +121,7 @@ impl Shipper {
             paused: false,
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
+            spool: self.is_spool.then(|| self.spool_usage().clone()),
         }
     }
 }
@@ -192,6 +206,7 @@ impl ReceiveSlot {
             paused: false,
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
+            spool: None,
         }
     }
 }
@@ -244,6 +259,12 @@ impl Node {
                     push: Default::default(),
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
                     durable: tokio::sync::watch::Sender::new(0),
+                    is_spool: s.source == crate::config::SourceMode::Spool,
+                    spool: Mutex::new(crate::primary::prune::SpoolUsage {
+                        limit_bytes: s.spool_max_bytes,
+                        retention_seconds: s.spool_retention.as_secs_f64(),
+                        ..Default::default()
+                    }),
                 })
             })
             .collect();

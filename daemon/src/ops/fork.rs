@@ -145,6 +145,7 @@ pub fn close_source_log(
         fork: true,
         in_source: true,
         check: None,
+        pruned_at_ms: None,
     };
     let fork = Fork {
         segment: segment.to_string(),
@@ -413,6 +414,7 @@ pub fn cut_back(
             sha256: Some(fork.sha256.clone()),
             chain: Some(fork.chain.clone()),
             check: None,
+            pruned_at_ms: None,
             epoch: fork.epoch,
             received_at_ms: now,
             sealed_at_ms: Some(now),

@@ -138,6 +138,14 @@ pub fn fetch_segment(
         .ok_or_else(|| {
             Status::not_found(format!("segment {seg} of {stream} is not complete here"))
         })?;
+    if rec.pruned_at_ms.is_some() {
+        // Not here any more, and that is no loss: "not found", which
+        // restore_command reports to PostgreSQL as "not available".
+        return Err(Status::not_found(format!(
+            "segment {seg} of {stream} was removed from this node's spool once the replica \
+             held it sealed and verified (spool_retention); fetch it at the DR site"
+        )));
+    }
     let path = fork::segment_path(node, &stream, &rec).ok_or_else(|| {
         Status::data_loss(format!(
             "segment {seg} is in the catalog but its file is missing"

@@ -398,6 +398,7 @@ mod tests {
                 in_source: false,
                 chain,
                 check: None,
+                pruned_at_ms: None,
             });
             if batch.len() == 10_000 || i == n {
                 meta.segments = i + 1;

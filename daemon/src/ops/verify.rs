@@ -39,9 +39,11 @@ pub fn verify(node: &Node, req: pb::VerifyRequest) -> Result<pb::VerifyResponse,
                 recorded_sha256: r.sha256.clone().unwrap_or_default(),
                 recorded_chain: r.chain.clone(),
                 actual_sha256: match fork::segment_path(node, &stream, r) {
+                    _ if r.pruned_at_ms.is_some() => Err("pruned from the spool".to_string()),
                     None => Err("no file at the replica (deleted?)".to_string()),
                     Some(p) => fork::hash_prefix(&p, r.size).map_err(|e| format!("{e:#}")),
                 },
+                pruned: r.pruned_at_ms.is_some(),
             };
             progress.add_done(r.size, 1);
             s

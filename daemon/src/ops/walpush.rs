@@ -72,8 +72,9 @@ impl PushState {
 }
 
 /// One push at a time per daemon: PostgreSQL's archiver is serial anyway,
-/// and the order check below must see the spool as it will be.
-static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// and the order and room checks below must see the spool as it will be.
+/// Spool pruning ([`crate::primary::prune`]) holds it too.
+pub(crate) static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pick<'a>(node: &'a Node, stream: &str) -> Result<(&'a StreamConfig, &'a Arc<Shipper>), Status> {
     let streams = &node.config.streams;
@@ -165,10 +166,16 @@ pub async fn wal_push(
         )));
     }
 
+    let mut new_segment = false;
     let published = {
         let _one = PUSH_LOCK.lock().await;
         if kind == WalFileKind::Segment {
             check_order(node, cfg, &name)?;
+            new_segment =
+                !cfg.wal_dir.join(&name).exists() && shipped_record(node, cfg, &name)?.is_none();
+            if new_segment {
+                check_room(node, cfg, shipper, &name, first.size).await?;
+            }
         }
         let dir = if kind.is_side_file() {
             sidefiles::side_dir(&node.config.data_dir, &cfg.name)
@@ -257,6 +264,12 @@ pub async fn wal_push(
             },
         }
     };
+    if new_segment && !published.already_present {
+        let mut u = shipper.spool_usage();
+        u.bytes += published.size;
+        u.segments += 1;
+        u.full = false;
+    }
     tracing::info!(stream = %cfg.name, %name, kind = kind.as_str(), size = published.size,
         already_present = published.already_present, user = %who.user, "wal-push: stored");
 
@@ -323,6 +336,83 @@ fn shipped_record(
     node.catalog
         .segment(&cfg.name, &seg)
         .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// The spool's segments and bytes now.
+fn spool_usage(cfg: &StreamConfig) -> Result<(u64, u64), Status> {
+    let listing = crate::primary::source::scan(&cfg.wal_dir)
+        .map_err(|e| Status::internal(format!("cannot list {}: {e}", cfg.wal_dir.display())))?;
+    Ok((
+        listing.len() as u64,
+        listing.iter().map(|s| s.size).sum::<u64>(),
+    ))
+}
+
+/// A new segment of `size` bytes must fit under `spool_max_bytes`. When it
+/// does not, what the replica already holds sealed goes first, even if
+/// younger than `spool_retention` (a shorter local copy beats a refused
+/// archive_command); if it still does not fit, the push is refused and
+/// nothing is stored — PostgreSQL keeps the segment and retries.
+async fn check_room(
+    node: &Arc<Node>,
+    cfg: &StreamConfig,
+    shipper: &Arc<Shipper>,
+    name: &str,
+    size: u64,
+) -> Result<(), Status> {
+    let limit = cfg.spool_max_bytes;
+    if size > limit {
+        // No pruning can help: refused every time, so say what to change.
+        shipper.spool_usage().refused_pushes += 1;
+        crate::metrics::spool_refused(cfg.name.as_str(), false);
+        return Err(Status::resource_exhausted(format!(
+            "{name} has {size} bytes, more than stream {}'s whole spool_max_bytes = {limit}; \
+             nothing stored, and PostgreSQL's retries will fail the same way: raise \
+             spool_max_bytes to hold many segments (the default is 16GiB) and restart drd",
+            cfg.name
+        )));
+    }
+    let (_, bytes) = spool_usage(cfg)?;
+    if bytes.saturating_add(size) <= limit {
+        return Ok(());
+    }
+    match crate::primary::prune::pass(node, cfg, shipper, Some(size)).await {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(stream = %cfg.name, error = %format!("{e:#}"),
+            "spool: pruning pass failed"),
+    }
+    let (segments, bytes) = spool_usage(cfg)?;
+    if bytes.saturating_add(size) <= limit {
+        return Ok(());
+    }
+    {
+        let mut u = shipper.spool_usage();
+        u.bytes = bytes;
+        u.segments = segments;
+        u.full = true;
+        u.refused_pushes += 1;
+    }
+    crate::metrics::spool_refused(cfg.name.as_str(), true);
+    let v = shipper.view(std::time::Instant::now());
+    let replica = if v.connected {
+        format!("connected, {} bytes behind", v.lag_bytes)
+    } else if v.last_error.is_empty() {
+        format!("not connected to {}", cfg.peer)
+    } else {
+        format!("not connected to {}: {}", cfg.peer, v.last_error)
+    };
+    let why = format!(
+        "spool of stream {} is full: {} holds {segments} segments, {bytes} bytes, and {name} \
+         ({size} bytes) would pass spool_max_bytes = {limit}; nothing stored. PostgreSQL keeps \
+         the segment in pg_wal and retries archive_command. Segments leave the spool only once \
+         the replica holds them sealed and verified (replica {replica}): check the DR link and \
+         `drctl status` on both nodes",
+        cfg.name,
+        cfg.wal_dir.display()
+    );
+    tracing::error!(stream = %cfg.name, %name, bytes, limit, %replica,
+        "wal-push REFUSED: spool at spool_max_bytes");
+    Err(Status::resource_exhausted(why))
 }
 
 /// A new segment must sort after everything the stream holds: the log is

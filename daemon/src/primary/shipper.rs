@@ -491,6 +491,7 @@ impl StreamShipper {
         listing: &[SourceSegment],
     ) -> Result<Option<Cursor>, ShipError> {
         if w.last_segment.is_empty() {
+            self.check_not_pruned(None)?;
             let Some(first) = self.next_segment(None)?.0 else {
                 return Ok(None);
             };
@@ -518,10 +519,36 @@ impl StreamShipper {
             )));
         }
         let next_start = position_after(&tail, w.last_segment_start, w.last_segment_size)?;
+        self.check_not_pruned(Some(&tail))?;
         Ok(self
             .next_segment(Some(&tail))?
             .0
             .map(|next| Cursor::new(next.name, next_start, 0)))
+    }
+
+    /// Refuses to ship on from `after` (the replica's last sealed segment;
+    /// None: it holds nothing) when the segment that follows it in this
+    /// node's log was pruned from the spool: the next file in the spool is
+    /// not its successor, and shipping it would leave a gap. That happens
+    /// only when the replica lost what it had acked, or is another one.
+    fn check_not_pruned(&self, after: Option<&SegmentName>) -> Result<(), ShipError> {
+        let Some(next) = self.node.catalog.segment_after(&self.cfg.name, after)? else {
+            return Ok(());
+        };
+        if next.pruned_at_ms.is_none() {
+            return Ok(());
+        }
+        Err(ShipError::Diverged(format!(
+            "the replica {} but this node removed {} from its spool after a replica had acked \
+             it sealed (spool_retention); shipping the next spooled segment would leave a gap. \
+             Was the replica rebuilt or restored from an older copy? Seed it from a copy that \
+             holds the whole log (another DR copy, or a new base backup), then resume",
+            match after {
+                Some(a) => format!("holds the log only up to {a},"),
+                None => "holds nothing of this stream,".to_string(),
+            },
+            next.name
+        )))
     }
 
     /// The first segment named after `after` (the very first when `None`),
@@ -868,6 +895,7 @@ impl StreamShipper {
             in_source: true,
             chain: self.meta.chain_head.clone(),
             check: None,
+            pruned_at_ms: None,
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;

@@ -391,6 +391,7 @@ impl DiskWorker {
             in_source: false,
             chain: None,
             check: Some(PartialCheck::default()),
+            pruned_at_ms: None,
         });
         Ok(())
     }

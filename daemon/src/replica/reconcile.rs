@@ -188,6 +188,7 @@ mod tests {
             in_source: false,
             chain: None,
             check: None,
+            pruned_at_ms: None,
         }
     }
 
