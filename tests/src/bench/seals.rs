@@ -122,11 +122,14 @@ async fn drd(bins: &Bins, size: usize, count: u64) -> anyhow::Result<Seals> {
     })
 }
 
-/// Both sizes: the baseline in a scratch directory (removed, then the disk
-/// left to settle), then drd.
+/// Each size: the baseline in a scratch directory, then drd, each after
+/// the disk has settled (see `baseline::settle_disk`).
 pub async fn measure(bins: &Bins, sizes: &[(usize, u64)]) -> anyhow::Result<Vec<Seals>> {
     let mut out = Vec::new();
     for &(size, count) in sizes {
+        // After the parts before (their files deleted): let the disk
+        // settle first, or deletes stall the baseline's syncs.
+        settle_disk(scratch("settle")?.path())?;
         eprintln!("seals: {count} × {} KiB, local baseline…", size / 1024);
         let dir = scratch("seals")?;
         let base_secs = local(dir.path(), size, count)?;
