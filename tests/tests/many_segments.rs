@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 
 /// Segments shipped before the switchover: enough that one message listing
 /// them all would pass the 1,114,112-byte limit (~6,500 records), few
-/// enough to ship in about a minute and a half (shipping slows as the WAL
-/// directory grows: 2,500 took 12 s here, 7,000 took 129 s, 10,000 217 s).
+/// enough to ship in well under a minute. Shipping once slowed as the WAL
+/// directory grew (two listings of it per segment: 2,500 took 12 s here,
+/// 7,000 took 129 s, 10,000 217–273 s); with the shipper's index of the
+/// directory 10,000 take 42–48 s (209–239 segments/s, bound by the
+/// replica's fsyncs per segment).
 const DEFAULT_SEGMENTS: u64 = 7_000;
 /// Bound on an encoded `LogInfo` summary (no page asked for) and on a
 /// `Status` reply, whatever the number of segments.

@@ -1,6 +1,7 @@
-//! The shipping side: the WAL source, the per-stream shipper, and spool
-//! retention.
+//! The shipping side: the WAL source and its index, the per-stream
+//! shipper, and spool retention.
 
+pub mod index;
 pub mod prune;
 pub mod shipper;
 pub mod source;

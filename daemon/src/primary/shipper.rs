@@ -8,6 +8,7 @@ use crate::catalog::{SegmentRecord, StreamMeta};
 use crate::config::StreamConfig;
 use crate::locks::LockExt;
 use crate::node::{Node, Shipper};
+use crate::primary::index::SourceIndex;
 use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
 use crate::unix_ms;
 use bytes::Bytes;
@@ -158,7 +159,8 @@ async fn run_stream(
     shutdown: CancellationToken,
 ) {
     let wake = Arc::new(Notify::new());
-    let _watch = match DirWatch::start(&cfg.wal_dir, wake.clone()) {
+    let index = Arc::new(SourceIndex::new(&cfg.wal_dir));
+    let _watch = match DirWatch::start(&cfg.wal_dir, wake.clone(), index.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the WAL directory; relying on periodic rescans");
@@ -175,6 +177,7 @@ async fn run_stream(
         cfg,
         status,
         wake,
+        index,
         shutdown: shutdown.clone(),
         meta: StreamMeta::default(),
         progressed: false,
@@ -279,6 +282,9 @@ struct StreamShipper {
     cfg: StreamConfig,
     status: Arc<Shipper>,
     wake: Arc<Notify>,
+    /// The WAL directory from the cursor on, kept by the watch and rescans:
+    /// what the ship loop asks instead of listing the directory.
+    index: Arc<SourceIndex>,
     shutdown: CancellationToken,
     /// This stream's counters in the primary's own catalog.
     meta: StreamMeta,
@@ -574,13 +580,18 @@ impl StreamShipper {
     }
 
     fn observe(&mut self, listing: &[SourceSegment], cursor: Option<&Cursor>) {
+        self.note_cursor(cursor);
+        self.observe_listing(listing);
+    }
+
+    /// Records where the cursor is, for the status and the written position.
+    fn note_cursor(&mut self, cursor: Option<&Cursor>) {
         if let Some(c) = cursor {
             self.anchor = Some((c.segment.clone(), c.start));
             let mut st = self.status.state.locked();
             st.current_segment = c.segment.to_string();
             st.current_start = c.start;
         }
-        self.observe_listing(listing);
     }
 
     /// Records the source's written position as of `listing`.
@@ -624,16 +635,17 @@ impl StreamShipper {
         epoch: u64,
     ) -> Result<(), ShipError> {
         let t = self.node.config.tuning.clone();
-        let mut listing = self.scan()?;
+        // Where to resume is found once per session from full listings;
+        // from then on the index answers (see primary/index.rs).
+        let listing = self.scan()?;
         // The replica's log as far as this session knows (it moves when a
         // spool segment is sealed with no newer one to move on to).
         let mut welcome = welcome.clone();
         let welcome = &mut welcome;
         let mut cursor = self.resume_cursor(welcome, &listing)?;
-        // The cursor's segment may come from a newer scan (next_segment):
-        // list again, which is sure to include it.
-        if cursor.is_some() {
-            listing = self.scan()?;
+        self.observe(&listing, cursor.as_ref());
+        if let Some(c) = &cursor {
+            self.index_from(&c.segment)?;
         }
         // The hash chain continues from the replica's last sealed segment.
         let mut chain: [u8; 32] = welcome
@@ -643,25 +655,32 @@ impl StreamShipper {
             .unwrap_or(crate::chain::GENESIS);
         let mut last_sent = Instant::now();
         loop {
-            self.observe(&listing, cursor.as_ref());
             let Some(cur) = cursor.as_mut() else {
-                self.wait_for_source(tx, &mut last_sent, epoch, 0).await?;
-                listing = self.scan()?;
-                cursor = self.resume_cursor(welcome, &listing)?;
-                if cursor.is_some() {
-                    listing = self.scan()?;
-                }
+                cursor = self
+                    .wait_for_first(tx, &mut last_sent, welcome, epoch)
+                    .await?;
                 continue;
             };
-            let Some(idx) = listing.iter().position(|s| s.name == cur.segment) else {
+            let Some(size) = self
+                .index
+                .size(&cur.segment)
+                .map_err(|e| self.source_err(e))?
+            else {
                 return Err(ShipError::Diverged(format!(
                     "segment {} disappeared from {} before it was shipped",
                     cur.segment,
                     self.cfg.wal_dir.display()
                 )));
             };
-            let size = listing[idx].size;
-            let written = written_from(&listing, &cur.segment, cur.start);
+            let written = self
+                .index
+                .written(cur.start)
+                .map_err(|e| self.source_err(e))?;
+            self.status
+                .state
+                .locked()
+                .lag
+                .observe_written(written, Instant::now());
             if cur.offset < size {
                 let n =
                     (size - cur.offset)
@@ -722,16 +741,20 @@ impl StreamShipper {
             }
             // A newer segment exists, or the source is a spool whose files
             // are complete when they appear: this one is sealed. Re-check
-            // its size first — it may have grown since the scan.
+            // its size first — it may have grown since it was last read.
             let spool = self.cfg.source == crate::config::SourceMode::Spool;
-            if idx + 1 < listing.len() || spool {
+            let newer = self
+                .index
+                .has_after(&cur.segment)
+                .map_err(|e| self.source_err(e))?;
+            if newer || spool {
                 let path = self.cfg.wal_dir.join(cur.segment.as_str());
                 let now_size = std::fs::metadata(&path).map_err(|source| ShipError::Source {
                     path: path.display().to_string(),
                     source,
                 })?;
                 if now_size.len() != size {
-                    listing = self.scan_from(&cur.segment)?;
+                    self.index.changed(&cur.segment);
                     continue;
                 }
                 let digest = self.digest(cur).await?;
@@ -750,14 +773,18 @@ impl StreamShipper {
                     .await
                     .map_err(|_| ShipError::Closed)?;
                 self.record_sealed(cur, size, digest, chain, epoch).await?;
-                // Not `listing[idx + 1]`: that listing may have missed
-                // segments created while it was read (see next_segment).
-                let (next, fresh) = self.next_segment(Some(&cur.segment))?;
+                // Not just the next name seen: a listing may have missed
+                // segments created while it was read (see primary/index.rs).
+                let next = self
+                    .index
+                    .successor(&cur.segment)
+                    .map_err(|e| self.source_err(e))?;
                 match next {
                     Some(next) => {
                         let next_start = position_after(&cur.segment, cur.start, size)?;
-                        cursor = Some(Cursor::new(next.name, next_start, 0));
-                        listing = fresh;
+                        self.index.advance(&next);
+                        cursor = Some(Cursor::new(next, next_start, 0));
+                        self.note_cursor(cursor.as_ref());
                     }
                     None => {
                         // Spool: wait for the next pushed segment after this one.
@@ -773,7 +800,71 @@ impl StreamShipper {
             // Caught up with the active segment: wait for it to grow.
             self.wait_for_source(tx, &mut last_sent, epoch, written)
                 .await?;
-            listing = self.scan_from(&cur.segment)?;
+        }
+    }
+
+    /// With no cursor (nothing to ship yet, or a spool's last segment is
+    /// sealed): waits for the source to change, then looks for where to go
+    /// on. After a sealed segment the index answers; before any, full
+    /// listings do (once per wait).
+    async fn wait_for_first(
+        &mut self,
+        tx: &mpsc::Sender<pb::ShipMessage>,
+        last_sent: &mut Instant,
+        welcome: &pb::Welcome,
+        epoch: u64,
+    ) -> Result<Option<Cursor>, ShipError> {
+        let tail = (welcome.last_segment_sealed && !welcome.last_segment.is_empty())
+            .then(|| SegmentName::new(welcome.last_segment.clone()).ok())
+            .flatten()
+            .filter(|t| self.index.floor().as_ref() == Some(t));
+        if tail.is_some() {
+            let written = self
+                .index
+                .written(welcome.last_segment_start)
+                .map_err(|e| self.source_err(e))?;
+            self.status
+                .state
+                .locked()
+                .lag
+                .observe_written(written, Instant::now());
+        }
+        self.wait_for_source(tx, last_sent, epoch, 0).await?;
+        if let Some(tail) = tail {
+            let Some(next) = self
+                .index
+                .successor(&tail)
+                .map_err(|e| self.source_err(e))?
+            else {
+                return Ok(None);
+            };
+            let start =
+                position_after(&tail, welcome.last_segment_start, welcome.last_segment_size)?;
+            self.index.advance(&next);
+            let cursor = Some(Cursor::new(next, start, 0));
+            self.note_cursor(cursor.as_ref());
+            return Ok(cursor);
+        }
+        let listing = self.scan()?;
+        let cursor = self.resume_cursor(welcome, &listing)?;
+        self.observe(&listing, cursor.as_ref());
+        if let Some(c) = &cursor {
+            self.index_from(&c.segment)?;
+        }
+        Ok(cursor)
+    }
+
+    /// Starts the index over from the cursor's segment: one full listing
+    /// now; [`SourceIndex::successor`] lists again if it must.
+    fn index_from(&self, segment: &SegmentName) -> Result<(), ShipError> {
+        self.index.reset(segment);
+        self.index.rescan().map_err(|e| self.source_err(e))
+    }
+
+    fn source_err(&self, source: std::io::Error) -> ShipError {
+        ShipError::Source {
+            path: self.cfg.wal_dir.display().to_string(),
+            source,
         }
     }
 
@@ -796,6 +887,8 @@ impl StreamShipper {
             }
             _ = tokio::time::sleep(wait) => {
                 tracing::trace!(waited_us = t0.elapsed().as_micros() as u64, "woken by the rescan timer");
+                // The safety net: a full listing, in case an event was missed.
+                self.index.rescan().map_err(|e| self.source_err(e))?;
             }
             // An error, not Ok: the ship loop must end here, not rescan and
             // come back to a wait that returns at once (a busy loop that

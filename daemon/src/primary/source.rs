@@ -3,6 +3,7 @@
 //! active and may still grow. Changes are noticed through inotify (`notify`)
 //! and, as a safety net, a periodic rescan.
 
+use crate::primary::index::SourceIndex;
 use drd_proto::SegmentName;
 use notify::{RecursiveMode, Watcher};
 use std::path::Path;
@@ -17,7 +18,7 @@ pub struct SourceSegment {
 }
 
 /// Files that are not segments: temporary files of writers.
-fn ignored(name: &str) -> bool {
+pub(crate) fn ignored(name: &str) -> bool {
     name.ends_with(".tmp") || name.starts_with("xlogtemp")
 }
 
@@ -65,16 +66,19 @@ pub fn scan_from(dir: &Path, from: Option<&SegmentName>) -> std::io::Result<Vec<
     Ok(out)
 }
 
-/// Watches a directory and pings `wake` on every change. Dropping it stops
-/// the watch.
+/// Watches a directory, applies every event to `index` (in the order they
+/// come, before anyone is woken) and pings `wake` on every change. Dropping
+/// it stops the watch.
 pub struct DirWatch {
     _watcher: notify::RecommendedWatcher,
 }
 
 impl DirWatch {
-    pub fn start(dir: &Path, wake: Arc<Notify>) -> notify::Result<Self> {
+    pub fn start(dir: &Path, wake: Arc<Notify>, index: Arc<SourceIndex>) -> notify::Result<Self> {
+        let watched = index.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                index.on_event(&res);
                 match res {
                     // Opening or reading a file changes nothing; the
                     // shipper's own reads (and any archiver's or backup
@@ -85,12 +89,13 @@ impl DirWatch {
                 }
             })?;
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        watched.watch_started();
         Ok(Self { _watcher: watcher })
     }
 }
 
 /// Events that change no file: open, read, close after reading.
-fn is_read_only(kind: &notify::EventKind) -> bool {
+pub(crate) fn is_read_only(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode};
     match kind {
         notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,

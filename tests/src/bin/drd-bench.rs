@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Options: `--backlog-mib N` (default 2048), `--lag-seconds N` (15),
-//! `--rates-mb 20,100`, `--sync-pushes N` (12), `--failover-runs N` (10).
+//! `--rates-mb 20,100`, `--sync-pushes N` (12), `--failover-runs N` (10),
+//! `--seals-small N` (5000 × 4 KiB), `--seals-large N` (64 × 16 MiB).
 //! Not part of `cargo test`: performance is measured here, not asserted.
 
 #[path = "../bench/baseline.rs"]
@@ -18,6 +19,8 @@ mod pgwal;
 mod procs;
 #[path = "../bench/runs.rs"]
 mod runs;
+#[path = "../bench/seals.rs"]
+mod seals;
 #[path = "../bench/stats.rs"]
 mod stats;
 #[path = "../bench/zstd.rs"]
@@ -38,12 +41,15 @@ struct Opts {
     rates_mb: Vec<f64>,
     sync_pushes: u64,
     failover_runs: usize,
+    /// Counts of the seals part's 4 KiB and 16 MiB segments.
+    seals_small: u64,
+    seals_large: u64,
     /// Parts to run (all when empty): ceiling and catch-up always run.
     only: Vec<String>,
 }
 
 /// Parts that `--only` can pick (the ceiling and catch-up always run).
-const PARTS: [&str; 5] = ["rsync", "lag", "sync", "failover", "zstd"];
+const PARTS: [&str; 6] = ["rsync", "lag", "sync", "failover", "zstd", "seals"];
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
@@ -57,6 +63,8 @@ impl Opts {
             rates_mb: vec![20.0, 100.0],
             sync_pushes: 12,
             failover_runs: 10,
+            seals_small: seals::SMALL.1,
+            seals_large: seals::LARGE.1,
             only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -73,6 +81,8 @@ impl Opts {
                 }
                 "--sync-pushes" => o.sync_pushes = val()?.parse()?,
                 "--failover-runs" => o.failover_runs = val()?.parse()?,
+                "--seals-small" => o.seals_small = val()?.parse()?,
+                "--seals-large" => o.seals_large = val()?.parse()?,
                 "--only" => {
                     o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
                     if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -85,7 +95,8 @@ impl Opts {
                 "-h" | "--help" => {
                     println!(
                         "drd-bench [--backlog-mib N] [--lag-seconds N] [--rates-mb 20,100] \
-                         [--sync-pushes N] [--failover-runs N] [--only rsync,lag,sync,failover,zstd]\n\
+                         [--sync-pushes N] [--failover-runs N] [--seals-small N] [--seals-large N]\n\
+                         [--only rsync,lag,sync,failover,zstd,seals]\n\
                          (--only: the parts to run besides the ceiling and catch-up; default all)\n\
                          Build first: {}",
                         procs::BUILD_CMD
@@ -301,6 +312,16 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
+    let sl = if o.wants("seals") {
+        let sizes = [
+            (seals::SMALL.0, o.seals_small),
+            (seals::LARGE.0, o.seals_large),
+        ];
+        let sizes: Vec<_> = sizes.into_iter().filter(|&(_, n)| n > 0).collect();
+        seals::measure(&bins, &sizes).await?
+    } else {
+        Vec::new()
+    };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
 
     // ---- the table ----
@@ -482,6 +503,7 @@ async fn run() -> anyhow::Result<()> {
         ));
     }
     rows.extend(zs.as_ref().map(zstd::rows).unwrap_or_default());
+    rows.extend(seals::rows(&sl));
 
     println!();
     println!("{}", stats::markdown(&rows));
@@ -536,6 +558,7 @@ async fn run() -> anyhow::Result<()> {
     zs.iter()
         .flat_map(zstd::notes)
         .for_each(|n| println!("{n}"));
+    seals::notes(&sl).iter().for_each(|n| println!("{n}"));
     println!(
         "- load average at the end: {load_end}; total run time {:.0} s.",
         wall.elapsed().as_secs_f64()
