@@ -490,6 +490,18 @@ impl StreamShipper {
         }
     }
 
+    /// The written position from the index, anchored at the segment that
+    /// starts at `start`, recorded for lag.
+    fn observe_written(&self, start: u64) -> Result<u64, ShipError> {
+        let written = self.index.written(start).map_err(|e| self.source_err(e))?;
+        self.status
+            .state
+            .locked()
+            .lag
+            .observe_written(written, Instant::now());
+        Ok(written)
+    }
+
     /// Where to start, given what the replica holds.
     fn resume_cursor(
         &self,
@@ -672,15 +684,7 @@ impl StreamShipper {
                     self.cfg.wal_dir.display()
                 )));
             };
-            let written = self
-                .index
-                .written(cur.start)
-                .map_err(|e| self.source_err(e))?;
-            self.status
-                .state
-                .locked()
-                .lag
-                .observe_written(written, Instant::now());
+            let written = self.observe_written(cur.start)?;
             if cur.offset < size {
                 let n =
                     (size - cur.offset)
@@ -819,15 +823,7 @@ impl StreamShipper {
             .flatten()
             .filter(|t| self.index.floor().as_ref() == Some(t));
         if tail.is_some() {
-            let written = self
-                .index
-                .written(welcome.last_segment_start)
-                .map_err(|e| self.source_err(e))?;
-            self.status
-                .state
-                .locked()
-                .lag
-                .observe_written(written, Instant::now());
+            self.observe_written(welcome.last_segment_start)?;
         }
         self.wait_for_source(tx, last_sent, epoch, 0).await?;
         if let Some(tail) = tail {
