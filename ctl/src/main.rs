@@ -14,6 +14,7 @@ mod docs;
 mod fetch;
 mod lag;
 mod progress;
+mod prune;
 mod push;
 mod roles;
 mod status;
@@ -90,6 +91,8 @@ enum Cmd {
     WalPush(push::PushArgs),
     /// Re-hash every stored segment and check the hash chain; names the first bad one.
     Verify(verify::VerifyArgs),
+    /// Apply the DR site's retention policy now; --dry-run shows what it would remove and why.
+    Prune(prune::PruneArgs),
     /// Certificates for a first deployment (no daemon needed).
     #[command(subcommand)]
     Certs(certs::CertsCmd),
@@ -171,6 +174,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Cmd::WalFetch(a) => fetch::run(&mut client, a).await,
         Cmd::WalPush(a) => push::run(&mut client, a).await,
         Cmd::Verify(a) => verify::run(&mut client, a, no_progress).await,
+        Cmd::Prune(a) => prune::run(&mut client, a).await,
         Cmd::Certs(_) | Cmd::Completions(_) | Cmd::Man(_) => {
             unreachable!("handled before connecting")
         }

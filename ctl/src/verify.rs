@@ -48,6 +48,8 @@ pub async fn run(
             "segments_checked": r.segments_checked,
             "bytes_checked": r.bytes_checked,
             "chain_head": r.chain_head,
+            "pruned_through": r.pruned_through,
+            "start_chain": r.start_chain,
             "problems_total": total,
             "problems": r.problems.iter().map(|p| json!({"segment": p.segment, "problem": p.problem})).collect::<Vec<_>>(),
         }))?;
@@ -59,6 +61,13 @@ pub async fn run(
             bytes(r.bytes_checked),
             r.chain_head
         );
+        if !r.pruned_through.is_empty() {
+            println!(
+                "Retention at this DR site removed everything through {}: the chain was checked \
+                 from the value recorded there ({}).",
+                r.pruned_through, r.start_chain
+            );
+        }
     } else {
         println!(
             "VERIFY FAILED for {}: {} of {} segments are not what was verified at seal time.",

@@ -10,6 +10,11 @@
 //!   position, so the segment holding a position is one seek away however
 //!   long the log (written with every record; built once by
 //!   [`Catalog::open`] for catalogs from before it existed)
+//! - `stream/{stream}/retention` → [`RetentionState`]: the DR site's
+//!   pruning boundary and counters (its own key: the disk writer rewrites
+//!   `meta` with every commit)
+//! - `stream/{stream}/fetched` → [`Fetched`]: the newest segment
+//!   `drctl wal-fetch` served (only ever moves forward)
 //! - `audit/{seq:020}` → [`AuditRecord`], append-only
 //! - `hook/{name}/{epoch:020}` → marker: the hook ran for that epoch change
 //!
@@ -232,6 +237,43 @@ impl StreamMeta {
     }
 }
 
+/// Where the DR site's retention cut the log: every record before and at
+/// `segment` is gone (records and files), and verification starts from
+/// `chain`, the hash chain value after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneBoundary {
+    /// The last segment removed.
+    pub segment: String,
+    /// Stream position just past it: the log here starts at or after this.
+    pub end: u64,
+    /// Hash chain value after it (hex), as recorded when it was sealed.
+    pub chain: String,
+    /// Unix ms of the pass that moved the boundary here.
+    pub at_ms: u64,
+}
+
+/// The DR site's retention state of a stream (see `replica::prune`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionState {
+    pub boundary: Option<PruneBoundary>,
+    /// Segments and bytes retention removed here, all time.
+    pub pruned_segments: u64,
+    pub pruned_bytes: u64,
+    /// Files whose records the last pass removed, until they are unlinked:
+    /// a crash between the commit and the unlinks leaves them here, and the
+    /// next pass finishes the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlink: Vec<String>,
+}
+
+/// The newest segment `drctl wal-fetch` served from this node: the DR
+/// database has read everything before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    pub segment: String,
+    pub at_ms: u64,
+}
+
 /// The catalog database.
 pub struct Catalog {
     db: DB,
@@ -289,6 +331,18 @@ impl Txn {
         self.audit.push(rec);
         self
     }
+    pub fn retention(&mut self, stream: &StreamName, state: &RetentionState) -> &mut Self {
+        self.batch.put(retention_key(stream), encode(state));
+        self
+    }
+}
+
+fn retention_key(stream: &StreamName) -> String {
+    format!("stream/{stream}/retention")
+}
+
+fn fetched_key(stream: &StreamName) -> String {
+    format!("stream/{stream}/fetched")
 }
 
 fn seg_prefix(stream: &StreamName) -> String {
@@ -734,6 +788,68 @@ impl Catalog {
             Ok(true)
         })?;
         Ok((out, more))
+    }
+
+    /// The stream's retention state at the DR site (default: nothing pruned).
+    pub fn retention(&self, stream: &StreamName) -> Result<RetentionState> {
+        Ok(self.get(&retention_key(stream))?.unwrap_or_default())
+    }
+
+    /// The newest segment `wal-fetch` served, if any.
+    pub fn fetched(&self, stream: &StreamName) -> Result<Option<Fetched>> {
+        self.get(&fetched_key(stream))
+    }
+
+    /// Records that `wal-fetch` served `seg`, if it is newer than the
+    /// newest served so far. Not synced: a mark lost in a crash only moves
+    /// back to an older segment, which makes retention keep more, never
+    /// less. The caller serialises calls (read, compare, write).
+    pub fn note_fetched(&self, stream: &StreamName, seg: &SegmentName, at_ms: u64) -> Result<()> {
+        if self
+            .fetched(stream)?
+            .is_some_and(|f| f.segment.as_str() >= seg.as_str())
+        {
+            return Ok(());
+        }
+        let f = Fetched {
+            segment: seg.to_string(),
+            at_ms,
+        };
+        self.db.put(fetched_key(stream), encode(&f))?;
+        Ok(())
+    }
+
+    /// Compacts the segment records and position index entries of `stream`
+    /// up to and including segment `through` / position `through_start`,
+    /// so that the space of records retention deleted is given back (a
+    /// deleted key is only a tombstone until compaction).
+    pub fn compact_pruned(&self, stream: &StreamName, through: &SegmentName, through_start: u64) {
+        let seg_from = seg_prefix(stream);
+        let seg_to = format!("{}\0", seg_key(stream, through));
+        self.db
+            .compact_range(Some(seg_from.as_bytes()), Some(seg_to.as_bytes()));
+        let pos_from = pos_prefix(stream);
+        // Past every entry that starts at `through_start`: '/' + 1 == '0'.
+        let pos_to = format!("{pos_from}{through_start:020}0");
+        self.db
+            .compact_range(Some(pos_from.as_bytes()), Some(pos_to.as_bytes()));
+    }
+
+    /// Total size of the catalog's files on disk (SST and WAL), for the
+    /// operator and the many-segments test.
+    pub fn disk_size(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+            .saturating_add(
+                self.db
+                    .property_int_value("rocksdb.size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
+            )
     }
 
     /// Writes segment records and the stream's meta in one synced batch.

@@ -73,58 +73,96 @@ impl std::fmt::Display for Problem {
 pub struct Report {
     pub checked: usize,
     pub bytes: u64,
-    /// Every bad segment, in log order; the first one is where trust ends.
+    /// The first [`Walker::MAX_PROBLEMS`] bad segments, in log order; the
+    /// first one is where trust ends.
     pub problems: Vec<(String, Problem)>,
+    /// How many bad segments there are in all.
+    pub problems_total: u64,
     /// Chain value after the last segment.
     pub head: Option<String>,
 }
 
-/// Walks `segments` (sealed, in log order) checking contents and chain.
-pub fn verify(segments: &[Stored]) -> Report {
-    let mut report = Report::default();
-    let mut prev = GENESIS;
-    for s in segments {
+/// Walks sealed segments in log order, one at a time (a year of records is
+/// never held at once), checking contents and chain.
+pub struct Walker {
+    prev: [u8; 32],
+    report: Report,
+}
+
+impl Walker {
+    /// Problems kept in the report; [`Report::problems_total`] counts all.
+    pub const MAX_PROBLEMS: usize = 1_000;
+
+    /// A walk from the chain's start ([`GENESIS`]), or from the chain value
+    /// at a pruning boundary (the value after the last removed segment).
+    pub fn new(start: [u8; 32]) -> Self {
+        Self {
+            prev: start,
+            report: Report::default(),
+        }
+    }
+
+    fn problem(&mut self, name: &str, p: Problem) {
+        self.report.problems_total += 1;
+        if self.report.problems.len() < Self::MAX_PROBLEMS {
+            self.report.problems.push((name.to_string(), p));
+        }
+    }
+
+    /// The next segment.
+    pub fn step(&mut self, s: &Stored) {
         if !s.pruned {
-            report.checked += 1;
-            report.bytes += s.size;
+            self.report.checked += 1;
+            self.report.bytes = self.report.bytes.saturating_add(s.size);
         }
         match &s.actual_sha256 {
             _ if s.pruned => {}
-            Err(why) => report
-                .problems
-                .push((s.name.clone(), Problem::Missing(why.clone()))),
-            Ok(actual) if actual != &s.recorded_sha256 => report.problems.push((
-                s.name.clone(),
+            Err(why) => self.problem(&s.name, Problem::Missing(why.clone())),
+            Ok(actual) if actual != &s.recorded_sha256 => self.problem(
+                &s.name,
                 Problem::Altered {
                     recorded: s.recorded_sha256.clone(),
                     actual: actual.clone(),
                 },
-            )),
+            ),
             Ok(_) => {}
         }
         // The chain is recomputed from the recorded digests, so it checks
         // the catalog's order and records; the file check above covers the
         // bytes.
         let digest = from_hex(&s.recorded_sha256).unwrap_or([0xff; 32]);
-        let computed = link(&prev, &digest, &s.name, s.size);
+        let computed = link(&self.prev, &digest, &s.name, s.size);
+        self.report.head = Some(hex::encode(computed));
         if let Some(recorded) = &s.recorded_chain {
             if recorded != &hex::encode(computed) {
-                report.problems.push((
-                    s.name.clone(),
+                self.problem(
+                    &s.name,
                     Problem::ChainBroken {
                         recorded: recorded.clone(),
                         computed: hex::encode(computed),
                     },
-                ));
+                );
                 // Continue from the recorded value so one break is reported once.
-                prev = from_hex(recorded).unwrap_or(computed);
-                continue;
+                self.prev = from_hex(recorded).unwrap_or(computed);
+                self.report.head = Some(hex::encode(self.prev));
+                return;
             }
         }
-        prev = computed;
+        self.prev = computed;
     }
-    report.head = segments.last().map(|_| hex::encode(prev));
-    report
+
+    pub fn finish(self) -> Report {
+        self.report
+    }
+}
+
+/// Walks `segments` (sealed, in log order) from the chain's start.
+pub fn verify(segments: &[Stored]) -> Report {
+    let mut w = Walker::new(GENESIS);
+    for s in segments {
+        w.step(s);
+    }
+    w.finish()
 }
 
 #[cfg(test)]
@@ -174,6 +212,35 @@ mod tests {
         // An edited record before the boundary is still found.
         l[0].recorded_sha256 = digest(b"0ne");
         assert_eq!(verify(&l).problems[0].0, "a");
+    }
+
+    /// Retention at the DR site removed the first two records: the walk
+    /// starts from the chain value after them, and still finds an edit.
+    #[test]
+    fn a_walk_from_a_pruning_boundary() {
+        let l = log(&[
+            ("a", b"one"),
+            ("b", b"two"),
+            ("c", b"three"),
+            ("d", b"four"),
+        ]);
+        let boundary = from_hex(l[1].recorded_chain.as_ref().unwrap()).unwrap();
+        let mut w = Walker::new(boundary);
+        for s in &l[2..] {
+            w.step(s);
+        }
+        let r = w.finish();
+        assert_eq!((r.checked, r.bytes, r.problems.len()), (2, 9, 0));
+        assert_eq!(r.head, l[3].recorded_chain);
+        // From the wrong boundary value (a record before it was edited, or
+        // the boundary itself), the first kept segment breaks the chain.
+        let mut w = Walker::new(GENESIS);
+        for s in &l[2..] {
+            w.step(s);
+        }
+        let r = w.finish();
+        assert!(matches!(r.problems[0], (ref n, Problem::ChainBroken { .. }) if n == "c"));
+        assert_eq!(r.problems_total, 1);
     }
 
     #[test]

@@ -126,6 +126,8 @@ struct RawControl {
 #[serde(deny_unknown_fields)]
 struct RawReplica {
     listen: String,
+    /// `[replica.retention]`: how long received segments are kept.
+    retention: Option<crate::replica::retention::RawRetention>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +254,9 @@ pub struct ControlListen {
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     pub listen: SocketAddr,
+    /// `[replica.retention]`: this DR site's own policy for what it
+    /// received (default: keep everything). Reloadable.
+    pub retention: crate::replica::retention::Retention,
 }
 
 #[derive(Clone, Debug)]
@@ -393,7 +398,10 @@ impl Config {
                          plaintext replication is only allowed on loopback — configure [tls]"
                     );
                 }
-                Some(ReplicaConfig { listen })
+                let retention = crate::replica::retention::Retention::from_raw(
+                    r.retention.unwrap_or_default(),
+                )?;
+                Some(ReplicaConfig { listen, retention })
             }
             None => None,
         };
@@ -730,6 +738,11 @@ impl Config {
 
     /// Landing directory of a received stream: complete segments as `NAME`,
     /// the one being received as `NAME.partial`.
+    /// The DR site's retention policy for a received stream, if any.
+    pub fn retention_for(&self, stream: &StreamName) -> Option<&crate::replica::retention::Policy> {
+        self.replica.as_ref()?.retention.for_stream(stream)
+    }
+
     pub fn landing_dir(&self, stream: &StreamName) -> PathBuf {
         landing_dir(&self.data_dir, stream)
     }

@@ -224,6 +224,16 @@ impl Control for ControlService {
             .map(Response::new)
     }
 
+    async fn prune(
+        &self,
+        request: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let who = caller(&request);
+        ops::prune::prune(&self.node, request.into_inner(), who)
+            .await
+            .map(Response::new)
+    }
+
     async fn fetch_segment(
         &self,
         request: Request<pb::FetchSegmentRequest>,

@@ -3,6 +3,12 @@
 
 use drd_proto::pb;
 
+/// Unix ms → `2026-12-01T11:34:01Z` (UTC).
+pub fn unix_ms_utc(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -217,6 +217,8 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    // The DR site's own retention policy for what it received.
+    tracker.spawn(replica::prune::run(node.clone(), shutdown.clone()));
     if let Some(exporter) = metrics_exporter {
         let stop = shutdown.clone();
         tracker.spawn(async move {

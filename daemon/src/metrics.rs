@@ -55,6 +55,11 @@ pub const SPOOL_FULL: &str = "drd_spool_full";
 pub const SPOOL_PRUNED_SEGMENTS: &str = "drd_spool_pruned_segments_total";
 pub const SPOOL_PRUNED_BYTES: &str = "drd_spool_pruned_bytes_total";
 pub const SPOOL_REFUSED: &str = "drd_spool_refused_pushes_total";
+// Per received stream with a retention policy, at the DR site.
+pub const RETENTION_PRUNED_SEGMENTS: &str = "drd_retention_pruned_segments_total";
+pub const RETENTION_PRUNED_BYTES: &str = "drd_retention_pruned_bytes_total";
+pub const RETENTION_OLDEST_AGE: &str = "drd_retention_oldest_segment_age_seconds";
+pub const RETENTION_OLDEST_POSITION: &str = "drd_retention_oldest_position_bytes";
 // Per node.
 pub const ROLE: &str = "drd_role";
 pub const EPOCH: &str = "drd_epoch";
@@ -185,6 +190,26 @@ fn describe() {
         SPOOL_REFUSED,
         "wal-push requests refused because the spool was at spool_max_bytes."
     );
+    describe_counter!(
+        RETENTION_PRUNED_SEGMENTS,
+        "Segments the DR site's retention policy removed ([replica.retention]), all time."
+    );
+    describe_counter!(
+        RETENTION_PRUNED_BYTES,
+        Unit::Bytes,
+        "Bytes the DR site's retention policy removed, all time."
+    );
+    describe_gauge!(
+        RETENTION_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest segment the DR site keeps (since it was sealed here): how far back a \
+         restore from this site can go."
+    );
+    describe_gauge!(
+        RETENTION_OLDEST_POSITION,
+        Unit::Bytes,
+        "Stream position where the DR site's copy starts (0 until retention removed anything)."
+    );
     describe_gauge!(
         ROLE,
         "1 for the node's current role (label role: primary, replica, fenced), 0 for the others."
@@ -248,6 +273,17 @@ pub fn hook_ran(hook: &str, failed: bool) {
 pub fn spool_pruned(stream: &str, segments: u64, bytes: u64) {
     counter!(SPOOL_PRUNED_SEGMENTS, "stream" => stream.to_owned()).increment(segments);
     counter!(SPOOL_PRUNED_BYTES, "stream" => stream.to_owned()).increment(bytes);
+}
+
+/// The DR site's retention state of `stream` after a pass: all-time
+/// removals and the oldest segment kept (its age and start position).
+pub fn retention(stream: &str, segments: u64, bytes: u64, oldest: Option<(f64, u64)>) {
+    counter!(RETENTION_PRUNED_SEGMENTS, "stream" => stream.to_owned()).absolute(segments);
+    counter!(RETENTION_PRUNED_BYTES, "stream" => stream.to_owned()).absolute(bytes);
+    if let Some((age, start)) = oldest {
+        gauge!(RETENTION_OLDEST_AGE, "stream" => stream.to_owned()).set(age);
+        gauge!(RETENTION_OLDEST_POSITION, "stream" => stream.to_owned()).set(start as f64);
+    }
 }
 
 /// A `wal-push` was refused at `spool_max_bytes`; `full`: because the

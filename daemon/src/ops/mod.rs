@@ -6,6 +6,7 @@ pub mod failover;
 pub mod fork;
 pub mod logcmp;
 pub mod peer;
+pub mod prune;
 pub mod rejoin;
 pub mod remote;
 pub mod switchover;
@@ -118,6 +119,9 @@ pub fn history(node: &Node) -> Result<pb::HistoryResponse, Status> {
     })
 }
 
+/// Serialises [`crate::catalog::Catalog::note_fetched`]'s read-compare-write.
+static FETCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `drctl wal-fetch`: where the complete, verified copy of a segment (or a
 /// side file) is.
 pub fn fetch_segment(
@@ -134,10 +138,28 @@ pub fn fetch_segment(
         .catalog
         .segment(&stream, &seg)
         .map_err(|e| Status::internal(e.to_string()))?
-        .filter(|r| r.sealed)
-        .ok_or_else(|| {
-            Status::not_found(format!("segment {seg} of {stream} is not complete here"))
-        })?;
+        .filter(|r| r.sealed);
+    let Some(rec) = rec else {
+        let state = node
+            .catalog
+            .retention(&stream)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(b) = state
+            .boundary
+            .filter(|b| seg.as_str() <= b.segment.as_str())
+        {
+            return Err(Status::not_found(format!(
+                "segment {seg} of {stream} was removed by this DR site's retention policy \
+                 (everything through {} is gone, the last removal at {}); restore from an \
+                 older base backup's archive, or lengthen [replica.retention]",
+                b.segment,
+                crate::display::unix_ms_utc(b.at_ms)
+            )));
+        }
+        return Err(Status::not_found(format!(
+            "segment {seg} of {stream} is not complete here"
+        )));
+    };
     if rec.pruned_at_ms.is_some() {
         // Not here any more, and that is no loss: "not found", which
         // restore_command reports to PostgreSQL as "not available".
@@ -145,6 +167,16 @@ pub fn fetch_segment(
             "segment {seg} of {stream} was removed from this node's spool once the replica \
              held it sealed and verified (spool_retention); fetch it at the DR site"
         )));
+    }
+    // The DR database has read up to here: retention may remove what is
+    // older (never this one: PostgreSQL may still be replaying it).
+    {
+        let _one = FETCH_LOCK.locked();
+        if let Err(e) = node.catalog.note_fetched(&stream, &seg, crate::unix_ms()) {
+            tracing::warn!(%stream, segment = %seg, error = %e,
+                "cannot record the newest fetched segment; retention keeps what follows the \
+                 last one recorded");
+        }
     }
     let path = fork::segment_path(node, &stream, &rec).ok_or_else(|| {
         Status::data_loss(format!(

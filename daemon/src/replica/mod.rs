@@ -1,5 +1,7 @@
 //! The receiving side: sessions, the disk worker, crash reconciliation.
 
 pub mod disk;
+pub mod prune;
 pub mod reconcile;
+pub mod retention;
 pub mod server;
