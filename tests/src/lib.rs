@@ -226,6 +226,26 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// Peak resident set size in KiB (VmHWM: the high-water mark since
+    /// the process started), from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Bytes of the catalog's files (RocksDB) on disk.
+    pub fn catalog_bytes(&self) -> u64 {
+        files_below(&self.data_dir().join("catalog"))
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     pub fn log_text(&self) -> String {
         let t = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = t.lines().collect();

@@ -5,7 +5,12 @@
 //! processes, checks that the answers stay a few KiB, then runs a
 //! switchover, a failover and a rejoin across that log.
 //!
-//! `DRD_MANY_SEGMENTS` sets the count (default [`DEFAULT_SEGMENTS`]).
+//! `DRD_MANY_SEGMENTS` sets the count (default [`DEFAULT_SEGMENTS`]) and
+//! `DRD_MANY_SEGMENTS_SIZE` their size in bytes (default [`DEFAULT_SIZE`]).
+//! Issue 16's figure is `DRD_MANY_SEGMENTS=100000` (4 KiB each): the test
+//! prints how long shipping, switchover, failover, rejoin, verify and status
+//! took, the catalogs' size on disk, and both daemons' peak RSS, which must
+//! stay under [`RSS_BOUND_KIB`].
 
 use drd_proto::pb;
 use drd_tests::*;
@@ -24,7 +29,47 @@ const DEFAULT_SEGMENTS: u64 = 7_000;
 /// Bound on an encoded `LogInfo` summary (no page asked for) and on a
 /// `Status` reply, whatever the number of segments.
 const SUMMARY_BOUND: usize = 4 * 1024;
-const KIB: usize = 1024;
+/// Segment size: 4 KiB, as in issue 16's figure.
+const DEFAULT_SIZE: usize = 4096;
+/// Peak resident set of either daemon, whatever the number of segments.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// Prints and checks a daemon's peak RSS and its catalog's size.
+fn footprint(d: &Daemon, when: &str) {
+    let peak = d.peak_rss_kib();
+    println!(
+        "{when}: {} peak RSS {:.1} MiB, catalog (RocksDB) {:.1} MiB",
+        d.name,
+        peak as f64 / 1024.0,
+        d.catalog_bytes() as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "{}: peak RSS {peak} KiB {when}, bound {RSS_BOUND_KIB} KiB",
+        d.name
+    );
+}
+
+/// Runs `drctl verify` and `drctl status` at `d`, timed; verify must pass.
+fn verify_and_status(d: &Daemon, when: &str) {
+    let t = Instant::now();
+    let v = drctl_json(&d.socket, &["verify"], 0);
+    println!(
+        "{when}: drctl verify at {} took {:.1} s ({} segments)",
+        d.name,
+        t.elapsed().as_secs_f64(),
+        v["segments_checked"]
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let t = Instant::now();
+    let (code, out, err) = drctl(&d.socket, &["status"]);
+    println!(
+        "{when}: drctl status at {} took {:.3} s",
+        d.name,
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
 
 fn listen_port(config: &Path) -> u16 {
     let text = std::fs::read_to_string(config).unwrap();
@@ -66,22 +111,32 @@ async fn thousands_of_segments_switchover_failover_and_rejoin() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_SEGMENTS);
+    let size: usize = std::env::var("DRD_MANY_SEGMENTS_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_SIZE);
+    let kib = size / 1024;
     let tuning =
         "[tuning]\nidle_timeout_ms = 4000\nkeepalive_interval_ms = 300\nreconnect_max_ms = 1000\n";
     let mut sites = Sites::new(false, tuning, "", "").await;
     let mut w = WalWriter::new(&sites.a_wal, 16);
-    w.segments(1, n, KIB);
+    w.segments(1, n, size);
     w.append(n + 1, 512);
     sites.b.start_ready().await;
     sites.a.start_ready().await;
     let t0 = Instant::now();
-    wait_caught_up(&sites.a, w.total, Duration::from_secs(600)).await;
+    // Bounded: 20 segments/s is ten times slower than this machine kind.
+    let within = Duration::from_secs(120 + n / 20);
+    wait_caught_up(&sites.a, w.total, within).await;
     let shipped = t0.elapsed();
     println!(
-        "shipped {n} segments of 1 KiB (+ an active one) in {:.1} s ({:.0} segments/s)",
+        "shipped {n} segments of {kib} KiB (+ an active one) in {:.1} s ({:.0} segments/s)",
         shipped.as_secs_f64(),
         n as f64 / shipped.as_secs_f64()
     );
+    footprint(&sites.a, "after shipping");
+    footprint(&sites.b, "after shipping");
+    verify_and_status(&sites.b, "after shipping");
 
     // The replica's answers stay bounded, and its lookups find any segment.
     let certs = sites.root.path().join("tls");
@@ -103,7 +158,7 @@ async fn thousands_of_segments_switchover_failover_and_rejoin() {
     let by_pos = ask(pb::LogInfoRequest {
         stream: STREAM.into(),
         lookup_by_position: true,
-        lookup_position: (n / 3 - 1) * KIB as u64 + 5,
+        lookup_position: (n / 3 - 1) * size as u64 + 5,
         ..Default::default()
     })
     .await;
@@ -151,10 +206,12 @@ async fn thousands_of_segments_switchover_failover_and_rejoin() {
     );
     wait_role(&sites.b, "primary").await;
     wait_role(&sites.a, "replica").await;
+    footprint(&sites.a, "after the switchover");
+    footprint(&sites.b, "after the switchover");
 
     // The new epoch's WAL at Rochester.
     let mut wb = WalWriter::new(&sites.b_wal, 17);
-    wb.segments(n + 2, 3, KIB);
+    wb.segments(n + 2, 3, size);
     wb.append(n + 5, 300);
     let fork = w.total + wb.total;
     wait_caught_up(&sites.b, fork, Duration::from_secs(60)).await;
@@ -170,11 +227,13 @@ async fn thousands_of_segments_switchover_failover_and_rejoin() {
         },
     )
     .await;
+    let t = Instant::now();
     let r = drctl_json(
         &sites.a.socket,
         &["failover", "--yes", "--reason", "issue 16 drill"],
         0,
     );
+    println!("failover ({:.1} s)", t.elapsed().as_secs_f64());
     assert_eq!(r["durable_position"], fork, "{r}");
     wait_role(&sites.a, "primary").await;
 
@@ -185,7 +244,7 @@ async fn thousands_of_segments_switchover_failover_and_rejoin() {
     sites.b.start_ready().await;
     wait_role(&sites.b, "fenced").await;
     let mut wa = WalWriter::new(&sites.a_wal, 18);
-    wa.segments(n + 6, 2, KIB);
+    wa.segments(n + 6, 2, size);
     wa.append(n + 8, 200);
 
     // 3. Rejoin across the long log.
@@ -206,4 +265,8 @@ async fn thousands_of_segments_switchover_failover_and_rejoin() {
     );
     let log = sites.b.log_text();
     assert!(log.contains("the logs agree before the fork"), "{log}");
+    verify_and_status(&sites.a, "after the rejoin");
+    verify_and_status(&sites.b, "after the rejoin");
+    footprint(&sites.a, "at the end");
+    footprint(&sites.b, "at the end (since its restart)");
 }
