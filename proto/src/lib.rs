@@ -177,15 +177,19 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), ProtocolError> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
         $(#[$doc])*
+        ///
+        /// Shared, not copied, when cloned: an index of a WAL directory
+        /// holds the same names in several maps (issue 16: 100,000
+        /// segments must fit in the daemon's memory bound).
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $ty(String);
+        pub struct $ty(std::sync::Arc<str>);
 
         impl $ty {
             /// Validates `name`; the only way to make one.
             pub fn new(name: impl Into<String>) -> Result<Self, ProtocolError> {
                 let name = name.into();
                 Self::check(&name)?;
-                Ok(Self(name))
+                Ok(Self(name.into()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -598,7 +602,7 @@ impl ShipMsg {
                         pb::ShipMessage {
                             msg: Some(pb::ship_message::Msg::Chunk(pb::Chunk {
                                 epoch: c.epoch,
-                                segment: c.segment.0,
+                                segment: c.segment.0.to_string(),
                                 segment_start: c.segment_start,
                                 offset: c.offset,
                                 crc32c: crc32c::crc32c(&data),
@@ -625,14 +629,14 @@ impl From<ShipMsg> for pb::ShipMessage {
         let msg = match m {
             ShipMsg::Hello(h) => Msg::Hello(pb::Hello {
                 protocol_version: h.protocol_version,
-                stream: h.stream.0,
-                node_id: h.node_id.0,
+                stream: h.stream.0.to_string(),
+                node_id: h.node_id.0.to_string(),
                 epoch: h.epoch,
                 software_version: h.software_version,
             }),
             ShipMsg::Chunk(c) => Msg::Chunk(pb::Chunk {
                 epoch: c.epoch,
-                segment: c.segment.0,
+                segment: c.segment.0.to_string(),
                 segment_start: c.segment_start,
                 offset: c.offset,
                 crc32c: crc32c::crc32c(&c.data),
@@ -644,7 +648,7 @@ impl From<ShipMsg> for pb::ShipMessage {
             }),
             ShipMsg::Seal(s) => Msg::Seal(pb::Seal {
                 epoch: s.epoch,
-                segment: s.segment.0,
+                segment: s.segment.0.to_string(),
                 segment_start: s.segment_start,
                 size: s.size,
                 sha256: s.sha256.to_vec(),

@@ -127,6 +127,8 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .env("DRD_LOG", "info,drd=debug")
+            // As deploy/systemd/drd.service runs it (see the comment there).
+            .env("MALLOC_ARENA_MAX", "2")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -106,6 +106,18 @@ pub fn close_source_log(
     new_epoch: u64,
     txn: &mut Txn,
 ) -> anyhow::Result<Fork> {
+    // A spool stream seals each segment as soon as it is shipped: its
+    // "active" segment is then already sealed, with its chain link, and
+    // ends at the fork. Sealing it again would link it into the chain a
+    // second time (and `drctl verify` would report the chain broken there):
+    // record the fork at the log's end instead.
+    if node
+        .catalog
+        .segment(&cfg.name, segment)?
+        .is_some_and(|r| r.sealed && r.start == start && r.end() == fork_position)
+    {
+        return mark_fork_at_end(node, &cfg.name, fork_position, new_epoch, txn);
+    }
     let path = cfg.wal_dir.join(segment.as_str());
     let len = fork_position
         .checked_sub(start)
