@@ -202,7 +202,26 @@ async fn dr_retention_removes_only_old_fetched_segments_and_verify_passes_after(
 
     // The boundary survives a crash; shipping goes on; verify still passes.
     pair.replica.kill9();
+    // A crash between a batch's commit and its unlinks leaves files that
+    // the retention state lists: the first pass after the start removes them.
+    let ghost = pair.landing().join(seg_name(5));
+    std::fs::write(&ghost, b"an unlink the crash interrupted").unwrap();
+    {
+        let cat = drd::catalog::Catalog::open(&pair.replica.data_dir().join("catalog")).unwrap();
+        let stream = drd_proto::StreamName::new(STREAM).unwrap();
+        let mut state = cat.retention(&stream).unwrap();
+        state.unlink = vec![seg_name(5)];
+        let mut t = drd::catalog::Txn::default();
+        t.retention(&stream, &state);
+        cat.commit_txn(t).unwrap();
+    }
     pair.replica.start_ready().await;
+    wait_for(
+        "the interrupted unlink finished",
+        Duration::from_secs(20),
+        || async { (!ghost.exists()).then_some(()) },
+    )
+    .await;
     let mut w = WalWriter::new(&pair.wal, 17);
     w.append(21, SEG); // the active segment grows and is then sealed
     w.append(22, SEG);
