@@ -409,7 +409,7 @@ async fn a_client_with_the_primarys_certificate_cannot_delete_or_alter_the_dr_co
             stream: STREAM.into(),
             name: seg_name(2),
             sha256: sha2::Sha256::digest(&evil).to_vec(),
-            data: evil.clone().into(),
+            data: evil.clone(),
             epoch,
             from_node: PRIMARY_ID.into(),
         })
