@@ -1,7 +1,7 @@
 //! Issue 16: a log of thousands of small segments. `LogInfo` once listed
 //! every segment in one message and outgrew the message size limit at
 //! ~8,000; switchover and rejoin now compare the two logs at one point by
-//! hash chain. This ships a few thousand 1 KiB segments with real `drd`
+//! hash chain. This ships many small segments with real `drd`
 //! processes, checks that the answers stay a few KiB, then runs a
 //! switchover, a failover and a rejoin across that log.
 //!
