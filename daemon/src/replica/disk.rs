@@ -1,8 +1,14 @@
 //! The replica's disk worker for one session: takes validated messages off a
 //! bounded queue, asks the [`Receiver`] rules what to do, writes, and makes
 //! the result durable in groups (group commit): after a batch — as much as is
-//! queued, up to `group_commit_bytes` — it fdatasyncs the segment file,
-//! commits the catalog (synced), and only then acks the new durable position.
+//! queued, up to `group_commit_bytes` or [`MAX_SEALS_PER_GROUP`] seals — it
+//! makes the group durable (see [`Syncer::flush`] for each sync and why)
+//! and only then acks the new durable position.
+//!
+//! Seals are part of the group: a seal's checksum is verified when it
+//! arrives (invariant 2: the record says sealed only after it matched), and
+//! its fdatasync and rename wait for the group's flush, so many small
+//! segments share one directory fsync and one catalog commit.
 //!
 //! It runs on a blocking thread: file I/O and fsync block.
 
@@ -22,12 +28,27 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+/// At most this many seals go into one group. Each holds its file open
+/// until the group's flush, and the group's ack waits for all of them;
+/// past a few hundred, sharing the directory fsync and the commit gains
+/// little more.
+pub const MAX_SEALS_PER_GROUP: usize = 256;
+
 /// Outcome of one message, for the batch loop.
 enum Applied {
     Bytes(u64),
-    /// A seal was verified and is durable; ack right away.
-    Sealed,
     Nothing,
+}
+
+/// A segment verified and sealed in the current group, whose bytes and
+/// complete name the group's flush makes durable.
+struct SealedFile {
+    file: Arc<File>,
+    /// Bytes written since the last fdatasync handed to the syncer: the
+    /// flush must fdatasync it before the rename.
+    dirty: bool,
+    partial: PathBuf,
+    complete: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +87,11 @@ pub struct DiskWorker {
     tail_rec: Option<SegmentRecord>,
     /// Records changed since the last commit (a sealed segment, a new one).
     changed: Vec<SegmentRecord>,
+    /// Segments sealed since the last flush, in order: renamed by it.
+    sealed: Vec<SealedFile>,
+    /// A `.partial` file was created since the last flush: its directory
+    /// entry is made durable by that flush's directory fsync.
+    new_entry: bool,
     meta: StreamMeta,
     file: Option<Arc<File>>,
     /// Running SHA-256 of the tail file and how many bytes it covers; None
@@ -83,7 +109,8 @@ pub struct DiskWorker {
     group_commit_bytes: u64,
     primary_epoch: u64,
     /// The flush running on the syncer thread, and the tail's (size, CRC)
-    /// that becomes `committed` when it succeeds.
+    /// that becomes `committed` when it succeeds (None when the flush
+    /// does not record a partial tail, or the tail has changed since).
     in_flight: Option<Option<(u64, u32)>>,
 }
 
@@ -125,6 +152,8 @@ impl DiskWorker {
             receiver: Receiver::new(node_epoch, tail),
             tail_rec,
             changed: Vec::new(),
+            sealed: Vec::new(),
+            new_entry: false,
             meta,
             file: None,
             hasher: None,
@@ -149,6 +178,14 @@ impl DiskWorker {
         let path = self
             .landing
             .join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
+        if rec.size > 0 && !path.exists() {
+            // Creating it would stand zeros for durable bytes (reconciliation
+            // at startup would have refused the same).
+            return Err(io_err(&path)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the catalog records {} durable bytes of it", rec.size),
+            )));
+        }
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         let len = f.metadata().map_err(io_err(&path))?.len();
         if len != rec.size {
@@ -235,16 +272,15 @@ impl DiskWorker {
             let mut next = Some(first);
             let t0 = Instant::now();
             while let Some(msg) = next.take() {
-                match self.apply(msg, flusher) {
+                match self.apply(msg) {
                     Ok(Applied::Bytes(n)) => batch += n,
-                    Ok(Applied::Sealed) => break,
                     Ok(Applied::Nothing) => {}
                     Err(e) => {
                         refused = Some(e);
                         break;
                     }
                 }
-                if batch >= self.group_commit_bytes {
+                if batch >= self.group_commit_bytes || self.sealed.len() >= MAX_SEALS_PER_GROUP {
                     break;
                 }
                 next = rx.try_recv().ok();
@@ -281,15 +317,12 @@ impl DiskWorker {
         }
     }
 
-    fn apply(&mut self, msg: ShipMsg, flusher: &mut Flusher) -> Result<Applied, DiskError> {
+    fn apply(&mut self, msg: ShipMsg) -> Result<Applied, DiskError> {
         match msg {
-            ShipMsg::Chunk(c) => self.apply_chunk(c, flusher).map(Applied::Bytes),
-            ShipMsg::Seal(s) => {
-                // The seal renames the file and changes its record: the
-                // flush of its last bytes must be done first.
-                self.settle(flusher)?;
-                self.apply_seal(&s)
-            }
+            ShipMsg::Chunk(c) => self.apply_chunk(c).map(Applied::Bytes),
+            // The rename waits for the group's flush, which runs after the
+            // one in flight (if any) has made the earlier bytes durable.
+            ShipMsg::Seal(s) => self.apply_seal(&s).map(|()| Applied::Nothing),
             ShipMsg::Keepalive {
                 epoch,
                 source_position,
@@ -315,7 +348,7 @@ impl DiskWorker {
         self.meta.source_position = self.meta.source_position.max(pos);
     }
 
-    fn apply_chunk(&mut self, c: Chunk, flusher: &mut Flusher) -> Result<u64, DiskError> {
+    fn apply_chunk(&mut self, c: Chunk) -> Result<u64, DiskError> {
         let len = c.data.len() as u64;
         // Every byte that arrives counts as received, accepted or not.
         self.meta.network_bytes += len;
@@ -323,12 +356,11 @@ impl DiskWorker {
         let action = self.receiver.decide_chunk(&c)?;
         self.primary_epoch = c.epoch;
         if action == ChunkAction::StartSegment {
-            // A new tail: no flush of the old one's bytes may still be
-            // running, or its outcome would set `committed` for the new
-            // one. A flush that only records the old one sealed may go on
-            // meanwhile: the new one's first flush waits for it.
-            if matches!(self.in_flight, Some(Some(_))) {
-                self.settle(flusher)?;
+            // A new tail: the flush in flight, if any, recorded the old
+            // one; its outcome must not set `committed` for the new one.
+            // (Its failure is still reported by `settle`.)
+            if let Some(committed) = &mut self.in_flight {
+                *committed = None;
             }
             self.start_segment(&c)?;
         }
@@ -364,15 +396,11 @@ impl DiskWorker {
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         // A leftover file of this name holds no acked byte: start empty.
         f.set_len(0).map_err(io_err(&path))?;
-        // fdatasync covers the file's bytes, not its name: fsync the
-        // directory so the new entry survives a power loss before the
-        // catalog can say bytes of this segment are durable.
-        let t0 = Instant::now();
-        fsutil::fsync_dir(&self.landing).map_err(io_err(&self.landing))?;
-        tracing::trace!(
-            elapsed_us = t0.elapsed().as_micros() as u64,
-            "new segment: fsync dir"
-        );
+        // No fsync of the directory here: fdatasync covers the file's bytes,
+        // not its name, and the group's flush fsyncs the directory once for
+        // every entry created in the group, before its catalog commit can
+        // say bytes of this segment are durable (see `Syncer::flush`).
+        self.new_entry = true;
         self.file = Some(Arc::new(f));
         self.hasher = RunningHash::start();
         self.crc = 0;
@@ -396,12 +424,15 @@ impl DiskWorker {
         Ok(())
     }
 
-    fn apply_seal(&mut self, s: &Seal) -> Result<Applied, DiskError> {
+    /// Verifies a seal's checksum and seals the tail in the current group:
+    /// its record says sealed from this group's commit on, and the group's
+    /// flush fdatasyncs and renames the file before that commit.
+    fn apply_seal(&mut self, s: &Seal) -> Result<(), DiskError> {
         self.note_source(s.source_position);
         match self.receiver.on_seal(s)? {
             SealAction::AlreadyDone => {
                 self.need_ack = true;
-                return Ok(Applied::Sealed);
+                return Ok(());
             }
             SealAction::Verify => {}
         }
@@ -415,20 +446,17 @@ impl DiskWorker {
             _ => hash_file(file).map_err(io_err(&path))?,
         };
         Receiver::check_digest(s, &digest, &self.meta.chain_head())?;
-        // Full fsync (data and size) before the rename: the complete name
-        // must never point at bytes that are not on disk.
-        let t0 = Instant::now();
-        file.sync_all().map_err(io_err(&path))?;
-        tracing::trace!(elapsed_us = t0.elapsed().as_micros() as u64, "seal: fsync");
+        // Invariant 2: the checksum matched. The fdatasync, the rename and
+        // the directory fsync that make it complete on disk are the
+        // group's (see `Syncer::flush`); until its commit the record is
+        // not sealed, and reconciliation undoes a rename that got ahead.
+        self.sealed.push(SealedFile {
+            file: file.clone(),
+            dirty: self.dirty,
+            partial: path,
+            complete: self.landing.join(s.segment.as_str()),
+        });
         self.dirty = false;
-        let final_path = self.landing.join(s.segment.as_str());
-        // rename_durable fsyncs the directory so the final name is durable.
-        let t0 = Instant::now();
-        fsutil::rename_durable(&path, &final_path).map_err(io_err(&final_path))?;
-        tracing::trace!(
-            elapsed_us = t0.elapsed().as_micros() as u64,
-            "seal: rename, fsync dir"
-        );
         self.file = None;
         self.receiver.sealed();
         // The tail being sealed has a record: `new` read it from the
@@ -446,7 +474,7 @@ impl DiskWorker {
         self.changed.push(rec.clone());
         self.need_ack = true;
         tracing::debug!(stream = %self.stream, segment = %s.segment, size = s.size, "segment sealed and verified");
-        Ok(Applied::Sealed)
+        Ok(())
     }
 
     /// Hands everything accepted so far to the syncer, which makes it
@@ -491,13 +519,26 @@ impl DiskWorker {
             }
         }
         self.meta.durable_at_ms = unix_ms();
+        let records = std::mem::take(&mut self.changed);
+        // The tail's ack says whether the tail is sealed; a group that
+        // sealed segments before it acks the last of those first (sync
+        // wal-push and spool pruning wait for a segment's sealed ack).
+        let tail_name = self.tail_rec.as_ref().map(|r| r.name.as_str());
+        let sealed_ack = records
+            .iter()
+            .rev()
+            .find(|r| r.sealed && Some(r.name.as_str()) != tail_name)
+            .cloned();
         let job = FlushJob {
             // fdatasync covers every byte written before it is called, so
             // once it is handed over the file is clean as of this point.
             file: self.dirty.then(|| self.file.clone()).flatten(),
-            records: std::mem::take(&mut self.changed),
+            sealed: std::mem::take(&mut self.sealed),
+            new_entry: std::mem::take(&mut self.new_entry),
+            records,
             meta: self.meta.clone(),
             tail: self.tail_rec.clone(),
+            sealed_ack,
             rollback: rollback.filter(|_| self.dirty),
         };
         self.dirty = false;
@@ -601,10 +642,18 @@ struct Flusher {
 struct FlushJob {
     /// The tail file, when bytes were written since the last fdatasync.
     file: Option<Arc<File>>,
+    /// Segments sealed in the group, in order: fdatasynced (if written
+    /// since the last flush) and renamed to their complete names.
+    sealed: Vec<SealedFile>,
+    /// A `.partial` file was created in the group.
+    new_entry: bool,
     records: Vec<SegmentRecord>,
     meta: StreamMeta,
     /// The tail's record as this flush makes it durable (for the ack).
     tail: Option<SegmentRecord>,
+    /// The last segment sealed in the group when it is not the tail: it
+    /// gets an ack of its own before the tail's.
+    sealed_ack: Option<SegmentRecord>,
     /// The tail's record at the last fully synced point, put back if the
     /// fdatasync fails after the commit went through.
     rollback: Option<SegmentRecord>,
@@ -620,6 +669,28 @@ struct Syncer {
 }
 
 impl Syncer {
+    /// Makes one group durable, then acks it. What it waits for, in order:
+    ///
+    /// 1. fdatasync of each file sealed in the group that was written since
+    ///    the last flush: its bytes and size reach the disk before its
+    ///    complete name is given (a rename must never make the complete
+    ///    name point at bytes that are not durable).
+    /// 2. the renames `.partial` → complete name, then ONE fsync of the
+    ///    landing directory (see [`Self::make_names_durable`]);
+    /// 3. the synced catalog commit of the group's records, which begins
+    ///    only after 1 and 2: a committed record never says sealed unless
+    ///    the complete name is on disk, and never names a `.partial` file
+    ///    whose entry could still be lost.
+    ///
+    /// Alongside all three runs the fdatasync of the partial tail. If power
+    /// fails in between, the commit may be on disk before the tail's bytes;
+    /// the record's CRC tells a restart to fall back to the previous point,
+    /// which was fully synced before this commit began (flushes run one at
+    /// a time; see PartialCheck and reconcile.rs). The ack waits for all.
+    ///
+    /// A group with no seal and no new file (the middle of a large
+    /// segment) skips 1 and 2: one flush of latency, the tail's fdatasync
+    /// ∥ the commit.
     fn flush(&self, job: FlushJob) -> Result<(), DiskError> {
         // !!! TEST-ONLY: the deliberately broken early-ack mode (see
         // `read_loop`) also holds each flush back, so that its acks run
@@ -632,12 +703,6 @@ impl Syncer {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let refs: Vec<&SegmentRecord> = job.records.iter().collect();
-        // The group's fdatasync and the synced catalog commit run side by
-        // side, and the ack waits for both: one flush of latency, not two.
-        // If power fails in between, the commit may be on disk before the
-        // bytes; the record's CRC tells a restart to fall back to the
-        // previous point, which was fully synced before this commit began
-        // (flushes run one at a time; see PartialCheck and reconcile.rs).
         let (synced, committed) = std::thread::scope(|scope| {
             let sync = job.file.as_ref().map(|f| {
                 scope.spawn(move || {
@@ -647,12 +712,15 @@ impl Syncer {
                     f.sync_data().map(|()| t0.elapsed())
                 })
             });
-            let t0 = Instant::now();
-            let committed = self.catalog.commit(&self.stream, &refs, &job.meta);
-            tracing::trace!(
-                elapsed_us = t0.elapsed().as_micros() as u64,
-                "catalog commit"
-            );
+            let committed = self.make_names_durable(&job).and_then(|()| {
+                let t0 = Instant::now();
+                let r = self.catalog.commit(&self.stream, &refs, &job.meta);
+                tracing::trace!(
+                    elapsed_us = t0.elapsed().as_micros() as u64,
+                    "catalog commit"
+                );
+                r.map_err(DiskError::from)
+            });
             // The thread fails only by panicking (a bug): propagate that panic.
             let synced = sync.map(|h| {
                 h.join()
@@ -692,20 +760,82 @@ impl Syncer {
             st.meta = job.meta;
             st.rate.record(durable, now);
         }
-        let rec = job.tail.as_ref();
-        let ack = pb::ReplicaMessage {
-            msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
-                durable_position: durable,
-                segment: rec.map(|r| r.name.clone()).unwrap_or_default(),
-                segment_size: rec.map_or(0, |r| r.size),
-                sealed: rec.is_some_and(|r| r.sealed),
-            })),
-        };
-        // If the primary has gone, nobody reads the ack; that is fine: the
+        // If the primary has gone, nobody reads the acks; that is fine: the
         // position is durable and the next Welcome reports it.
-        let _ = self.acks.blocking_send(Ok(ack));
+        if let Some(r) = &job.sealed_ack {
+            let _ = self.acks.blocking_send(Ok(ack(Some(r))));
+        }
+        let _ = self.acks.blocking_send(Ok(ack(job.tail.as_ref())));
         tracing::trace!(durable, "acked");
         Ok(())
+    }
+
+    /// Steps 1 and 2 of [`Self::flush`], for a group that sealed a segment
+    /// or created a `.partial` file.
+    ///
+    /// The one directory fsync stands for what was, per segment, an fsync
+    /// of the directory when its `.partial` was created and another after
+    /// its rename: fdatasync covers a file's bytes, not its name, and this
+    /// fsync makes durable every entry created and every rename done in
+    /// the group (on failure or power loss before it, none of them is
+    /// acked or recorded; reconciliation undoes renames that reached the
+    /// disk anyway, and a `.partial` entry that did not is a file with no
+    /// record, or with one whose bytes were never acked).
+    fn make_names_durable(&self, job: &FlushJob) -> Result<(), DiskError> {
+        if job.sealed.is_empty() && !job.new_entry {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        for s in job.sealed.iter().filter(|s| s.dirty) {
+            // fdatasync before the rename; see step 1 above.
+            s.file.sync_data().map_err(io_err(&s.partial))?;
+        }
+        let synced_us = t0.elapsed().as_micros() as u64;
+        let mut renamed = 0;
+        let mut r = Ok(());
+        for s in &job.sealed {
+            r = std::fs::rename(&s.partial, &s.complete).map_err(io_err(&s.complete));
+            if r.is_err() {
+                break;
+            }
+            renamed += 1;
+        }
+        let t1 = Instant::now();
+        if r.is_ok() {
+            r = fsutil::fsync_dir(&self.landing).map_err(io_err(&self.landing));
+        }
+        if r.is_err() {
+            // Nothing of the group is recorded: give the files back their
+            // `.partial` names, so that the next session (which does not
+            // reconcile) finds its tail where the catalog says.
+            for s in job.sealed[..renamed].iter().rev() {
+                if let Err(e) = std::fs::rename(&s.complete, &s.partial) {
+                    tracing::error!(file = %s.complete.display(), error = %e,
+                        "cannot give a segment back its .partial name after a failed flush");
+                }
+            }
+            return r;
+        }
+        tracing::trace!(
+            seals = job.sealed.len(),
+            synced_us,
+            dir_fsync_us = t1.elapsed().as_micros() as u64,
+            "group: seals synced, renamed, directory fsynced"
+        );
+        Ok(())
+    }
+}
+
+/// The ack of a durable position: the end of `rec`, the tail or a segment
+/// sealed in the group before it.
+fn ack(rec: Option<&SegmentRecord>) -> pb::ReplicaMessage {
+    pb::ReplicaMessage {
+        msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
+            durable_position: rec.map_or(0, SegmentRecord::end),
+            segment: rec.map(|r| r.name.clone()).unwrap_or_default(),
+            segment_size: rec.map_or(0, |r| r.size),
+            sealed: rec.is_some_and(|r| r.sealed),
+        })),
     }
 }
 
