@@ -523,11 +523,11 @@ impl DiskWorker {
         // The tail's ack says whether the tail is sealed; a group that
         // sealed segments before it acks the last of those first (sync
         // wal-push and spool pruning wait for a segment's sealed ack).
-        let tail_name = self.tail_rec.as_ref().map(|r| r.name.as_str());
+        let tail_sealed = self.tail_rec.as_ref().is_none_or(|r| r.sealed);
         let sealed_ack = records
             .iter()
             .rev()
-            .find(|r| r.sealed && Some(r.name.as_str()) != tail_name)
+            .find(|r| r.sealed && !tail_sealed)
             .cloned();
         let job = FlushJob {
             // fdatasync covers every byte written before it is called, so
@@ -709,12 +709,15 @@ impl Syncer {
                     let t0 = Instant::now();
                     // fdatasync: the bytes and the file size (needed to
                     // read them back) reach the disk; mtime need not.
-                    f.sync_data().map(|()| t0.elapsed())
+                    let r = f.sync_data().map(|()| t0.elapsed());
+                    self.step("fdatasync tail");
+                    r
                 })
             });
             let committed = self.make_names_durable(&job).and_then(|()| {
                 let t0 = Instant::now();
                 let r = self.catalog.commit(&self.stream, &refs, &job.meta);
+                self.step("commit");
                 tracing::trace!(
                     elapsed_us = t0.elapsed().as_micros() as u64,
                     "catalog commit"
@@ -763,8 +766,10 @@ impl Syncer {
         // If the primary has gone, nobody reads the acks; that is fine: the
         // position is durable and the next Welcome reports it.
         if let Some(r) = &job.sealed_ack {
+            self.step("ack");
             let _ = self.acks.blocking_send(Ok(ack(Some(r))));
         }
+        self.step("ack");
         let _ = self.acks.blocking_send(Ok(ack(job.tail.as_ref())));
         tracing::trace!(durable, "acked");
         Ok(())
@@ -789,6 +794,7 @@ impl Syncer {
         for s in job.sealed.iter().filter(|s| s.dirty) {
             // fdatasync before the rename; see step 1 above.
             s.file.sync_data().map_err(io_err(&s.partial))?;
+            self.step(&format!("fdatasync {}", s.partial.display()));
         }
         let synced_us = t0.elapsed().as_micros() as u64;
         let mut renamed = 0;
@@ -798,11 +804,13 @@ impl Syncer {
             if r.is_err() {
                 break;
             }
+            self.step(&format!("rename {}", s.partial.display()));
             renamed += 1;
         }
         let t1 = Instant::now();
         if r.is_ok() {
             r = fsutil::fsync_dir(&self.landing).map_err(io_err(&self.landing));
+            self.step("fsync dir");
         }
         if r.is_err() {
             // Nothing of the group is recorded: give the files back their
@@ -824,6 +832,19 @@ impl Syncer {
         );
         Ok(())
     }
+}
+
+impl Syncer {
+    /// Notes a step of a flush, for the unit tests' check of their order.
+    #[cfg(test)]
+    fn step(&self, what: &str) {
+        tests::STEPS
+            .locked()
+            .push((self.landing.clone(), what.to_string()));
+    }
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn step(&self, _what: &str) {}
 }
 
 /// The ack of a durable position: the end of `rec`, the tail or a segment
@@ -867,4 +888,156 @@ pub fn hash_file(f: &File) -> std::io::Result<[u8; 32]> {
         off += n as u64;
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::reconcile;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    /// Each flush step, with the landing directory it ran for (tests run
+    /// in parallel; each keeps to its own directory).
+    pub(super) static STEPS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+    fn steps(landing: &Path) -> Vec<String> {
+        STEPS
+            .locked()
+            .iter()
+            .filter(|(l, _)| l == landing)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    fn seg(n: u64) -> SegmentName {
+        SegmentName::new(format!("0000000100000000{n:08X}")).unwrap()
+    }
+
+    /// The messages that ship segments `1..=sealed` whole and sealed, then
+    /// `tail` bytes of the next one; each segment is 100 bytes of its number.
+    fn log(sealed: u64, tail: usize) -> Vec<ShipMsg> {
+        let mut out = Vec::new();
+        let mut chain = crate::chain::GENESIS;
+        let mut start = 0u64;
+        for n in 1..=sealed + 1 {
+            let len = if n > sealed { tail } else { 100 };
+            let data = vec![n as u8; len];
+            out.push(ShipMsg::Chunk(Chunk {
+                epoch: 1,
+                segment: seg(n),
+                segment_start: start,
+                offset: 0,
+                data: bytes::Bytes::from(data.clone()),
+                source_position: 0,
+                written_at_ms: 0,
+            }));
+            if n > sealed {
+                break;
+            }
+            let digest: [u8; 32] = Sha256::digest(&data).into();
+            chain = crate::chain::link(&chain, &digest, seg(n).as_str(), len as u64);
+            out.push(ShipMsg::Seal(Seal {
+                epoch: 1,
+                segment: seg(n),
+                segment_start: start,
+                size: len as u64,
+                sha256: digest,
+                source_position: 0,
+                chain,
+            }));
+            start += len as u64;
+        }
+        out
+    }
+
+    /// Runs one session over `msgs`, all queued before it starts (so they
+    /// make one group), and returns its acks as (position, segment, sealed).
+    fn session(landing: &Path, catalog: &Arc<Catalog>, msgs: Vec<ShipMsg>) -> Vec<(u64, String, bool)> {
+        let stream = StreamName::new("s").unwrap();
+        let slot = Arc::new(ReceiveSlot::new(stream.clone(), None, StreamMeta::default()));
+        let primary = drd_proto::NodeId::new("p").unwrap();
+        let w = DiskWorker::new(stream, landing.into(), catalog.clone(), slot, 1, 1 << 30, &primary)
+            .unwrap();
+        let (tx, rx) = mpsc::channel(msgs.len().max(1));
+        for m in msgs {
+            tx.try_send(m).unwrap();
+        }
+        drop(tx);
+        let (acks_tx, mut acks_rx) = mpsc::channel(64);
+        w.run(rx, acks_tx);
+        let mut out = Vec::new();
+        while let Ok(m) = acks_rx.try_recv() {
+            let Some(pb::replica_message::Msg::Ack(a)) = m.unwrap().msg else {
+                panic!("not an ack")
+            };
+            out.push((a.durable_position, a.segment, a.sealed));
+        }
+        out
+    }
+
+    #[test]
+    fn a_group_seals_several_segments_with_one_directory_fsync() {
+        let d = tempfile::tempdir().unwrap();
+        let landing = d.path().join("landing");
+        let catalog = Arc::new(Catalog::open(&d.path().join("catalog")).unwrap());
+        let acks = session(&landing, &catalog, log(3, 50));
+
+        // The last seal is acked, then the tail; both only once durable.
+        assert_eq!(
+            acks,
+            vec![
+                (300, seg(3).to_string(), true),
+                (350, seg(4).to_string(), false)
+            ]
+        );
+        for n in 1..=3 {
+            assert_eq!(std::fs::read(landing.join(seg(n).as_str())).unwrap(), vec![n as u8; 100]);
+            assert!(!landing.join(seg(n).partial_file_name()).exists());
+            let rec = catalog.segment(&StreamName::new("s").unwrap(), &seg(n)).unwrap().unwrap();
+            assert!(rec.sealed && rec.sha256.is_some(), "{rec:?}");
+        }
+        assert_eq!(std::fs::read(landing.join(seg(4).partial_file_name())).unwrap(), vec![4; 50]);
+
+        // One group: each sealed file fdatasynced before its rename, one
+        // directory fsync after every rename, then the commit, then acks.
+        let steps = steps(&landing);
+        let at = |s: &str| steps.iter().position(|x| x == s).unwrap_or_else(|| panic!("no {s:?} in {steps:?}"));
+        assert_eq!(steps.iter().filter(|s| *s == "fsync dir").count(), 1, "{steps:?}");
+        for n in 1..=3 {
+            let p = landing.join(seg(n).partial_file_name());
+            let sync = at(&format!("fdatasync {}", p.display()));
+            let rename = at(&format!("rename {}", p.display()));
+            assert!(sync < rename && rename < at("fsync dir"), "{steps:?}");
+        }
+        assert!(at("fsync dir") < at("commit"), "{steps:?}");
+        assert!(at("commit") < at("ack") && at("fdatasync tail") < at("ack"), "{steps:?}");
+
+        // Nothing for a restart to fix; the next session resumes at 350.
+        let stream = StreamName::new("s").unwrap();
+        let tail = catalog.tail(&stream).unwrap();
+        let r = reconcile::reconcile_stream(&landing, tail.as_ref(), |r| {
+            Ok(catalog.previous(&stream, &r.segment_name()?)?)
+        })
+        .unwrap();
+        assert_eq!(r, reconcile::Reconciled::default());
+        assert_eq!(session(&landing, &catalog, Vec::new()), vec![]);
+        assert_eq!(tail.unwrap().end(), 350);
+    }
+
+    #[test]
+    fn groups_are_cut_at_the_seal_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let landing = d.path().join("landing");
+        let catalog = Arc::new(Catalog::open(&d.path().join("catalog")).unwrap());
+        let n = MAX_SEALS_PER_GROUP as u64 + 2;
+        let acks = session(&landing, &catalog, log(n, 1));
+        assert_eq!(acks.last().unwrap().0, n * 100 + 1);
+        // Two groups: the first stops at the limit.
+        assert_eq!(steps(&landing).iter().filter(|s| *s == "fsync dir").count(), 2);
+        assert_eq!(acks[0], (MAX_SEALS_PER_GROUP as u64 * 100, seg(MAX_SEALS_PER_GROUP as u64).to_string(), true));
+        for i in 1..=n {
+            assert!(landing.join(seg(i).as_str()).exists());
+        }
+    }
 }

@@ -436,4 +436,115 @@ mod tests {
         std::fs::write(d.path().join("seg1"), vec![1u8; 10]).unwrap();
         assert!(reconcile_tail(d.path(), Some(&rec(60, true))).is_err());
     }
+
+    fn named(name: &str, size: u64, sealed: bool) -> SegmentRecord {
+        SegmentRecord {
+            name: name.into(),
+            ..rec(size, sealed)
+        }
+    }
+
+    fn sealed_with(name: &str, data: &[u8]) -> SegmentRecord {
+        use sha2::Digest;
+        SegmentRecord {
+            sha256: Some(hex::encode(sha2::Sha256::digest(data))),
+            ..named(name, data.len() as u64, true)
+        }
+    }
+
+    /// `previous` over records in name order.
+    fn before(
+        recs: &[SegmentRecord],
+    ) -> impl FnMut(&SegmentRecord) -> anyhow::Result<Option<SegmentRecord>> + '_ {
+        |r| Ok(recs.iter().rev().find(|p| p.name < r.name).cloned())
+    }
+
+    #[test]
+    fn sealed_segments_whose_rename_was_lost_are_checked_and_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        // seg1 settled earlier; seg2 and seg3 sealed by the last commit
+        // but still `.partial` on disk; seg4 the partial tail.
+        std::fs::write(p("seg1"), [1; 10]).unwrap();
+        std::fs::write(p("seg2.partial"), [2; 10]).unwrap();
+        std::fs::write(p("seg3.partial"), [3; 10]).unwrap();
+        std::fs::write(p("seg4.partial"), [4; 5]).unwrap();
+        let recs = vec![
+            sealed_with("seg1", &[1; 10]),
+            sealed_with("seg2", &[2; 10]),
+            sealed_with("seg3", &[3; 10]),
+            named("seg4", 5, false),
+        ];
+        let r = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap();
+        assert_eq!(r.renamed_sealed, vec!["seg3".to_string(), "seg2".to_string()]);
+        for n in ["seg2", "seg3"] {
+            assert!(p(n).exists() && !p(&format!("{n}.partial")).exists());
+        }
+        // A second run finds nothing to do.
+        let r = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap();
+        assert_eq!(r, Reconciled::default());
+
+        // A sealed tail too.
+        std::fs::rename(p("seg3"), p("seg3.partial")).unwrap();
+        let r = reconcile_stream(d.path(), recs.get(2), before(&recs)).unwrap();
+        assert_eq!(r.renamed_sealed, vec!["seg3".to_string()]);
+    }
+
+    #[test]
+    fn a_sealed_segment_that_does_not_check_out_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = vec![sealed_with("seg1", &[1; 10]), named("seg2", 0, false)];
+        // Different bytes under the .partial name: refused, left as is.
+        std::fs::write(d.path().join("seg1.partial"), [9; 10]).unwrap();
+        let e = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap_err();
+        assert!(format!("{e:#}").contains("does not hold its sealed bytes"), "{e:#}");
+        assert!(d.path().join("seg1.partial").exists() && !d.path().join("seg1").exists());
+        // Neither name: refused.
+        std::fs::remove_file(d.path().join("seg1.partial")).unwrap();
+        let e = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+    }
+
+    #[test]
+    fn complete_files_past_the_last_record_get_their_partial_name_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        // A group renamed seg2 (its record still partial) and seg3 (no
+        // record yet) and created seg4.partial; its commit was lost.
+        std::fs::write(p("seg1"), [1; 10]).unwrap();
+        std::fs::write(p("seg2"), [2; 10]).unwrap();
+        std::fs::write(p("seg3"), [3; 10]).unwrap();
+        std::fs::write(p("seg4.partial"), [4; 3]).unwrap();
+        let recs = vec![sealed_with("seg1", &[1; 10]), named("seg2", 6, false)];
+        let r = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap();
+        assert!(r.unsealed);
+        assert_eq!(r.truncated_bytes, 4);
+        assert_eq!(r.unrecorded, vec!["seg3".to_string()]);
+        assert!(p("seg1").exists(), "a recorded complete file stays");
+        assert_eq!(std::fs::read(p("seg2.partial")).unwrap(), vec![2; 6]);
+        assert!(p("seg3.partial").exists() && !p("seg3").exists());
+        let mut strays = stray_partials(d.path(), recs.last());
+        strays.sort();
+        assert_eq!(strays, vec!["seg3.partial", "seg4.partial"]);
+    }
+
+    #[test]
+    fn a_missing_partial_is_an_error_unless_no_byte_of_it_was_acked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("seg1.partial");
+        // The group's commit recorded 100 bytes of a new file whose entry
+        // was lost: its previous point is 0, so nothing was acked.
+        let first = checked(100, 7, 0, 0);
+        let r = reconcile_tail(d.path(), Some(&first)).unwrap();
+        assert_eq!(r.cut_back_to, Some(0));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        let fixed = cut_back_record(&first);
+        assert_eq!((fixed.size, fixed.check.unwrap().crc32c), (0, 0));
+
+        // 60 bytes were acked before: the file must be there.
+        std::fs::remove_file(&p).unwrap();
+        let e = reconcile_tail(d.path(), Some(&checked(100, 7, 60, 8))).unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+        assert!(!p.exists());
+    }
 }
