@@ -34,6 +34,11 @@ use tonic::Status;
 /// little more.
 pub const MAX_SEALS_PER_GROUP: usize = 256;
 
+/// Threads that fdatasync a group's sealed files side by side (see
+/// `Syncer::sync_files`): a few already let the file system commit them
+/// together; more only add threads.
+const SYNC_THREADS: usize = 8;
+
 /// Outcome of one message, for the batch loop.
 enum Applied {
     Bytes(u64),
@@ -791,11 +796,9 @@ impl Syncer {
             return Ok(());
         }
         let t0 = Instant::now();
-        for s in job.sealed.iter().filter(|s| s.dirty) {
-            // fdatasync before the rename; see step 1 above.
-            s.file.sync_data().map_err(io_err(&s.partial))?;
-            self.step(&format!("fdatasync {}", s.partial.display()));
-        }
+        // fdatasync before the rename; see step 1 above.
+        let dirty: Vec<&SealedFile> = job.sealed.iter().filter(|s| s.dirty).collect();
+        self.sync_files(&dirty)?;
         let synced_us = t0.elapsed().as_micros() as u64;
         let mut renamed = 0;
         let mut r = Ok(());
@@ -845,6 +848,46 @@ impl Syncer {
     #[cfg(not(test))]
     #[inline(always)]
     fn step(&self, _what: &str) {}
+}
+
+impl Syncer {
+    /// fdatasyncs `files` on up to [`SYNC_THREADS`] threads at once, and
+    /// returns the first error. A journaling file system commits the syncs
+    /// that wait at the same time together (ext4's jbd2, XFS's log), so
+    /// the group's files cost a few journal commits instead of one each
+    /// (256 new 4 KiB files on this project's test machine: ~500 ms one
+    /// after another, 20–40 ms on 4–16 threads).
+    fn sync_files(&self, files: &[&SealedFile]) -> Result<(), DiskError> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || -> Result<(), DiskError> {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(s) = files.get(i) else {
+                    return Ok(());
+                };
+                s.file.sync_data().map_err(io_err(&s.partial))?;
+                self.step(&format!("fdatasync {}", s.partial.display()));
+            }
+        };
+        let threads = files.len().min(SYNC_THREADS);
+        if threads <= 1 {
+            return work();
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
+            let mut first = Ok(());
+            for h in handles {
+                // A thread fails only by panicking (a bug): propagate that panic.
+                let r = h
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        })
+    }
 }
 
 /// The ack of a durable position: the end of `rec`, the tail or a segment
