@@ -727,6 +727,12 @@ impl Syncer {
                     elapsed_us = t0.elapsed().as_micros() as u64,
                     "catalog commit"
                 );
+                if r.is_err() {
+                    // The records still say partial (if the failed write
+                    // did reach the disk, reconciliation finishes the
+                    // renames after checking each SHA-256).
+                    self.undo_renames(&job.sealed);
+                }
                 r.map_err(DiskError::from)
             });
             // The thread fails only by panicking (a bug): propagate that panic.
@@ -816,15 +822,7 @@ impl Syncer {
             self.step("fsync dir");
         }
         if r.is_err() {
-            // Nothing of the group is recorded: give the files back their
-            // `.partial` names, so that the next session (which does not
-            // reconcile) finds its tail where the catalog says.
-            for s in job.sealed[..renamed].iter().rev() {
-                if let Err(e) = std::fs::rename(&s.complete, &s.partial) {
-                    tracing::error!(file = %s.complete.display(), error = %e,
-                        "cannot give a segment back its .partial name after a failed flush");
-                }
-            }
+            self.undo_renames(&job.sealed[..renamed]);
             return r;
         }
         tracing::trace!(
@@ -851,6 +849,19 @@ impl Syncer {
 }
 
 impl Syncer {
+    /// After a failed flush nothing of the group is recorded: gives the
+    /// renamed files back their `.partial` names, so that the next session
+    /// (which does not reconcile) finds its tail where the catalog says.
+    /// No fsync: a restart reconciles whichever names reached the disk.
+    fn undo_renames(&self, renamed: &[SealedFile]) {
+        for s in renamed.iter().rev() {
+            if let Err(e) = std::fs::rename(&s.complete, &s.partial) {
+                tracing::error!(file = %s.complete.display(), error = %e,
+                    "cannot give a segment back its .partial name after a failed flush");
+            }
+        }
+    }
+
     /// fdatasyncs `files` on up to [`SYNC_THREADS`] threads at once, and
     /// returns the first error. A journaling file system commits the syncs
     /// that wait at the same time together (ext4's jbd2, XFS's log), so
