@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 /// enough to ship in well under a minute. Shipping once slowed as the WAL
 /// directory grew (two listings of it per segment: 2,500 took 12 s here,
 /// 7,000 took 129 s, 10,000 217–273 s); with the shipper's index of the
-/// directory 10,000 take 42–48 s (209–239 segments/s, bound by the
-/// replica's fsyncs per segment).
+/// directory 10,000 took 42–48 s (209–239 segments/s, bound by the
+/// replica's fsyncs per segment); with seals in the replica's group commit,
+/// 3–9 s on a loaded machine (BENCHMARKS.md, "Seals").
 const DEFAULT_SEGMENTS: u64 = 7_000;
 /// Bound on an encoded `LogInfo` summary (no page asked for) and on a
 /// `Status` reply, whatever the number of segments.
