@@ -1007,12 +1007,28 @@ mod tests {
 
     /// Runs one session over `msgs`, all queued before it starts (so they
     /// make one group), and returns its acks as (position, segment, sealed).
-    fn session(landing: &Path, catalog: &Arc<Catalog>, msgs: Vec<ShipMsg>) -> Vec<(u64, String, bool)> {
+    fn session(
+        landing: &Path,
+        catalog: &Arc<Catalog>,
+        msgs: Vec<ShipMsg>,
+    ) -> Vec<(u64, String, bool)> {
         let stream = StreamName::new("s").unwrap();
-        let slot = Arc::new(ReceiveSlot::new(stream.clone(), None, StreamMeta::default()));
+        let slot = Arc::new(ReceiveSlot::new(
+            stream.clone(),
+            None,
+            StreamMeta::default(),
+        ));
         let primary = drd_proto::NodeId::new("p").unwrap();
-        let w = DiskWorker::new(stream, landing.into(), catalog.clone(), slot, 1, 1 << 30, &primary)
-            .unwrap();
+        let w = DiskWorker::new(
+            stream,
+            landing.into(),
+            catalog.clone(),
+            slot,
+            1,
+            1 << 30,
+            &primary,
+        )
+        .unwrap();
         let (tx, rx) = mpsc::channel(msgs.len().max(1));
         for m in msgs {
             tx.try_send(m).unwrap();
@@ -1046,18 +1062,36 @@ mod tests {
             ]
         );
         for n in 1..=3 {
-            assert_eq!(std::fs::read(landing.join(seg(n).as_str())).unwrap(), vec![n as u8; 100]);
+            assert_eq!(
+                std::fs::read(landing.join(seg(n).as_str())).unwrap(),
+                vec![n as u8; 100]
+            );
             assert!(!landing.join(seg(n).partial_file_name()).exists());
-            let rec = catalog.segment(&StreamName::new("s").unwrap(), &seg(n)).unwrap().unwrap();
+            let rec = catalog
+                .segment(&StreamName::new("s").unwrap(), &seg(n))
+                .unwrap()
+                .unwrap();
             assert!(rec.sealed && rec.sha256.is_some(), "{rec:?}");
         }
-        assert_eq!(std::fs::read(landing.join(seg(4).partial_file_name())).unwrap(), vec![4; 50]);
+        assert_eq!(
+            std::fs::read(landing.join(seg(4).partial_file_name())).unwrap(),
+            vec![4; 50]
+        );
 
         // One group: each sealed file fdatasynced before its rename, one
         // directory fsync after every rename, then the commit, then acks.
         let steps = steps(&landing);
-        let at = |s: &str| steps.iter().position(|x| x == s).unwrap_or_else(|| panic!("no {s:?} in {steps:?}"));
-        assert_eq!(steps.iter().filter(|s| *s == "fsync dir").count(), 1, "{steps:?}");
+        let at = |s: &str| {
+            steps
+                .iter()
+                .position(|x| x == s)
+                .unwrap_or_else(|| panic!("no {s:?} in {steps:?}"))
+        };
+        assert_eq!(
+            steps.iter().filter(|s| *s == "fsync dir").count(),
+            1,
+            "{steps:?}"
+        );
         for n in 1..=3 {
             let p = landing.join(seg(n).partial_file_name());
             let sync = at(&format!("fdatasync {}", p.display()));
@@ -1065,7 +1099,10 @@ mod tests {
             assert!(sync < rename && rename < at("fsync dir"), "{steps:?}");
         }
         assert!(at("fsync dir") < at("commit"), "{steps:?}");
-        assert!(at("commit") < at("ack") && at("fdatasync tail") < at("ack"), "{steps:?}");
+        assert!(
+            at("commit") < at("ack") && at("fdatasync tail") < at("ack"),
+            "{steps:?}"
+        );
 
         // Nothing for a restart to fix; the next session resumes at 350.
         let stream = StreamName::new("s").unwrap();
@@ -1088,8 +1125,18 @@ mod tests {
         let acks = session(&landing, &catalog, log(n, 1));
         assert_eq!(acks.last().unwrap().0, n * 100 + 1);
         // Two groups: the first stops at the limit.
-        assert_eq!(steps(&landing).iter().filter(|s| *s == "fsync dir").count(), 2);
-        assert_eq!(acks[0], (MAX_SEALS_PER_GROUP as u64 * 100, seg(MAX_SEALS_PER_GROUP as u64).to_string(), true));
+        assert_eq!(
+            steps(&landing).iter().filter(|s| *s == "fsync dir").count(),
+            2
+        );
+        assert_eq!(
+            acks[0],
+            (
+                MAX_SEALS_PER_GROUP as u64 * 100,
+                seg(MAX_SEALS_PER_GROUP as u64).to_string(),
+                true
+            )
+        );
         for i in 1..=n {
             assert!(landing.join(seg(i).as_str()).exists());
         }

@@ -476,7 +476,10 @@ mod tests {
             named("seg4", 5, false),
         ];
         let r = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap();
-        assert_eq!(r.renamed_sealed, vec!["seg3".to_string(), "seg2".to_string()]);
+        assert_eq!(
+            r.renamed_sealed,
+            vec!["seg3".to_string(), "seg2".to_string()]
+        );
         for n in ["seg2", "seg3"] {
             assert!(p(n).exists() && !p(&format!("{n}.partial")).exists());
         }
@@ -497,7 +500,10 @@ mod tests {
         // Different bytes under the .partial name: refused, left as is.
         std::fs::write(d.path().join("seg1.partial"), [9; 10]).unwrap();
         let e = reconcile_stream(d.path(), recs.last(), before(&recs)).unwrap_err();
-        assert!(format!("{e:#}").contains("does not hold its sealed bytes"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("does not hold its sealed bytes"),
+            "{e:#}"
+        );
         assert!(d.path().join("seg1.partial").exists() && !d.path().join("seg1").exists());
         // Neither name: refused.
         std::fs::remove_file(d.path().join("seg1.partial")).unwrap();
