@@ -253,7 +253,10 @@ fn reconcile_all(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
     for stream in catalog.streams()? {
         let landing = config.landing_dir(&stream);
         let tail = catalog.tail(&stream)?;
-        let r = replica::reconcile::reconcile_tail(&landing, tail.as_ref())
+        let previous = |rec: &catalog::SegmentRecord| -> anyhow::Result<_> {
+            Ok(catalog.previous(&stream, &rec.segment_name()?)?)
+        };
+        let r = replica::reconcile::reconcile_stream(&landing, tail.as_ref(), previous)
             .with_context(|| format!("stream {stream}: cannot reconcile {}", landing.display()))?;
         if let (Some(size), Some(rec)) = (r.cut_back_to, tail.as_ref()) {
             let fixed = replica::reconcile::cut_back_record(rec);
@@ -266,6 +269,16 @@ fn reconcile_all(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
         if r.truncated_bytes > 0 || r.unsealed {
             tracing::warn!(%stream, truncated_bytes = r.truncated_bytes, unsealed = r.unsealed,
                 "reconciled the landing directory with the catalog after an unclean stop");
+        }
+        if !r.renamed_sealed.is_empty() {
+            tracing::warn!(%stream, segments = ?r.renamed_sealed,
+                "sealed segments were still under their .partial name (a rename lost); \
+                 their SHA-256 matched the catalog and they were renamed");
+        }
+        if !r.unrecorded.is_empty() {
+            tracing::warn!(%stream, files = ?r.unrecorded,
+                "complete files past the catalog's last record (a group renamed before a crash \
+                 lost its commit; never acked) got their .partial name back");
         }
         for stray in replica::reconcile::stray_partials(&landing, tail.as_ref()) {
             tracing::warn!(%stream, file = %stray, "stray partial file left alone (never acked)");

@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 
 /// Segments shipped before the switchover: issue 16's figure. One message
 /// listing them all would be ~17 MB, fifteen times the 1,114,112-byte
-/// limit. Shipping them took 52-56 s here with the replica's seals in the
-/// group commit (1,800-1,900 segments/s, debug-profile daemons); the whole
-/// test 90-160 s.
+/// limit. Shipping once slowed as the WAL directory grew (two listings of
+/// it per segment: 10,000 took 217–273 s); with the shipper's index of the
+/// directory 10,000 took 42–48 s, bound by the replica's fsyncs per
+/// segment; with seals in the replica's group commit 100,000 × 4 KiB ship
+/// in 52–56 s here (1,800–1,900 segments/s, debug-profile daemons), the
+/// whole test 90–160 s.
 const DEFAULT_SEGMENTS: u64 = 100_000;
 /// Bound on an encoded `LogInfo` summary (no page asked for) and on a
 /// `Status` reply, whatever the number of segments.
