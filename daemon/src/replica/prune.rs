@@ -104,7 +104,6 @@ fn pass_blocking(
         t.retention(stream, &state);
         cat.commit_txn(t)?;
     }
-    let meta = cat.stream_meta(stream)?;
     let fetched = cat.fetched(stream)?;
     let last_sealed = cat.last_sealed(stream)?;
     let stored_bytes = if policy.max_bytes.is_some() {
@@ -122,7 +121,6 @@ fn pass_blocking(
         now_ms,
         fetched: fetched.as_ref().map(|f| f.segment.as_str()),
         last_sealed: last_sealed.as_ref().map(|r| r.name.as_str()),
-        fork: meta.fork.as_ref().map(|f| f.segment.as_str()),
         stored_bytes,
     };
     let mut planner = Planner::new(policy, facts);
@@ -241,11 +239,17 @@ fn unlink_all(landing: &std::path::Path, names: &[String]) -> anyhow::Result<()>
             tracing::warn!(segment = %name, "retention: invalid name in the unlink list; skipped");
             continue;
         };
-        let path = landing.join(seg.as_str());
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => anyhow::bail!("cannot remove {}: {e}", path.display()),
+        // A segment closed at a fork keeps the `.partial` name
+        // (PostgreSQL's convention); any other has its complete name.
+        for path in [
+            landing.join(seg.as_str()),
+            landing.join(seg.partial_file_name()),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove {}: {e}", path.display()),
+            }
         }
     }
     Ok(())

@@ -20,9 +20,10 @@
 //! always one contiguous piece, and its start is one boundary):
 //!
 //! - sealed (complete and verified against the primary's checksum);
-//! - older than the newest sealed segment, and before the current epoch's
-//!   fork: the positions, the next seal, a rejoin and a switchover continue
-//!   from those;
+//! - older than the newest sealed segment: the positions, the next seal
+//!   and a switchover continue from it (a rejoin compares logs at the fork
+//!   of the *primary's* epoch, its newest segment when it was promoted, so
+//!   a replica's own older fork segment is not needed again);
 //! - a landing copy (a file this node received), not a file of this node's
 //!   own source (a database's `pg_wal` is never touched);
 //! - already fetched by the DR database: older than the newest segment
@@ -199,8 +200,6 @@ pub struct Facts<'a> {
     pub fetched: Option<&'a str>,
     /// The stream's newest sealed segment (`Catalog::last_sealed`).
     pub last_sealed: Option<&'a str>,
-    /// The current epoch's fork segment (`StreamMeta::fork`).
-    pub fork: Option<&'a str>,
     /// Bytes the stream holds here before this plan (needed with `max_bytes`).
     pub stored_bytes: u64,
 }
@@ -212,8 +211,6 @@ pub enum Keep {
     Unsealed,
     /// The newest sealed segment, or after it.
     Newest,
-    /// At or after the current epoch's fork segment.
-    Fork,
     /// A file of this node's own source (its database's WAL directory).
     InSource,
     /// The DR database has not fetched it (and may still need it).
@@ -231,7 +228,6 @@ impl std::fmt::Display for Keep {
         match self {
             Keep::Unsealed => write!(f, "not sealed and verified yet"),
             Keep::Newest => write!(f, "the newest sealed segment (the log continues from it)"),
-            Keep::Fork => write!(f, "the current epoch's fork segment, or after it"),
             Keep::InSource => write!(f, "a file of this node's own WAL directory, never removed"),
             Keep::NotFetched => write!(
                 f,
@@ -302,9 +298,6 @@ pub fn decide(
     let name = rec.name.as_str();
     if !rec.sealed {
         return Err(Keep::Unsealed);
-    }
-    if rec.fork || f.fork.is_some_and(|fork| name >= fork) {
-        return Err(Keep::Fork);
     }
     if f.last_sealed.is_none_or(|l| name >= l) {
         return Err(Keep::Newest);
@@ -422,7 +415,6 @@ mod tests {
             now_ms: 20 * H,
             fetched,
             last_sealed: Some(last),
-            fork: None,
             stored_bytes: 1000,
         }
     }
@@ -478,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_segment_stops_the_plan_and_forks_sources_and_partials_stay() {
+    fn a_kept_segment_stops_the_plan_sources_and_partials_stay_forks_do_not() {
         let (f10, l10) = (name(10), name(10));
         let p = policy(1, 1, None);
         let mut l = log();
@@ -496,18 +488,12 @@ mod tests {
             run(&l, &p, facts(Some(&f10), &l10)),
             (vec![1, 2], Some(Keep::Unsealed))
         );
-        let f5 = name(5);
-        let f = Facts {
-            fork: Some(&f5),
-            ..facts(Some(&f10), &l10)
-        };
-        assert_eq!(run(&log(), &p, f), (vec![1, 2, 3, 4], Some(Keep::Fork)));
+        // A fork segment (a replica that went through a rejoin or a
+        // switchover) is pruned like any other once past the policy:
+        // pruning must not stop there for the rest of the node's life.
         let mut l = log();
         l[1].fork = true;
-        assert_eq!(
-            run(&l, &p, facts(Some(&f10), &l10)),
-            (vec![1], Some(Keep::Fork))
-        );
+        assert_eq!(run(&l, &p, facts(Some(&f10), &l10)).0.len(), 9);
         // No sealed segment known: nothing goes.
         let f = Facts {
             last_sealed: None,
