@@ -218,25 +218,25 @@ impl Daemon {
         }
     }
 
-    /// Resident set size in KiB (VmRSS), from /proc.
-    pub fn rss_kib(&self) -> u64 {
+    /// A `kB` field of /proc/PID/status (0 if it cannot be read).
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
+            .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
 
+    /// Resident set size in KiB (VmRSS), from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS")
+    }
+
     /// Peak resident set size in KiB (VmHWM: the high-water mark since
     /// the process started), from /proc.
     pub fn peak_rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        self.proc_status_kib("VmHWM")
     }
 
     /// Bytes of the catalog's files (RocksDB) on disk.
@@ -580,6 +580,21 @@ pub fn drctl_json(socket: &Path, args: &[&str], want: i32) -> serde_json::Value 
     let (code, out, err) = drctl(socket, &all);
     assert_eq!(code, want, "drctl {args:?}: exit {code}\n{out}\n{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("drctl {args:?}: not JSON ({e}): {out}"))
+}
+
+/// The Prometheus text a daemon's `[metrics] listen` serves ("" if it
+/// cannot be reached).
+pub async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
 }
 
 /// SHA-256 of every file in `dir` by name (for "nothing changed" checks).

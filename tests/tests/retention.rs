@@ -96,19 +96,17 @@ fn verify_ok(pair: &Pair) -> serde_json::Value {
 }
 
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    metrics_text(port)
         .await
-        .ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.lines()
+        .lines()
         .find(|l| l.starts_with(name) && l.contains(STREAM))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Why the oldest kept segment stays, from `drctl prune --json`.
+fn kept_because(v: &serde_json::Value) -> &str {
+    v["kept_because"].as_str().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,13 +130,7 @@ async fn dr_retention_removes_only_old_fetched_segments_and_verify_passes_after(
     }
     let v = prune(&pair, true);
     assert_eq!(v["segments"], 0, "still younger than min_retention: {v}");
-    assert!(
-        v["kept_because"]
-            .as_str()
-            .unwrap()
-            .contains("min_retention"),
-        "{v}"
-    );
+    assert!(kept_because(&v).contains("min_retention"), "{v}");
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     // A dry run names exactly 1..=9 and changes nothing.
@@ -147,10 +139,7 @@ async fn dr_retention_removes_only_old_fetched_segments_and_verify_passes_after(
     assert_eq!(v["segments"], 9);
     assert_eq!(v["bytes"], 9 * SEG as u64);
     assert_eq!(v["oldest_kept"], seg_name(10));
-    assert!(
-        v["kept_because"].as_str().unwrap().contains("not fetched"),
-        "{v}"
-    );
+    assert!(kept_because(&v).contains("not fetched"), "{v}");
     assert_eq!(landing_files(&pair), all, "a dry run changes nothing");
     let (_, text, _) = drctl(&pair.replica.socket, &["prune", "--dry-run"]);
     assert!(text.contains("Would remove 9 segments"), "{text}");
@@ -257,13 +246,7 @@ async fn max_bytes_prunes_oldest_first_but_never_inside_min_retention() {
     // Over max_bytes (20 × 4 KiB + the active one), but young.
     let v = prune(&pair, false);
     assert_eq!(v["segments"], 0, "{v}");
-    assert!(
-        v["kept_because"]
-            .as_str()
-            .unwrap()
-            .contains("min_retention"),
-        "{v}"
-    );
+    assert!(kept_because(&v).contains("min_retention"), "{v}");
     assert_eq!(landing_files(&pair).len(), 20);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     // Holds 20 sealed + a 4 KiB active = 84 KiB: the 11 oldest go (to 40 KiB).

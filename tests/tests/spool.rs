@@ -156,19 +156,6 @@ async fn wait_drained(spool: &Path, files: u64, within: Duration) {
     .await;
 }
 
-async fn metrics_text(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
-}
-
 const SEG: usize = 64 * 1024;
 /// spool_max_bytes of the bounded runs: 48 segments.
 const LIMIT: u64 = 3 << 20;
