@@ -50,54 +50,7 @@ pub enum CatalogError {
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-/// A node's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Primary,
-    Replica,
-    Fenced,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-            Role::Fenced => "fenced",
-        }
-    }
-}
-
-/// Role and epoch, stored durably on every node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeState {
-    pub role: Role,
-    pub epoch: Epoch,
-    /// Shipping paused by an operator (survives restarts).
-    #[serde(default)]
-    pub paused: bool,
-    /// Why the node is fenced, for `drctl status`.
-    #[serde(default)]
-    pub fenced_reason: Option<String>,
-    /// A switchover holds shipping while the roles change hands, so that
-    /// neither side mistakes the other's new epoch for a reason to fence.
-    /// Never stored: a crash mid-switchover ends the hold.
-    #[serde(skip, default)]
-    pub shipping_held: bool,
-}
-
-impl NodeState {
-    pub fn new(role: Role, epoch: Epoch) -> Self {
-        Self {
-            role,
-            epoch,
-            paused: false,
-            fenced_reason: None,
-            shipping_held: false,
-        }
-    }
-}
+pub use drd_core::roles::{NodeState, Role};
 
 /// Where a stream's current epoch forked from the previous one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,22 +125,7 @@ pub struct SegmentRecord {
     pub pruned_at_ms: Option<u64>,
 }
 
-/// CRC32C of a partial segment's first `size` bytes, and the previous
-/// durable point. A group's fdatasync runs alongside the catalog commit that
-/// records it (one disk flush of latency per ack instead of two), and the
-/// ack waits for both; but after a power loss the commit may be on disk
-/// while some of the group's bytes are not. Those bytes were never acked,
-/// and the previous point's bytes were synced before this commit began —
-/// so a restart checks the CRC and, if it does not match, falls back to
-/// the previous point, whose CRC must match.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartialCheck {
-    /// CRC32C of bytes `0..size` of the partial file.
-    pub crc32c: u32,
-    /// The durable size before this record, and the CRC32C of `0..prev_size`.
-    pub prev_size: u64,
-    pub prev_crc32c: u32,
-}
+pub use drd_core::tail::PartialCheck;
 
 impl SegmentRecord {
     pub fn end(&self) -> u64 {

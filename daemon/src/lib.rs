@@ -5,7 +5,6 @@
 
 pub mod catalog;
 pub mod certs;
-pub mod chain;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -20,9 +19,7 @@ pub mod notify;
 pub mod ops;
 pub mod primary;
 pub mod progress;
-pub mod receiver;
 pub mod replica;
-pub mod roles;
 pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
@@ -31,6 +28,8 @@ pub mod units;
 pub mod version;
 
 pub use drd_proto as proto;
+// The protocol rules live in drd-core (no I/O); the daemon carries them out.
+pub use drd_core::{chain, receiver, roles};
 
 use anyhow::Context;
 use catalog::Catalog;

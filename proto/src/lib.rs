@@ -10,7 +10,7 @@ use std::fmt;
 pub mod pb {
     //! Code generated from `proto/drd.proto`.
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("drd.v1");
+    include!(concat!(env!("OUT_DIR"), "/drd.v1.rs"));
 }
 
 /// Protocol version this build speaks.
@@ -142,6 +142,7 @@ pub enum ProtocolError {
     },
 }
 
+#[cfg(feature = "grpc")]
 impl From<ProtocolError> for tonic::Status {
     fn from(e: ProtocolError) -> Self {
         tonic::Status::invalid_argument(e.to_string())
@@ -445,7 +446,7 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                 // The CRC covers the bytes as sent: corruption in flight is
                 // caught before anything is decompressed.
                 let computed = crc32c::crc32c(&c.data);
-                if computed != c.crc32c {
+                if computed != c.crc32c && !mutation::skip_crc() {
                     return Err(ProtocolError::Crc {
                         segment: segment.to_string(),
                         offset: c.offset,
@@ -664,6 +665,34 @@ impl From<ShipMsg> for pb::ShipMessage {
             }),
         };
         pb::ShipMessage { msg: Some(msg) }
+    }
+}
+
+/// drd-sim's planted bug in this crate (see `drd-sim --list-mutations`):
+/// without the `mutations` feature every switch is a constant `false`.
+pub mod mutation {
+    #[cfg(feature = "mutations")]
+    thread_local! {
+        static SKIP_CRC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Whether a chunk's CRC32C is ignored on receipt (the planted bug).
+    #[inline(always)]
+    pub fn skip_crc() -> bool {
+        #[cfg(feature = "mutations")]
+        {
+            SKIP_CRC.with(|c| c.get())
+        }
+        #[cfg(not(feature = "mutations"))]
+        {
+            false
+        }
+    }
+
+    /// Plants (or removes) the bug on this thread.
+    #[cfg(feature = "mutations")]
+    pub fn set_skip_crc(on: bool) {
+        SKIP_CRC.with(|c| c.set(on));
     }
 }
 

@@ -300,7 +300,7 @@ pub fn cut_back(
 ) -> anyhow::Result<Vec<Quarantined>> {
     let stream = &cfg.name;
     let landing = node.config.landing_dir(stream);
-    let fork_len = fork.len_in_segment()?;
+    fork.len_in_segment()?;
     // Where this node holds the fork segment: its source, or its landing dir.
     let candidates = [
         (cfg.wal_dir.join(fork.segment.as_str()), true),
@@ -319,26 +319,8 @@ pub fn cut_back(
         })?;
     progress.set_phase(format!("checking the shared prefix of {}", fork.segment));
     let have = std::fs::metadata(&fork_file)?.len();
-    if have < fork_len {
-        bail!(
-            "{} has {have} bytes, fewer than the {fork_len} the new primary holds: \
-             this node is behind the fork, not past it",
-            fork_file.display()
-        );
-    }
-    let ours = hash_prefix(&fork_file, fork_len)?;
-    if ours != fork.sha256 {
-        bail!(
-            "the first {fork_len} bytes of {} differ from the new primary's copy \
-             (sha256 {ours} vs {}); the logs diverged before the fork — refusing to rejoin",
-            fork_file.display(),
-            fork.sha256
-        );
-    }
-
-    // Checks passed: move what lies past the fork. First list it, so the
-    // progress has a total.
-    let mut past_fork = Vec::new();
+    // Every segment file this node holds, in its source and landing dirs.
+    let mut held = Vec::new();
     for dir in [cfg.wal_dir.clone(), landing.clone()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -352,18 +334,53 @@ pub fn cut_back(
             let base = name
                 .strip_suffix(drd_proto::PARTIAL_SUFFIX)
                 .unwrap_or(&name);
-            let Ok(seg) = SegmentName::new(base) else {
-                continue;
-            };
-            if seg <= fork.segment {
-                continue;
+            if let Ok(seg) = SegmentName::new(base) {
+                held.push((seg, dir.join(&name), name));
             }
-            let from = dir.join(&name);
-            let bytes = std::fs::metadata(&from)?.len();
-            past_fork.push((from, quarantine.join(&name), bytes));
         }
     }
-    let tail_bytes = have.saturating_sub(fork_len);
+    // What moves is drd-core's decision (fork::Fork::plan); it checks first,
+    // so nothing changes when the shared prefix does not match.
+    let mut ours = None;
+    let plan = drd_core::fork::Fork {
+        segment: fork.segment.clone(),
+        start: fork.start,
+        position: fork.position,
+    }
+    .plan(
+        have,
+        |len| {
+            let h = hash_prefix(&fork_file, len);
+            let same = h.as_ref().is_ok_and(|h| *h == fork.sha256);
+            ours = Some(h);
+            same
+        },
+        held.iter().map(|(seg, _, _)| seg.clone()),
+    );
+    if let Some(Err(e)) = ours {
+        return Err(e.context(format!("cannot read {}", fork_file.display())));
+    }
+    let plan = plan.map_err(|e| match (&e, ours) {
+        (drd_core::fork::CutError::Diverged { .. }, Some(Ok(h))) => anyhow::anyhow!(
+            "{e} (sha256 of this node's {} is {h}, the new primary's {})",
+            fork_file.display(),
+            fork.sha256
+        ),
+        _ => anyhow::anyhow!("{e}"),
+    })?;
+    let fork_len = plan.keep;
+
+    // Checks passed: move what lies past the fork. First list it, so the
+    // progress has a total.
+    let mut past_fork = Vec::new();
+    for (seg, from, name) in held {
+        if !plan.quarantine.contains(&seg) {
+            continue;
+        }
+        let bytes = std::fs::metadata(&from)?.len();
+        past_fork.push((from, quarantine.join(&name), bytes));
+    }
+    let tail_bytes = plan.tail_bytes;
     progress.set_totals(
         past_fork
             .iter()

@@ -12,12 +12,12 @@ use crate::primary::index::SourceIndex;
 use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
 use crate::unix_ms;
 use bytes::Bytes;
+use drd_core::sender;
 use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
@@ -303,51 +303,24 @@ struct StreamShipper {
     sent: Arc<Sent>,
 }
 
-/// What one session has sent, so that each ack can be checked against it.
-/// A replica that acks bytes or a seal it was never sent is broken or
-/// hostile; believing it would show lag 0 — and let a sync `wal-push`
-/// report success — for WAL that is not at the DR site.
-#[derive(Debug, Default)]
-struct Sent {
-    /// Stream position just past the last chunk handed to the transport.
-    end: AtomicU64,
-    /// The last segment whose Seal was handed to the transport (or that the
-    /// replica's Welcome reported sealed).
-    sealed: Mutex<Option<String>>,
-}
+/// The session's sender rules (drd-core): what was sent, what the replica
+/// acked, which acks to believe. Shared by the ship loop and the ack reader.
+type Sent = Mutex<sender::Session>;
 
-impl Sent {
-    fn start(&self, welcome: &pb::Welcome) {
-        self.end.store(welcome.durable_position, Ordering::Release);
-        *self.sealed.locked() = (welcome.last_segment_sealed && !welcome.last_segment.is_empty())
-            .then(|| welcome.last_segment.clone());
+/// The end of the replica's log as its Welcome reports it (None: it holds
+/// nothing), checked: a name the replica made up is a divergence.
+fn replica_end(w: &pb::Welcome) -> Result<Option<sender::ReplicaEnd>, ShipError> {
+    if w.last_segment.is_empty() {
+        return Ok(None);
     }
-
-    /// Refuses an ack past what was sent: a position beyond the last chunk,
-    /// or a seal of a segment after the last one sealed.
-    fn check(&self, a: &pb::Ack) -> Result<(), ShipError> {
-        let end = self.end.load(Ordering::Acquire);
-        if a.durable_position > end {
-            return Err(ShipError::Refused(format!(
-                "the replica acked position {} but this session sent bytes only up to {end}; \
-                 its acks are not believed (a bug in the replica's drd, or not a drd at all)",
-                a.durable_position
-            )));
-        }
-        if a.sealed {
-            let sealed = self.sealed.locked();
-            // Segment names are ordered: a seal ack may repeat an older one.
-            if sealed.as_deref().is_none_or(|s| a.segment.as_str() > s) {
-                return Err(ShipError::Refused(format!(
-                    "the replica acked segment {:?} as sealed, but its seal was never sent \
-                     (last seal sent: {}); its acks are not believed",
-                    a.segment,
-                    sealed.as_deref().unwrap_or("none")
-                )));
-            }
-        }
-        Ok(())
-    }
+    let segment = SegmentName::new(w.last_segment.clone())
+        .map_err(|e| ShipError::Diverged(format!("replica reported {e}")))?;
+    Ok(Some(sender::ReplicaEnd {
+        segment,
+        start: w.last_segment_start,
+        size: w.last_segment_size,
+        sealed: w.last_segment_sealed,
+    }))
 }
 
 impl StreamShipper {
@@ -461,7 +434,8 @@ impl StreamShipper {
 
         let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
         let status = self.status.clone();
-        self.sent.start(&welcome);
+        *self.sent.locked() =
+            sender::Session::new(welcome.durable_position, replica_end(&welcome)?.as_ref());
         let sent = self.sent.clone();
         let acks = async move {
             loop {
@@ -474,7 +448,9 @@ impl StreamShipper {
                 let Some(pb::replica_message::Msg::Ack(a)) = m.msg else {
                     return Err(ShipError::Refused("expected an Ack".into()));
                 };
-                sent.check(&a)?;
+                sent.locked()
+                    .on_ack(a.durable_position, a.sealed, &a.segment)
+                    .map_err(|e| ShipError::Refused(e.to_string()))?;
                 status.set_durable(a.durable_position, Instant::now());
                 tracing::trace!(durable = a.durable_position, "ack");
                 if a.sealed {
@@ -508,40 +484,41 @@ impl StreamShipper {
         w: &pb::Welcome,
         listing: &[SourceSegment],
     ) -> Result<Option<Cursor>, ShipError> {
-        if w.last_segment.is_empty() {
-            self.check_not_pruned(None)?;
-            let Some(first) = self.next_segment(None)?.0 else {
-                return Ok(None);
-            };
-            // Our own record of where this segment starts, if we have one.
-            let start = self
-                .node
-                .catalog
-                .segment(&self.cfg.name, &first.name)?
-                .map_or(0, |r| r.start);
-            return Ok(Some(Cursor::new(first.name.clone(), start, 0)));
-        }
-        let tail = SegmentName::new(w.last_segment.clone())
-            .map_err(|e| ShipError::Diverged(format!("replica reported {e}")))?;
-        if !w.last_segment_sealed {
-            if !listing.iter().any(|s| s.name == tail) {
-                return Err(ShipError::Diverged(format!(
-                    "the replica's partial segment {tail} is not in {}",
-                    self.cfg.wal_dir.display()
-                )));
+        // The replica's durable position is the truth the session resumes
+        // from (drd-core decides; this carries it out against the source).
+        let end = replica_end(w)?;
+        match sender::resume(end.as_ref()).map_err(|e| ShipError::Diverged(e.to_string()))? {
+            sender::Resume::FromFirst => {
+                self.check_not_pruned(None)?;
+                let Some(first) = self.next_segment(None)?.0 else {
+                    return Ok(None);
+                };
+                // Our own record of where this segment starts, if we have one.
+                let start = self
+                    .node
+                    .catalog
+                    .segment(&self.cfg.name, &first.name)?
+                    .map_or(0, |r| r.start);
+                Ok(Some(Cursor::new(first.name.clone(), start, 0)))
             }
-            return Ok(Some(Cursor::new(
-                tail,
-                w.last_segment_start,
-                w.last_segment_size,
-            )));
+            sender::Resume::Continue(c) => {
+                if !listing.iter().any(|s| s.name == c.segment) {
+                    return Err(ShipError::Diverged(format!(
+                        "the replica's partial segment {} is not in {}",
+                        c.segment,
+                        self.cfg.wal_dir.display()
+                    )));
+                }
+                Ok(Some(Cursor::new(c.segment, c.start, c.offset)))
+            }
+            sender::Resume::After { sealed, next_start } => {
+                self.check_not_pruned(Some(&sealed))?;
+                Ok(self
+                    .next_segment(Some(&sealed))?
+                    .0
+                    .map(|next| Cursor::new(next.name, next_start, 0)))
+            }
         }
-        let next_start = position_after(&tail, w.last_segment_start, w.last_segment_size)?;
-        self.check_not_pruned(Some(&tail))?;
-        Ok(self
-            .next_segment(Some(&tail))?
-            .0
-            .map(|next| Cursor::new(next.name, next_start, 0)))
     }
 
     /// Refuses to ship on from `after` (the replica's last sealed segment;
@@ -685,73 +662,88 @@ impl StreamShipper {
                 )));
             };
             let written = self.observe_written(cur.start)?;
-            if cur.offset < size {
-                let n =
-                    (size - cur.offset)
-                        .min(t.chunk_bytes as u64)
-                        .min(crate::throttle::chunk_cap(&[
-                            &self.status.bandwidth,
-                            &self.node.bandwidth,
-                        ]));
-                let end = position_after(&cur.segment, cur.start, cur.offset + n)?;
-                // In-flight window: wait for acks before sending more.
-                while end.saturating_sub(*acked.borrow()) > t.window_bytes {
-                    acked.changed().await.map_err(|_| ShipError::Closed)?;
-                }
-                // max_bandwidth: this stream's limit, then the node's.
-                self.status.bandwidth.acquire(n).await;
-                self.node.bandwidth.acquire(n).await;
-                let t0 = Instant::now();
-                let data = self.read(cur, n).await?;
-                let read_us = t0.elapsed().as_micros() as u64;
-                if let Some((h, covered)) = &mut cur.hasher {
-                    h.update(&data);
-                    *covered += n;
-                }
-                let chunk = ShipMsg::Chunk(Chunk {
-                    epoch,
-                    segment: cur.segment.clone(),
-                    segment_start: cur.start,
-                    offset: cur.offset,
-                    data,
-                    source_position: written,
-                    written_at_ms: unix_ms(),
-                });
-                let t0 = Instant::now();
-                // Before the send: its ack can only come after it.
-                self.sent.end.fetch_max(end, Ordering::AcqRel);
-                tx.send(crate::primary::wire::encode(&self.cfg, welcome, chunk))
-                    .await
-                    .map_err(|_| ShipError::Closed)?;
-                tracing::trace!(
-                    end,
-                    read_us,
-                    send_us = t0.elapsed().as_micros() as u64,
-                    "chunk queued"
-                );
-                crate::metrics::chunk_shipped(self.cfg.name.as_str(), n);
-                cur.offset += n;
-                last_sent = Instant::now();
-                self.progressed = true;
-                self.status.state.locked().network_bytes += n;
-                self.meta.network_bytes += n;
-                continue;
-            }
-            if cur.offset > size {
-                return Err(ShipError::Diverged(format!(
-                    "segment {} shrank from {} to {size} bytes; WAL segments must be append-only",
-                    cur.segment, cur.offset
-                )));
-            }
             // A newer segment exists, or the source is a spool whose files
-            // are complete when they appear: this one is sealed. Re-check
-            // its size first — it may have grown since it was last read.
+            // are complete when they appear: the segment is complete once
+            // all of it is sent.
             let spool = self.cfg.source == crate::config::SourceMode::Spool;
-            let newer = self
-                .index
-                .has_after(&cur.segment)
-                .map_err(|e| self.source_err(e))?;
-            if newer || spool {
+            let complete = cur.offset >= size
+                && (spool
+                    || self
+                        .index
+                        .has_after(&cur.segment)
+                        .map_err(|e| self.source_err(e))?);
+            let at = sender::Cursor {
+                segment: cur.segment.clone(),
+                start: cur.start,
+                offset: cur.offset,
+            };
+            let limits = sender::Limits {
+                chunk_bytes: t.chunk_bytes as u64,
+                window_bytes: t.window_bytes,
+            };
+            // max_bandwidth: this stream's limit, then the node's.
+            let cap = crate::throttle::chunk_cap(&[&self.status.bandwidth, &self.node.bandwidth]);
+            let next = self
+                .sent
+                .locked()
+                .next(&at, sender::SourceView { size, complete }, limits, cap)
+                .map_err(|e| ShipError::Diverged(e.to_string()))?;
+            match next {
+                sender::Next::WaitForAcks { .. } => {
+                    // In-flight window: wait for acks before sending more.
+                    acked.changed().await.map_err(|_| ShipError::Closed)?;
+                    continue;
+                }
+                sender::Next::Chunk { len: n, end } => {
+                    self.status.bandwidth.acquire(n).await;
+                    self.node.bandwidth.acquire(n).await;
+                    let t0 = Instant::now();
+                    let data = self.read(cur, n).await?;
+                    let read_us = t0.elapsed().as_micros() as u64;
+                    if let Some((h, covered)) = &mut cur.hasher {
+                        h.update(&data);
+                        *covered += n;
+                    }
+                    let chunk = ShipMsg::Chunk(Chunk {
+                        epoch,
+                        segment: cur.segment.clone(),
+                        segment_start: cur.start,
+                        offset: cur.offset,
+                        data,
+                        source_position: written,
+                        written_at_ms: unix_ms(),
+                    });
+                    let t0 = Instant::now();
+                    // Before the send: its ack can only come after it.
+                    self.sent.locked().sent_chunk(end);
+                    tx.send(crate::primary::wire::encode(&self.cfg, welcome, chunk))
+                        .await
+                        .map_err(|_| ShipError::Closed)?;
+                    tracing::trace!(
+                        end,
+                        read_us,
+                        send_us = t0.elapsed().as_micros() as u64,
+                        "chunk queued"
+                    );
+                    crate::metrics::chunk_shipped(self.cfg.name.as_str(), n);
+                    cur.offset += n;
+                    last_sent = Instant::now();
+                    self.progressed = true;
+                    self.status.state.locked().network_bytes += n;
+                    self.meta.network_bytes += n;
+                    continue;
+                }
+                sender::Next::WaitForSource => {
+                    // Caught up with the active segment: wait for it to grow.
+                    self.wait_for_source(tx, &mut last_sent, epoch, written)
+                        .await?;
+                    continue;
+                }
+                sender::Next::Seal { .. } => {}
+            }
+            // Sealing: re-check its size first — it may have grown since it
+            // was last read.
+            {
                 let path = self.cfg.wal_dir.join(cur.segment.as_str());
                 let now_size = std::fs::metadata(&path).map_err(|source| ShipError::Source {
                     path: path.display().to_string(),
@@ -772,7 +764,7 @@ impl StreamShipper {
                     source_position: written,
                     chain,
                 };
-                *self.sent.sealed.locked() = Some(cur.segment.to_string());
+                self.sent.locked().sent_seal(&cur.segment);
                 tx.send(ShipMsg::Seal(seal).into())
                     .await
                     .map_err(|_| ShipError::Closed)?;
@@ -799,11 +791,7 @@ impl StreamShipper {
                         cursor = None;
                     }
                 }
-                continue;
             }
-            // Caught up with the active segment: wait for it to grow.
-            self.wait_for_source(tx, &mut last_sent, epoch, written)
-                .await?;
         }
     }
 
@@ -1080,51 +1068,13 @@ mod tests {
     /// resume arithmetic overflow (a panic in debug builds, a wrap in
     /// release).
     #[test]
-    fn acks_past_what_was_sent_are_refused() {
-        let welcome = pb::Welcome {
-            durable_position: 100,
-            last_segment: "000000010000000000000001".into(),
-            last_segment_sealed: true,
+    fn a_welcome_naming_an_invalid_segment_is_a_divergence() {
+        let w = pb::Welcome {
+            last_segment: "../etc/passwd".into(),
             ..Default::default()
         };
-        let sent = Sent::default();
-        sent.start(&welcome);
-        let ack = |pos: u64, seg: &str, sealed: bool| pb::Ack {
-            durable_position: pos,
-            segment: seg.into(),
-            segment_size: 0,
-            sealed,
-        };
-        // What the Welcome said is believed; nothing past it yet.
-        assert!(sent
-            .check(&ack(100, "000000010000000000000001", true))
-            .is_ok());
-        let e = sent
-            .check(&ack(101, "000000010000000000000002", false))
-            .unwrap_err();
-        assert!(e.to_string().contains("acked position 101"), "{e}");
-        sent.end.store(500, Ordering::Release);
-        assert!(sent
-            .check(&ack(500, "000000010000000000000002", false))
-            .is_ok());
-        assert!(sent
-            .check(&ack(u64::MAX, "000000010000000000000002", false))
-            .is_err());
-        // A seal that was never sent is not believed (a sync wal-push waits on it).
-        let e = sent
-            .check(&ack(500, "000000010000000000000002", true))
-            .unwrap_err();
-        assert!(e.to_string().contains("never sent"), "{e}");
-        *sent.sealed.locked() = Some("000000010000000000000002".into());
-        assert!(sent
-            .check(&ack(500, "000000010000000000000002", true))
-            .is_ok());
-        // A fresh log: no seal at all yet.
-        let empty = Sent::default();
-        empty.start(&pb::Welcome::default());
-        assert!(empty
-            .check(&ack(0, "000000010000000000000001", true))
-            .is_err());
+        assert!(matches!(replica_end(&w), Err(ShipError::Diverged(_))));
+        assert!(replica_end(&pb::Welcome::default()).unwrap().is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::locks::LockExt;
 use crate::node::ReceiveSlot;
 use crate::receiver::{ChunkAction, Receiver, Reject, SealAction, Tail};
 use crate::{fsutil, unix_ms};
+use drd_core::durability;
 use drd_proto::pb;
 use drd_proto::{Chunk, Seal, SegmentName, ShipMsg, StreamName};
 use sha2::{Digest, Sha256};
@@ -708,6 +709,14 @@ impl Syncer {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let refs: Vec<&SegmentRecord> = job.records.iter().collect();
+        // drd-core's group-commit rule says when the commit may begin and
+        // when the group may be acked; this carries out the steps.
+        let mut steps =
+            durability::Flush::new(job.file.is_some(), !job.sealed.is_empty() || job.new_entry);
+        let order = |e: durability::OrderError| DiskError::Io {
+            path: self.landing.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        };
         let (synced, committed) = std::thread::scope(|scope| {
             let sync = job.file.as_ref().map(|f| {
                 scope.spawn(move || {
@@ -720,6 +729,15 @@ impl Syncer {
                 })
             });
             let committed = self.make_names_durable(&job).and_then(|()| {
+                if steps.makes_names_durable() {
+                    steps.done(durability::Step::NamesDurable).map_err(order)?;
+                }
+                if !steps.may_commit() {
+                    return Err(order(durability::OrderError {
+                        step: durability::Step::Committed,
+                        why: "the names it records are not durable",
+                    }));
+                }
                 let t0 = Instant::now();
                 let r = self.catalog.commit(&self.stream, &refs, &job.meta);
                 self.step("commit");
@@ -733,7 +751,8 @@ impl Syncer {
                     // renames after checking each SHA-256).
                     self.undo_renames(&job.sealed);
                 }
-                r.map_err(DiskError::from)
+                r.map_err(DiskError::from)?;
+                steps.done(durability::Step::Committed).map_err(order)
             });
             // The thread fails only by panicking (a bug): propagate that panic.
             let synced = sync.map(|h| {
@@ -762,6 +781,15 @@ impl Syncer {
             None => {}
         }
         committed?;
+        if steps.syncs_tail() {
+            steps.done(durability::Step::TailSynced).map_err(order)?;
+        }
+        if !steps.ackable() {
+            return Err(order(durability::OrderError {
+                step: durability::Step::TailSynced,
+                why: "the group is not durable yet",
+            }));
+        }
         let durable = job.tail.as_ref().map_or(0, SegmentRecord::end);
         {
             let mut st = self.slot.state.locked();

@@ -273,52 +273,45 @@ pub fn reconcile_tail(landing: &Path, tail: Option<&SegmentRecord>) -> anyhow::R
             })
         }
     };
-    if let Some(check) = rec.check {
-        let file = std::fs::File::open(&partial)
-            .with_context(|| format!("cannot open {}", partial.display()))?;
-        let crc_at = |size: u64| -> anyhow::Result<Option<u32>> {
-            if len < size {
-                return Ok(None);
-            }
-            crate::replica::disk::crc_prefix(&file, size)
-                .map(Some)
-                .with_context(|| format!("cannot read {}", partial.display()))
-        };
-        let keep = if crc_at(rec.size)? == Some(check.crc32c) {
-            rec.size
-        } else if crc_at(check.prev_size)? == Some(check.prev_crc32c) {
-            out.cut_back_to = Some(check.prev_size);
-            check.prev_size
-        } else {
-            bail!(
-                "partial segment {} ({len} bytes) matches the catalog's checksum neither at \
-                 its durable size {} nor at the previous point {}: the landing directory was \
-                 changed outside drd or the disk lost synced data — run `drctl verify`, then \
-                 rebuild this replica with `drctl rejoin`",
-                partial.display(),
-                rec.size,
-                check.prev_size
-            );
-        };
-        if len > keep {
-            fsutil::truncate_durable(&partial, keep)
-                .with_context(|| format!("cannot truncate {}", partial.display()))?;
-            out.truncated_bytes = len - keep;
-        }
-        return Ok(out);
+    // How much of the file holds is drd-core's decision (tail::recover):
+    // the record's size if its CRC matches, else the previous point.
+    let file = std::fs::File::open(&partial)
+        .with_context(|| format!("cannot open {}", partial.display()))?;
+    let mut read_err = None;
+    let decided = drd_core::tail::recover(rec.size, rec.check, len, |size| {
+        crate::replica::disk::crc_prefix(&file, size).unwrap_or_else(|e| {
+            read_err.get_or_insert(e);
+            0
+        })
+    });
+    if let Some(e) = read_err {
+        return Err(e).with_context(|| format!("cannot read {}", partial.display()));
     }
-    if len < rec.size {
-        bail!(
+    let kept = match decided {
+        Ok(k) => k,
+        Err(drd_core::tail::TailError::NoMatch { .. }) => bail!(
+            "partial segment {} ({len} bytes) matches the catalog's checksum neither at \
+             its durable size {} nor at the previous point {}: the landing directory was \
+             changed outside drd or the disk lost synced data — run `drctl verify`, then \
+             rebuild this replica with `drctl rejoin`",
+            partial.display(),
+            rec.size,
+            rec.check.map_or(0, |c| c.prev_size)
+        ),
+        Err(drd_core::tail::TailError::Short { .. }) => bail!(
             "partial segment {} has {len} bytes but {} were acked as durable; \
              the landing directory was changed outside drd",
             partial.display(),
             rec.size
-        );
+        ),
+    };
+    if kept.cut_back {
+        out.cut_back_to = Some(kept.keep);
     }
-    if len > rec.size {
-        fsutil::truncate_durable(&partial, rec.size)
+    if len > kept.keep {
+        fsutil::truncate_durable(&partial, kept.keep)
             .with_context(|| format!("cannot truncate {}", partial.display()))?;
-        out.truncated_bytes = len - rec.size;
+        out.truncated_bytes = len - kept.keep;
     }
     Ok(out)
 }

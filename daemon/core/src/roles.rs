@@ -12,8 +12,57 @@
 //!      └──────────────── rejoin ◀──────────── fenced
 //! ```
 
-use crate::catalog::{NodeState, Role};
 use drd_proto::Epoch;
+use serde::{Deserialize, Serialize};
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+    Fenced,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Fenced => "fenced",
+        }
+    }
+}
+
+/// Role and epoch, stored durably on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub role: Role,
+    pub epoch: Epoch,
+    /// Shipping paused by an operator (survives restarts).
+    #[serde(default)]
+    pub paused: bool,
+    /// Why the node is fenced, for `drctl status`.
+    #[serde(default)]
+    pub fenced_reason: Option<String>,
+    /// A switchover holds shipping while the roles change hands, so that
+    /// neither side mistakes the other's new epoch for a reason to fence.
+    /// Never stored: a crash mid-switchover ends the hold.
+    #[serde(skip, default)]
+    pub shipping_held: bool,
+}
+
+impl NodeState {
+    pub fn new(role: Role, epoch: Epoch) -> Self {
+        Self {
+            role,
+            epoch,
+            paused: false,
+            fenced_reason: None,
+            shipping_held: false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoleError {

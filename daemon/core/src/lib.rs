@@ -1,0 +1,28 @@
+//! drd-core: the protocol rules of drd without I/O.
+//!
+//! Nothing here opens a socket or a file, reads a clock or spawns a task:
+//! the rules take what happened (a message, a completed sync, the time,
+//! passed in) and return what to do. The daemon (`drd`) carries out the
+//! decisions against real files, RocksDB and gRPC; drd-sim carries them out
+//! against a simulated disk and network, under millions of seeded
+//! schedules. tests/run checks that this crate's dependency tree holds no
+//! tokio, tonic, RocksDB, filesystem or clock crate.
+//!
+//! - [`receiver`]: the replica's per-chunk rules (epoch, continuity, seal).
+//! - [`durability`]: when a replica may ack a group (data sync + commit).
+//! - [`tail`]: how much of a partial tail survives a crash.
+//! - [`sender`]: the primary's session: resume point, window, seal, acks.
+//! - [`roles`]: role transitions (promote, demote, fence, rejoin).
+//! - [`fork`]: the rejoin cut: what lies past the fork goes to quarantine.
+//! - [`chain`]: the hash chain over sealed segments.
+//! - [`mutation`]: drd-sim's planted bugs (compiled only for drd-sim).
+#![forbid(unsafe_code)]
+
+pub mod chain;
+pub mod durability;
+pub mod fork;
+pub mod mutation;
+pub mod receiver;
+pub mod roles;
+pub mod sender;
+pub mod tail;
