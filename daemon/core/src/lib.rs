@@ -12,6 +12,7 @@
 //! - [`durability`]: when a replica may ack a group (data sync + commit).
 //! - [`tail`]: how much of a partial tail survives a crash.
 //! - [`sender`]: the primary's session: resume point, window, seal, acks.
+//! - [`handshake`]: a replica's answer to a Hello (accept, stale, fence).
 //! - [`roles`]: role transitions (promote, demote, fence, rejoin).
 //! - [`fork`]: the rejoin cut: what lies past the fork goes to quarantine.
 //! - [`chain`]: the hash chain over sealed segments.
@@ -21,6 +22,7 @@
 pub mod chain;
 pub mod durability;
 pub mod fork;
+pub mod handshake;
 pub mod mutation;
 pub mod receiver;
 pub mod roles;

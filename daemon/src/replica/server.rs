@@ -5,6 +5,7 @@
 //! leave a half-open one behind), answers with a Welcome that says where to
 //! resume, then runs network reader → bounded queue → disk worker → acks.
 
+use drd_core::handshake::Admit;
 use crate::catalog::Role;
 use crate::locks::LockExt;
 use crate::node::Node;
@@ -297,23 +298,25 @@ impl ReplicationService {
 
     fn check_hello(&self, hello: &Hello) -> Result<(), Status> {
         let state = self.node.state();
-        if hello.epoch < state.epoch {
-            tracing::warn!(
-                current = state.epoch,
-                "refused a primary with a stale epoch"
-            );
-            return Err(stale_epoch(&self.node, hello.epoch));
-        }
-        match state.role {
-            Role::Replica => {}
-            Role::Primary if hello.epoch > state.epoch && state.shipping_held => {
+        // The decision is drd-core's (handshake::admit); this carries it out.
+        match drd_core::handshake::admit(&state, hello.epoch) {
+            Admit::Accept { adopt: None } => return Ok(()),
+            Admit::Accept { adopt: Some(_) } => {}
+            Admit::Stale { .. } => {
+                tracing::warn!(
+                    current = state.epoch,
+                    "refused a primary with a stale epoch"
+                );
+                return Err(stale_epoch(&self.node, hello.epoch));
+            }
+            Admit::Retry => {
                 // Our own switchover just promoted the sender; we are about
                 // to become its replica. Not a reason to fence: retry.
                 return Err(Status::unavailable(
                     "a switchover is in progress on this node; retry in a moment",
                 ));
             }
-            Role::Primary if hello.epoch > state.epoch => {
+            Admit::FenceSelf { seen } => {
                 // A newer primary is talking to us: we are the stale one.
                 let reason = format!(
                     "node {} connected as primary at epoch {}",
@@ -321,7 +324,6 @@ impl ReplicationService {
                 );
                 let node = self.node.clone();
                 let from = hello.node_id.to_string();
-                let seen = hello.epoch;
                 tokio::spawn(async move {
                     crate::ops::remote::fence_self(&node, seen, &reason, &from).await
                 });
@@ -330,7 +332,7 @@ impl ReplicationService {
                     self.node.config.node_id, state.epoch
                 )));
             }
-            Role::Primary => {
+            Admit::RefusePrimary => {
                 tracing::error!(
                     "another node claims to be primary at epoch {} while this node is primary at epoch {}",
                     hello.epoch,
@@ -341,7 +343,7 @@ impl ReplicationService {
                     self.node.config.node_id, state.epoch
                 )));
             }
-            Role::Fenced => {
+            Admit::RefuseFenced => {
                 return Err(Status::failed_precondition(format!(
                     "node {} is fenced; run `drctl rejoin` on it first",
                     self.node.config.node_id
