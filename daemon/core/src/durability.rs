@@ -121,6 +121,11 @@ impl Flush {
         Ok(())
     }
 
+    /// Whether every step of the flush has completed.
+    pub fn finished(&self) -> bool {
+        self.tail.settled() && self.names.settled() && self.commit.settled()
+    }
+
     /// Whether the group may be acked: every step it needs has completed.
     pub fn ackable(&self) -> bool {
         let tail = self.tail.settled() || mutation::active(Mutation::AckBeforeDataSync);

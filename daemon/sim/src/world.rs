@@ -1,0 +1,2224 @@
+//! One seeded schedule: two drd nodes (a primary site and a DR site) and one
+//! stream, driven by the real drd-core rules over a simulated disk
+//! ([`crate::disk`]), a simulated network and a simulated clock.
+//!
+//! The drivers here do what the daemon's do (`primary/shipper.rs`,
+//! `replica/disk.rs`, `replica/reconcile.rs`, `ops/`): they carry out the
+//! core's decisions — every rule (handshake, resume point, window, seal,
+//! epoch and continuity checks, when to ack, crash recovery of a partial
+//! tail, the rejoin cut, role changes) is drd-core's or drd-proto's code.
+//!
+//! Faults come at random moments: partitions (one way or both), connection
+//! resets, process crashes (kill -9: the page cache survives), power cuts
+//! (unsynced writes lost, torn at sector granularity), a full disk, bit rot
+//! at rest (sealed and partial files), a corrupted frame, a duplicated or
+//! reordered chunk, a replayed session of an older epoch, a hostile ack.
+//! Operator actions too: failover, switchover, rejoin, pause, verify.
+//!
+//! After every step the invariants of DESIGN.md are checked (see
+//! [`World::check`] and the checks at each event); after the fault phase
+//! everything heals and every stream's lag must reach 0 in bounded time.
+
+use crate::disk::Disk;
+use bytes::Bytes;
+use drd_core::durability::{self, Step};
+use drd_core::receiver::{ChunkAction, Receiver, SealAction, Tail};
+use drd_core::roles::{self, NodeState, Role};
+use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
+use drd_core::tail::PartialCheck;
+use drd_core::{chain, fork, handshake};
+use drd_proto::{pb, Chunk, Seal, SegmentName, ShipMsg};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// Simulated time in microseconds.
+pub type Us = u64;
+const MS: Us = 1_000;
+const SEC: Us = 1_000_000;
+
+/// Largest segment the simulated database writes.
+const SEG_BYTES: u64 = 256;
+const LIMITS: sender::Limits = sender::Limits {
+    chunk_bytes: 64,
+    window_bytes: 256,
+};
+/// A session with no message for this long is given up (both sides).
+const IDLE: Us = 400 * MS;
+/// Fault phase of each schedule; then everything heals.
+const FAULT_PHASE: Us = 3 * SEC;
+/// Liveness: after healing, every stream's lag must reach 0 within this.
+const LIVENESS: Us = 30 * SEC;
+
+/// Kinds of fault, for the summary table.
+pub const FAULTS: [&str; 13] = [
+    "partition",
+    "one-way partition",
+    "connection reset",
+    "crash (kill -9)",
+    "power cut",
+    "disk full",
+    "bit rot (sealed)",
+    "bit rot (partial)",
+    "corrupt frame",
+    "duplicate chunk",
+    "reorder chunks",
+    "replayed old session",
+    "hostile ack",
+];
+
+/// What one schedule did and found.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub sim_us: Us,
+    pub events: u64,
+    pub faults: [u64; FAULTS.len()],
+    pub failovers: u64,
+    pub switchovers: u64,
+    pub switchovers_rolled_back: u64,
+    pub rejoins: u64,
+    pub verifies: u64,
+    pub bytes_written: u64,
+    /// Schedules whose replica stopped on corruption it detected (a seal
+    /// whose checksum did not match after bit rot): lag cannot reach 0
+    /// without an operator, so liveness is not required of it.
+    pub stalled_on_detected_corruption: bool,
+    pub violations: Vec<String>,
+}
+
+fn name_of(idx: u64) -> SegmentName {
+    #[allow(clippy::expect_used)] // 24 hex digits are always a valid name
+    SegmentName::new(format!("{idx:024X}")).expect("valid segment name")
+}
+
+fn idx_of(name: &str) -> Option<u64> {
+    let base = name.strip_suffix(drd_proto::PARTIAL_SUFFIX).unwrap_or(name);
+    (base.len() == 24).then(|| u64::from_str_radix(base, 16).ok())?
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// A segment record in a node's catalog (RocksDB in the daemon).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rec {
+    idx: u64,
+    start: u64,
+    size: u64,
+    sealed: bool,
+    sha: Option<[u8; 32]>,
+    chain: Option<[u8; 32]>,
+    check: Option<PartialCheck>,
+    fork: bool,
+    in_source: bool,
+}
+
+impl Rec {
+    fn end(&self) -> u64 {
+        self.start + self.size
+    }
+}
+
+/// The durable catalog: what a synced RocksDB commit made durable.
+#[derive(Clone, Debug)]
+struct Catalog {
+    recs: BTreeMap<u64, Rec>,
+    chain_head: [u8; 32],
+    state: NodeState,
+    /// The fork of this node's current epoch: (segment, position).
+    fork: Option<(u64, u64)>,
+}
+
+/// A group being made durable at a replica (replica/disk.rs's FlushJob).
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    steps: durability::Flush,
+    /// The tail file and how many of its bytes the fdatasync covers.
+    tail: Option<(String, u64)>,
+    /// (partial, complete) names of segments sealed in the group.
+    renames: Vec<(String, String)>,
+    records: Vec<Rec>,
+    chain_head: [u8; 32],
+    tail_rec: Option<Rec>,
+    sealed_ack: Option<Rec>,
+    committed_next: Option<(u64, u32)>,
+    commit_started: bool,
+    committed: bool,
+    acked: bool,
+    conn: u64,
+}
+
+/// A replica's session (replica/disk.rs's DiskWorker, one at a time).
+#[derive(Debug)]
+struct Recv {
+    conn: u64,
+    receiver: Receiver,
+    tail_rec: Option<Rec>,
+    changed: Vec<Rec>,
+    renames: Vec<(String, String)>,
+    new_entry: bool,
+    dirty: bool,
+    crc: u32,
+    committed: (u64, u32),
+    need_ack: bool,
+    chain_head: [u8; 32],
+    job: Option<Job>,
+    /// Refused: flush what was accepted, then close.
+    closing: bool,
+    flush_queued: bool,
+    last_seen: Us,
+    /// The session's epoch at its start (from the node's state).
+    epoch: u64,
+}
+
+/// A primary's session (primary/shipper.rs's session).
+#[derive(Debug)]
+struct Send {
+    conn: u64,
+    welcomed: bool,
+    session: sender::Session,
+    cursor: Option<Cursor>,
+    /// The replica's last sealed segment when there is no cursor yet.
+    after: Option<(u64, u64)>,
+    chain: [u8; 32],
+    epoch: u64,
+    last_seen: Us,
+}
+
+#[derive(Debug)]
+struct Node {
+    up: bool,
+    /// Bumped at each crash: events of an older incarnation are void.
+    life: u64,
+    cat: Catalog,
+    disk: Disk,
+    /// The database's WAL segments at this node: index → start position.
+    src: BTreeMap<u64, u64>,
+    /// The database writes (only at the newest primary, not held).
+    db_on: bool,
+    db_hold: bool,
+    recv: Option<Recv>,
+    send: Option<Send>,
+    /// The highest position this node acked as a replica.
+    acked_max: u64,
+    /// Sealed segments whose bytes rotted at rest (excluded from byte
+    /// checks; verify must find them).
+    rotted: BTreeSet<u64>,
+    /// Segments whose partial bytes rotted before their seal.
+    rotted_partial: BTreeSet<u64>,
+    stalled_on_rot: bool,
+    paused: bool,
+    reconnect_at: Option<Us>,
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Hello { epoch: u64 },
+    Welcome(ReplicaEndMsg),
+    Refuse { epoch: u64, stale: bool },
+    Ship(Box<pb::ShipMessage>),
+    Ack { durable: u64, sealed: bool, segment: String },
+    Fence { epoch: u64 },
+    Close,
+}
+
+#[derive(Debug, Clone)]
+struct ReplicaEndMsg {
+    durable: u64,
+    end: Option<ReplicaEnd>,
+    chain: [u8; 32],
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver { conn: u64, to: usize, msg: Msg },
+    DbWrite,
+    Connect { node: usize, life: u64 },
+    Flush { node: usize, life: u64 },
+    FlushStep { node: usize, life: u64, job: u64, step: Step },
+    Restart { node: usize },
+    Fault,
+    Heal,
+    Operator,
+    Idle,
+    SwitchoverCheck,
+}
+
+/// The world of one seed.
+pub struct World {
+    rng: SmallRng,
+    now: Us,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Us, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    nodes: [Node; 2],
+    /// The newest primary's log: what a correct DR copy must be a prefix of.
+    canon: Vec<u8>,
+    canon_owner: usize,
+    conns: BTreeMap<u64, ConnState>,
+    next_conn: u64,
+    blocked: [[bool; 2]; 2],
+    /// Sessions' messages as sent, for the replay fault: (epoch, messages).
+    history: Vec<(u64, Vec<Msg>)>,
+    next_job: u64,
+    healed: bool,
+    heal_at: Us,
+    switchover: Option<Switchover>,
+    trace: bool,
+    pub out: Outcome,
+    /// Pending network faults for the next chunk on a connection.
+    corrupt_next: bool,
+    dup_next: bool,
+    reorder_next: bool,
+    held_reorder: Option<(u64, usize, Msg)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnState {
+    from: usize,
+    to: usize,
+    open: bool,
+    /// Last delivery time per direction (to the replica, to the primary):
+    /// a stream delivers in order.
+    last: [Us; 2],
+    /// Replayed traffic of an old session: the primary end is gone.
+    replay: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Switchover {
+    primary: usize,
+    deadline: Us,
+}
+
+impl World {
+    pub fn new(seed: u64, trace: bool) -> Self {
+        let mk = |role| Node {
+            up: true,
+            life: 0,
+            cat: Catalog {
+                recs: BTreeMap::new(),
+                chain_head: chain::GENESIS,
+                state: NodeState::new(role, 1),
+                fork: None,
+            },
+            disk: Disk::default(),
+            src: BTreeMap::new(),
+            db_on: role == Role::Primary,
+            db_hold: false,
+            recv: None,
+            send: None,
+            acked_max: 0,
+            rotted: BTreeSet::new(),
+            rotted_partial: BTreeSet::new(),
+            stalled_on_rot: false,
+            paused: false,
+            reconnect_at: None,
+        };
+        let mut w = World {
+            rng: SmallRng::seed_from_u64(seed),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes: [mk(Role::Primary), mk(Role::Replica)],
+            canon: Vec::new(),
+            canon_owner: 0,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            blocked: [[false; 2]; 2],
+            history: Vec::new(),
+            next_job: 1,
+            healed: false,
+            heal_at: FAULT_PHASE,
+            switchover: None,
+            trace,
+            out: Outcome::default(),
+            corrupt_next: false,
+            dup_next: false,
+            reorder_next: false,
+            held_reorder: None,
+        };
+        w.nodes[0].src.insert(1, 0);
+        w.nodes[0].disk.append_durable(&wal(1), &[]);
+        w.at(0, Ev::DbWrite);
+        w.at(0, Ev::Connect { node: 0, life: 0 });
+        let f = w.rng.random_range(50 * MS..400 * MS);
+        w.at(f, Ev::Fault);
+        let o = w.rng.random_range(100 * MS..800 * MS);
+        w.at(o, Ev::Operator);
+        w.at(IDLE / 2, Ev::Idle);
+        w.at(FAULT_PHASE, Ev::Heal);
+        w
+    }
+
+    fn at(&mut self, t: Us, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue
+            .push(Reverse((t.max(self.now), self.seq, self.events.len() - 1)));
+    }
+
+    fn after(&mut self, d: Us, ev: Ev) {
+        self.at(self.now + d, ev);
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.trace {
+            println!("{:>10} VIOLATION {what}", self.now);
+        }
+        if self.out.violations.len() < 20 {
+            self.out.violations.push(format!("t={}us: {what}", self.now));
+        }
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>10} {}", self.now, what());
+        }
+    }
+
+    /// Runs the schedule to its end.
+    pub fn run(mut self) -> Outcome {
+        let end = FAULT_PHASE + LIVENESS;
+        while let Some(Reverse((t, _, i))) = self.queue.pop() {
+            if t > end {
+                break;
+            }
+            self.now = t;
+            let Some(ev) = self.events[i].take() else {
+                continue;
+            };
+            self.out.events += 1;
+            self.step(ev);
+            if !self.out.violations.is_empty() {
+                break;
+            }
+            if self.healed && self.caught_up() {
+                self.final_checks();
+                self.out.sim_us = self.now;
+                return self.out;
+            }
+        }
+        self.out.sim_us = self.now;
+        if self.out.violations.is_empty() {
+            if self.nodes.iter().any(|n| n.stalled_on_rot) {
+                self.out.stalled_on_detected_corruption = true;
+                self.final_checks();
+            } else {
+                let p = self.canon_owner;
+                let r = 1 - p;
+                let msg = format!(
+                    "liveness: {}s after the faults healed, lag is not 0 (canon {} bytes, \
+                     replica node {r} durable {} as {:?}, primary node {p} believes {:?}, \
+                     node {p} {:?})",
+                    LIVENESS / SEC,
+                    self.canon.len(),
+                    self.log_end(r),
+                    self.nodes[r].cat.state.role,
+                    self.nodes[p].send.as_ref().map(|s| s.session.acked()),
+                    self.nodes[p].cat.state.role,
+                );
+                self.violation(msg);
+            }
+        }
+        self.out
+    }
+
+    fn caught_up(&self) -> bool {
+        let p = self.canon_owner;
+        let r = 1 - p;
+        let want = self.canon.len() as u64;
+        self.nodes[r].cat.state.role == Role::Replica
+            && self.nodes[p].cat.state.role == Role::Primary
+            && self.log_end(r) == want
+            && self.nodes[r].recv.as_ref().is_none_or(|s| s.job.is_none())
+            && self.nodes[p]
+                .send
+                .as_ref()
+                .is_some_and(|s| s.welcomed && s.session.acked() == want)
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { conn, to, msg } => self.deliver(conn, to, msg),
+            Ev::DbWrite => self.db_write(),
+            Ev::Connect { node, life } => {
+                if self.nodes[node].life == life {
+                    self.connect(node)
+                }
+            }
+            Ev::Flush { node, life } => {
+                if self.nodes[node].life == life {
+                    if let Some(r) = self.nodes[node].recv.as_mut() {
+                        r.flush_queued = false;
+                    }
+                    self.flush(node)
+                }
+            }
+            Ev::FlushStep {
+                node,
+                life,
+                job,
+                step,
+            } => {
+                if self.nodes[node].life == life {
+                    self.flush_step(node, job, step)
+                }
+            }
+            Ev::Restart { node } => self.restart(node),
+            Ev::Fault => {
+                if !self.healed {
+                    self.fault();
+                    let d = self.rng.random_range(20 * MS..500 * MS);
+                    self.after(d, Ev::Fault);
+                }
+            }
+            Ev::Heal => self.heal(),
+            Ev::Operator => {
+                self.operator();
+                let d = if self.healed {
+                    self.rng.random_range(100 * MS..300 * MS)
+                } else {
+                    self.rng.random_range(100 * MS..900 * MS)
+                };
+                self.after(d, Ev::Operator);
+            }
+            Ev::Idle => {
+                self.idle();
+                self.after(IDLE / 4, Ev::Idle);
+            }
+            Ev::SwitchoverCheck => self.switchover_check(),
+        }
+    }
+
+    // ----- the network -----
+
+    fn open_conn(&mut self, from: usize, to: usize, replay: bool) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            ConnState {
+                from,
+                to,
+                open: true,
+                last: [self.now; 2],
+                replay,
+            },
+        );
+        id
+    }
+
+    /// Sends on a connection: in order, after a random latency; lost (and
+    /// the connection with it) across a partition.
+    fn send_msg(&mut self, conn: u64, to: usize, msg: Msg) {
+        let Some(c) = self.conns.get(&conn).copied() else {
+            return;
+        };
+        if !c.open {
+            return;
+        }
+        let from = if to == c.to { c.from } else { c.to };
+        if self.blocked[from][to] {
+            // The segment never arrives; the stream is dead. Both ends
+            // notice only by their idle timeouts.
+            self.log(|| format!("net: conn {conn} {from}->{to} lost {}", short(&msg)));
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.open = false;
+            }
+            return;
+        }
+        let dir = usize::from(to == c.from);
+        let lat = self.rng.random_range(50..2_000);
+        let t = (self.now + lat).max(c.last[dir]);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.last[dir] = t;
+        }
+        if let Msg::Ship(_) = &msg {
+            if let Some(h) = self.history.last_mut() {
+                if h.1.len() < 64 {
+                    h.1.push(msg.clone());
+                }
+            }
+        }
+        let msg = self.network_faults(conn, to, msg, t);
+        if let Some(msg) = msg {
+            self.at(t, Ev::Deliver { conn, to, msg });
+        }
+    }
+
+    /// A hostile or broken network between the TLS ends: a flipped bit
+    /// (the chunk CRC must catch it), a duplicated or reordered chunk (the
+    /// continuity checks must).
+    fn network_faults(&mut self, conn: u64, to: usize, mut msg: Msg, t: Us) -> Option<Msg> {
+        let Msg::Ship(m) = &mut msg else {
+            return Some(msg);
+        };
+        let Some(pb::ship_message::Msg::Chunk(c)) = &mut m.msg else {
+            return Some(msg);
+        };
+        if self.corrupt_next && !c.data.is_empty() {
+            self.corrupt_next = false;
+            let mut d = c.data.to_vec();
+            let i = self.rng.random_range(0..d.len());
+            d[i] ^= 1 << self.rng.random_range(0..8);
+            c.data = Bytes::from(d);
+            self.log(|| format!("net: corrupted a chunk on conn {conn}"));
+        }
+        if self.dup_next {
+            self.dup_next = false;
+            self.at(t + 1, Ev::Deliver {
+                conn,
+                to,
+                msg: msg.clone(),
+            });
+            self.log(|| format!("net: duplicated a chunk on conn {conn}"));
+        }
+        if self.reorder_next {
+            self.reorder_next = false;
+            self.held_reorder = Some((conn, to, msg));
+            self.log(|| format!("net: holding a chunk on conn {conn} to reorder it"));
+            return None;
+        }
+        if let Some((hc, hto, held)) = self.held_reorder.take() {
+            if hc == conn {
+                self.at(t + 1, Ev::Deliver {
+                    conn,
+                    to: hto,
+                    msg: held,
+                });
+            }
+        }
+        Some(msg)
+    }
+
+    fn close_conn(&mut self, conn: u64) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.open = false;
+        }
+    }
+
+    fn deliver(&mut self, conn: u64, to: usize, msg: Msg) {
+        let Some(c) = self.conns.get(&conn).copied() else {
+            return;
+        };
+        if !self.nodes[to].up {
+            self.close_conn(conn);
+            return;
+        }
+        // A replayed session has no live sender: nothing goes back.
+        let replay = c.replay;
+        if !c.open && !replay {
+            return;
+        }
+        self.log(|| format!("deliver conn {conn} -> node {to}: {}", short(&msg)));
+        match msg {
+            Msg::Hello { epoch } => self.on_hello(to, conn, epoch),
+            Msg::Ship(m) => self.on_ship(to, conn, *m),
+            Msg::Welcome(w) => self.on_welcome(to, conn, w),
+            Msg::Refuse { epoch, stale } => self.on_refuse(to, conn, epoch, stale),
+            Msg::Ack {
+                durable,
+                sealed,
+                segment,
+            } => self.on_ack(to, conn, durable, sealed, &segment),
+            Msg::Fence { epoch } => self.fence(to, epoch, "the new primary told it to"),
+            Msg::Close => {
+                if self.nodes[to].send.as_ref().is_some_and(|s| s.conn == conn) {
+                    self.end_send(to);
+                }
+                if self.nodes[to].recv.as_ref().is_some_and(|s| s.conn == conn) {
+                    self.end_recv(to);
+                }
+            }
+        }
+    }
+
+    // ----- the database at the primary -----
+
+    fn db_write(&mut self) {
+        let d = self.rng.random_range(MS / 2..8 * MS);
+        self.after(d, Ev::DbWrite);
+        let p = self.canon_owner;
+        let n = &self.nodes[p];
+        if self.healed || !n.up || !n.db_on || n.db_hold || n.cat.state.role != Role::Primary {
+            return;
+        }
+        let Some((&idx, &start)) = n.src.iter().next_back() else {
+            return;
+        };
+        let size = n.disk.len(&wal(idx)).unwrap_or(0);
+        let (idx, start) = if size >= SEG_BYTES {
+            let (i, s) = (idx + 1, start + size);
+            self.nodes[p].src.insert(i, s);
+            self.nodes[p].disk.append_durable(&wal(i), &[]);
+            (i, s)
+        } else {
+            (idx, start)
+        };
+        let _ = start;
+        let len = self.rng.random_range(1..=64u64).min(SEG_BYTES);
+        let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+        self.nodes[p].disk.append_durable(&wal(idx), &data);
+        self.canon.extend_from_slice(&data);
+        self.out.bytes_written += len;
+        self.pump(p);
+    }
+
+    // ----- the primary's shipper -----
+
+    fn connect(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        if !n.up || n.send.is_some() || n.cat.state.role != Role::Primary || n.paused {
+            return;
+        }
+        let epoch = n.cat.state.epoch;
+        let conn = self.open_conn(node, 1 - node, false);
+        self.nodes[node].send = Some(Send {
+            conn,
+            welcomed: false,
+            session: sender::Session::default(),
+            cursor: None,
+            after: None,
+            chain: chain::GENESIS,
+            epoch,
+            last_seen: self.now,
+        });
+        self.history.push((epoch, vec![Msg::Hello { epoch }]));
+        if self.history.len() > 8 {
+            self.history.remove(0);
+        }
+        self.log(|| format!("node {node} connects (conn {conn}, epoch {epoch})"));
+        self.send_msg(conn, 1 - node, Msg::Hello { epoch });
+    }
+
+    fn end_send(&mut self, node: usize) {
+        if let Some(s) = self.nodes[node].send.take() {
+            self.close_conn(s.conn);
+            self.log(|| format!("node {node} ends its session (conn {})", s.conn));
+        }
+        let life = self.nodes[node].life;
+        let d = self.rng.random_range(20 * MS..200 * MS);
+        self.after(d, Ev::Connect { node, life });
+    }
+
+    /// Every segment of this node's log: index → (start, path, sealed).
+    fn own_log(&self, node: usize) -> BTreeMap<u64, (u64, String, bool)> {
+        let n = &self.nodes[node];
+        let mut log = BTreeMap::new();
+        for r in n.cat.recs.values() {
+            log.insert(r.idx, (r.start, self.rec_path(node, r), r.sealed));
+        }
+        for (&i, &s) in &n.src {
+            log.entry(i).or_insert((s, wal(i), false));
+        }
+        log
+    }
+
+    fn rec_path(&self, node: usize, r: &Rec) -> String {
+        let d = &self.nodes[node].disk;
+        if r.in_source {
+            return wal(r.idx);
+        }
+        let complete = land(r.idx, false);
+        if r.sealed && d.exists(&complete) {
+            complete
+        } else {
+            land(r.idx, true)
+        }
+    }
+
+    fn on_welcome(&mut self, node: usize, conn: u64, w: ReplicaEndMsg) {
+        let Some(s) = self.nodes[node].send.as_mut().filter(|s| s.conn == conn) else {
+            return;
+        };
+        s.last_seen = self.now;
+        s.welcomed = true;
+        s.session = sender::Session::new(w.durable, w.end.as_ref());
+        s.chain = w.chain;
+        let log = self.own_log(node);
+        let resumed = match sender::resume(w.end.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.violation(format!("node {node}: an honest Welcome was refused: {e}"));
+                return;
+            }
+        };
+        let cursor = match resumed {
+            Resume::FromFirst => log.iter().next().map(|(&i, &(start, _, _))| Cursor {
+                segment: name_of(i),
+                start,
+                offset: 0,
+            }),
+            Resume::Continue(c) => {
+                if idx_of(c.segment.as_str()).is_none_or(|i| !log.contains_key(&i)) {
+                    self.violation(format!(
+                        "node {node}: the replica's partial segment {} is not in this log",
+                        c.segment
+                    ));
+                    return;
+                }
+                Some(c)
+            }
+            Resume::After { sealed, next_start } => {
+                let i = idx_of(sealed.as_str()).unwrap_or(0);
+                match log.range(i + 1..).next() {
+                    Some((&n, &(start, _, _))) => {
+                        if start != next_start {
+                            self.violation(format!(
+                                "node {node}: segment {n} starts at {start} but the replica's log \
+                                 ends at {next_start}"
+                            ));
+                            return;
+                        }
+                        Some(Cursor {
+                            segment: name_of(n),
+                            start,
+                            offset: 0,
+                        })
+                    }
+                    None => {
+                        if let Some(s) = self.nodes[node].send.as_mut() {
+                            s.after = Some((i, next_start));
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(s) = self.nodes[node].send.as_mut() {
+            s.cursor = cursor;
+        }
+        self.pump(node);
+    }
+
+    /// Sends what the sender allows now.
+    fn pump(&mut self, node: usize) {
+        for _ in 0..64 {
+            let n = &self.nodes[node];
+            if !n.up || n.cat.state.role != Role::Primary {
+                if n.send.is_some() && n.cat.state.role == Role::Fenced {
+                    // A fenced node ships nothing.
+                    self.end_send(node);
+                }
+                return;
+            }
+            let Some(s) = n.send.as_ref().filter(|s| s.welcomed) else {
+                return;
+            };
+            let conn = s.conn;
+            let log = self.own_log(node);
+            let cur = match &s.cursor {
+                Some(c) => c.clone(),
+                None => {
+                    // Wait for a segment after the replica's last sealed one.
+                    let Some((i, next_start)) = s.after else {
+                        let Some((&i, &(start, _, _))) = log.iter().next() else {
+                            return;
+                        };
+                        let c = Cursor {
+                            segment: name_of(i),
+                            start,
+                            offset: 0,
+                        };
+                        if let Some(s) = self.nodes[node].send.as_mut() {
+                            s.cursor = Some(c);
+                        }
+                        continue;
+                    };
+                    let Some((&n2, &(start, _, _))) = log.range(i + 1..).next() else {
+                        return;
+                    };
+                    if start != next_start {
+                        self.violation(format!("node {node}: a gap after segment {i}"));
+                        return;
+                    }
+                    if let Some(s) = self.nodes[node].send.as_mut() {
+                        s.cursor = Some(Cursor {
+                            segment: name_of(n2),
+                            start,
+                            offset: 0,
+                        });
+                        s.after = None;
+                    }
+                    continue;
+                }
+            };
+            let i = idx_of(cur.segment.as_str()).unwrap_or(0);
+            let Some((_, path, sealed)) = log.get(&i).cloned() else {
+                self.violation(format!("node {node}: segment {i} disappeared from its log"));
+                return;
+            };
+            let data = self.nodes[node].disk.read(&path);
+            let size = self.nodes[node]
+                .cat
+                .recs
+                .get(&i)
+                .filter(|r| r.sealed)
+                .map_or(data.len() as u64, |r| r.size);
+            let complete = sealed || log.range(i + 1..).next().is_some();
+            let next = s.session.next(&cur, SourceView { size, complete }, LIMITS, u64::MAX);
+            match next {
+                Err(e) => {
+                    self.violation(format!("node {node}: sender stopped on its own log: {e}"));
+                    return;
+                }
+                Ok(Next::WaitForAcks { .. }) | Ok(Next::WaitForSource) => return,
+                Ok(Next::Chunk { len, end }) => {
+                    let a = cur.offset as usize;
+                    let bytes = Bytes::copy_from_slice(&data[a..a + len as usize]);
+                    let epoch = self.nodes[node].cat.state.epoch;
+                    let chunk = Chunk {
+                        epoch,
+                        segment: cur.segment.clone(),
+                        segment_start: cur.start,
+                        offset: cur.offset,
+                        data: bytes,
+                        source_position: self.canon.len() as u64,
+                        written_at_ms: self.now / MS,
+                    };
+                    if let Some(s) = self.nodes[node].send.as_mut() {
+                        s.session.sent_chunk(end);
+                        if let Some(c) = s.cursor.as_mut() {
+                            c.offset += len;
+                        }
+                    }
+                    let m = pb::ShipMessage::from(ShipMsg::Chunk(chunk));
+                    self.send_msg(conn, 1 - node, Msg::Ship(Box::new(m)));
+                }
+                Ok(Next::Seal { size }) => {
+                    let digest = sha(&data[..size as usize]);
+                    let Some(s) = self.nodes[node].send.as_mut() else {
+                        return;
+                    };
+                    s.chain = chain::link(&s.chain, &digest, cur.segment.as_str(), size);
+                    let seal = Seal {
+                        epoch: s.epoch,
+                        segment: cur.segment.clone(),
+                        segment_start: cur.start,
+                        size,
+                        sha256: digest,
+                        source_position: self.canon.len() as u64,
+                        chain: s.chain,
+                    };
+                    let chain_after = s.chain;
+                    s.session.sent_seal(&cur.segment);
+                    let next_start = cur.start + size;
+                    s.cursor = None;
+                    s.after = Some((i, next_start));
+                    // The primary records its sealed source segment.
+                    let n = &mut self.nodes[node];
+                    if !n.cat.recs.get(&i).is_some_and(|r| r.sealed) {
+                        n.cat.recs.insert(
+                            i,
+                            Rec {
+                                idx: i,
+                                start: cur.start,
+                                size,
+                                sealed: true,
+                                sha: Some(digest),
+                                chain: Some(chain_after),
+                                check: None,
+                                fork: false,
+                                in_source: path.starts_with("wal/"),
+                            },
+                        );
+                        n.cat.chain_head = chain_after;
+                    }
+                    let m = pb::ShipMessage::from(ShipMsg::Seal(seal));
+                    self.send_msg(conn, 1 - node, Msg::Ship(Box::new(m)));
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, node: usize, conn: u64, durable: u64, sealed: bool, segment: &str) {
+        let replica_acked = self.nodes[1 - node].acked_max;
+        let Some(s) = self.nodes[node].send.as_mut().filter(|s| s.conn == conn) else {
+            return;
+        };
+        s.last_seen = self.now;
+        match s.session.on_ack(durable, sealed, segment) {
+            Ok(_) => {
+                if s.session.acked() > replica_acked {
+                    let msg = format!(
+                        "node {node} believes the replica holds {} bytes durable, but it acked \
+                         only {replica_acked}: lag and sync acks would lie",
+                        s.session.acked()
+                    );
+                    self.violation(msg);
+                }
+                self.pump(node);
+            }
+            Err(e) => {
+                self.log(|| format!("node {node} refuses an ack: {e}"));
+                self.end_send(node);
+            }
+        }
+    }
+
+    fn on_refuse(&mut self, node: usize, conn: u64, epoch: u64, stale: bool) {
+        if !self.nodes[node].send.as_ref().is_some_and(|s| s.conn == conn) {
+            return;
+        }
+        self.end_send(node);
+        if stale {
+            self.fence(node, epoch, "the replica has a newer epoch");
+        }
+    }
+
+    /// roles::fence: a primary that learns of a newer epoch stops.
+    fn fence(&mut self, node: usize, epoch: u64, why: &str) {
+        let st = self.nodes[node].cat.state.clone();
+        if let Some(next) = roles::fence(&st, epoch, why) {
+            self.log(|| format!("node {node}: {:?} -> {:?} ({why})", st.role, next.role));
+            self.nodes[node].cat.state = next;
+            if self.nodes[node].cat.state.role == Role::Fenced {
+                self.nodes[node].db_on = false;
+                if self.nodes[node].send.is_some() {
+                    self.end_send(node);
+                }
+            }
+        }
+    }
+
+    // ----- the replica's session -----
+
+    fn on_hello(&mut self, node: usize, conn: u64, epoch: u64) {
+        let replay = self.conns.get(&conn).is_some_and(|c| c.replay);
+        if self.nodes[node].recv.as_ref().is_some_and(|r| r.job.is_some()) {
+            // A new session waits for the old one's flush (the daemon
+            // ends the old session and waits for its disk worker).
+            self.after(MS, Ev::Deliver {
+                conn,
+                to: node,
+                msg: Msg::Hello { epoch },
+            });
+            return;
+        }
+        let st = self.nodes[node].cat.state.clone();
+        match handshake::admit(&st, epoch) {
+            handshake::Admit::Accept { adopt } => {
+                if epoch < st.epoch {
+                    self.violation(format!(
+                        "invariant 3: node {node} at epoch {} accepted a session from epoch {epoch}",
+                        st.epoch
+                    ));
+                    return;
+                }
+                if let Some(e) = adopt {
+                    if let Some(next) = roles::fence(&st, e, "") {
+                        self.nodes[node].cat.state = next;
+                    }
+                }
+                self.end_recv(node);
+                self.start_recv(node, conn);
+            }
+            handshake::Admit::Stale { current } => {
+                if !replay {
+                    self.send_msg(conn, 1 - node, Msg::Refuse {
+                        epoch: current,
+                        stale: true,
+                    });
+                }
+            }
+            handshake::Admit::FenceSelf { seen } => {
+                self.fence(node, seen, "a newer primary connected");
+                self.send_msg(conn, 1 - node, Msg::Close);
+            }
+            handshake::Admit::Retry
+            | handshake::Admit::RefusePrimary
+            | handshake::Admit::RefuseFenced => {
+                self.send_msg(conn, 1 - node, Msg::Close);
+            }
+        }
+    }
+
+    fn start_recv(&mut self, node: usize, conn: u64) {
+        let n = &self.nodes[node];
+        let tail_rec = n.cat.recs.values().next_back().cloned();
+        let tail = tail_rec.as_ref().map(|r| Tail {
+            segment: name_of(r.idx),
+            start: r.start,
+            size: r.size,
+            sealed: r.sealed,
+        });
+        let crc = tail_rec
+            .as_ref()
+            .and_then(|r| r.check)
+            .map_or(0, |c| c.crc32c);
+        let epoch = n.cat.state.epoch;
+        let welcome = ReplicaEndMsg {
+            durable: tail_rec.as_ref().map_or(0, Rec::end),
+            end: tail_rec.as_ref().map(|r| ReplicaEnd {
+                segment: name_of(r.idx),
+                start: r.start,
+                size: r.size,
+                sealed: r.sealed,
+            }),
+            chain: n.cat.chain_head,
+        };
+        let size = tail_rec.as_ref().map_or(0, |r| r.size);
+        self.nodes[node].recv = Some(Recv {
+            conn,
+            receiver: Receiver::new(epoch, tail),
+            tail_rec,
+            changed: Vec::new(),
+            renames: Vec::new(),
+            new_entry: false,
+            dirty: false,
+            crc,
+            committed: (size, crc),
+            need_ack: false,
+            chain_head: self.nodes[node].cat.chain_head,
+            job: None,
+            closing: false,
+            flush_queued: false,
+            last_seen: self.now,
+            epoch,
+        });
+        self.send_msg(conn, 1 - node, Msg::Welcome(welcome));
+    }
+
+    fn end_recv(&mut self, node: usize) {
+        if let Some(r) = self.nodes[node].recv.take() {
+            self.close_conn(r.conn);
+        }
+    }
+
+    fn on_ship(&mut self, node: usize, conn: u64, m: pb::ShipMessage) {
+        let Some(r) = self.nodes[node].recv.as_mut() else {
+            return;
+        };
+        if r.conn != conn || r.closing {
+            return;
+        }
+        r.last_seen = self.now;
+        // The real wire boundary: drd-proto validates (CRC, names, sizes).
+        let msg = match ShipMsg::try_from(m) {
+            Ok(m) => m,
+            Err(e) => {
+                self.log(|| format!("node {node} refuses a message: {e}"));
+                self.refuse(node);
+                return;
+            }
+        };
+        let r = match msg {
+            ShipMsg::Chunk(c) => self.apply_chunk(node, c),
+            ShipMsg::Seal(s) => self.apply_seal(node, &s),
+            ShipMsg::Keepalive { .. } | ShipMsg::Hello(_) => Ok(()),
+        };
+        if let Err(e) = r {
+            self.log(|| format!("node {node} refuses: {e}"));
+            self.refuse(node);
+            return;
+        }
+        self.queue_flush(node);
+    }
+
+    fn queue_flush(&mut self, node: usize) {
+        let life = self.nodes[node].life;
+        if let Some(r) = self.nodes[node].recv.as_mut() {
+            if !r.flush_queued {
+                r.flush_queued = true;
+                // The batch: whatever else arrives at this instant joins it.
+                self.after(0, Ev::Flush { node, life });
+            }
+        }
+    }
+
+    /// What was accepted before a refusal is made durable and acked; then
+    /// the session ends.
+    fn refuse(&mut self, node: usize) {
+        if let Some(r) = self.nodes[node].recv.as_mut() {
+            r.closing = true;
+        }
+        self.queue_flush(node);
+    }
+
+    fn apply_chunk(&mut self, node: usize, c: Chunk) -> Result<(), String> {
+        let n = &mut self.nodes[node];
+        let Some(r) = n.recv.as_mut() else {
+            return Ok(());
+        };
+        let action = r.receiver.decide_chunk(&c).map_err(|e| e.to_string())?;
+        if c.epoch < n.cat.state.epoch {
+            let msg = format!(
+                "invariant 3: node {node} at epoch {} accepted a chunk of epoch {}",
+                n.cat.state.epoch, c.epoch
+            );
+            self.violation(msg);
+            return Err("lower epoch".into());
+        }
+        let idx = idx_of(c.segment.as_str()).ok_or("bad name")?;
+        let path = land(idx, true);
+        if action == ChunkAction::StartSegment {
+            n.disk.create(&path).map_err(|_| "disk full".to_string())?;
+            r.new_entry = true;
+            r.crc = 0;
+            r.committed = (0, 0);
+            r.tail_rec = Some(Rec {
+                idx,
+                start: c.segment_start,
+                size: 0,
+                sealed: false,
+                sha: None,
+                chain: None,
+                check: Some(PartialCheck::default()),
+                fork: false,
+                in_source: false,
+            });
+            if let Some(j) = r.job.as_mut() {
+                j.committed_next = None;
+            }
+        }
+        n.disk
+            .write_at(&path, c.offset, &c.data)
+            .map_err(|_| "disk full".to_string())?;
+        r.receiver.accept_chunk(action, &c);
+        r.crc = crc32c::crc32c_append(r.crc, &c.data);
+        r.dirty = true;
+        r.need_ack = true;
+        Ok(())
+    }
+
+    fn apply_seal(&mut self, node: usize, s: &Seal) -> Result<(), String> {
+        let n = &mut self.nodes[node];
+        let Some(r) = n.recv.as_mut() else {
+            return Ok(());
+        };
+        match r.receiver.on_seal(s).map_err(|e| e.to_string())? {
+            SealAction::AlreadyDone => {
+                r.need_ack = true;
+                return Ok(());
+            }
+            SealAction::Verify => {}
+        }
+        let idx = idx_of(s.segment.as_str()).ok_or("bad name")?;
+        let path = land(idx, true);
+        let digest = sha(n.disk.read(&path));
+        if let Err(e) = Receiver::check_digest(s, &digest, &r.chain_head) {
+            if n.rotted_partial.contains(&idx) {
+                // Detected: the segment stays partial and invisible.
+                n.stalled_on_rot = true;
+            }
+            return Err(e.to_string());
+        }
+        if n.rotted_partial.contains(&idx) {
+            let msg = format!(
+                "invariant 2: node {node} made segment {idx} complete although its bytes \
+                 rotted before the seal (its checksum cannot have matched)"
+            );
+            self.violation(msg);
+            return Err("rotted".into());
+        }
+        r.renames.push((path, land(idx, false)));
+        r.dirty = false;
+        r.receiver.sealed();
+        let Some(rec) = r.tail_rec.as_mut() else {
+            return Err("seal without a tail record".into());
+        };
+        rec.size = s.size;
+        rec.sealed = true;
+        rec.sha = Some(digest);
+        rec.chain = Some(s.chain);
+        rec.check = None;
+        r.chain_head = s.chain;
+        r.changed.push(rec.clone());
+        r.need_ack = true;
+        Ok(())
+    }
+
+    /// replica/disk.rs's `flush`: the group so far goes to the syncer.
+    fn flush(&mut self, node: usize) {
+        let life = self.nodes[node].life;
+        let job_id = self.next_job;
+        let Some(r) = self.nodes[node].recv.as_mut() else {
+            return;
+        };
+        if r.job.is_some() {
+            // One flush at a time: this group follows when it is done.
+            return;
+        }
+        if !r.need_ack {
+            if r.closing {
+                let conn = r.conn;
+                self.end_recv(node);
+                self.send_msg(conn, 1 - node, Msg::Close);
+            }
+            return;
+        }
+        self.next_job += 1;
+        if let (Some(rec), Some(tail)) = (r.tail_rec.as_mut(), r.receiver.tail.as_ref()) {
+            if rec.idx == idx_of(tail.segment.as_str()).unwrap_or(u64::MAX) && !rec.sealed {
+                rec.size = tail.size;
+                rec.check = Some(PartialCheck {
+                    crc32c: r.crc,
+                    prev_size: r.committed.0,
+                    prev_crc32c: r.committed.1,
+                });
+            }
+            if let Some(c) = r.changed.iter_mut().find(|c| c.idx == rec.idx) {
+                *c = rec.clone();
+            } else {
+                r.changed.push(rec.clone());
+            }
+        }
+        let records = std::mem::take(&mut r.changed);
+        let tail_sealed = r.tail_rec.as_ref().is_none_or(|t| t.sealed);
+        let sealed_ack = records
+            .iter()
+            .rev()
+            .find(|x| x.sealed && !tail_sealed)
+            .cloned();
+        let renames = std::mem::take(&mut r.renames);
+        let new_entry = std::mem::take(&mut r.new_entry);
+        let tail = r
+            .dirty
+            .then(|| r.tail_rec.as_ref().map(|t| (land(t.idx, true), t.size)))
+            .flatten();
+        let steps = durability::Flush::new(tail.is_some(), !renames.is_empty() || new_entry);
+        let committed_next = r
+            .tail_rec
+            .as_ref()
+            .filter(|t| !t.sealed)
+            .map(|t| (t.size, t.check.map_or(0, |c| c.crc32c)));
+        let job = Job {
+            id: job_id,
+            steps,
+            tail,
+            renames,
+            records,
+            chain_head: r.chain_head,
+            tail_rec: r.tail_rec.clone(),
+            sealed_ack,
+            committed_next,
+            commit_started: false,
+            committed: false,
+            acked: false,
+            conn: r.conn,
+        };
+        r.dirty = false;
+        r.need_ack = false;
+        let syncs_tail = job.steps.syncs_tail();
+        let names = job.steps.makes_names_durable();
+        r.job = Some(job);
+        // The disk's latencies: an fdatasync from 50 µs to 8 ms.
+        if syncs_tail {
+            let d = self.rng.random_range(50..8 * MS);
+            self.after(d, Ev::FlushStep {
+                node,
+                life,
+                job: job_id,
+                step: Step::TailSynced,
+            });
+        }
+        if names {
+            let d = self.rng.random_range(50..4 * MS);
+            self.after(d, Ev::FlushStep {
+                node,
+                life,
+                job: job_id,
+                step: Step::NamesDurable,
+            });
+        } else {
+            self.start_commit(node, job_id);
+        }
+    }
+
+    fn start_commit(&mut self, node: usize, job_id: u64) {
+        let life = self.nodes[node].life;
+        let Some(j) = self.nodes[node].recv.as_mut().and_then(|r| r.job.as_mut()) else {
+            return;
+        };
+        if j.id != job_id || !j.steps.may_commit() {
+            return;
+        }
+        j.commit_started = true;
+        let d = self.rng.random_range(50..4 * MS);
+        self.after(d, Ev::FlushStep {
+            node,
+            life,
+            job: job_id,
+            step: Step::Committed,
+        });
+    }
+
+    fn flush_step(&mut self, node: usize, job_id: u64, step: Step) {
+        let n = &mut self.nodes[node];
+        let Some(r) = n.recv.as_mut() else { return };
+        let Some(j) = r.job.as_mut().filter(|j| j.id == job_id) else {
+            return;
+        };
+        match step {
+            Step::TailSynced => {
+                if let Some((path, len)) = &j.tail {
+                    n.disk.sync_upto(path, *len);
+                }
+            }
+            Step::NamesDurable => {
+                for (partial, complete) in &j.renames {
+                    n.disk.sync(partial);
+                    n.disk.rename(partial, complete);
+                }
+                n.disk.sync_dir();
+            }
+            Step::Committed => {
+                apply_commit(&mut n.cat, j);
+                j.committed = true;
+            }
+        }
+        if let Err(e) = j.steps.done(step) {
+            let msg = format!("node {node}: {e}");
+            self.violation(msg);
+            return;
+        }
+        if step == Step::NamesDurable {
+            self.start_commit(node, job_id);
+        }
+        self.maybe_ack(node);
+    }
+
+    /// Acks a group once drd-core says it is durable; retires the job when
+    /// every step is done.
+    fn maybe_ack(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        let Some(r) = n.recv.as_mut() else { return };
+        let Some(j) = r.job.as_mut() else { return };
+        let mut acks = Vec::new();
+        if !j.acked && j.steps.ackable() {
+            j.acked = true;
+            if let Some(c) = j.committed_next {
+                r.committed = c;
+            }
+            if let Some(s) = &j.sealed_ack {
+                acks.push((s.end(), true, name_of(s.idx).to_string()));
+            }
+            let t = j.tail_rec.as_ref();
+            acks.push((
+                t.map_or(0, Rec::end),
+                t.is_some_and(|t| t.sealed),
+                t.map(|t| name_of(t.idx).to_string()).unwrap_or_default(),
+            ));
+        }
+        let conn = j.conn;
+        let done = j.acked && j.steps.finished();
+        if done {
+            r.job = None;
+        }
+        for (durable, sealed, segment) in acks {
+            let n = &mut self.nodes[node];
+            n.acked_max = n.acked_max.max(durable);
+            self.send_msg(conn, 1 - node, Msg::Ack {
+                durable,
+                sealed,
+                segment,
+            });
+        }
+        if done {
+            // The next group, if one accumulated meanwhile.
+            self.queue_flush(node);
+        }
+    }
+
+    // ----- crashes, power cuts, recovery -----
+
+    fn crash(&mut self, node: usize, power: bool) {
+        let coin = self.rng.random_bool(0.5);
+        let n = &mut self.nodes[node];
+        if !n.up {
+            return;
+        }
+        // A synced commit in progress is in RocksDB's log or not.
+        if let Some(j) = n.recv.as_ref().and_then(|r| r.job.as_ref()) {
+            if j.commit_started && !j.committed && coin {
+                apply_commit(&mut n.cat, j);
+            }
+        }
+        n.up = false;
+        n.life += 1;
+        n.recv = None;
+        n.send = None;
+        if power {
+            n.disk.power_cut(&mut self.rng);
+        }
+        self.log(|| format!("node {node} {}", if power { "loses power" } else { "is killed" }));
+        let d = self.rng.random_range(10 * MS..800 * MS);
+        self.after(d, Ev::Restart { node });
+    }
+
+    /// The daemon's start: reconcile the landing directory with the
+    /// catalog (replica/reconcile.rs), then check what survived.
+    fn restart(&mut self, node: usize) {
+        if self.nodes[node].up {
+            return;
+        }
+        let n = &mut self.nodes[node];
+        n.up = true;
+        let life = n.life;
+        if let Err(e) = reconcile(n) {
+            let msg = format!("node {node} cannot recover after a crash: {e}");
+            self.violation(msg);
+            return;
+        }
+        self.log(|| format!("node {node} restarts"));
+        if self.nodes[node].cat.state.role == Role::Replica {
+            self.check_replica_log(node, "after a restart");
+        }
+        if self.nodes[node].cat.state.role == Role::Primary {
+            self.after(MS, Ev::Connect { node, life });
+        }
+    }
+
+    fn log_end(&self, node: usize) -> u64 {
+        self.nodes[node].cat.recs.values().next_back().map_or(0, Rec::end)
+    }
+
+    /// This node's log as its catalog and files say, segment by segment:
+    /// (index, start, bytes).
+    fn log_segments(&self, node: usize) -> Result<Vec<(u64, u64, Vec<u8>)>, String> {
+        let n = &self.nodes[node];
+        let mut out = Vec::new();
+        let mut pos = None;
+        for r in n.cat.recs.values() {
+            if pos.is_some_and(|p| p != r.start) {
+                return Err(format!("a gap before segment {} (start {})", r.idx, r.start));
+            }
+            let path = self.rec_path(node, r);
+            let data = n.disk.read(&path);
+            if (data.len() as u64) < r.size {
+                return Err(format!(
+                    "segment {} has {} bytes on disk but {} recorded",
+                    r.idx,
+                    data.len(),
+                    r.size
+                ));
+            }
+            out.push((r.idx, r.start, data[..r.size as usize].to_vec()));
+            pos = Some(r.end());
+        }
+        Ok(out)
+    }
+
+    /// Invariants 1 and 2 at a replica: its log is a prefix of the newest
+    /// primary's (byte-identical), and holds at least every byte it acked.
+    fn check_replica_log(&mut self, node: usize, when: &str) {
+        let segs = match self.log_segments(node) {
+            Ok(s) => s,
+            Err(e) => {
+                self.violation(format!("node {node} {when}: {e}"));
+                return;
+            }
+        };
+        let end = segs.last().map_or(0, |(_, s, d)| s + d.len() as u64);
+        let acked = self.nodes[node].acked_max;
+        if end < acked {
+            self.violation(format!(
+                "invariant 1: node {node} {when} holds {end} bytes but acked {acked}"
+            ));
+            return;
+        }
+        for (idx, start, data) in segs {
+            if self.nodes[node].rotted.contains(&idx) || self.nodes[node].rotted_partial.contains(&idx) {
+                continue;
+            }
+            let a = start as usize;
+            let b = a + data.len();
+            if self.canon.get(a..b) != Some(&data[..]) {
+                self.violation(format!(
+                    "invariant 1: node {node} {when}: segment {idx} (bytes {a}..{b}) differs \
+                     from the primary's log (canon {} bytes)",
+                    self.canon.len()
+                ));
+                return;
+            }
+        }
+    }
+
+    fn final_checks(&mut self) {
+        for node in 0..2 {
+            if self.nodes[node].cat.state.role == Role::Replica && self.nodes[node].up {
+                self.check_replica_log(node, "at the end");
+                self.verify(node);
+            }
+        }
+    }
+
+    // ----- operations -----
+
+    /// `drctl verify` at a node: re-hash every sealed segment and walk the
+    /// chain (drd-core's chain::Walker). It must find each rotted segment
+    /// and nothing else.
+    fn verify(&mut self, node: usize) {
+        self.out.verifies += 1;
+        let n = &self.nodes[node];
+        let mut walker = chain::Walker::new(chain::GENESIS);
+        for r in n.cat.recs.values().filter(|r| r.sealed) {
+            let path = self.rec_path(node, r);
+            let data = n.disk.read(&path);
+            let actual = if (data.len() as u64) < r.size {
+                Err("short".to_string())
+            } else {
+                Ok(hex_of(&sha(&data[..r.size as usize])))
+            };
+            walker.step(&chain::Stored {
+                name: name_of(r.idx).to_string(),
+                size: r.size,
+                recorded_sha256: r.sha.map(|s| hex_of(&s)).unwrap_or_default(),
+                recorded_chain: r.chain.map(|c| hex_of(&c)),
+                actual_sha256: actual,
+                pruned: false,
+            });
+        }
+        let report = walker.finish();
+        let found: BTreeSet<u64> = report
+            .problems
+            .iter()
+            .filter_map(|(name, _)| idx_of(name))
+            .collect();
+        let rotted: BTreeSet<u64> = n
+            .rotted
+            .iter()
+            .copied()
+            .filter(|i| n.cat.recs.get(i).is_some_and(|r| r.sealed))
+            .collect();
+        if found != rotted {
+            let msg = format!(
+                "verify at node {node}: found problems in {found:?} but the segments that rotted \
+                 are {rotted:?} ({:?})",
+                report.problems.first()
+            );
+            self.violation(msg);
+        }
+    }
+
+    fn operator(&mut self) {
+        if self.healed {
+            // After the faults: an operator rejoins what is fenced.
+            for node in 0..2 {
+                if self.nodes[node].cat.state.role == Role::Fenced {
+                    self.rejoin(node);
+                }
+            }
+            return;
+        }
+        match self.rng.random_range(0..100) {
+            0..=17 => {
+                let r = (0..2).find(|&i| self.nodes[i].cat.state.role == Role::Replica);
+                if let Some(r) = r {
+                    self.failover(r);
+                }
+            }
+            18..=35 => {
+                let p = self.canon_owner;
+                if self.switchover.is_none() && self.nodes[p].cat.state.role == Role::Primary {
+                    self.start_switchover(p);
+                }
+            }
+            36..=60 => {
+                for node in 0..2 {
+                    if self.nodes[node].cat.state.role == Role::Fenced {
+                        self.rejoin(node);
+                    }
+                }
+            }
+            61..=75 => {
+                let p = self.canon_owner;
+                let n = &mut self.nodes[p];
+                n.paused = !n.paused;
+                let paused = n.paused;
+                let life = n.life;
+                self.log(|| format!("operator: {} node {p}", if paused { "pause" } else { "resume" }));
+                if paused {
+                    if let Some(s) = self.nodes[p].send.take() {
+                        self.close_conn(s.conn);
+                    }
+                } else {
+                    self.after(0, Ev::Connect { node: p, life });
+                }
+            }
+            _ => {
+                let node = self.rng.random_range(0..2);
+                if self.nodes[node].up
+                    && self.nodes[node].cat.state.role == Role::Replica
+                    && self.nodes[node].recv.as_ref().is_none_or(|r| r.job.is_none())
+                {
+                    self.verify(node);
+                }
+            }
+        }
+    }
+
+    /// `drctl failover` at the DR node: promote at the durable position;
+    /// the last partial segment becomes the fork segment (ops/fork.rs's
+    /// close_received_log); tell the old primary to fence if reachable.
+    fn failover(&mut self, node: usize) -> bool {
+        if !self.nodes[node].up || self.nodes[node].recv.as_ref().is_some_and(|r| r.job.is_some()) {
+            return false;
+        }
+        let Ok(next) = roles::promote(&self.nodes[node].cat.state) else {
+            return false;
+        };
+        self.end_recv(node);
+        let Some(tail) = self.nodes[node].cat.recs.values().next_back().cloned() else {
+            return false;
+        };
+        // Before the promotion: its log is what the primary had (as far as
+        // it got), byte for byte.
+        self.check_replica_log(node, "at its failover");
+        if !self.out.violations.is_empty() {
+            return false;
+        }
+        let n = &mut self.nodes[node];
+        let mut fork_rec = tail.clone();
+        if !tail.sealed {
+            let path = land(tail.idx, true);
+            n.disk.truncate_durable(&path, tail.size);
+            let digest = sha(&n.disk.read(&path)[..tail.size as usize]);
+            fork_rec.sha = Some(digest);
+            fork_rec.chain = Some(chain::link(
+                &n.cat.chain_head,
+                &digest,
+                name_of(tail.idx).as_str(),
+                tail.size,
+            ));
+            fork_rec.sealed = true;
+            fork_rec.check = None;
+        }
+        fork_rec.fork = true;
+        n.cat.chain_head = fork_rec.chain.unwrap_or(n.cat.chain_head);
+        n.cat.recs.insert(tail.idx, fork_rec);
+        n.cat.fork = Some((tail.idx, tail.end()));
+        n.cat.state = next.clone();
+        // The promoted database writes the new epoch's segments after the fork.
+        n.src.clear();
+        n.src.insert(tail.idx + 1, tail.end());
+        n.disk.append_durable(&wal(tail.idx + 1), &[]);
+        n.db_on = true;
+        n.db_hold = false;
+        n.paused = false;
+        n.stalled_on_rot = false;
+        let life = n.life;
+        self.canon.truncate(tail.end() as usize);
+        self.nodes[1 - self.canon_owner].db_on = false;
+        self.canon_owner = node;
+        self.out.failovers += 1;
+        self.log(|| format!("operator: failover to node {node} at epoch {} (fork at {})", next.epoch, tail.end()));
+        // Tell the old primary, if the network lets it through.
+        let c = self.open_conn(node, 1 - node, false);
+        self.send_msg(c, 1 - node, Msg::Fence { epoch: next.epoch });
+        self.after(MS, Ev::Connect { node, life });
+        true
+    }
+
+    /// `drctl rejoin` at a fenced node: ask the new primary for its fork,
+    /// cut back (drd-core's fork plan), quarantine what lay past it.
+    fn rejoin(&mut self, node: usize) {
+        let p = 1 - node;
+        if !self.nodes[node].up
+            || !self.nodes[p].up
+            || self.blocked[node][p]
+            || self.blocked[p][node]
+            || self.nodes[p].cat.state.role != Role::Primary
+        {
+            return;
+        }
+        let Some((fidx, fpos)) = self.nodes[p].cat.fork else {
+            return;
+        };
+        let Some(frec) = self.nodes[p].cat.recs.get(&fidx).cloned() else {
+            return;
+        };
+        let primary_epoch = self.nodes[p].cat.state.epoch;
+        let Ok(next) = roles::rejoin(&self.nodes[node].cat.state, primary_epoch) else {
+            return;
+        };
+        if self.cut_back(node, &frec, fpos, "rejoin").is_err() {
+            return;
+        }
+        let n = &mut self.nodes[node];
+        n.cat.state = next;
+        n.db_on = false;
+        self.out.rejoins += 1;
+        self.log(|| format!("operator: node {node} rejoined at fork {fpos}"));
+        self.check_replica_log(node, "after its rejoin");
+    }
+
+    /// The cut of a rejoin or a switchover's demotion.
+    fn cut_back(&mut self, node: usize, frec: &Rec, fpos: u64, why: &str) -> Result<(), ()> {
+        let fidx = frec.idx;
+        // What this node's log held past the fork, for invariant 5.
+        let old: Vec<u8> = {
+            let log = self.own_log(node);
+            let mut bytes = Vec::new();
+            for (_, (start, path, _)) in log.range(fidx..) {
+                let d = self.nodes[node].disk.read(path);
+                let from = fpos.saturating_sub(*start) as usize;
+                if from < d.len() {
+                    bytes.extend_from_slice(&d[from..]);
+                }
+            }
+            bytes
+        };
+        let n = &mut self.nodes[node];
+        let candidates = [wal(fidx), land(fidx, false), land(fidx, true)];
+        let Some(fork_file) = candidates.iter().find(|p| n.disk.exists(p)).cloned() else {
+            let msg = format!("{why} at node {node}: it does not hold the fork segment {fidx}");
+            self.violation(msg);
+            return Err(());
+        };
+        let have = n.disk.len(&fork_file).unwrap_or(0);
+        let mut held: Vec<(u64, String)> = Vec::new();
+        for dir in ["wal", "land"] {
+            for name in n.disk.list(dir) {
+                if let Some(i) = idx_of(&name) {
+                    held.push((i, format!("{dir}/{name}")));
+                }
+            }
+        }
+        let f = fork::Fork {
+            segment: name_of(fidx),
+            start: frec.start,
+            position: fpos,
+        };
+        let data = n.disk.read(&fork_file).to_vec();
+        let plan = f.plan(
+            have,
+            |len| Some(sha(&data[..len as usize])) == frec.sha,
+            held.iter().map(|(i, _)| name_of(*i)),
+        );
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("{why} at node {node} refused: {e}");
+                self.violation(msg);
+                return Err(());
+            }
+        };
+        let mut quarantined = Vec::new();
+        if plan.tail_bytes > 0 {
+            let q = format!("quar/{}.after-fork-at-{}", fidx, plan.keep);
+            n.disk.write_durable(&q, &data[plan.keep as usize..]);
+            quarantined.extend_from_slice(&data[plan.keep as usize..]);
+        }
+        n.disk.truncate_durable(&fork_file, plan.keep);
+        for seg in &plan.quarantine {
+            let i = idx_of(seg.as_str()).unwrap_or(0);
+            for (_, path) in held.iter().filter(|(h, _)| *h == i) {
+                quarantined.extend_from_slice(n.disk.read(path));
+                let to = format!("quar/{}", &path[path.find('/').map_or(0, |x| x + 1)..]);
+                n.disk.move_durable(path, &to);
+            }
+        }
+        n.cat.recs.retain(|&i, _| i < fidx);
+        n.cat.recs.insert(
+            fidx,
+            Rec {
+                idx: fidx,
+                start: frec.start,
+                size: plan.keep,
+                sealed: true,
+                sha: frec.sha,
+                chain: frec.chain,
+                check: None,
+                fork: true,
+                in_source: fork_file.starts_with("wal/"),
+            },
+        );
+        n.cat.chain_head = frec.chain.unwrap_or(chain::GENESIS);
+        n.cat.fork = Some((fidx, fpos));
+        n.src.clear();
+        n.rotted.retain(|&i| i < fidx);
+        n.rotted_partial.retain(|&i| i < fidx);
+        n.stalled_on_rot = false;
+        if old != quarantined {
+            let msg = format!(
+                "invariant 5: {why} at node {node}: {} bytes lay past the fork but {} went to \
+                 quarantine{}",
+                old.len(),
+                quarantined.len(),
+                if old.len() == quarantined.len() { " (different bytes)" } else { "" }
+            );
+            self.violation(msg);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    fn start_switchover(&mut self, p: usize) {
+        self.nodes[p].db_hold = true;
+        self.switchover = Some(Switchover {
+            primary: p,
+            deadline: self.now + 2 * SEC,
+        });
+        self.log(|| format!("operator: switchover from node {p}: writes held, draining"));
+        self.after(10 * MS, Ev::SwitchoverCheck);
+    }
+
+    /// `drctl switchover` as steps: drain to lag 0, then promote the replica
+    /// and demote the primary; roll back (resume writes) when it cannot.
+    fn switchover_check(&mut self) {
+        let Some(sw) = self.switchover else { return };
+        let p = sw.primary;
+        let r = 1 - p;
+        let want = self.canon.len() as u64;
+        let rollback = |w: &mut World, why: &str| {
+            w.nodes[p].db_hold = false;
+            w.switchover = None;
+            w.out.switchovers_rolled_back += 1;
+            w.log(|| format!("switchover rolled back: {why}"));
+        };
+        if self.nodes[p].cat.state.role != Role::Primary
+            || self.nodes[r].cat.state.role != Role::Replica
+            || self.canon_owner != p
+        {
+            rollback(self, "roles changed");
+            return;
+        }
+        let drained = self.nodes[p].up
+            && self.nodes[r].up
+            && self.nodes[p]
+                .send
+                .as_ref()
+                .is_some_and(|s| s.welcomed && s.session.acked() == want)
+            && self.nodes[r].recv.as_ref().is_none_or(|x| x.job.is_none())
+            && self.log_end(r) == want
+            && !self.blocked[p][r]
+            && !self.blocked[r][p];
+        if !drained {
+            if self.now >= sw.deadline {
+                rollback(self, "not drained in time");
+            } else {
+                self.after(10 * MS, Ev::SwitchoverCheck);
+            }
+            return;
+        }
+        // Invariant 4: the new primary has exactly the old primary's log.
+        let ours: Vec<u8> = match self.log_segments(r) {
+            Ok(s) => s.into_iter().flat_map(|(_, _, d)| d).collect(),
+            Err(e) => {
+                self.violation(format!("switchover: node {r}: {e}"));
+                return;
+            }
+        };
+        if ours != self.canon {
+            self.violation(format!(
+                "invariant 4: switchover: node {r}'s log ({} bytes) is not node {p}'s ({} bytes)",
+                ours.len(),
+                self.canon.len()
+            ));
+            return;
+        }
+        let old_epoch = self.nodes[p].cat.state.epoch;
+        self.switchover = None;
+        if !self.failover(r) {
+            rollback(self, "promotion failed");
+            return;
+        }
+        self.out.failovers -= 1;
+        self.out.switchovers += 1;
+        let new_epoch = self.nodes[r].cat.state.epoch;
+        let Ok(next) = roles::demote(&self.nodes[p].cat.state, new_epoch) else {
+            self.violation(format!("switchover: demote of node {p} from {old_epoch} refused"));
+            return;
+        };
+        if let Some(s) = self.nodes[p].send.take() {
+            self.close_conn(s.conn);
+        }
+        let Some((fidx, fpos)) = self.nodes[r].cat.fork else {
+            return;
+        };
+        let Some(frec) = self.nodes[r].cat.recs.get(&fidx).cloned() else {
+            return;
+        };
+        let before = self.canon.len();
+        if self.cut_back(p, &frec, fpos, "switchover").is_err() {
+            return;
+        }
+        if fpos as usize != before {
+            self.violation(format!(
+                "invariant 4: switchover forked at {fpos} but the log was {before} bytes"
+            ));
+        }
+        let n = &mut self.nodes[p];
+        n.cat.state = next;
+        n.db_on = false;
+        n.db_hold = false;
+        self.check_replica_log(p, "after its switchover");
+    }
+
+    // ----- faults -----
+
+    fn fault(&mut self) {
+        let kind = self.rng.random_range(0..FAULTS.len());
+        let a = self.rng.random_range(0..2);
+        let b = 1 - a;
+        let replica = 1 - self.canon_owner;
+        self.out.faults[kind] += 1;
+        self.log(|| format!("fault: {}", FAULTS[kind]));
+        match kind {
+            0 | 1 => {
+                self.blocked[a][b] = true;
+                if kind == 0 {
+                    self.blocked[b][a] = true;
+                }
+                let d = self.rng.random_range(50 * MS..1_500 * MS);
+                self.after(d, Ev::Heal);
+            }
+            2 => {
+                let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.open).map(|(i, _)| *i).collect();
+                for i in ids {
+                    self.close_conn(i);
+                }
+            }
+            3 => self.crash(a, false),
+            4 => self.crash(a, true),
+            5 => {
+                self.nodes[replica].disk.full = true;
+                let d = self.rng.random_range(20 * MS..500 * MS);
+                self.after(d, Ev::Heal);
+            }
+            6 => {
+                // A sealed segment at the replica, not its last one.
+                let n = &self.nodes[replica];
+                let sealed: Vec<u64> = n
+                    .cat
+                    .recs
+                    .values()
+                    .filter(|r| r.sealed && !r.fork && !r.in_source && r.size > 0)
+                    .map(|r| r.idx)
+                    .collect();
+                if sealed.len() >= 3 {
+                    let i = sealed[self.rng.random_range(0..sealed.len() - 2)];
+                    let at = self.rng.random_range(0..self.nodes[replica].cat.recs[&i].size) as usize;
+                    let path = land(i, false);
+                    if self.nodes[replica].disk.exists(&path) {
+                        self.nodes[replica].disk.rot(&path, at);
+                        self.nodes[replica].rotted.insert(i);
+                    }
+                }
+            }
+            7 => {
+                // The replica's partial tail, before its seal.
+                let n = &self.nodes[replica];
+                if let Some(t) = n.cat.recs.values().next_back().filter(|t| !t.sealed && t.size > 0) {
+                    let (i, size) = (t.idx, t.size);
+                    let at = self.rng.random_range(0..size) as usize;
+                    self.nodes[replica].disk.rot(&land(i, true), at);
+                    self.nodes[replica].rotted_partial.insert(i);
+                }
+            }
+            8 => self.corrupt_next = true,
+            9 => self.dup_next = true,
+            10 => self.reorder_next = true,
+            11 => self.replay_old_session(replica),
+            _ => {
+                // A hostile replica acks past what it was sent.
+                let r = &self.nodes[replica];
+                if let Some(rv) = r.recv.as_ref() {
+                    let conn = rv.conn;
+                    let bogus = r.acked_max + 1 + self.rng.random_range(0..1000);
+                    self.send_msg(conn, self.canon_owner, Msg::Ack {
+                        durable: bogus,
+                        sealed: false,
+                        segment: String::new(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// An old session's traffic arrives again at the replica (a middlebox
+    /// replaying it, or a stale primary's process that never died): the
+    /// epoch checks must refuse it when its epoch is lower.
+    fn replay_old_session(&mut self, to: usize) {
+        if self.history.len() < 2 {
+            return;
+        }
+        let i = self.rng.random_range(0..self.history.len() - 1);
+        let (epoch, msgs) = self.history[i].clone();
+        if epoch >= self.nodes[to].cat.state.epoch {
+            // Same epoch: a duplicate session that the continuity checks
+            // handle; replay only older ones here.
+            return;
+        }
+        let conn = self.open_conn(1 - to, to, true);
+        self.log(|| format!("net: replaying a session of epoch {epoch} on conn {conn}"));
+        let mut t = self.now;
+        for m in msgs {
+            t += self.rng.random_range(50..500);
+            self.at(t, Ev::Deliver { conn, to, msg: m });
+        }
+    }
+
+    fn heal_faults(&mut self) {
+        self.blocked = [[false; 2]; 2];
+        for n in &mut self.nodes {
+            n.disk.full = false;
+        }
+    }
+
+    fn heal(&mut self) {
+        if self.now >= self.heal_at && !self.healed {
+            self.healed = true;
+            self.heal_faults();
+            self.corrupt_next = false;
+            self.dup_next = false;
+            self.reorder_next = false;
+            if let Some((c, to, m)) = self.held_reorder.take() {
+                self.after(1, Ev::Deliver { conn: c, to, msg: m });
+            }
+            self.log(|| "all faults heal".to_string());
+            for node in 0..2 {
+                let n = &mut self.nodes[node];
+                n.db_hold = false;
+                if !n.up {
+                    self.after(MS, Ev::Restart { node });
+                }
+                let n = &mut self.nodes[node];
+                n.paused = false;
+                let life = n.life;
+                self.after(MS, Ev::Connect { node, life });
+            }
+            self.switchover = None;
+            return;
+        }
+        if !self.healed {
+            // One fault's end: heal the network and the disk (other faults
+            // still come).
+            self.heal_faults();
+            for node in 0..2 {
+                let life = self.nodes[node].life;
+                self.after(MS, Ev::Connect { node, life });
+            }
+        }
+    }
+
+    /// Idle timeouts: a session with no message for IDLE is given up.
+    fn idle(&mut self) {
+        for node in 0..2 {
+            if let Some(s) = &self.nodes[node].send {
+                let dead = self.conns.get(&s.conn).is_none_or(|c| !c.open);
+                if dead && self.now.saturating_sub(s.last_seen) > IDLE
+                    || self.now.saturating_sub(s.last_seen) > 4 * IDLE
+                {
+                    self.end_send(node);
+                }
+            } else if self.nodes[node].cat.state.role == Role::Primary {
+                let life = self.nodes[node].life;
+                self.after(0, Ev::Connect { node, life });
+            }
+            if let Some(r) = &self.nodes[node].recv {
+                let dead = self.conns.get(&r.conn).is_none_or(|c| !c.open);
+                if r.job.is_none() && dead && self.now.saturating_sub(r.last_seen) > IDLE {
+                    self.end_recv(node);
+                }
+            }
+        }
+    }
+}
+
+fn apply_commit(cat: &mut Catalog, j: &Job) {
+    for r in &j.records {
+        cat.recs.insert(r.idx, r.clone());
+    }
+    cat.chain_head = j.chain_head;
+}
+
+/// replica/reconcile.rs at start: the tail's files against its record.
+fn reconcile(n: &mut Node) -> Result<(), String> {
+    let Some(rec) = n.cat.recs.values().next_back().cloned() else {
+        return Ok(());
+    };
+    if rec.in_source {
+        return Ok(());
+    }
+    let partial = land(rec.idx, true);
+    let complete = land(rec.idx, false);
+    if rec.sealed {
+        let path = if rec.fork && !n.disk.exists(&complete) {
+            partial
+        } else {
+            complete
+        };
+        let len = n.disk.len(&path).ok_or(format!("sealed segment {path} is missing"))?;
+        if len != rec.size {
+            return Err(format!("sealed segment {path} has {len} bytes, {} recorded", rec.size));
+        }
+        return Ok(());
+    }
+    if !n.disk.exists(&partial) && n.disk.exists(&complete) {
+        n.disk.rename(&complete, &partial);
+        n.disk.sync_dir();
+    }
+    let Some(len) = n.disk.len(&partial) else {
+        if rec.size == 0 || rec.check.is_some_and(|c| c.prev_size == 0) {
+            n.disk.write_durable(&partial, &[]);
+            if rec.size > 0 {
+                let mut r = rec.clone();
+                r.size = 0;
+                r.check = Some(PartialCheck::default());
+                n.cat.recs.insert(r.idx, r);
+            }
+            return Ok(());
+        }
+        return Err(format!("partial segment {partial} is missing, {} bytes recorded", rec.size));
+    };
+    let data = n.disk.read(&partial).to_vec();
+    let kept = drd_core::tail::recover(rec.size, rec.check, len, |k| {
+        crc32c::crc32c(&data[..k as usize])
+    })
+    .map_err(|e| format!("partial segment {partial}: {e}"))?;
+    if kept.cut_back {
+        let mut r = rec.clone();
+        let c = rec.check.unwrap_or_default();
+        r.size = c.prev_size;
+        r.check = Some(PartialCheck {
+            crc32c: c.prev_crc32c,
+            prev_size: c.prev_size,
+            prev_crc32c: c.prev_crc32c,
+        });
+        n.cat.recs.insert(r.idx, r);
+    }
+    if len > kept.keep {
+        n.disk.truncate_durable(&partial, kept.keep);
+    }
+    Ok(())
+}
+
+fn wal(idx: u64) -> String {
+    format!("wal/{idx:024X}")
+}
+
+fn land(idx: u64, partial: bool) -> String {
+    if partial {
+        format!("land/{idx:024X}.partial")
+    } else {
+        format!("land/{idx:024X}")
+    }
+}
+
+fn hex_of(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn short(m: &Msg) -> String {
+    match m {
+        Msg::Ship(p) => match &p.msg {
+            Some(pb::ship_message::Msg::Chunk(c)) => {
+                format!("chunk {} @{}+{} e{}", &c.segment[16..], c.offset, c.data.len(), c.epoch)
+            }
+            Some(pb::ship_message::Msg::Seal(s)) => {
+                format!("seal {} size {} e{}", &s.segment[16..], s.size, s.epoch)
+            }
+            _ => "ship".into(),
+        },
+        Msg::Welcome(w) => format!("welcome durable {}", w.durable),
+        other => format!("{other:?}"),
+    }
+}
