@@ -65,9 +65,45 @@ pub fn close_received_log(
             rec.name,
             drd_proto::PARTIAL_SUFFIX
         ));
+        // The partial's bytes must still be the ones its record's CRC covers
+        // (drd-core's tail::recover, as after a crash): bytes that rotted at
+        // rest must not become a fork segment with a fresh checksum. Found
+        // by drd-sim (bit rot of a partial tail, then a failover).
+        let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let file = std::fs::File::open(&partial)
+            .with_context(|| format!("cannot open {}", partial.display()))?;
+        let mut read_err = None;
+        let kept = drd_core::tail::recover(rec.size, rec.check, len, |n| {
+            crate::replica::disk::crc_prefix(&file, n).unwrap_or_else(|e| {
+                read_err.get_or_insert(e);
+                0
+            })
+        });
+        if let Some(e) = read_err {
+            return Err(e).with_context(|| format!("cannot read {}", partial.display()));
+        }
+        let kept = kept.map_err(|e| {
+            anyhow::anyhow!(
+                "the partial segment {} does not match its catalog record ({e}): its bytes \
+                 changed at rest, and a failover does not promote a corrupt log; nothing was \
+                 changed — run `drctl verify`, then restore the segment from the primary site \
+                 or a backup",
+                partial.display()
+            )
+        })?;
+        if kept.cut_back {
+            tracing::warn!(
+                segment = %rec.name,
+                recorded = rec.size,
+                kept = kept.keep,
+                "the partial segment's last group does not match its record; the fork is at \
+                 the previous durable point"
+            );
+            rec.size = kept.keep;
+        }
         // Bytes past the durable size were never acked: cut them first, so
         // the kept file is exactly the verified prefix.
-        if std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) > rec.size {
+        if len > rec.size {
             fsutil::truncate_durable(&partial, rec.size)?;
         }
         let sha = hash_prefix(&partial, rec.size)?;
