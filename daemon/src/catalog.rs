@@ -439,7 +439,7 @@ impl Catalog {
         for mut rec in txn.audit.drain(..) {
             rec.seq = seq;
             if rec.at_ms == 0 {
-                rec.at_ms = crate::unix_ms();
+                rec.at_ms = crate::clock::unix_ms();
             }
             txn.batch.put(audit_key(seq), encode(&rec));
             written.push(rec);
@@ -473,7 +473,8 @@ impl Catalog {
         if self.db.get(key.as_bytes())?.is_some() {
             return Ok(false);
         }
-        self.db.put_opt(key, encode(&crate::unix_ms()), &synced())?;
+        self.db
+            .put_opt(key, encode(&crate::clock::unix_ms()), &synced())?;
         Ok(true)
     }
 

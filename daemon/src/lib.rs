@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -45,12 +46,7 @@ use tokio_util::task::TaskTracker;
 /// batch (flush, fsync, ack) before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use clock::unix_ms;
 
 /// Runs the daemon until `shutdown` is cancelled: reconciles received
 /// streams with the catalog, then serves the replication and control APIs

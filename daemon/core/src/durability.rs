@@ -149,7 +149,10 @@ mod tests {
 
         let mut f = Flush::new(true, false);
         f.done(Step::TailSynced).unwrap();
-        assert!(!f.ackable(), "synced bytes without their record are not durable");
+        assert!(
+            !f.ackable(),
+            "synced bytes without their record are not durable"
+        );
         f.done(Step::Committed).unwrap();
         assert!(f.ackable());
     }

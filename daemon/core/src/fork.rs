@@ -126,7 +126,9 @@ mod tests {
             start: 100,
             position: 130,
         };
-        let cut = f.plan(80, |n| n == 30, [seg(3), seg(1), seg(4), seg(2)]).unwrap();
+        let cut = f
+            .plan(80, |n| n == 30, [seg(3), seg(1), seg(4), seg(2)])
+            .unwrap();
         assert_eq!(
             cut,
             Cut {

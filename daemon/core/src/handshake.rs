@@ -59,6 +59,9 @@ mod tests {
         let mut held = p.clone();
         held.shipping_held = true;
         assert_eq!(admit(&held, 6), Admit::Retry);
-        assert_eq!(admit(&NodeState::new(Role::Fenced, 5), 9), Admit::RefuseFenced);
+        assert_eq!(
+            admit(&NodeState::new(Role::Fenced, 5), 9),
+            Admit::RefuseFenced
+        );
     }
 }

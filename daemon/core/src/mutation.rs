@@ -25,11 +25,17 @@ pub enum Mutation {
     /// Recovery after a crash trusts the catalog's size of a partial tail
     /// without checking its CRC.
     TrustTailRecord,
+    /// Recovery reports a kept partial tail durable without fdatasyncing
+    /// it (the bug drd-sim found in replica/reconcile.rs).
+    SkipRecoverySync,
+    /// A promotion makes the partial tail the fork segment without checking
+    /// it against its record's CRC (the bug drd-sim found in ops/fork.rs).
+    ForkUncheckedPartial,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name and what it breaks.
-    pub const ALL: [(Mutation, &'static str, &'static str); 8] = [
+    pub const ALL: [(Mutation, &'static str, &'static str); 10] = [
         (
             Mutation::AckBeforeDataSync,
             "ack-before-data-sync",
@@ -70,6 +76,16 @@ impl Mutation {
             "trust-tail-record",
             "crash recovery trusts a partial tail's record without its CRC (invariant 1)",
         ),
+        (
+            Mutation::SkipRecoverySync,
+            "skip-recovery-sync",
+            "crash recovery reports page-cache bytes durable without fdatasync (invariant 1)",
+        ),
+        (
+            Mutation::ForkUncheckedPartial,
+            "fork-unchecked-partial",
+            "failover seals a rotted partial tail as the fork segment (invariants 1, 2)",
+        ),
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,7 +96,10 @@ impl Mutation {
     }
 
     pub fn from_name(name: &str) -> Option<Mutation> {
-        Self::ALL.iter().find(|(_, n, _)| *n == name).map(|(m, _, _)| *m)
+        Self::ALL
+            .iter()
+            .find(|(_, n, _)| *n == name)
+            .map(|(m, _, _)| *m)
     }
 }
 

@@ -22,14 +22,21 @@ pub struct PartialCheck {
     pub prev_crc32c: u32,
 }
 
-/// The recovered durable size of a partial tail.
+/// The recovered durable size of a partial tail, and what the driver must
+/// do before it reports those bytes durable (a Welcome, an ack).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recovered {
-    /// Bytes of the file that hold: truncate the file to this.
+    /// Bytes of the file that hold: truncate the file to this (durably).
     pub keep: u64,
     /// The record must be cut back to its previous point (its commit got
     /// ahead of its bytes).
     pub cut_back: bool,
+    /// fdatasync the file (when it is not truncated, which syncs it): the
+    /// kept bytes may be only in the page cache — a kill -9 after the
+    /// commit but before the tail's fdatasync returned leaves them there.
+    /// Found by drd-sim: a crash, a restart, then a power cut lost bytes
+    /// that the restarted replica had reported durable.
+    pub sync: bool,
 }
 
 /// Why a tail cannot be recovered: synced data is missing or changed.
@@ -53,6 +60,7 @@ pub fn recover(
     len: u64,
     mut crc_at: impl FnMut(u64) -> u32,
 ) -> Result<Recovered, TailError> {
+    let sync = !mutation::active(Mutation::SkipRecoverySync);
     let Some(check) = check else {
         if len < size {
             return Err(TailError::Short { len, size });
@@ -60,6 +68,7 @@ pub fn recover(
         return Ok(Recovered {
             keep: size,
             cut_back: false,
+            sync,
         });
     };
     if len >= size && (mutation::active(Mutation::TrustTailRecord) || crc_at(size) == check.crc32c)
@@ -67,12 +76,14 @@ pub fn recover(
         return Ok(Recovered {
             keep: size,
             cut_back: false,
+            sync,
         });
     }
     if len >= check.prev_size && crc_at(check.prev_size) == check.prev_crc32c {
         return Ok(Recovered {
             keep: check.prev_size,
             cut_back: true,
+            sync,
         });
     }
     Err(TailError::NoMatch {
@@ -80,6 +91,27 @@ pub fn recover(
         size,
         prev_size: check.prev_size,
     })
+}
+
+/// Promotion (failover, switchover): how much of the partial tail becomes
+/// the fork segment. Its bytes must still be the ones its record's CRC
+/// covers — bytes that rotted at rest must not become a fork segment with
+/// a fresh checksum (found by drd-sim: bit rot of a partial tail, then a
+/// failover). The same decision as after a crash.
+pub fn fork_point(
+    size: u64,
+    check: Option<PartialCheck>,
+    len: u64,
+    crc_at: impl FnMut(u64) -> u32,
+) -> Result<Recovered, TailError> {
+    if mutation::active(Mutation::ForkUncheckedPartial) && len >= size {
+        return Ok(Recovered {
+            keep: size,
+            cut_back: false,
+            sync: true,
+        });
+    }
+    recover(size, check, len, crc_at)
 }
 
 #[cfg(test)]
@@ -100,7 +132,8 @@ mod tests {
             recover(100, Some(check), 100, crc).unwrap(),
             Recovered {
                 keep: 100,
-                cut_back: false
+                cut_back: false,
+                sync: true
             }
         );
         // Only 80 did (zeros after them, as a power cut leaves).
@@ -111,7 +144,8 @@ mod tests {
             recover(100, Some(check), 100, crc_torn).unwrap(),
             Recovered {
                 keep: 60,
-                cut_back: true
+                cut_back: true,
+                sync: true
             }
         );
         // Even the previous point is gone: an error, nothing guessed.

@@ -25,10 +25,10 @@ pub struct File {
     pub synced: usize,
 }
 
+/// One directory operation as the journal commits it: atomically (a
+/// rename changes two names at once).
 #[derive(Clone, Debug)]
-enum DirOp {
-    Put(String, Option<u64>),
-}
+struct DirOp(Vec<(String, Option<u64>)>);
 
 /// One node's disk: files by id, names by path.
 #[derive(Clone, Debug, Default)]
@@ -76,12 +76,14 @@ impl Disk {
             .collect()
     }
 
-    fn put_name(&mut self, path: &str, id: Option<u64>) {
-        match id {
-            Some(id) => self.names.insert(path.to_string(), id),
-            None => self.names.remove(path),
-        };
-        self.journal.push(DirOp::Put(path.to_string(), id));
+    fn put_names(&mut self, changes: Vec<(String, Option<u64>)>) {
+        for (path, id) in &changes {
+            match id {
+                Some(id) => self.names.insert(path.clone(), *id),
+                None => self.names.remove(path),
+            };
+        }
+        self.journal.push(DirOp(changes));
     }
 
     /// Creates (or truncates to empty) a file. Its name is durable only
@@ -98,7 +100,7 @@ impl Disk {
         let id = self.next_id;
         self.next_id += 1;
         self.files.insert(id, File::default());
-        self.put_name(path, Some(id));
+        self.put_names(vec![(path.to_string(), Some(id))]);
         Ok(())
     }
 
@@ -152,14 +154,7 @@ impl Disk {
     /// rename(2): atomic, durable after the directory's fsync.
     pub fn rename(&mut self, from: &str, to: &str) {
         if let Some(id) = self.names.get(from).copied() {
-            self.put_name(to, Some(id));
-            self.put_name(from, None);
-        }
-    }
-
-    pub fn remove(&mut self, path: &str) {
-        if self.exists(path) {
-            self.put_name(path, None);
+            self.put_names(vec![(to.to_string(), Some(id)), (from.to_string(), None)]);
         }
     }
 
@@ -206,12 +201,13 @@ impl Disk {
         // Directory: the durable names plus a random prefix of the journal.
         let keep = rng.random_range(0..=self.journal.len());
         let mut names = self.durable_names.clone();
-        for op in &self.journal[..keep] {
-            let DirOp::Put(path, id) = op;
-            match id {
-                Some(id) => names.insert(path.clone(), *id),
-                None => names.remove(path),
-            };
+        for DirOp(changes) in &self.journal[..keep] {
+            for (path, id) in changes {
+                match id {
+                    Some(id) => names.insert(path.clone(), *id),
+                    None => names.remove(path),
+                };
+            }
         }
         self.names = names;
         self.durable_names = self.names.clone();

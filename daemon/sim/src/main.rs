@@ -30,7 +30,11 @@ use std::time::Instant;
 use world::{Outcome, World, FAULTS};
 
 #[derive(Parser, Debug)]
-#[command(name = "drd-sim", version, about = "Deterministic simulation of drd's protocol core")]
+#[command(
+    name = "drd-sim",
+    version,
+    about = "Deterministic simulation of drd's protocol core"
+)]
 struct Args {
     /// How many seeds to run.
     #[arg(long, default_value_t = 1000)]
@@ -125,7 +129,11 @@ fn main() -> ExitCode {
             println!("violation: {v}");
         }
         println!("seeds 1, violations {}", t.violations);
-        return if t.violations > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        return if t.violations > 0 {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let threads = args
         .threads
@@ -155,8 +163,11 @@ fn main() -> ExitCode {
                     if !o.violations.is_empty() && args.stop_at_first {
                         stop.store(true, Ordering::Relaxed);
                     }
-                    if progress && seed % 10_000 == 0 {
-                        eprint!("\rdrd-sim: seed {seed} ({:.0} s)   ", t0.elapsed().as_secs_f64());
+                    if progress && seed.is_multiple_of(10_000) {
+                        eprint!(
+                            "\rdrd-sim: seed {seed} ({:.0} s)   ",
+                            t0.elapsed().as_secs_f64()
+                        );
                     }
                 }
                 #[allow(clippy::unwrap_used)] // a poisoned lock is a bug: a panic of a seed
@@ -173,7 +184,12 @@ fn main() -> ExitCode {
     print_table(&t, planted, t0.elapsed().as_secs_f64());
     for (seed, v) in &t.violating {
         println!("violation at seed {seed}: {v}");
-        println!("  replay: drd-sim --seed {seed} --trace{}", planted.map(|m| format!(" --mutate {}", m.name())).unwrap_or_default());
+        println!(
+            "  replay: drd-sim --seed {seed} --trace{}",
+            planted
+                .map(|m| format!(" --mutate {}", m.name()))
+                .unwrap_or_default()
+        );
     }
     println!("seeds {}, violations {}", t.seeds, t.violations);
     if t.violations > 0 {
@@ -208,7 +224,12 @@ fn merge(t: &mut Totals, l: Totals) {
 
 fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
     let row = |k: &str, v: String| println!("  {k:<36} {v:>14}");
-    println!("drd-sim summary{}", planted.map(|m| format!(" (planted bug: {})", m.name())).unwrap_or_default());
+    println!(
+        "drd-sim summary{}",
+        planted
+            .map(|m| format!(" (planted bug: {})", m.name()))
+            .unwrap_or_default()
+    );
     row("seeds", t.seeds.to_string());
     row("simulated hours", format!("{:.2}", t.sim_us as f64 / 3.6e9));
     row("events", t.events.to_string());

@@ -171,8 +171,6 @@ struct Recv {
     closing: bool,
     flush_queued: bool,
     last_seen: Us,
-    /// The session's epoch at its start (from the node's state).
-    epoch: u64,
 }
 
 /// A primary's session (primary/shipper.rs's session).
@@ -212,17 +210,27 @@ struct Node {
     rotted_partial: BTreeSet<u64>,
     stalled_on_rot: bool,
     paused: bool,
-    reconnect_at: Option<Us>,
 }
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Hello { epoch: u64 },
+    Hello {
+        epoch: u64,
+    },
     Welcome(ReplicaEndMsg),
-    Refuse { epoch: u64, stale: bool },
+    Refuse {
+        epoch: u64,
+        stale: bool,
+    },
     Ship(Box<pb::ShipMessage>),
-    Ack { durable: u64, sealed: bool, segment: String },
-    Fence { epoch: u64 },
+    Ack {
+        durable: u64,
+        sealed: bool,
+        segment: String,
+    },
+    Fence {
+        epoch: u64,
+    },
     Close,
 }
 
@@ -235,12 +243,29 @@ struct ReplicaEndMsg {
 
 #[derive(Debug)]
 enum Ev {
-    Deliver { conn: u64, to: usize, msg: Msg },
+    Deliver {
+        conn: u64,
+        to: usize,
+        msg: Msg,
+    },
     DbWrite,
-    Connect { node: usize, life: u64 },
-    Flush { node: usize, life: u64 },
-    FlushStep { node: usize, life: u64, job: u64, step: Step },
-    Restart { node: usize },
+    Connect {
+        node: usize,
+        life: u64,
+    },
+    Flush {
+        node: usize,
+        life: u64,
+    },
+    FlushStep {
+        node: usize,
+        life: u64,
+        job: u64,
+        step: Step,
+    },
+    Restart {
+        node: usize,
+    },
     Fault,
     Heal,
     Operator,
@@ -317,7 +342,6 @@ impl World {
             rotted_partial: BTreeSet::new(),
             stalled_on_rot: false,
             paused: false,
-            reconnect_at: None,
         };
         let mut w = World {
             rng: SmallRng::seed_from_u64(seed),
@@ -372,7 +396,9 @@ impl World {
             println!("{:>10} VIOLATION {what}", self.now);
         }
         if self.out.violations.len() < 20 {
-            self.out.violations.push(format!("t={}us: {what}", self.now));
+            self.out
+                .violations
+                .push(format!("t={}us: {what}", self.now));
         }
     }
 
@@ -572,11 +598,14 @@ impl World {
         }
         if self.dup_next {
             self.dup_next = false;
-            self.at(t + 1, Ev::Deliver {
-                conn,
-                to,
-                msg: msg.clone(),
-            });
+            self.at(
+                t + 1,
+                Ev::Deliver {
+                    conn,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
             self.log(|| format!("net: duplicated a chunk on conn {conn}"));
         }
         if self.reorder_next {
@@ -587,11 +616,14 @@ impl World {
         }
         if let Some((hc, hto, held)) = self.held_reorder.take() {
             if hc == conn {
-                self.at(t + 1, Ev::Deliver {
-                    conn,
-                    to: hto,
-                    msg: held,
-                });
+                self.at(
+                    t + 1,
+                    Ev::Deliver {
+                        conn,
+                        to: hto,
+                        msg: held,
+                    },
+                );
             }
         }
         Some(msg)
@@ -707,6 +739,28 @@ impl World {
         self.after(d, Ev::Connect { node, life });
     }
 
+    /// The first segment of this node's log after `after` (None: the
+    /// first of all): (index, start).
+    fn seg_after(&self, node: usize, after: Option<u64>) -> Option<(u64, u64)> {
+        let n = &self.nodes[node];
+        let from = after.map_or(0, |a| a + 1);
+        let r = n.cat.recs.range(from..).next().map(|(&i, r)| (i, r.start));
+        let s = n.src.range(from..).next().map(|(&i, &st)| (i, st));
+        match (r, s) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One segment of this node's log: (start, path, sealed).
+    fn seg_at(&self, node: usize, idx: u64) -> Option<(u64, String, bool)> {
+        let n = &self.nodes[node];
+        if let Some(r) = n.cat.recs.get(&idx) {
+            return Some((r.start, self.rec_path(node, r), r.sealed));
+        }
+        n.src.get(&idx).map(|&st| (st, wal(idx), false))
+    }
+
     /// Every segment of this node's log: index → (start, path, sealed).
     fn own_log(&self, node: usize) -> BTreeMap<u64, (u64, String, bool)> {
         let n = &self.nodes[node];
@@ -812,13 +866,12 @@ impl World {
                 return;
             };
             let conn = s.conn;
-            let log = self.own_log(node);
             let cur = match &s.cursor {
                 Some(c) => c.clone(),
                 None => {
                     // Wait for a segment after the replica's last sealed one.
                     let Some((i, next_start)) = s.after else {
-                        let Some((&i, &(start, _, _))) = log.iter().next() else {
+                        let Some((i, start)) = self.seg_after(node, None) else {
                             return;
                         };
                         let c = Cursor {
@@ -831,7 +884,7 @@ impl World {
                         }
                         continue;
                     };
-                    let Some((&n2, &(start, _, _))) = log.range(i + 1..).next() else {
+                    let Some((n2, start)) = self.seg_after(node, Some(i)) else {
                         return;
                     };
                     if start != next_start {
@@ -850,7 +903,7 @@ impl World {
                 }
             };
             let i = idx_of(cur.segment.as_str()).unwrap_or(0);
-            let Some((_, path, sealed)) = log.get(&i).cloned() else {
+            let Some((_, path, sealed)) = self.seg_at(node, i) else {
                 self.violation(format!("node {node}: segment {i} disappeared from its log"));
                 return;
             };
@@ -861,8 +914,10 @@ impl World {
                 .get(&i)
                 .filter(|r| r.sealed)
                 .map_or(data.len() as u64, |r| r.size);
-            let complete = sealed || log.range(i + 1..).next().is_some();
-            let next = s.session.next(&cur, SourceView { size, complete }, LIMITS, u64::MAX);
+            let complete = sealed || self.seg_after(node, Some(i)).is_some();
+            let next = s
+                .session
+                .next(&cur, SourceView { size, complete }, LIMITS, u64::MAX);
             match next {
                 Err(e) => {
                     self.violation(format!("node {node}: sender stopped on its own log: {e}"));
@@ -965,7 +1020,11 @@ impl World {
     }
 
     fn on_refuse(&mut self, node: usize, conn: u64, epoch: u64, stale: bool) {
-        if !self.nodes[node].send.as_ref().is_some_and(|s| s.conn == conn) {
+        if self.nodes[node]
+            .send
+            .as_ref()
+            .is_none_or(|s| s.conn != conn)
+        {
             return;
         }
         self.end_send(node);
@@ -993,14 +1052,21 @@ impl World {
 
     fn on_hello(&mut self, node: usize, conn: u64, epoch: u64) {
         let replay = self.conns.get(&conn).is_some_and(|c| c.replay);
-        if self.nodes[node].recv.as_ref().is_some_and(|r| r.job.is_some()) {
+        if self.nodes[node]
+            .recv
+            .as_ref()
+            .is_some_and(|r| r.job.is_some())
+        {
             // A new session waits for the old one's flush (the daemon
             // ends the old session and waits for its disk worker).
-            self.after(MS, Ev::Deliver {
-                conn,
-                to: node,
-                msg: Msg::Hello { epoch },
-            });
+            self.after(
+                MS,
+                Ev::Deliver {
+                    conn,
+                    to: node,
+                    msg: Msg::Hello { epoch },
+                },
+            );
             return;
         }
         let st = self.nodes[node].cat.state.clone();
@@ -1023,10 +1089,14 @@ impl World {
             }
             handshake::Admit::Stale { current } => {
                 if !replay {
-                    self.send_msg(conn, 1 - node, Msg::Refuse {
-                        epoch: current,
-                        stale: true,
-                    });
+                    self.send_msg(
+                        conn,
+                        1 - node,
+                        Msg::Refuse {
+                            epoch: current,
+                            stale: true,
+                        },
+                    );
                 }
             }
             handshake::Admit::FenceSelf { seen } => {
@@ -1082,7 +1152,6 @@ impl World {
             closing: false,
             flush_queued: false,
             last_seen: self.now,
-            epoch,
         });
         self.send_msg(conn, 1 - node, Msg::Welcome(welcome));
     }
@@ -1317,21 +1386,27 @@ impl World {
         // The disk's latencies: an fdatasync from 50 µs to 8 ms.
         if syncs_tail {
             let d = self.rng.random_range(50..8 * MS);
-            self.after(d, Ev::FlushStep {
-                node,
-                life,
-                job: job_id,
-                step: Step::TailSynced,
-            });
+            self.after(
+                d,
+                Ev::FlushStep {
+                    node,
+                    life,
+                    job: job_id,
+                    step: Step::TailSynced,
+                },
+            );
         }
         if names {
             let d = self.rng.random_range(50..4 * MS);
-            self.after(d, Ev::FlushStep {
-                node,
-                life,
-                job: job_id,
-                step: Step::NamesDurable,
-            });
+            self.after(
+                d,
+                Ev::FlushStep {
+                    node,
+                    life,
+                    job: job_id,
+                    step: Step::NamesDurable,
+                },
+            );
         } else {
             self.start_commit(node, job_id);
         }
@@ -1347,12 +1422,15 @@ impl World {
         }
         j.commit_started = true;
         let d = self.rng.random_range(50..4 * MS);
-        self.after(d, Ev::FlushStep {
-            node,
-            life,
-            job: job_id,
-            step: Step::Committed,
-        });
+        self.after(
+            d,
+            Ev::FlushStep {
+                node,
+                life,
+                job: job_id,
+                step: Step::Committed,
+            },
+        );
     }
 
     fn flush_step(&mut self, node: usize, job_id: u64, step: Step) {
@@ -1420,11 +1498,15 @@ impl World {
         for (durable, sealed, segment) in acks {
             let n = &mut self.nodes[node];
             n.acked_max = n.acked_max.max(durable);
-            self.send_msg(conn, 1 - node, Msg::Ack {
-                durable,
-                sealed,
-                segment,
-            });
+            self.send_msg(
+                conn,
+                1 - node,
+                Msg::Ack {
+                    durable,
+                    sealed,
+                    segment,
+                },
+            );
         }
         if done {
             // The next group, if one accumulated meanwhile.
@@ -1455,12 +1537,21 @@ impl World {
                 for f in n.disk.list("land") {
                     let p = format!("land/{f}");
                     let file = n.disk.file(&p).cloned().unwrap_or_default();
-                    println!("           before the cut: {p} {} bytes, {} synced", file.data.len(), file.synced);
+                    println!(
+                        "           before the cut: {p} {} bytes, {} synced",
+                        file.data.len(),
+                        file.synced
+                    );
                 }
             }
             n.disk.power_cut(&mut self.rng);
         }
-        self.log(|| format!("node {node} {}", if power { "loses power" } else { "is killed" }));
+        self.log(|| {
+            format!(
+                "node {node} {}",
+                if power { "loses power" } else { "is killed" }
+            )
+        });
         let d = self.rng.random_range(10 * MS..800 * MS);
         self.after(d, Ev::Restart { node });
     }
@@ -1498,7 +1589,12 @@ impl World {
     }
 
     fn log_end(&self, node: usize) -> u64 {
-        self.nodes[node].cat.recs.values().next_back().map_or(0, Rec::end)
+        self.nodes[node]
+            .cat
+            .recs
+            .values()
+            .next_back()
+            .map_or(0, Rec::end)
     }
 
     /// This node's log as its catalog and files say, segment by segment:
@@ -1509,7 +1605,10 @@ impl World {
         let mut pos = None;
         for r in n.cat.recs.values() {
             if pos.is_some_and(|p| p != r.start) {
-                return Err(format!("a gap before segment {} (start {})", r.idx, r.start));
+                return Err(format!(
+                    "a gap before segment {} (start {})",
+                    r.idx, r.start
+                ));
             }
             let path = self.rec_path(node, r);
             let data = n.disk.read(&path);
@@ -1555,7 +1654,9 @@ impl World {
             return;
         }
         for (idx, start, data) in segs {
-            if self.nodes[node].rotted.contains(&idx) || self.nodes[node].rotted_partial.contains(&idx) {
+            if self.nodes[node].rotted.contains(&idx)
+                || self.nodes[node].rotted_partial.contains(&idx)
+            {
                 continue;
             }
             let a = start as usize;
@@ -1664,7 +1765,12 @@ impl World {
                 n.paused = !n.paused;
                 let paused = n.paused;
                 let life = n.life;
-                self.log(|| format!("operator: {} node {p}", if paused { "pause" } else { "resume" }));
+                self.log(|| {
+                    format!(
+                        "operator: {} node {p}",
+                        if paused { "pause" } else { "resume" }
+                    )
+                });
                 if paused {
                     if let Some(s) = self.nodes[p].send.take() {
                         self.close_conn(s.conn);
@@ -1677,7 +1783,10 @@ impl World {
                 let node = self.rng.random_range(0..2);
                 if self.nodes[node].up
                     && self.nodes[node].cat.state.role == Role::Replica
-                    && self.nodes[node].recv.as_ref().is_none_or(|r| r.job.is_none())
+                    && self.nodes[node]
+                        .recv
+                        .as_ref()
+                        .is_none_or(|r| r.job.is_none())
                 {
                     self.verify(node);
                 }
@@ -1689,7 +1798,12 @@ impl World {
     /// the last partial segment becomes the fork segment (ops/fork.rs's
     /// close_received_log); tell the old primary to fence if reachable.
     fn failover(&mut self, node: usize) -> bool {
-        if !self.nodes[node].up || self.nodes[node].recv.as_ref().is_some_and(|r| r.job.is_some()) {
+        if !self.nodes[node].up
+            || self.nodes[node]
+                .recv
+                .as_ref()
+                .is_some_and(|r| r.job.is_some())
+        {
             return false;
         }
         let Ok(next) = roles::promote(&self.nodes[node].cat.state) else {
@@ -1711,7 +1825,7 @@ impl World {
             // The partial must still match its record (ops/fork.rs's
             // close_received_log, with drd-core's tail::recover).
             let data = n.disk.read(&land(tail.idx, true)).to_vec();
-            match drd_core::tail::recover(tail.size, tail.check, data.len() as u64, |k| {
+            match drd_core::tail::fork_point(tail.size, tail.check, data.len() as u64, |k| {
                 crc32c::crc32c(&data[..k as usize])
             }) {
                 Ok(k) => tail.size = k.keep,
@@ -1768,7 +1882,13 @@ impl World {
         self.nodes[1 - self.canon_owner].db_on = false;
         self.canon_owner = node;
         self.out.failovers += 1;
-        self.log(|| format!("operator: failover to node {node} at epoch {} (fork at {})", next.epoch, tail.end()));
+        self.log(|| {
+            format!(
+                "operator: failover to node {node} at epoch {} (fork at {})",
+                next.epoch,
+                tail.end()
+            )
+        });
         // Tell the old primary, if the network lets it through.
         let c = self.open_conn(node, 1 - node, false);
         self.send_msg(c, 1 - node, Msg::Fence { epoch: next.epoch });
@@ -1983,7 +2103,9 @@ impl World {
         self.out.switchovers += 1;
         let new_epoch = self.nodes[r].cat.state.epoch;
         let Ok(next) = roles::demote(&self.nodes[p].cat.state, new_epoch) else {
-            self.violation(format!("switchover: demote of node {p} from {old_epoch} refused"));
+            self.violation(format!(
+                "switchover: demote of node {p} from {old_epoch} refused"
+            ));
             return;
         };
         if let Some(s) = self.nodes[p].send.take() {
@@ -2030,7 +2152,12 @@ impl World {
                 self.after(d, Ev::Heal);
             }
             2 => {
-                let ids: Vec<u64> = self.conns.iter().filter(|(_, c)| c.open).map(|(i, _)| *i).collect();
+                let ids: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.open)
+                    .map(|(i, _)| *i)
+                    .collect();
                 for i in ids {
                     self.close_conn(i);
                 }
@@ -2055,7 +2182,10 @@ impl World {
                     .collect();
                 if sealed.len() >= 3 {
                     let i = sealed[self.rng.random_range(0..sealed.len() - 2)];
-                    let at = self.rng.random_range(0..self.nodes[replica].cat.recs[&i].size) as usize;
+                    let at = self
+                        .rng
+                        .random_range(0..self.nodes[replica].cat.recs[&i].size)
+                        as usize;
                     let path = land(i, false);
                     if self.nodes[replica].disk.exists(&path) {
                         self.nodes[replica].disk.rot(&path, at);
@@ -2068,9 +2198,12 @@ impl World {
                 // session's tail (what the catalog says may be older).
                 let n = &self.nodes[replica];
                 let tail = match n.recv.as_ref() {
-                    Some(r) => r.receiver.tail.as_ref().filter(|t| !t.sealed).map(|t| {
-                        (idx_of(t.segment.as_str()).unwrap_or(0), t.size)
-                    }),
+                    Some(r) => r
+                        .receiver
+                        .tail
+                        .as_ref()
+                        .filter(|t| !t.sealed)
+                        .map(|t| (idx_of(t.segment.as_str()).unwrap_or(0), t.size)),
                     None => n
                         .cat
                         .recs
@@ -2101,11 +2234,15 @@ impl World {
                         .as_ref()
                         .map_or(r.acked_max, |s| s.session.sent_end());
                     let bogus = sent + 64 * SEG_BYTES + self.rng.random_range(0..1000);
-                    self.send_msg(conn, self.canon_owner, Msg::Ack {
-                        durable: bogus,
-                        sealed: false,
-                        segment: String::new(),
-                    });
+                    self.send_msg(
+                        conn,
+                        self.canon_owner,
+                        Msg::Ack {
+                            durable: bogus,
+                            sealed: false,
+                            segment: String::new(),
+                        },
+                    );
                 }
             }
         }
@@ -2149,7 +2286,14 @@ impl World {
             self.dup_next = false;
             self.reorder_next = false;
             if let Some((c, to, m)) = self.held_reorder.take() {
-                self.after(1, Ev::Deliver { conn: c, to, msg: m });
+                self.after(
+                    1,
+                    Ev::Deliver {
+                        conn: c,
+                        to,
+                        msg: m,
+                    },
+                );
             }
             self.log(|| "all faults heal".to_string());
             for node in 0..2 {
@@ -2224,9 +2368,15 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
         } else {
             complete
         };
-        let len = n.disk.len(&path).ok_or(format!("sealed segment {path} is missing"))?;
+        let len = n
+            .disk
+            .len(&path)
+            .ok_or(format!("sealed segment {path} is missing"))?;
         if len != rec.size {
-            return Err(format!("sealed segment {path} has {len} bytes, {} recorded", rec.size));
+            return Err(format!(
+                "sealed segment {path} has {len} bytes, {} recorded",
+                rec.size
+            ));
         }
         return Ok(());
     }
@@ -2245,7 +2395,10 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
             }
             return Ok(());
         }
-        return Err(format!("partial segment {partial} is missing, {} bytes recorded", rec.size));
+        return Err(format!(
+            "partial segment {partial} is missing, {} bytes recorded",
+            rec.size
+        ));
     };
     let data = n.disk.read(&partial).to_vec();
     let kept = drd_core::tail::recover(rec.size, rec.check, len, |k| {
@@ -2265,9 +2418,7 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
     }
     if len > kept.keep {
         n.disk.truncate_durable(&partial, kept.keep);
-    } else {
-        // Kept bytes may be only in the page cache (after a kill -9): the
-        // daemon fdatasyncs them before reporting them durable.
+    } else if kept.sync {
         n.disk.sync(&partial);
     }
     Ok(())
@@ -2293,7 +2444,13 @@ fn short(m: &Msg) -> String {
     match m {
         Msg::Ship(p) => match &p.msg {
             Some(pb::ship_message::Msg::Chunk(c)) => {
-                format!("chunk {} @{}+{} e{}", &c.segment[16..], c.offset, c.data.len(), c.epoch)
+                format!(
+                    "chunk {} @{}+{} e{}",
+                    &c.segment[16..],
+                    c.offset,
+                    c.data.len(),
+                    c.epoch
+                )
             }
             Some(pb::ship_message::Msg::Seal(s)) => {
                 format!("seal {} size {} e{}", &s.segment[16..], s.size, s.epoch)

@@ -7,10 +7,10 @@
 //! primary's fork; what lay beyond is moved to quarantine, never deleted.
 
 use crate::catalog::{Fork, SegmentRecord, Txn};
+use crate::clock::unix_ms;
 use crate::config::StreamConfig;
 use crate::fsutil;
 use crate::node::Node;
-use crate::unix_ms;
 use anyhow::{bail, Context};
 use drd_proto::{SegmentName, StreamName};
 use sha2::{Digest, Sha256};
@@ -65,15 +65,12 @@ pub fn close_received_log(
             rec.name,
             drd_proto::PARTIAL_SUFFIX
         ));
-        // The partial's bytes must still be the ones its record's CRC covers
-        // (drd-core's tail::recover, as after a crash): bytes that rotted at
-        // rest must not become a fork segment with a fresh checksum. Found
-        // by drd-sim (bit rot of a partial tail, then a failover).
+        // The partial must still match its record: drd-core's tail::fork_point.
         let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         let file = std::fs::File::open(&partial)
             .with_context(|| format!("cannot open {}", partial.display()))?;
         let mut read_err = None;
-        let kept = drd_core::tail::recover(rec.size, rec.check, len, |n| {
+        let kept = drd_core::tail::fork_point(rec.size, rec.check, len, |n| {
             crate::replica::disk::crc_prefix(&file, n).unwrap_or_else(|e| {
                 read_err.get_or_insert(e);
                 0

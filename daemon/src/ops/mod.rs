@@ -172,7 +172,10 @@ pub fn fetch_segment(
     // older (never this one: PostgreSQL may still be replaying it).
     {
         let _one = FETCH_LOCK.locked();
-        if let Err(e) = node.catalog.note_fetched(&stream, &seg, crate::unix_ms()) {
+        if let Err(e) = node
+            .catalog
+            .note_fetched(&stream, &seg, crate::clock::unix_ms())
+        {
             tracing::warn!(%stream, segment = %seg, error = %e,
                 "cannot record the newest fetched segment; retention keeps what follows the \
                  last one recorded");

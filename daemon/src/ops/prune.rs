@@ -44,7 +44,7 @@ pub async fn prune(
 }
 
 fn response(o: Outcome, dry_run: bool) -> pb::PruneResponse {
-    let now = crate::unix_ms();
+    let now = crate::clock::unix_ms();
     pb::PruneResponse {
         stream: o.stream,
         policy: o.policy.unwrap_or_default(),

@@ -133,7 +133,7 @@ pub async fn rejoin(
         .data_dir
         .join("quarantine")
         .join(cfg.name.as_str())
-        .join(format!("epoch-{}-{}", info.epoch, crate::unix_ms()));
+        .join(format!("epoch-{}-{}", info.epoch, crate::clock::unix_ms()));
 
     progress.set_phase("waiting for other role changes to finish");
     let _gate = node.transition.write().await;

@@ -104,7 +104,7 @@ pub async fn switchover(
             dry_run: req.dry_run,
             ..Default::default()
         },
-        attempt: crate::unix_ms(),
+        attempt: crate::clock::unix_ms(),
     };
     let state = node.state();
     if state.role != Role::Primary {

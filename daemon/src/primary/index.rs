@@ -32,12 +32,26 @@
 //! a later one) is confirmed.
 
 use crate::locks::LockExt;
-use crate::primary::source::ignored;
 use drd_proto::SegmentName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// Events that change no file: open, read, close after reading.
+pub(crate) fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        notify::EventKind::Access(_) => true,
+        _ => false,
+    }
+}
+
+/// Files that are not segments: temporary files of writers.
+pub(crate) fn ignored(name: &str) -> bool {
+    name.ends_with(".tmp") || name.starts_with("xlogtemp")
+}
 
 /// Full rescans [`SourceIndex::successor`] runs, at most, before it answers
 /// that no successor is confirmed yet: two confirm any name the first saw.
@@ -175,7 +189,7 @@ impl SourceIndex {
             Ok(e) => e,
             Err(_) => return s.lose(),
         };
-        if crate::primary::source::is_read_only(&e.kind) {
+        if is_read_only(&e.kind) {
             return;
         }
         // Only files directly in the directory: an event about the

@@ -246,7 +246,7 @@ fn pass_blocking(
         let meta = node.catalog.stream_meta(stream)?;
         let tail = node.catalog.tail(stream)?;
         let sealed_acked = shipper.push.sealed_acked.borrow().clone();
-        let now_ms = crate::unix_ms();
+        let now_ms = crate::clock::unix_ms();
         let facts = Facts {
             sealed_acked: &sealed_acked,
             fork: meta.fork.as_ref().map(|f| f.segment.as_str()),

@@ -5,12 +5,12 @@
 //! exponential backoff and jitter, and resumes at the replica's position.
 
 use crate::catalog::{SegmentRecord, StreamMeta};
+use crate::clock::unix_ms;
 use crate::config::StreamConfig;
 use crate::locks::LockExt;
 use crate::node::{Node, Shipper};
 use crate::primary::index::SourceIndex;
 use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
-use crate::unix_ms;
 use bytes::Bytes;
 use drd_core::sender;
 use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};

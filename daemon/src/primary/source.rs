@@ -3,7 +3,7 @@
 //! active and may still grow. Changes are noticed through inotify (`notify`)
 //! and, as a safety net, a periodic rescan.
 
-use crate::primary::index::SourceIndex;
+use crate::primary::index::{ignored, is_read_only, SourceIndex};
 use drd_proto::SegmentName;
 use notify::{RecursiveMode, Watcher};
 use std::path::Path;
@@ -15,11 +15,6 @@ use tokio::sync::Notify;
 pub struct SourceSegment {
     pub name: SegmentName,
     pub size: u64,
-}
-
-/// Files that are not segments: temporary files of writers.
-pub(crate) fn ignored(name: &str) -> bool {
-    name.ends_with(".tmp") || name.starts_with("xlogtemp")
 }
 
 /// Lists the segment files of `dir` in name order. Entries whose names are
@@ -91,16 +86,6 @@ impl DirWatch {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
         watched.watch_started();
         Ok(Self { _watcher: watcher })
-    }
-}
-
-/// Events that change no file: open, read, close after reading.
-pub(crate) fn is_read_only(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode};
-    match kind {
-        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
-        notify::EventKind::Access(_) => true,
-        _ => false,
     }
 }
 

@@ -13,10 +13,11 @@
 //! It runs on a blocking thread: file I/O and fsync block.
 
 use crate::catalog::{Catalog, PartialCheck, SegmentRecord, StreamMeta};
+use crate::clock::unix_ms;
+use crate::fsutil;
 use crate::locks::LockExt;
 use crate::node::ReceiveSlot;
 use crate::receiver::{ChunkAction, Receiver, Reject, SealAction, Tail};
-use crate::{fsutil, unix_ms};
 use drd_core::durability;
 use drd_proto::pb;
 use drd_proto::{Chunk, Seal, SegmentName, ShipMsg, StreamName};

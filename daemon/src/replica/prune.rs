@@ -116,7 +116,7 @@ fn pass_blocking(
     } else {
         0
     };
-    let now_ms = crate::unix_ms();
+    let now_ms = crate::clock::unix_ms();
     let facts = Facts {
         now_ms,
         fetched: fetched.as_ref().map(|f| f.segment.as_str()),
@@ -300,7 +300,7 @@ fn publish(node: &Node, stream: &StreamName, out: &Outcome) {
         return;
     };
     let oldest = out.kept.as_ref().map(|(r, _)| {
-        let age = retention::age_ms(r, crate::unix_ms()) as f64 / 1000.0;
+        let age = retention::age_ms(r, crate::clock::unix_ms()) as f64 / 1000.0;
         (age, r.start)
     });
     crate::metrics::retention(

@@ -312,12 +312,8 @@ pub fn reconcile_tail(landing: &Path, tail: Option<&SegmentRecord>) -> anyhow::R
         fsutil::truncate_durable(&partial, kept.keep)
             .with_context(|| format!("cannot truncate {}", partial.display()))?;
         out.truncated_bytes = len - kept.keep;
-    } else {
-        // The bytes just checked may be only in the page cache: a kill -9
-        // after the commit but before the tail's fdatasync returned leaves
-        // them there, unsynced. They are about to be reported durable (the
-        // Welcome, then acks): make them so first. Found by drd-sim (a
-        // crash, a restart, then a power cut lost bytes reported durable).
+    } else if kept.sync {
+        // See tail::Recovered::sync: the bytes may be only in the page cache.
         file.sync_data()
             .with_context(|| format!("cannot fdatasync {}", partial.display()))?;
     }

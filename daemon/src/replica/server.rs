@@ -5,11 +5,10 @@
 //! leave a half-open one behind), answers with a Welcome that says where to
 //! resume, then runs network reader → bounded queue → disk worker → acks.
 
-use drd_core::handshake::Admit;
-use crate::catalog::Role;
 use crate::locks::LockExt;
 use crate::node::Node;
 use crate::replica::disk::DiskWorker;
+use drd_core::handshake::Admit;
 use drd_proto::pb::replication_server::Replication;
 use drd_proto::{pb, Hello, ShipMsg};
 use std::pin::Pin;

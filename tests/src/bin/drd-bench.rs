@@ -3,7 +3,7 @@
 //! machine is shared and noisy; ratios are what count).
 //!
 //! ```sh
-//! cargo build --release --workspace --bins && target/release/drd-bench
+//! cargo build --release --workspace --exclude drd-sim --bins && target/release/drd-bench
 //! ```
 //!
 //! Options: `--backlog-mib N` (default 2048), `--lag-seconds N` (15),
