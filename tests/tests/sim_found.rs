@@ -1,0 +1,91 @@
+//! The bugs drd-sim found in drd, shown with real `drd` processes:
+//!
+//! 1. A partial tail that rotted at rest must not become the fork segment
+//!    of a failover with a fresh checksum (drd-core's `tail::fork_point`,
+//!    drd-sim's mutation `fork-unchecked-partial`).
+//!
+//! The other one (after a crash, recovery fdatasyncs the partial tail it
+//! keeps before reporting it durable: `tail::Recovered::sync`, mutation
+//! `skip-recovery-sync`) needs a power cut after a kill -9 to show, which
+//! only drd-sim can make: tests/sim-check replays its seed.
+
+use drd_tests::*;
+use std::time::Duration;
+
+const KIB: usize = 1024;
+
+fn role(d: &Daemon) -> (String, u64) {
+    let s = drctl_json(&d.socket, &["status"], 0);
+    (
+        s["role"].as_str().unwrap().to_string(),
+        s["epoch"].as_u64().unwrap(),
+    )
+}
+
+/// A pair with one sealed segment and a partial one of `partial` bytes,
+/// all durable at the replica; the primary then killed.
+async fn pair_with_a_partial_tail(partial: usize) -> Sites {
+    let mut sites = Sites::new(false, "", "", "").await;
+    let mut w = WalWriter::new(&sites.a_wal, 17);
+    w.segments(1, 1, 64 * KIB);
+    w.append(2, partial);
+    sites.b.start_ready().await;
+    sites.a.start_ready().await;
+    sites
+        .wait_durable(64 * KIB as u64 + partial as u64, Duration::from_secs(60))
+        .await;
+    sites.a.kill9();
+    wait_for(
+        "replica to see the primary gone",
+        Duration::from_secs(30),
+        || async {
+            let s = drctl_json(&sites.b.socket, &["status"], 0)["streams"][0].clone();
+            (s["connected"] == false).then_some(())
+        },
+    )
+    .await;
+    sites
+}
+
+fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x10;
+    f.write_all_at(&b, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_refuses_to_promote_a_partial_tail_that_rotted_at_rest() {
+    let sites = pair_with_a_partial_tail(20 * KIB).await;
+    let partial = sites.b_landing().join(format!("{}.partial", seg_name(2)));
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), 20 * KIB as u64);
+    // Rot one byte near the start: before any previous durable point.
+    flip_byte(&partial, 100);
+    let before = dir_digests(&sites.b_landing());
+    let (code, out, err) = drctl(
+        &sites.b.socket,
+        &["failover", "--yes", "--max-data-loss", "1GiB"],
+    );
+    assert_ne!(code, 0, "a failover promoted a corrupt tail: {out}");
+    assert!(
+        err.contains("does not match its catalog record") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(role(&sites.b), ("replica".into(), 1), "the refusal changed the role");
+    assert_eq!(dir_digests(&sites.b_landing()), before, "the refusal changed files");
+
+    // Put the byte back: the same failover goes through, at the whole tail.
+    flip_byte(&partial, 100);
+    let r = drctl_json(
+        &sites.b.socket,
+        &["failover", "--yes", "--max-data-loss", "1GiB"],
+        0,
+    );
+    assert_eq!(r["new_epoch"], 2);
+    assert_eq!(r["durable_position"], 84 * KIB as u64);
+    let src = std::fs::read(sites.a_wal.join(seg_name(2))).unwrap();
+    assert_eq!(std::fs::read(&partial).unwrap(), src, "the fork segment is the primary's bytes");
+}
