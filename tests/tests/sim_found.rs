@@ -22,18 +22,26 @@ fn role(d: &Daemon) -> (String, u64) {
     )
 }
 
-/// A pair with one sealed segment and a partial one of `partial` bytes,
-/// all durable at the replica; the primary then killed.
-async fn pair_with_a_partial_tail(partial: usize) -> Sites {
+/// A pair with one sealed segment of 64 KiB and a partial one of 20 KiB
+/// that reached the replica in two groups (10 KiB each, so its record's
+/// previous durable point is 10 KiB); the primary then killed.
+async fn pair_with_a_partial_tail() -> Sites {
     let mut sites = Sites::new(false, "", "", "").await;
     let mut w = WalWriter::new(&sites.a_wal, 17);
     w.segments(1, 1, 64 * KIB);
-    w.append(2, partial);
+    w.append(2, 10 * KIB);
     sites.b.start_ready().await;
     sites.a.start_ready().await;
-    sites
-        .wait_durable(64 * KIB as u64 + partial as u64, Duration::from_secs(60))
+    for want in [74 * KIB as u64, 84 * KIB as u64] {
+        if want == 84 * KIB as u64 {
+            w.append(2, 10 * KIB);
+        }
+        wait_for("the replica durable", Duration::from_secs(60), || async {
+            let s = sites.b.stream().await.ok()?;
+            (s.durable_position >= want).then_some(())
+        })
         .await;
+    }
     sites.a.kill9();
     wait_for(
         "replica to see the primary gone",
@@ -49,7 +57,11 @@ async fn pair_with_a_partial_tail(partial: usize) -> Sites {
 
 fn flip_byte(path: &std::path::Path, at: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x10;
@@ -59,10 +71,13 @@ fn flip_byte(path: &std::path::Path, at: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_refuses_to_promote_a_partial_tail_that_rotted_at_rest() {
-    let sites = pair_with_a_partial_tail(20 * KIB).await;
+    let sites = pair_with_a_partial_tail().await;
     let partial = sites.b_landing().join(format!("{}.partial", seg_name(2)));
     assert_eq!(std::fs::metadata(&partial).unwrap().len(), 20 * KIB as u64);
-    // Rot one byte near the start: before any previous durable point.
+    let src = std::fs::read(sites.a_wal.join(seg_name(2))).unwrap();
+
+    // Rot one byte in the first group, below the record's previous
+    // durable point: no prefix checks out, so no failover.
     flip_byte(&partial, 100);
     let before = dir_digests(&sites.b_landing());
     let (code, out, err) = drctl(
@@ -74,18 +89,31 @@ async fn a_failover_refuses_to_promote_a_partial_tail_that_rotted_at_rest() {
         err.contains("does not match its catalog record") && err.contains("nothing was changed"),
         "{err}"
     );
-    assert_eq!(role(&sites.b), ("replica".into(), 1), "the refusal changed the role");
-    assert_eq!(dir_digests(&sites.b_landing()), before, "the refusal changed files");
+    assert_eq!(
+        role(&sites.b),
+        ("replica".into(), 1),
+        "the refusal changed the role"
+    );
+    assert_eq!(
+        dir_digests(&sites.b_landing()),
+        before,
+        "the refusal changed files"
+    );
 
-    // Put the byte back: the same failover goes through, at the whole tail.
+    // The byte back, and one rotted in the last group instead: the fork is
+    // at the previous durable point, and its bytes are the primary's.
     flip_byte(&partial, 100);
+    flip_byte(&partial, 15 * KIB as u64);
     let r = drctl_json(
         &sites.b.socket,
         &["failover", "--yes", "--max-data-loss", "1GiB"],
         0,
     );
     assert_eq!(r["new_epoch"], 2);
-    assert_eq!(r["durable_position"], 84 * KIB as u64);
-    let src = std::fs::read(sites.a_wal.join(seg_name(2))).unwrap();
-    assert_eq!(std::fs::read(&partial).unwrap(), src, "the fork segment is the primary's bytes");
+    assert_eq!(r["durable_position"], 74 * KIB as u64);
+    assert_eq!(
+        std::fs::read(&partial).unwrap(),
+        src[..10 * KIB],
+        "the fork segment is the primary's bytes"
+    );
 }

@@ -14,6 +14,7 @@
 //! - [`sender`]: the primary's session: resume point, window, seal, acks.
 //! - [`handshake`]: a replica's answer to a Hello (accept, stale, fence).
 //! - [`roles`]: role transitions (promote, demote, fence, rejoin).
+//! - [`switchover`]: `drctl switchover` as a step machine (roll back or fence).
 //! - [`fork`]: the rejoin cut: what lies past the fork goes to quarantine.
 //! - [`chain`]: the hash chain over sealed segments.
 //! - [`mutation`]: drd-sim's planted bugs (compiled only for drd-sim).
@@ -27,4 +28,5 @@ pub mod mutation;
 pub mod receiver;
 pub mod roles;
 pub mod sender;
+pub mod switchover;
 pub mod tail;

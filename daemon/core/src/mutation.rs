@@ -31,11 +31,14 @@ pub enum Mutation {
     /// A promotion makes the partial tail the fork segment without checking
     /// it against its record's CRC (the bug drd-sim found in ops/fork.rs).
     ForkUncheckedPartial,
+    /// A switchover whose demotion fails after the replica was promoted
+    /// rolls back (writes resume at a second primary) instead of fencing.
+    RollBackAfterPromote,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name and what it breaks.
-    pub const ALL: [(Mutation, &'static str, &'static str); 10] = [
+    pub const ALL: [(Mutation, &'static str, &'static str); 11] = [
         (
             Mutation::AckBeforeDataSync,
             "ack-before-data-sync",
@@ -85,6 +88,11 @@ impl Mutation {
             Mutation::ForkUncheckedPartial,
             "fork-unchecked-partial",
             "failover seals a rotted partial tail as the fork segment (invariants 1, 2)",
+        ),
+        (
+            Mutation::RollBackAfterPromote,
+            "rollback-after-promote",
+            "a failed demotion after the promotion resumes writes (invariant 4)",
         ),
     ];
 

@@ -25,6 +25,7 @@ use drd_core::durability::{self, Step};
 use drd_core::receiver::{ChunkAction, Receiver, SealAction, Tail};
 use drd_core::roles::{self, NodeState, Role};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
+use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;
 use drd_core::{chain, fork, handshake};
 use drd_proto::{pb, Chunk, Seal, SegmentName, ShipMsg};
@@ -210,6 +211,9 @@ struct Node {
     rotted_partial: BTreeSet<u64>,
     stalled_on_rot: bool,
     paused: bool,
+    /// A switchover promoted the other node: this one must write nothing
+    /// more as a primary.
+    handed_over: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -314,10 +318,12 @@ struct ConnState {
     replay: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Switchover {
     primary: usize,
     deadline: Us,
+    /// drd-core's step machine.
+    steps: switchover::Switchover,
 }
 
 impl World {
@@ -342,6 +348,7 @@ impl World {
             rotted_partial: BTreeSet::new(),
             stalled_on_rot: false,
             paused: false,
+            handed_over: false,
         };
         let mut w = World {
             rng: SmallRng::seed_from_u64(seed),
@@ -673,33 +680,47 @@ impl World {
 
     // ----- the database at the primary -----
 
+    /// The databases write: the newest primary's WAL is the log every
+    /// replica must hold; a stale primary (cut off by a partition, not yet
+    /// fenced) writes too, into a log that its rejoin must quarantine.
     fn db_write(&mut self) {
         let d = self.rng.random_range(MS / 2..8 * MS);
         self.after(d, Ev::DbWrite);
-        let p = self.canon_owner;
-        let n = &self.nodes[p];
-        if self.healed || !n.up || !n.db_on || n.db_hold || n.cat.state.role != Role::Primary {
-            return;
+        for p in 0..2 {
+            let n = &self.nodes[p];
+            if self.healed || !n.up || !n.db_on || n.db_hold || n.cat.state.role != Role::Primary {
+                continue;
+            }
+            let Some((&idx, &start)) = n.src.iter().next_back() else {
+                continue;
+            };
+            if n.handed_over {
+                let msg = format!(
+                    "invariant 4: node {p}'s database accepted writes after its switchover \
+                     handed the stream to node {}: those COMMITs would be lost",
+                    1 - p
+                );
+                self.violation(msg);
+                return;
+            }
+            let size = n.disk.len(&wal(idx)).unwrap_or(0);
+            let idx = if size >= SEG_BYTES {
+                let i = idx + 1;
+                self.nodes[p].src.insert(i, start + size);
+                self.nodes[p].disk.append_durable(&wal(i), &[]);
+                i
+            } else {
+                idx
+            };
+            let len = self.rng.random_range(1..=64u64).min(SEG_BYTES);
+            let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+            self.nodes[p].disk.append_durable(&wal(idx), &data);
+            if p == self.canon_owner {
+                self.canon.extend_from_slice(&data);
+                self.out.bytes_written += len;
+            }
+            self.pump(p);
         }
-        let Some((&idx, &start)) = n.src.iter().next_back() else {
-            return;
-        };
-        let size = n.disk.len(&wal(idx)).unwrap_or(0);
-        let (idx, start) = if size >= SEG_BYTES {
-            let (i, s) = (idx + 1, start + size);
-            self.nodes[p].src.insert(i, s);
-            self.nodes[p].disk.append_durable(&wal(i), &[]);
-            (i, s)
-        } else {
-            (idx, start)
-        };
-        let _ = start;
-        let len = self.rng.random_range(1..=64u64).min(SEG_BYTES);
-        let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
-        self.nodes[p].disk.append_durable(&wal(idx), &data);
-        self.canon.extend_from_slice(&data);
-        self.out.bytes_written += len;
-        self.pump(p);
     }
 
     // ----- the primary's shipper -----
@@ -1041,6 +1062,7 @@ impl World {
             self.nodes[node].cat.state = next;
             if self.nodes[node].cat.state.role == Role::Fenced {
                 self.nodes[node].db_on = false;
+                self.nodes[node].handed_over = false;
                 if self.nodes[node].send.is_some() {
                     self.end_send(node);
                 }
@@ -1743,7 +1765,7 @@ impl World {
             0..=17 => {
                 let r = (0..2).find(|&i| self.nodes[i].cat.state.role == Role::Replica);
                 if let Some(r) = r {
-                    self.failover(r);
+                    self.failover(r, None);
                 }
             }
             18..=35 => {
@@ -1797,7 +1819,7 @@ impl World {
     /// `drctl failover` at the DR node: promote at the durable position;
     /// the last partial segment becomes the fork segment (ops/fork.rs's
     /// close_received_log); tell the old primary to fence if reachable.
-    fn failover(&mut self, node: usize) -> bool {
+    fn failover(&mut self, node: usize, expect: Option<u64>) -> bool {
         if !self.nodes[node].up
             || self.nodes[node]
                 .recv
@@ -1828,6 +1850,11 @@ impl World {
             match drd_core::tail::fork_point(tail.size, tail.check, data.len() as u64, |k| {
                 crc32c::crc32c(&data[..k as usize])
             }) {
+                Ok(k) if expect.is_some_and(|e| tail.start + k.keep != e) => {
+                    // A switchover's promotion forks exactly where the
+                    // primary's log ends, or not at all.
+                    return false;
+                }
                 Ok(k) => tail.size = k.keep,
                 Err(_) => {
                     // Refused: the DR copy's tail rotted; the operator must
@@ -1878,8 +1905,8 @@ impl World {
         n.paused = false;
         n.stalled_on_rot = false;
         let life = n.life;
+        n.handed_over = false;
         self.canon.truncate(tail.end() as usize);
-        self.nodes[1 - self.canon_owner].db_on = false;
         self.canon_owner = node;
         self.out.failovers += 1;
         self.log(|| {
@@ -2034,33 +2061,85 @@ impl World {
     }
 
     fn start_switchover(&mut self, p: usize) {
+        let mut steps = switchover::Switchover::new();
+        // Preflight: the replica answers and is at our epoch.
+        let r = 1 - p;
+        let ok = self.nodes[r].up
+            && !self.blocked[p][r]
+            && !self.blocked[r][p]
+            && self.nodes[r].cat.state.role == Role::Replica
+            && self.nodes[r].cat.state.epoch == self.nodes[p].cat.state.epoch;
+        if !ok {
+            self.switchover_failed(
+                p,
+                &mut steps,
+                SwStep::Preflight,
+                "the replica does not answer",
+            );
+            return;
+        }
+        let _ = steps.succeeded(SwStep::Preflight);
+        // The pre-switchover hook stops writes.
         self.nodes[p].db_hold = true;
+        let _ = steps.succeeded(SwStep::StopWrites);
         self.switchover = Some(Switchover {
             primary: p,
             deadline: self.now + 2 * SEC,
+            steps,
         });
         self.log(|| format!("operator: switchover from node {p}: writes held, draining"));
         self.after(10 * MS, Ev::SwitchoverCheck);
     }
 
-    /// `drctl switchover` as steps: drain to lag 0, then promote the replica
-    /// and demote the primary; roll back (resume writes) when it cannot.
+    /// A failed step: drd-core says whether to roll back or fence.
+    fn switchover_failed(
+        &mut self,
+        p: usize,
+        steps: &mut switchover::Switchover,
+        step: SwStep,
+        why: &str,
+    ) {
+        self.switchover = None;
+        match steps.failed(step) {
+            OnFailure::RollBack { resume_writes } => {
+                if resume_writes {
+                    self.nodes[p].db_hold = false;
+                }
+                self.out.switchovers_rolled_back += 1;
+                self.log(|| format!("switchover rolled back at {}: {why}", step.name()));
+            }
+            OnFailure::Fence => {
+                let epoch = self.nodes[1 - p].cat.state.epoch;
+                self.fence(
+                    p,
+                    epoch,
+                    "switchover: promoted the replica but could not demote",
+                );
+                self.log(|| {
+                    format!(
+                        "switchover: node {p} fenced itself at {}: {why}",
+                        step.name()
+                    )
+                });
+            }
+        }
+    }
+
+    /// `drctl switchover`, step by step (drd-core's step machine): drain to
+    /// lag 0, verify, promote the replica, demote the primary.
     fn switchover_check(&mut self) {
-        let Some(sw) = self.switchover else { return };
+        let Some(mut sw) = self.switchover.take() else {
+            return;
+        };
         let p = sw.primary;
         let r = 1 - p;
         let want = self.canon.len() as u64;
-        let rollback = |w: &mut World, why: &str| {
-            w.nodes[p].db_hold = false;
-            w.switchover = None;
-            w.out.switchovers_rolled_back += 1;
-            w.log(|| format!("switchover rolled back: {why}"));
-        };
         if self.nodes[p].cat.state.role != Role::Primary
             || self.nodes[r].cat.state.role != Role::Replica
             || self.canon_owner != p
         {
-            rollback(self, "roles changed");
+            let step = sw.steps.next().unwrap_or(SwStep::Drain);
+            self.switchover_failed(p, &mut sw.steps, step, "roles changed");
             return;
         }
         let drained = self.nodes[p].up
@@ -2075,14 +2154,24 @@ impl World {
             && !self.blocked[r][p];
         if !drained {
             if self.now >= sw.deadline {
-                rollback(self, "not drained in time");
+                self.switchover_failed(p, &mut sw.steps, SwStep::Drain, "not drained in time");
             } else {
+                self.switchover = Some(sw);
                 self.after(10 * MS, Ev::SwitchoverCheck);
             }
             return;
         }
-        // Invariant 4: the new primary has exactly the old primary's log
-        // (segments that rotted at rest excepted: verify reports those).
+        let _ = sw.steps.succeeded(SwStep::Drain);
+        // Verify: the logs agree (the chain head of the sealed segments).
+        if self.nodes[r].cat.chain_head != self.nodes[p].cat.chain_head
+            && self.nodes[p].cat.recs.values().any(|x| x.sealed)
+        {
+            self.switchover_failed(p, &mut sw.steps, SwStep::Verify, "hash chains differ");
+            return;
+        }
+        // The oracle (invariant 4): the new primary has exactly the old
+        // primary's log (segments that rotted at rest excepted: verify
+        // reports those).
         self.check_replica_log(r, "at its switchover");
         if self.log_end(r) != want {
             self.violation(format!(
@@ -2093,43 +2182,55 @@ impl World {
         if !self.out.violations.is_empty() {
             return;
         }
-        let old_epoch = self.nodes[p].cat.state.epoch;
-        self.switchover = None;
-        if !self.failover(r) {
-            rollback(self, "promotion failed");
+        let _ = sw.steps.succeeded(SwStep::Verify);
+        if !self.failover(r, Some(want)) {
+            self.switchover_failed(p, &mut sw.steps, SwStep::Promote, "promotion failed");
             return;
         }
+        let _ = sw.steps.succeeded(SwStep::Promote);
         self.out.failovers -= 1;
         self.out.switchovers += 1;
+        self.nodes[p].handed_over = true;
         let new_epoch = self.nodes[r].cat.state.epoch;
-        let Ok(next) = roles::demote(&self.nodes[p].cat.state, new_epoch) else {
-            self.violation(format!(
-                "switchover: demote of node {p} from {old_epoch} refused"
-            ));
-            return;
-        };
         if let Some(s) = self.nodes[p].send.take() {
             self.close_conn(s.conn);
         }
+        // The demotion: its catalog commit can fail (a disk error).
+        if self.rng.random_bool(0.1) {
+            self.switchover_failed(
+                p,
+                &mut sw.steps,
+                SwStep::Demote,
+                "the demotion's commit failed",
+            );
+            return;
+        }
+        let Ok(next) = roles::demote(&self.nodes[p].cat.state, new_epoch) else {
+            self.violation(format!(
+                "switchover: demote of node {p} to epoch {new_epoch} refused"
+            ));
+            return;
+        };
         let Some((fidx, fpos)) = self.nodes[r].cat.fork else {
             return;
         };
         let Some(frec) = self.nodes[r].cat.recs.get(&fidx).cloned() else {
             return;
         };
-        let before = self.canon.len();
         if self.cut_back(p, &frec, fpos, "switchover").is_err() {
             return;
         }
-        if fpos as usize != before {
+        if fpos != want {
             self.violation(format!(
-                "invariant 4: switchover forked at {fpos} but the log was {before} bytes"
+                "invariant 4: switchover forked at {fpos} but the log was {want} bytes"
             ));
         }
+        let _ = sw.steps.succeeded(SwStep::Demote);
         let n = &mut self.nodes[p];
         n.cat.state = next;
         n.db_on = false;
         n.db_hold = false;
+        n.handed_over = false;
         self.check_replica_log(p, "after its switchover");
     }
 

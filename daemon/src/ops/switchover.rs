@@ -10,14 +10,20 @@
 //! 5. promote replica — it runs its promote hook, then becomes primary;
 //! 6. demote — this node closes its log at the fork and becomes a replica.
 //!
-//! A failure before step 6 rolls back: roles stay as they were and the
-//! abort hook lets writes resume.
+//! The order and what a failure means are drd-core's step machine
+//! (`drd_core::switchover`): a failure before the replica is promoted rolls
+//! back (roles stay as they were and the abort hook lets writes resume); a
+//! failure to demote this node after the promotion fences it instead —
+//! writes stay stopped, since the other node is primary now (before, it
+//! rolled back and let a second primary's database take COMMITs that the
+//! rejoin would then quarantine).
 
 use crate::catalog::{AuditRecord, Role, Txn};
 use crate::hooks;
 use crate::locks::LockExt;
 use crate::node::Node;
 use crate::ops::{fork, logcmp, peer, Caller};
+use drd_core::switchover::{OnFailure, Step, Switchover};
 use drd_proto::{pb, SegmentName};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,9 +43,19 @@ struct Run<'a> {
     /// epoch changes and a failed switchover may be tried again at the same
     /// epoch. Only the hook's run record uses it; `DRD_EPOCH` is the epoch.
     attempt: u64,
+    /// drd-core's step machine: which step comes next, and what a failure
+    /// at each one means.
+    sw: Switchover,
 }
 
 impl Run<'_> {
+    /// Records that `step` succeeded (the code below runs them in order).
+    fn done(&mut self, step: Step) {
+        if let Err(e) = self.sw.succeeded(step) {
+            tracing::error!(error = %e, "switchover steps out of order (a bug in drd)");
+        }
+    }
+
     fn step(&mut self, s: String) {
         tracing::warn!(step = %s, "switchover");
         self.r.steps.push(s);
@@ -52,13 +68,15 @@ impl Run<'_> {
         hooks::run_configured_for_attempt(self.node, name, self.attempt, epoch, "primary").await
     }
 
-    /// Rolls back after `step` failed: writes may resume, roles unchanged.
-    async fn fail(
-        mut self,
-        step: &str,
-        error: String,
-        pre_hook_ran: bool,
-    ) -> pb::SwitchoverResponse {
+    /// After `step` failed: rolls back (writes may resume, roles unchanged)
+    /// or, once the replica was promoted, fences this node (drd-core's
+    /// `Switchover::failed` decides).
+    async fn fail(mut self, step: Step, error: String) -> pb::SwitchoverResponse {
+        let pre_hook_ran = match self.sw.failed(step) {
+            OnFailure::RollBack { resume_writes } => resume_writes,
+            OnFailure::Fence => return self.fence_after_promotion(step, error).await,
+        };
+        let step = step.name();
         self.node.hold_shipping(false);
         if pre_hook_ran {
             let o = self.attempt_hook("abort_switchover").await;
@@ -89,6 +107,57 @@ impl Run<'_> {
         self.r.error = error;
         self.r
     }
+
+    /// The replica is primary at the new epoch but this node could not
+    /// demote itself: it fences itself (shipping stops for good, writes
+    /// stay stopped) and the operator runs `drctl rejoin`.
+    async fn fence_after_promotion(mut self, step: Step, error: String) -> pb::SwitchoverResponse {
+        let new_epoch = self.r.new_epoch;
+        let reason = format!(
+            "switchover: the replica was promoted at epoch {new_epoch}, but this node could \
+             not demote itself ({error}); writes stay stopped — run `drctl rejoin`"
+        );
+        let state = self.node.state();
+        let fenced = {
+            let _gate = self.node.transition.write().await;
+            let state = self.node.state();
+            match crate::roles::fence(&state, new_epoch, &reason) {
+                Some(next) => {
+                    let mut txn = Txn::default();
+                    txn.audit(AuditRecord {
+                        action: "switchover-fenced".into(),
+                        user: self.who.user.clone(),
+                        origin: self.who.origin.clone(),
+                        reason: self.reason.clone(),
+                        epoch_before: state.epoch,
+                        epoch_after: next.epoch,
+                        role_before: state.role.as_str().into(),
+                        role_after: next.role.as_str().into(),
+                        detail: format!("step {} failed: {error}", step.name()),
+                        ..Default::default()
+                    });
+                    self.node.commit_state(next, txn).map(|_| ())
+                }
+                None => Ok(()),
+            }
+        };
+        self.node.hold_shipping(false);
+        match fenced {
+            Ok(()) => self.step(format!(
+                "fenced: this node stops as primary at epoch {} (the replica is primary at \
+                 epoch {new_epoch}); writes stay stopped — run `drctl rejoin`",
+                state.epoch
+            )),
+            Err(e) => self.step(format!(
+                "could not record the fence either ({e:#}); stop this node's database and \
+                 drd, then run `drctl rejoin`"
+            )),
+        }
+        self.r.ok = false;
+        self.r.failed_step = step.name().to_string();
+        self.r.error = error;
+        self.r
+    }
 }
 
 pub async fn switchover(
@@ -105,26 +174,25 @@ pub async fn switchover(
             ..Default::default()
         },
         attempt: crate::clock::unix_ms(),
+        sw: Switchover::new(),
     };
     let state = node.state();
     if state.role != Role::Primary {
         return run
             .fail(
-                "preflight",
+                Step::Preflight,
                 format!(
                     "this node is {}; run switchover on the current primary",
                     state.role.as_str()
                 ),
-                false,
             )
             .await;
     }
     let [cfg] = node.config.streams.as_slice() else {
         return run
             .fail(
-                "preflight",
+                Step::Preflight,
                 "switchover supports exactly one shipped stream per node".into(),
-                false,
             )
             .await;
     };
@@ -138,7 +206,7 @@ pub async fn switchover(
     // 1. preflight
     let mut client = match peer::connect_for_calls(node, cfg).await {
         Ok(c) => c,
-        Err(e) => return run.fail("preflight", e, false).await,
+        Err(e) => return run.fail(Step::Preflight, e).await,
     };
     let info = match client
         .log_info(pb::LogInfoRequest {
@@ -151,9 +219,8 @@ pub async fn switchover(
         Err(s) => {
             return run
                 .fail(
-                    "preflight",
+                    Step::Preflight,
                     format!("the replica did not answer: {}", s.message()),
-                    false,
                 )
                 .await
         }
@@ -161,7 +228,7 @@ pub async fn switchover(
     if info.role != pb::Role::Replica as i32 || info.epoch != state.epoch {
         return run
             .fail(
-                "preflight",
+                Step::Preflight,
                 format!(
                     "{} is not a replica at epoch {} (role {}, epoch {})",
                     info.node_id,
@@ -169,7 +236,6 @@ pub async fn switchover(
                     crate::display::role_name(info.role),
                     info.epoch
                 ),
-                false,
             )
             .await;
     }
@@ -184,15 +250,19 @@ pub async fn switchover(
         return run.r;
     }
 
+    run.done(Step::Preflight);
+
     // 2. stop writes
     progress.set_phase("pre_switchover hook: stopping writes");
     let o = run.attempt_hook("pre_switchover").await;
     run.step(o.summary("pre_switchover"));
     if o.failed() {
         return run
-            .fail("pre_switchover hook", o.summary("pre_switchover"), true)
+            .fail(Step::StopWrites, o.summary("pre_switchover"))
             .await;
     }
+
+    run.done(Step::StopWrites);
 
     // 3. drain
     let timeout = if req.drain_timeout_seconds > 0.0 {
@@ -237,12 +307,11 @@ pub async fn switchover(
         if Instant::now() > deadline {
             return run
                 .fail(
-                    "drain",
+                    Step::Drain,
                     format!(
                         "lag did not reach 0 with writes stopped within {timeout:?} (lag {} bytes, connected {})",
                         v.lag_bytes, v.connected
                     ),
-                    true,
                 )
                 .await;
         }
@@ -250,6 +319,7 @@ pub async fn switchover(
     };
     run.r.fork_position = fork_position;
     run.step(format!("drain: lag 0 at position {fork_position}"));
+    run.done(Step::Drain);
 
     // 4. verify: compare the logs at our last sealed segment (equal hash
     // chain values there mean every sealed segment up to it agrees), then
@@ -258,15 +328,11 @@ pub async fn switchover(
     progress.set_phase("verify: comparing the logs with the replica");
     let ours = match node.catalog.last_sealed(&cfg.name) {
         Ok(r) => r,
-        Err(e) => return run.fail("verify", e.to_string(), true).await,
+        Err(e) => return run.fail(Step::Verify, e.to_string()).await,
     };
     let ours = match ours.as_ref().map(logcmp::Rec::from_record).transpose() {
         Ok(r) => r,
-        Err(e) => {
-            return run
-                .fail("verify", format!("our own record: {e}"), true)
-                .await
-        }
+        Err(e) => return run.fail(Step::Verify, format!("our own record: {e}")).await,
     };
     let theirs = match client
         .log_info(pb::LogInfoRequest {
@@ -281,19 +347,19 @@ pub async fn switchover(
         .await
     {
         Ok(i) => i.into_inner(),
-        Err(s) => return run.fail("verify", s.message().to_string(), true).await,
+        Err(s) => return run.fail(Step::Verify, s.message().to_string()).await,
     };
     let theirs =
         match logcmp::PeerLog::from_response(&theirs, ours.as_ref().map(|r| r.name.as_str())) {
             Ok(t) => t,
             Err(e) => {
                 let e = format!("the replica's answer: {e}");
-                return run.fail("verify", e, true).await;
+                return run.fail(Step::Verify, e).await;
             }
         };
     let sealed = match logcmp::check_last_sealed(ours.as_ref(), &theirs) {
         Ok(a) => a,
-        Err(e) => return run.fail("verify", e, true).await,
+        Err(e) => return run.fail(Step::Verify, e).await,
     };
     let active_len = if segment.is_empty() {
         0
@@ -306,7 +372,7 @@ pub async fn switchover(
                     "active segment {segment} starts at position {start}, past the drained \
                      position {fork_position}: the two logs disagree"
                 );
-                return run.fail("verify", e, true).await;
+                return run.fail(Step::Verify, e).await;
             }
         }
     };
@@ -315,7 +381,7 @@ pub async fn switchover(
     } else {
         match fork::hash_prefix(&cfg.wal_dir.join(&segment), active_len) {
             Ok(h) => h,
-            Err(e) => return run.fail("verify", format!("{e:#}"), true).await,
+            Err(e) => return run.fail(Step::Verify, format!("{e:#}")).await,
         }
     };
     let their_tail = theirs.tail.as_ref().filter(|t| t.name.as_str() == segment);
@@ -340,7 +406,7 @@ pub async fn switchover(
                 "active segment {segment}: start {start} with {active_len} bytes and sha256 \
                  {our_active} here, {theirs} at the replica"
             );
-            return run.fail("verify", e, true).await;
+            return run.fail(Step::Verify, e).await;
         }
     };
     let sealed_report = match &sealed {
@@ -356,6 +422,8 @@ pub async fn switchover(
     });
     let verified = format!("{sealed_report}, active segment {active_len} bytes");
 
+    run.done(Step::Verify);
+
     progress.set_phase("promote: the replica takes over");
     // 5. promote the replica. Hold our shipping first: once the replica is
     // primary at the new epoch, neither side may read the other's epoch as
@@ -365,7 +433,7 @@ pub async fn switchover(
     while shipper.state.locked().connected {
         if Instant::now() > deadline {
             let e = "shipping did not stop within 10 s".to_string();
-            return run.fail("promote replica", e, true).await;
+            return run.fail(Step::Promote, e).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -391,15 +459,12 @@ pub async fn switchover(
         }
         Err(s) => {
             return run
-                .fail(
-                    "promote replica",
-                    format!("{}: {}", info.node_id, s.message()),
-                    true,
-                )
+                .fail(Step::Promote, format!("{}: {}", info.node_id, s.message()))
                 .await
         }
     };
     run.r.new_epoch = new_epoch;
+    run.done(Step::Promote);
 
     // 6. demote this node
     progress.set_phase("demote: this node becomes a replica");
@@ -407,7 +472,7 @@ pub async fn switchover(
         true => None,
         false => match SegmentName::new(segment.clone()) {
             Ok(s) => Some(s),
-            Err(e) => return run.fail("demote", e.to_string(), true).await,
+            Err(e) => return run.fail(Step::Demote, e.to_string()).await,
         },
     };
     let demoted = {
@@ -415,7 +480,7 @@ pub async fn switchover(
         let state = node.state();
         let next = match crate::roles::demote(&state, new_epoch) {
             Ok(n) => n,
-            Err(e) => return run.fail("demote", e.to_string(), true).await,
+            Err(e) => return run.fail(Step::Demote, e.to_string()).await,
         };
         let mut txn = Txn::default();
         let closed = match &seg {
@@ -425,7 +490,7 @@ pub async fn switchover(
             None => fork::mark_fork_at_end(node, &cfg.name, fork_position, new_epoch, &mut txn),
         };
         if let Err(e) = closed {
-            return run.fail("demote", format!("{e:#}"), true).await;
+            return run.fail(Step::Demote, format!("{e:#}")).await;
         }
         txn.audit(AuditRecord {
             action: "switchover".into(),
@@ -445,12 +510,13 @@ pub async fn switchover(
         node.commit_state(next, txn)
     };
     if let Err(e) = demoted {
-        return run.fail("demote", format!("{e:#}"), true).await;
+        return run.fail(Step::Demote, format!("{e:#}")).await;
     }
     run.step(format!(
         "demote: this node is a replica of {} at epoch {new_epoch}",
         info.node_id
     ));
+    run.done(Step::Demote);
     let o = hooks::run_configured(node, "demote", new_epoch, "replica", Some(fork_position)).await;
     run.step(o.summary("demote"));
     crate::ops::audit_hook(node, &who, new_epoch, &o.summary("demote"));
