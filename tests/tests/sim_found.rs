@@ -1,4 +1,5 @@
-//! The bugs drd-sim found in drd, shown with real `drd` processes:
+//! The bugs drd-sim (and its core) found in drd, shown with real `drd`
+//! processes:
 //!
 //! 1. A partial tail that rotted at rest must not become the fork segment
 //!    of a failover with a fresh checksum (drd-core's `tail::fork_point`,
@@ -116,4 +117,65 @@ async fn a_failover_refuses_to_promote_a_partial_tail_that_rotted_at_rest() {
         src[..10 * KIB],
         "the fork segment is the primary's bytes"
     );
+}
+
+/// Found while writing drd-core's switchover step machine, and shown by
+/// drd-sim's mutation `rollback-after-promote` (seed 339): a demotion that
+/// fails after the replica was promoted used to roll back — this node
+/// primary again at the old epoch, its abort hook letting the database
+/// take writes that the new primary never sees. Now it fences itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_demotion_fails_after_the_promotion_fences_the_old_primary() {
+    let side = tempfile::tempdir().unwrap();
+    let target = side.path().join("target");
+    let aborted = side.path().join("aborted");
+    // Rochester's promote hook writes to Verona's active segment behind
+    // drd's back, so Verona's demotion finds that writes did not stop.
+    let b_hooks = format!(
+        "[hooks]\npromote = \"printf late-write >> $(cat {})\"\n",
+        target.display()
+    );
+    let a_hooks = format!(
+        "[hooks]\nabort_switchover = \"touch {}\"\n",
+        aborted.display()
+    );
+    let mut sites = Sites::new(false, "", &a_hooks, &b_hooks).await;
+    let mut w = WalWriter::new(&sites.a_wal, 5);
+    w.segments(1, 1, 64 * KIB);
+    w.append(2, 8 * KIB);
+    std::fs::write(&target, sites.a_wal.join(seg_name(2)).display().to_string()).unwrap();
+    sites.b.start_ready().await;
+    sites.a.start_ready().await;
+    wait_for("the replica durable", Duration::from_secs(60), || async {
+        let s = sites.b.stream().await.ok()?;
+        (s.durable_position >= 72 * KIB as u64).then_some(())
+    })
+    .await;
+
+    let (code, out, err) = drctl(&sites.a.socket, &["switchover", "--reason", "test"]);
+    println!("{out}{err}");
+    assert_ne!(code, 0, "the switchover reported success: {out}");
+    assert_eq!(
+        role(&sites.b),
+        ("primary".into(), 2),
+        "the promotion happened"
+    );
+    let st = drctl_json(&sites.a.socket, &["status"], 0);
+    assert_eq!(st["role"], "fenced", "{st}");
+    assert!(
+        st["fenced_reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not demote itself"),
+        "{st}"
+    );
+    assert!(
+        !aborted.exists(),
+        "the abort hook ran: the old primary's database may take writes again"
+    );
+    // It ships nothing; a rejoin makes it a replica of the new primary,
+    // quarantining the late write.
+    let r = drctl_json(&sites.a.socket, &["rejoin", "--reason", "test"], 0);
+    println!("rejoin: {r}");
+    assert_eq!(role(&sites.a), ("replica".into(), 2));
 }

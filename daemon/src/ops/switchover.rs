@@ -475,42 +475,57 @@ pub async fn switchover(
             Err(e) => return run.fail(Step::Demote, e.to_string()).await,
         },
     };
-    let demoted = {
+    // The transition gate is held only for the demotion itself: a failure
+    // is handled after it is released (the fence takes it again).
+    let demoted: Result<(), String> = {
         let _gate = node.transition.write().await;
         let state = node.state();
-        let next = match crate::roles::demote(&state, new_epoch) {
-            Ok(n) => n,
-            Err(e) => return run.fail(Step::Demote, e.to_string()).await,
-        };
-        let mut txn = Txn::default();
-        let closed = match &seg {
-            Some(seg) => {
-                fork::close_source_log(node, cfg, seg, start, fork_position, new_epoch, &mut txn)
+        match crate::roles::demote(&state, new_epoch) {
+            Err(e) => Err(e.to_string()),
+            Ok(next) => {
+                let mut txn = Txn::default();
+                let closed = match &seg {
+                    Some(seg) => fork::close_source_log(
+                        node,
+                        cfg,
+                        seg,
+                        start,
+                        fork_position,
+                        new_epoch,
+                        &mut txn,
+                    ),
+                    None => {
+                        fork::mark_fork_at_end(node, &cfg.name, fork_position, new_epoch, &mut txn)
+                    }
+                };
+                match closed {
+                    Err(e) => Err(format!("{e:#}")),
+                    Ok(_) => {
+                        txn.audit(AuditRecord {
+                            action: "switchover".into(),
+                            user: who.user.clone(),
+                            origin: who.origin.clone(),
+                            reason: req.reason.clone(),
+                            epoch_before: state.epoch,
+                            epoch_after: next.epoch,
+                            role_before: state.role.as_str().into(),
+                            role_after: next.role.as_str().into(),
+                            detail: format!(
+                                "{} promoted; fork at {fork_position} in {segment}; verified: {verified}; zero bytes lost",
+                                info.node_id
+                            ),
+                            ..Default::default()
+                        });
+                        node.commit_state(next, txn)
+                            .map(|_| ())
+                            .map_err(|e| format!("{e:#}"))
+                    }
+                }
             }
-            None => fork::mark_fork_at_end(node, &cfg.name, fork_position, new_epoch, &mut txn),
-        };
-        if let Err(e) = closed {
-            return run.fail(Step::Demote, format!("{e:#}")).await;
         }
-        txn.audit(AuditRecord {
-            action: "switchover".into(),
-            user: who.user.clone(),
-            origin: who.origin.clone(),
-            reason: req.reason.clone(),
-            epoch_before: state.epoch,
-            epoch_after: next.epoch,
-            role_before: state.role.as_str().into(),
-            role_after: next.role.as_str().into(),
-            detail: format!(
-                "{} promoted; fork at {fork_position} in {segment}; verified: {verified}; zero bytes lost",
-                info.node_id
-            ),
-            ..Default::default()
-        });
-        node.commit_state(next, txn)
     };
     if let Err(e) = demoted {
-        return run.fail(Step::Demote, format!("{e:#}")).await;
+        return run.fail(Step::Demote, e).await;
     }
     run.step(format!(
         "demote: this node is a replica of {} at epoch {new_epoch}",
