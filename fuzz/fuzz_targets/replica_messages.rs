@@ -10,14 +10,9 @@ use drd_proto::{pb, ShipMsg};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
-// The rules are plain modules of the daemon with no I/O; include them as
-// they are, without the daemon's storage dependencies.
-#[path = "../../daemon/src/chain.rs"]
-mod chain;
-#[path = "../../daemon/src/receiver.rs"]
-mod receiver;
-
-use receiver::{Receiver, SealAction};
+// The rules are drd-core's (no I/O): the same code the daemon runs.
+use drd_core::chain;
+use drd_core::receiver::{Receiver, SealAction};
 
 fn end(r: &Receiver) -> u64 {
     r.tail.as_ref().map_or(0, |t| t.end())
