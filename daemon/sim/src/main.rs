@@ -81,25 +81,49 @@ struct Totals {
 
 impl Totals {
     fn add(&mut self, seed: u64, o: &Outcome) {
-        self.seeds += 1;
-        self.sim_us += o.sim_us;
-        self.events += o.events;
-        for (t, f) in self.faults.iter_mut().zip(o.faults) {
-            *t += f;
+        let violations = u64::from(!o.violations.is_empty());
+        self.absorb(Totals {
+            seeds: 1,
+            sim_us: o.sim_us,
+            events: o.events,
+            faults: o.faults,
+            failovers: o.failovers,
+            switchovers: o.switchovers,
+            switchovers_rolled_back: o.switchovers_rolled_back,
+            rejoins: o.rejoins,
+            verifies: o.verifies,
+            bytes: o.bytes_written,
+            stalls: u64::from(o.stalled_on_detected_corruption),
+            violating: o
+                .violations
+                .first()
+                .map(|v| (seed, v.clone()))
+                .into_iter()
+                .collect(),
+            violations,
+        });
+    }
+
+    /// Adds another thread's (or seed's) totals; keeps the first ten
+    /// violating seeds in seed order.
+    fn absorb(&mut self, l: Totals) {
+        self.seeds += l.seeds;
+        self.sim_us += l.sim_us;
+        self.events += l.events;
+        for (a, b) in self.faults.iter_mut().zip(l.faults) {
+            *a += b;
         }
-        self.failovers += o.failovers;
-        self.switchovers += o.switchovers;
-        self.switchovers_rolled_back += o.switchovers_rolled_back;
-        self.rejoins += o.rejoins;
-        self.verifies += o.verifies;
-        self.bytes += o.bytes_written;
-        self.stalls += u64::from(o.stalled_on_detected_corruption);
-        if !o.violations.is_empty() {
-            self.violations += 1;
-            if self.violating.len() < 10 {
-                self.violating.push((seed, o.violations[0].clone()));
-            }
-        }
+        self.failovers += l.failovers;
+        self.switchovers += l.switchovers;
+        self.switchovers_rolled_back += l.switchovers_rolled_back;
+        self.rejoins += l.rejoins;
+        self.verifies += l.verifies;
+        self.bytes += l.bytes;
+        self.stalls += l.stalls;
+        self.violations += l.violations;
+        self.violating.extend(l.violating);
+        self.violating.sort();
+        self.violating.truncate(10);
     }
 }
 
@@ -172,7 +196,7 @@ fn main() -> ExitCode {
                 }
                 #[allow(clippy::unwrap_used)] // a poisoned lock is a bug: a panic of a seed
                 let mut t = totals.lock().unwrap();
-                merge(&mut t, local);
+                t.absorb(local);
             });
         }
     });
@@ -197,29 +221,6 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-fn merge(t: &mut Totals, l: Totals) {
-    t.seeds += l.seeds;
-    t.sim_us += l.sim_us;
-    t.events += l.events;
-    for (a, b) in t.faults.iter_mut().zip(l.faults) {
-        *a += b;
-    }
-    t.failovers += l.failovers;
-    t.switchovers += l.switchovers;
-    t.switchovers_rolled_back += l.switchovers_rolled_back;
-    t.rejoins += l.rejoins;
-    t.verifies += l.verifies;
-    t.bytes += l.bytes;
-    t.stalls += l.stalls;
-    t.violations += l.violations;
-    for v in l.violating {
-        if t.violating.len() < 10 {
-            t.violating.push(v);
-        }
-    }
-    t.violating.sort();
 }
 
 fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {

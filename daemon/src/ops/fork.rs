@@ -69,16 +69,10 @@ pub fn close_received_log(
         let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         let file = std::fs::File::open(&partial)
             .with_context(|| format!("cannot open {}", partial.display()))?;
-        let mut read_err = None;
-        let kept = drd_core::tail::fork_point(rec.size, rec.check, len, |n| {
-            crate::replica::disk::crc_prefix(&file, n).unwrap_or_else(|e| {
-                read_err.get_or_insert(e);
-                0
-            })
-        });
-        if let Some(e) = read_err {
-            return Err(e).with_context(|| format!("cannot read {}", partial.display()));
-        }
+        let kept = crate::replica::disk::with_crc_prefixes(&file, |crc_at| {
+            drd_core::tail::fork_point(rec.size, rec.check, len, crc_at)
+        })
+        .with_context(|| format!("cannot read {}", partial.display()))?;
         let kept = kept.map_err(|e| {
             anyhow::anyhow!(
                 "the partial segment {} does not match its catalog record ({e}): its bytes \

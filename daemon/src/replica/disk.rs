@@ -944,6 +944,23 @@ fn ack(rec: Option<&SegmentRecord>) -> pb::ReplicaMessage {
 }
 
 /// CRC32C of the first `len` bytes of a file.
+/// Runs `decide` (a drd-core rule such as `tail::recover`) with the CRC32C
+/// of `f`'s prefixes; an error reading them is returned instead of its
+/// answer.
+pub fn with_crc_prefixes<T>(
+    f: &File,
+    decide: impl FnOnce(&mut dyn FnMut(u64) -> u32) -> T,
+) -> std::io::Result<T> {
+    let mut read_err = None;
+    let answer = decide(&mut |len| {
+        crc_prefix(f, len).unwrap_or_else(|e| {
+            read_err.get_or_insert(e);
+            0
+        })
+    });
+    read_err.map_or(Ok(answer), Err)
+}
+
 pub fn crc_prefix(f: &File, len: u64) -> std::io::Result<u32> {
     let mut crc = 0u32;
     let mut buf = vec![0u8; 1 << 20];

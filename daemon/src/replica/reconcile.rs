@@ -277,16 +277,10 @@ pub fn reconcile_tail(landing: &Path, tail: Option<&SegmentRecord>) -> anyhow::R
     // the record's size if its CRC matches, else the previous point.
     let file = std::fs::File::open(&partial)
         .with_context(|| format!("cannot open {}", partial.display()))?;
-    let mut read_err = None;
-    let decided = drd_core::tail::recover(rec.size, rec.check, len, |size| {
-        crate::replica::disk::crc_prefix(&file, size).unwrap_or_else(|e| {
-            read_err.get_or_insert(e);
-            0
-        })
-    });
-    if let Some(e) = read_err {
-        return Err(e).with_context(|| format!("cannot read {}", partial.display()));
-    }
+    let decided = crate::replica::disk::with_crc_prefixes(&file, |crc_at| {
+        drd_core::tail::recover(rec.size, rec.check, len, crc_at)
+    })
+    .with_context(|| format!("cannot read {}", partial.display()))?;
     let kept = match decided {
         Ok(k) => k,
         Err(drd_core::tail::TailError::NoMatch { .. }) => bail!(
