@@ -53,13 +53,18 @@ pub fn evaluate(s: &pb::StatusResponse, warn: f64, crit: f64) -> (Level, Vec<Str
         *level = (*level).max(l);
         why.push(w);
     };
-    if s.role == pb::Role::Fenced as i32 {
+    if s.streams.is_empty() && s.role == pb::Role::Fenced as i32 {
         raise(Level::Critical, "node is FENCED".into(), &mut level);
     }
-    if s.paused {
-        raise(Level::Warning, "shipping is paused".into(), &mut level);
-    }
+    // Every stream is checked; the worst one decides the exit code.
     for t in &s.streams {
+        let fenced = display::stream_role(s, t) == pb::Role::Fenced as i32;
+        if fenced {
+            raise(Level::Critical, format!("{} is FENCED", t.name), &mut level);
+        }
+        if t.paused || (s.paused && t.role == pb::Role::Unspecified as i32) {
+            raise(Level::Warning, format!("{} shipping is paused", t.name), &mut level);
+        }
         if t.lag_seconds >= crit {
             raise(
                 Level::Critical,
@@ -73,7 +78,7 @@ pub fn evaluate(s: &pb::StatusResponse, warn: f64, crit: f64) -> (Level, Vec<Str
                 &mut level,
             );
         }
-        if !t.connected && s.role != pb::Role::Fenced as i32 {
+        if !t.connected && !fenced {
             raise(
                 Level::Warning,
                 format!("{} not connected", t.name),
@@ -84,9 +89,15 @@ pub fn evaluate(s: &pb::StatusResponse, warn: f64, crit: f64) -> (Level, Vec<Str
     (level, why)
 }
 
+/// Streams named one by one in the plugin output; past this, a summary
+/// (the perfdata still has every stream).
+const PLUGIN_LINE_STREAMS: usize = 5;
+
 fn plugin_line(s: &pb::StatusResponse, level: Level, why: &[String]) -> String {
     let summary = if s.streams.is_empty() {
         "no streams".to_string()
+    } else if s.streams.len() > PLUGIN_LINE_STREAMS {
+        display::streams_summary(s)
     } else {
         s.streams
             .iter()
@@ -136,6 +147,8 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &LagArgs) -> anyhow::Result<
                 "node_id": s.node_id, "role": display::role_name(s.role).to_lowercase(),
                 "streams": s.streams.iter().map(|t| json!({
                     "name": t.name, "lag_bytes": t.lag_bytes, "lag_seconds": t.lag_seconds,
+                    "role": display::role_name(display::stream_role(&s, t)).to_lowercase(),
+                    "epoch": display::stream_epoch(&s, t),
                     "connected": t.connected, "durable_position": t.durable_position,
                     "written_position": t.written_position,
                 })).collect::<Vec<_>>(),
@@ -197,5 +210,33 @@ mod tests {
             evaluate(&node(0.0, false, pb::Role::Fenced), 5.0, 10.0).0,
             Level::Critical
         );
+    }
+
+    /// Roles are per stream: one fenced stream of a fleet makes the check
+    /// CRITICAL and names it, whatever the node-wide summary says.
+    #[test]
+    fn the_worst_stream_of_a_fleet_decides() {
+        let row = |name: &str, role: pb::Role, lag: f64| pb::StreamStatus {
+            name: name.into(),
+            role: role as i32,
+            epoch: 3,
+            lag_seconds: lag,
+            connected: role != pb::Role::Fenced,
+            ..Default::default()
+        };
+        let mut s = pb::StatusResponse {
+            role: pb::Role::Mixed as i32,
+            streams: (0..99).map(|i| row(&format!("db{i}"), pb::Role::Replica, 0.5)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(evaluate(&s, 5.0, 10.0).0, Level::Ok);
+        s.streams.push(row("lab", pb::Role::Replica, 6.0));
+        assert_eq!(evaluate(&s, 5.0, 10.0).0, Level::Warning);
+        s.streams.push(row("ehr", pb::Role::Fenced, 0.0));
+        let (level, why) = evaluate(&s, 5.0, 10.0);
+        assert_eq!(level, Level::Critical);
+        assert!(why.iter().any(|w| w == "ehr is FENCED"), "{why:?}");
+        let line = plugin_line(&s, level, &why);
+        assert!(line.starts_with("DRD LAG CRITICAL: 101 streams"), "{line}");
     }
 }

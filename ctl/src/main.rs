@@ -9,6 +9,8 @@
 //! Long work (verify, rejoin, switchover, `status --watch`) shows progress
 //! bars on stderr when it is a terminal; never with `--json`.
 
+#![recursion_limit = "256"]
+
 mod certs;
 mod docs;
 mod fetch;
@@ -73,18 +75,18 @@ enum Cmd {
     Status(status::StatusArgs),
     /// Lag check with Nagios/Icinga exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
     Lag(lag::LagArgs),
-    /// Unplanned failover, run at the DR node: become primary at epoch + 1.
+    /// Unplanned failover of a stream (--stream) or of every stream (--all), run at the DR node: become its primary at epoch + 1.
     Failover(roles::FailoverArgs),
-    /// Planned switchover with zero loss, run at the primary.
+    /// Planned switchover of a stream with zero loss, run at its primary.
     Switchover(roles::SwitchoverArgs),
-    /// Make this fenced node a replica of the current primary.
+    /// Make this node a replica of a stream it is fenced for, from its current primary.
     Rejoin(roles::ReasonArgs),
-    /// Stop shipping (the replica keeps everything it has).
+    /// Stop shipping a stream (the replica keeps everything it has).
     Pause(roles::ReasonArgs),
-    /// Restart shipping after `drctl pause`.
+    /// Restart shipping a stream after `drctl pause`.
     Resume(roles::ReasonArgs),
     /// The audit log: role and epoch changes and operator actions.
-    History(JsonArg),
+    History(roles::HistoryArgs),
     /// Copy a complete, verified segment (or a .history/.backup file) to DEST (PostgreSQL's restore_command: `drctl wal-fetch %f %p`).
     WalFetch(fetch::FetchArgs),
     /// Archive a WAL file through drd (PostgreSQL's archive_command: `drctl wal-push %p`).

@@ -30,6 +30,22 @@ pub struct StatusArgs {
     /// Seconds between updates with --watch.
     #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
     pub interval: f64,
+    /// Only this stream (the summary line still counts them all).
+    #[arg(long)]
+    pub stream: Option<String>,
+}
+
+/// The status as shown: streams worst first, only `--stream`'s if named.
+/// The summary line is made before the filter.
+fn shown(mut s: pb::StatusResponse, only: Option<&str>) -> (pb::StatusResponse, String) {
+    let summary = display::streams_summary(&s);
+    let mut streams = std::mem::take(&mut s.streams);
+    if let Some(name) = only {
+        streams.retain(|t| t.name == name);
+    }
+    display::worst_first(&s, &mut streams);
+    s.streams = streams;
+    (s, summary)
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {
@@ -81,9 +97,18 @@ fn header(s: &pb::StatusResponse) -> String {
     )
 }
 
-fn print_human(s: &pb::StatusResponse) {
+fn print_human(s: &pb::StatusResponse, summary: &str) {
     println!("{}", header(s));
-    if !s.fenced_reason.is_empty() {
+    println!("{summary}");
+    for t in &s.streams {
+        if !t.fenced_reason.is_empty() {
+            println!(
+                "FENCED {}: {}. Run `drctl rejoin --stream {}` to make this node its replica.",
+                t.name, t.fenced_reason, t.name
+            );
+        }
+    }
+    if s.streams.iter().all(|t| t.fenced_reason.is_empty()) && !s.fenced_reason.is_empty() {
         println!(
             "FENCED: {}. Run `drctl rejoin` to make this node a replica.",
             s.fenced_reason
@@ -136,8 +161,9 @@ pub fn spool_line(stream: &str, sp: &pb::SpoolStatus) -> String {
     line
 }
 
-pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+pub fn status_json(s: &pb::StatusResponse, summary: &str) -> serde_json::Value {
     json!({
+        "summary": summary,
         "node_id": s.node_id,
         "role": display::role_name(s.role).to_lowercase(),
         "epoch": s.epoch,
@@ -159,6 +185,10 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "streams": s.streams.iter().map(|t| json!({
             "name": t.name,
+            // This stream's role and epoch at the node (roles are per stream).
+            "role": display::role_name(display::stream_role(s, t)).to_lowercase(),
+            "epoch": display::stream_epoch(s, t),
+            "fenced_reason": t.fenced_reason,
             "direction": t.direction,
             "peer": t.peer,
             "connected": t.connected,
@@ -208,10 +238,22 @@ pub async fn run(
         .await
         .context("status request failed")?
         .into_inner();
+    if let Some(name) = &a.stream {
+        if !s.streams.iter().any(|t| &t.name == name) {
+            let names: Vec<&str> = s.streams.iter().map(|t| t.name.as_str()).collect();
+            eprintln!(
+                "drctl: node {} has no stream named {name:?} (it has: {})",
+                s.node_id,
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let (s, summary) = shown(s, a.stream.as_deref());
     if a.json {
-        print_json(&status_json(&s))?;
+        print_json(&status_json(&s, &summary))?;
     } else {
-        print_human(&s);
+        print_human(&s, &summary);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -242,12 +284,13 @@ async fn watch(
                 return Ok(ExitCode::from(EXIT_UNREACHABLE));
             }
         };
+        let (s, summary) = shown(s, a.stream.as_deref());
         if a.json {
-            println!("{}", serde_json::to_string(&status_json(&s))?);
+            println!("{}", serde_json::to_string(&status_json(&s, &summary))?);
         } else if let Some(v) = view.as_mut() {
             v.update(&s);
         } else {
-            print_human(&s);
+            print_human(&s, &summary);
             println!();
         }
     }
@@ -399,6 +442,51 @@ mod tests {
         assert_eq!(catch_up(Some(200), &stream(1200, 1200)), (None, None));
     }
 
+    /// A fleet's status: worst first (fenced, disconnected, then by lag),
+    /// role and epoch on every row, and a summary of all streams even when
+    /// `--stream` shows one.
+    #[test]
+    fn a_fleet_is_shown_worst_first_with_a_summary() {
+        let row = |name: &str, role: pb::Role, epoch: u64, lag: f64, connected: bool| pb::StreamStatus {
+            name: name.into(),
+            role: role as i32,
+            epoch,
+            lag_seconds: lag,
+            connected,
+            ..Default::default()
+        };
+        let s = pb::StatusResponse {
+            node_id: "dr1".into(),
+            role: pb::Role::Mixed as i32,
+            epoch: 4,
+            streams: vec![
+                row("a-ok", pb::Role::Replica, 2, 0.1, true),
+                row("b-lagging", pb::Role::Replica, 2, 9.0, true),
+                row("c-down", pb::Role::Replica, 2, 1.0, false),
+                row("d-fenced", pb::Role::Fenced, 3, 0.0, false),
+                row("e-promoted", pb::Role::Primary, 4, 0.0, true),
+            ],
+            ..Default::default()
+        };
+        let (shown_all, summary) = shown(s.clone(), None);
+        let order: Vec<&str> = shown_all.streams.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(order, ["d-fenced", "c-down", "b-lagging", "a-ok", "e-promoted"]);
+        assert!(
+            summary.starts_with("5 streams: 1 FENCED, 1 primary, 3 replica; 2 disconnected; worst lag 9.0 s"),
+            "{summary}"
+        );
+        let j = status_json(&shown_all, &summary);
+        assert_eq!(j["role"], "mixed");
+        assert_eq!(j["streams"][0]["role"], "fenced");
+        assert_eq!(j["streams"][0]["epoch"], 3);
+        assert_eq!(j["streams"][4]["role"], "primary");
+        let (one, summary_one) = shown(s, Some("e-promoted"));
+        assert_eq!(one.streams.len(), 1);
+        assert_eq!(summary_one, summary, "the summary counts every stream");
+        let table = display::status_table(std::slice::from_ref(&one));
+        assert!(table.contains("primary") && table.contains(" 4 "), "{table}");
+    }
+
     #[test]
     fn status_json_carries_versions_and_a_mismatch_warning() {
         let mut s = pb::StatusResponse {
@@ -412,7 +500,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let j = status_json(&s);
+        let j = status_json(&s, "");
         assert_eq!(j["protocol_version"], 2);
         assert_eq!(j["warnings"], json!([]));
         assert_eq!(j["streams"][0]["peer_protocol_version"], 2);
@@ -421,7 +509,7 @@ mod tests {
 
         s.streams[0].peer_protocol_version = 1;
         s.streams[0].peer_software_version = "0.1.0 (git 123)".into();
-        let j = status_json(&s);
+        let j = status_json(&s, "");
         assert_eq!(j["streams"][0]["protocol_mismatch"], true);
         let w = j["warnings"][0].as_str().unwrap();
         assert!(w.contains("protocol 2") && w.contains("protocol 1"), "{w}");
@@ -431,7 +519,7 @@ mod tests {
         // A peer whose version is not known yet: no warning.
         s.streams[0].peer_protocol_version = 0;
         assert!(protocol_warnings(&s).is_empty());
-        assert_eq!(status_json(&s)["streams"][0]["protocol_mismatch"], false);
+        assert_eq!(status_json(&s, "")["streams"][0]["protocol_mismatch"], false);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The catalog: RocksDB holding everything about a node that is not segment
-//! bytes — its role and epoch, and per stream the segments (name, start
-//! position, durable size, checksum, state, epoch, times) and counters.
+//! bytes — per stream its role and epoch at this node, the segments (name,
+//! start position, durable size, checksum, state, epoch, times) and
+//! counters.
 //!
 //! Keys (values are JSON, so an operator can read them with `ldb`):
-//! - `node/state` → [`NodeState`]
+//! - `role/{stream}` → [`RoleState`]: the stream's role and epoch here
+//! - `node/state` → [`RoleState`]: the node-wide role of releases before
+//!   roles were per stream; read once, when [`Catalog::migrate_roles`] gives
+//!   every stream it held that role, then removed
 //! - `stream/{stream}/meta` → [`StreamMeta`]
 //! - `stream/{stream}/seg/{segment}` → [`SegmentRecord`], ordered by name
 //! - `stream/{stream}/pos/{start:020}/{segment}` → empty: an index by start
@@ -16,7 +20,8 @@
 //! - `stream/{stream}/fetched` → [`Fetched`]: the newest segment
 //!   `drctl wal-fetch` served (only ever moves forward)
 //! - `audit/{seq:020}` → [`AuditRecord`], append-only
-//! - `hook/{name}/{epoch:020}` → marker: the hook ran for that epoch change
+//! - `hook/{name}/{stream}/{epoch:020}` → marker: the hook ran for that
+//!   stream's epoch change
 //!
 //! Names are validated before they get here (no `/`), so prefixes are exact.
 //! Every write that an ack depends on is synced (`WriteOptions::set_sync`).
@@ -46,11 +51,19 @@ pub enum CatalogError {
         name: String,
         source: drd_proto::ProtocolError,
     },
+    #[error(
+        "catalog role record for stream {name:?} has an invalid stream name ({source}); the \
+         catalog was changed outside drd or is damaged: restore the data directory from a backup"
+    )]
+    BadStreamName {
+        name: String,
+        source: drd_proto::ProtocolError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-pub use drd_core::roles::{NodeState, Role};
+pub use drd_core::roles::{RoleState, Role};
 
 /// Where a stream's current epoch forked from the previous one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +93,10 @@ pub struct AuditRecord {
     pub role_after: String,
     /// RPO figures, quarantined files, hook results: free text.
     pub detail: String,
+    /// The stream the entry is about ("" in entries written before roles
+    /// were per stream: they applied to every stream of the node).
+    #[serde(default)]
+    pub stream: String,
 }
 
 /// One segment of a stream's log.
@@ -232,8 +249,9 @@ pub struct Txn {
 }
 
 impl Txn {
-    pub fn node_state(&mut self, s: &NodeState) -> &mut Self {
-        self.batch.put(NODE_STATE_KEY, encode(s));
+    /// Sets `stream`'s role and epoch at this node.
+    pub fn role(&mut self, stream: &StreamName, s: &RoleState) -> &mut Self {
+        self.batch.put(role_key(stream), encode(s));
         self
     }
     /// Adds a segment record. A record with an invalid name is not added,
@@ -267,6 +285,15 @@ impl Txn {
     }
     pub fn audit(&mut self, rec: AuditRecord) -> &mut Self {
         self.audit.push(rec);
+        self
+    }
+    /// Names `stream` in every audit record of the batch that names none.
+    pub fn stamp_stream(&mut self, stream: &StreamName) -> &mut Self {
+        for a in &mut self.audit {
+            if a.stream.is_empty() {
+                a.stream = stream.to_string();
+            }
+        }
         self
     }
     pub fn retention(&mut self, stream: &StreamName, state: &RetentionState) -> &mut Self {
@@ -326,15 +353,21 @@ fn meta_key(stream: &StreamName) -> String {
     format!("stream/{stream}/meta")
 }
 
-const NODE_STATE_KEY: &str = "node/state";
+/// The node-wide role of releases before roles were per stream.
+const LEGACY_NODE_STATE_KEY: &str = "node/state";
+const ROLE_PREFIX: &str = "role/";
+
+fn role_key(stream: &StreamName) -> String {
+    format!("{ROLE_PREFIX}{stream}")
+}
 const AUDIT_PREFIX: &str = "audit/";
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
 }
 
-fn hook_key(name: &str, epoch: Epoch) -> String {
-    format!("hook/{name}/{epoch:020}")
+fn hook_key(name: &str, stream: &StreamName, epoch: Epoch) -> String {
+    format!("hook/{name}/{stream}/{epoch:020}")
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
@@ -466,10 +499,11 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Records, before it runs, that hook `name` runs for `epoch`; returns
-    /// false if it already did (a hook never runs twice for one change).
-    pub fn claim_hook(&self, name: &str, epoch: Epoch) -> Result<bool> {
-        let key = hook_key(name, epoch);
+    /// Records, before it runs, that hook `name` runs for `stream`'s change
+    /// to `epoch`; returns false if it already did (a hook never runs twice
+    /// for one change).
+    pub fn claim_hook(&self, name: &str, stream: &StreamName, epoch: Epoch) -> Result<bool> {
+        let key = hook_key(name, stream, epoch);
         if self.db.get(key.as_bytes())?.is_some() {
             return Ok(false);
         }
@@ -485,12 +519,57 @@ impl Catalog {
         }
     }
 
-    pub fn node_state(&self) -> Result<Option<NodeState>> {
-        self.get(NODE_STATE_KEY)
+    /// `stream`'s role and epoch at this node (None: never set).
+    pub fn role(&self, stream: &StreamName) -> Result<Option<RoleState>> {
+        self.get(&role_key(stream))
     }
 
-    pub fn set_node_state(&self, state: &NodeState) -> Result<()> {
-        self.db.put_opt(NODE_STATE_KEY, encode(state), &synced())?;
+    /// Every stream's stored role and epoch, by name.
+    pub fn roles(&self) -> Result<Vec<(StreamName, RoleState)>> {
+        let mut out = Vec::new();
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(ROLE_PREFIX.as_bytes(), Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            let Some(name) = k.strip_prefix(ROLE_PREFIX.as_bytes()) else {
+                break;
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let stream = StreamName::new(name.clone())
+                .map_err(|source| CatalogError::BadStreamName { name, source })?;
+            out.push((stream, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Gives each of `streams` that has no role of its own the node-wide
+    /// role a release before roles per stream stored, and removes that
+    /// node-wide record — in one synced batch, so a crash leaves either
+    /// the old record or the new ones. Returns how many streams got it.
+    pub fn migrate_roles(&self, streams: &[StreamName]) -> Result<usize> {
+        let Some(legacy) = self.get::<RoleState>(LEGACY_NODE_STATE_KEY)? else {
+            return Ok(0);
+        };
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for s in streams {
+            if self.role(s)?.is_none() {
+                batch.put(role_key(s), encode(&legacy));
+                n += 1;
+            }
+        }
+        batch.delete(LEGACY_NODE_STATE_KEY);
+        self.db.write_opt(batch, &synced())?;
+        Ok(n)
+    }
+
+    /// Writes the node-wide role record of releases before roles per
+    /// stream (tests of [`Catalog::migrate_roles`] only).
+    #[doc(hidden)]
+    pub fn write_legacy_node_state(&self, state: &RoleState) -> Result<()> {
+        self.db
+            .put_opt(LEGACY_NODE_STATE_KEY, encode(state), &synced())?;
         Ok(())
     }
 
@@ -872,9 +951,13 @@ mod tests {
         let log = cat.audit_log().unwrap();
         let seqs: Vec<_> = log.iter().map(|r| (r.seq, r.action.as_str())).collect();
         assert_eq!(seqs, [(1, "failover"), (2, "rejoin"), (3, "pause")]);
-        assert!(cat.claim_hook("promote", 2).unwrap());
-        assert!(!cat.claim_hook("promote", 2).unwrap());
-        assert!(cat.claim_hook("promote", 3).unwrap());
+        let (ehr, lab) = (StreamName::new("ehr").unwrap(), StreamName::new("lab").unwrap());
+        assert!(cat.claim_hook("promote", &ehr, 2).unwrap());
+        assert!(!cat.claim_hook("promote", &ehr, 2).unwrap());
+        assert!(cat.claim_hook("promote", &ehr, 3).unwrap());
+        // Epochs are per stream: another stream's change to epoch 2 runs
+        // its own hook.
+        assert!(cat.claim_hook("promote", &lab, 2).unwrap());
     }
 
     #[test]
@@ -975,14 +1058,46 @@ mod tests {
     }
 
     #[test]
-    fn node_state_round_trips() {
+    fn roles_round_trip_per_stream() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        assert_eq!(cat.node_state().unwrap(), None);
-        let s = NodeState::new(Role::Replica, 3);
-        cat.set_node_state(&s).unwrap();
+        let (a, b) = (StreamName::new("ehr").unwrap(), StreamName::new("lab").unwrap());
+        assert_eq!(cat.role(&a).unwrap(), None);
+        let mut txn = Txn::default();
+        txn.role(&a, &RoleState::new(Role::Replica, 3));
+        txn.role(&b, &RoleState::new(Role::Primary, 7));
+        cat.commit_txn(txn).unwrap();
         drop(cat);
         let cat = Catalog::open(dir.path()).unwrap();
-        assert_eq!(cat.node_state().unwrap(), Some(s));
+        assert_eq!(cat.role(&a).unwrap(), Some(RoleState::new(Role::Replica, 3)));
+        assert_eq!(
+            cat.roles().unwrap(),
+            vec![
+                (a, RoleState::new(Role::Replica, 3)),
+                (b, RoleState::new(Role::Primary, 7))
+            ]
+        );
+    }
+
+    /// A catalog from before roles per stream: every stream it held gets
+    /// the node's role, once; a stream with a role of its own keeps it.
+    #[test]
+    fn node_wide_role_migrates_to_each_stream_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let (a, b) = (StreamName::new("ehr").unwrap(), StreamName::new("lab").unwrap());
+        let mut fenced = RoleState::new(Role::Fenced, 4);
+        fenced.fenced_reason = Some("saw epoch 5".into());
+        cat.write_legacy_node_state(&fenced).unwrap();
+        let mut txn = Txn::default();
+        txn.role(&b, &RoleState::new(Role::Replica, 9));
+        cat.commit_txn(txn).unwrap();
+        assert_eq!(cat.migrate_roles(&[a.clone(), b.clone()]).unwrap(), 1);
+        assert_eq!(cat.role(&a).unwrap(), Some(fenced));
+        assert_eq!(cat.role(&b).unwrap(), Some(RoleState::new(Role::Replica, 9)));
+        // The node-wide record is gone: a stream seen later does not get it.
+        let c = StreamName::new("billing").unwrap();
+        assert_eq!(cat.migrate_roles(&[c.clone()]).unwrap(), 0);
+        assert_eq!(cat.role(&c).unwrap(), None);
     }
 }

@@ -128,6 +128,10 @@ struct RawReplica {
     listen: String,
     /// `[replica.retention]`: how long received segments are kept.
     retention: Option<crate::replica::retention::RawRetention>,
+    /// Accept streams no `[[stream]]` of this node names (from any allowed
+    /// peer). Off by default: see [`ReplicaConfig::accept_unlisted_streams`].
+    #[serde(default)]
+    accept_unlisted_streams: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +261,12 @@ pub struct ReplicaConfig {
     /// `[replica.retention]`: this DR site's own policy for what it
     /// received (default: keep everything). Reloadable.
     pub retention: crate::replica::retention::Retention,
+    /// `accept_unlisted_streams`: a stream that no `[[stream]]` of this
+    /// node names is accepted from any allowed peer. Off (the default), a
+    /// replica receives only the streams its config assigns, each from the
+    /// one primary its `[[stream]]`'s `peer_name` names — so one host of a
+    /// fleet cannot write into another's stream.
+    pub accept_unlisted_streams: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -401,7 +411,11 @@ impl Config {
                 let retention = crate::replica::retention::Retention::from_raw(
                     r.retention.unwrap_or_default(),
                 )?;
-                Some(ReplicaConfig { listen, retention })
+                Some(ReplicaConfig {
+                    listen,
+                    retention,
+                    accept_unlisted_streams: r.accept_unlisted_streams,
+                })
             }
             None => None,
         };

@@ -50,6 +50,9 @@ impl From<StreamView> for pb::StreamStatus {
                 pruned_bytes: u.pruned_bytes,
                 refused_pushes: u.refused_pushes,
             }),
+            role: v.role.map_or(pb::Role::Unspecified, pb_role) as i32,
+            epoch: v.epoch,
+            fenced_reason: v.fenced_reason,
         }
     }
 }
@@ -147,11 +150,28 @@ impl Control for ControlService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let state = self.node.state();
+        // The node-wide fields summarize the streams' (each row has its
+        // own role and epoch): one role if they share it, else MIXED.
+        let roles = self.node.roles();
+        let (role, epoch) = self.node.summary_role();
+        let fenced: Vec<_> = roles
+            .iter()
+            .filter(|(_, s)| s.role == crate::catalog::Role::Fenced)
+            .collect();
+        let fenced_reason = match fenced.as_slice() {
+            [] => String::new(),
+            [(_, s)] if roles.len() == 1 => s.fenced_reason.clone().unwrap_or_default(),
+            many => format!(
+                "{} of {} streams are fenced ({}); `drctl status` shows why for each",
+                many.len(),
+                roles.len(),
+                many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        };
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.config.node_id.to_string(),
-            role: pb_role(state.role) as i32,
-            epoch: state.epoch,
+            role: role.map_or(pb::Role::Mixed, pb_role) as i32,
+            epoch,
             streams: self
                 .node
                 .stream_views()
@@ -160,8 +180,8 @@ impl Control for ControlService {
                 .collect(),
             version: crate::version::VERSION_LINE.to_string(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
-            paused: state.paused,
-            fenced_reason: state.fenced_reason.clone().unwrap_or_default(),
+            paused: !roles.is_empty() && roles.iter().all(|(_, s)| s.paused),
+            fenced_reason,
             protocol_version: crate::version::PROTOCOL_VERSION,
             operations: self.node.operations.snapshot(),
         }))
@@ -207,9 +227,9 @@ impl Control for ControlService {
 
     async fn history(
         &self,
-        _request: Request<pb::HistoryRequest>,
+        request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        ops::history(&self.node).map(Response::new)
+        ops::history(&self.node, request.into_inner()).map(Response::new)
     }
 
     async fn verify(

@@ -118,7 +118,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     };
     let wal = dir.join("verona/wal");
     std::fs::create_dir_all(&wal)?;
+    // Rochester's database's WAL, shipped once it is primary.
+    std::fs::create_dir_all(dir.join("rochester/wal"))?;
     let port = free_port()?;
+    // Verona listens too: after a failover it rejoins as Rochester's replica.
+    let verona_port = free_port()?;
     let d = dir.display();
     // mTLS, as in production: a CA and a certificate per node, what
     // `drctl certs init` writes.
@@ -143,9 +147,11 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         "rochester",
         &dir,
         &format!(
-            "node_id = \"rochester-dr1\"\ndata_dir = \"{d}/rochester/data\"\n\
+            "node_id = \"rochester-dr1\"\ndata_dir = \"{d}/rochester/data\"\ninitial_role = \"replica\"\n\
              [control]\nsocket = \"{d}/rochester.sock\"\n\
-             [replica]\nlisten = \"127.0.0.1:{port}\"\n{}",
+             [replica]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[stream]]\nname = \"ehr-prod\"\nwal_dir = \"{d}/rochester/wal\"\npeer = \"https://127.0.0.1:{verona_port}\"\n\
+             peer_name = \"verona-db1\"\n{}",
             tls("rochester-dr1")
         ),
     )?;
@@ -153,8 +159,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         "verona",
         &dir,
         &format!(
-            "node_id = \"verona-db1\"\ndata_dir = \"{d}/verona/data\"\n\
+            "node_id = \"verona-db1\"\ndata_dir = \"{d}/verona/data\"\ninitial_role = \"primary\"\n\
              [control]\nsocket = \"{d}/verona.sock\"\n\
+             [replica]\nlisten = \"127.0.0.1:{verona_port}\"\n\
              [[stream]]\nname = \"ehr-prod\"\nwal_dir = \"{d}/verona/wal\"\npeer = \"https://127.0.0.1:{port}\"\n\
              peer_name = \"rochester-dr1\"\n{}",
             tls("verona-db1")

@@ -52,6 +52,9 @@ impl HookOutcome {
 /// Context passed to hooks as environment variables (no secrets).
 pub struct HookEnv<'a> {
     pub node_id: &'a str,
+    /// `DRD_STREAM`: the stream whose role changes (roles are per stream:
+    /// a hook that promotes a database must know which one).
+    pub stream: &'a drd_proto::StreamName,
     /// `DRD_EPOCH`: the stream's epoch — the new one after a role change,
     /// the current one for a hook that runs before any change.
     pub epoch: u64,
@@ -77,7 +80,7 @@ pub async fn run(
     let Some(command) = command else {
         return HookOutcome::NotConfigured;
     };
-    match catalog.claim_hook(name, env.attempt.unwrap_or(env.epoch)) {
+    match catalog.claim_hook(name, env.stream, env.attempt.unwrap_or(env.epoch)) {
         Ok(true) => {}
         Ok(false) => return HookOutcome::AlreadyRan,
         Err(e) => {
@@ -87,12 +90,13 @@ pub async fn run(
             }
         }
     }
-    tracing::warn!(hook = name, epoch = env.epoch, "running hook");
+    tracing::warn!(hook = name, stream = %env.stream, epoch = env.epoch, "running hook");
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
         .env("DRD_HOOK", name)
         .env("DRD_NODE_ID", env.node_id)
+        .env("DRD_STREAM", env.stream.as_str())
         .env("DRD_EPOCH", env.epoch.to_string())
         .env("DRD_ROLE", env.role)
         .env(
@@ -142,39 +146,42 @@ pub async fn run(
     crate::metrics::hook_ran(name, outcome.failed());
     match &outcome {
         HookOutcome::Failed { reason, .. } => {
-            tracing::error!(hook = name, epoch = env.epoch, %reason, "hook failed")
+            tracing::error!(hook = name, stream = %env.stream, epoch = env.epoch, %reason, "hook failed")
         }
-        _ => tracing::warn!(hook = name, epoch = env.epoch, "hook succeeded"),
+        _ => tracing::warn!(hook = name, stream = %env.stream, epoch = env.epoch, "hook succeeded"),
     }
     outcome
 }
 
-/// Runs the configured hook `name` (promote, demote, fence) for the change
-/// to `epoch`, with the node's timeout and environment.
+/// Runs the configured hook `name` (promote, demote, fence) for `stream`'s
+/// change to `epoch`, with the node's timeout and environment.
 pub async fn run_configured(
     node: &crate::node::Node,
+    stream: &drd_proto::StreamName,
     name: &str,
     epoch: u64,
     role: &str,
     fork_position: Option<u64>,
 ) -> HookOutcome {
-    run_configured_with(node, name, epoch, role, fork_position, None).await
+    run_configured_with(node, stream, name, epoch, role, fork_position, None).await
 }
 
 /// Runs the configured hook `name` (pre_switchover, abort_switchover) once
-/// for switchover `attempt`, at the node's current `epoch`.
+/// for switchover `attempt` of `stream`, at its current `epoch`.
 pub async fn run_configured_for_attempt(
     node: &crate::node::Node,
+    stream: &drd_proto::StreamName,
     name: &str,
     attempt: u64,
     epoch: u64,
     role: &str,
 ) -> HookOutcome {
-    run_configured_with(node, name, epoch, role, None, Some(attempt)).await
+    run_configured_with(node, stream, name, epoch, role, None, Some(attempt)).await
 }
 
 async fn run_configured_with(
     node: &crate::node::Node,
+    stream: &drd_proto::StreamName,
     name: &str,
     epoch: u64,
     role: &str,
@@ -197,6 +204,7 @@ async fn run_configured_with(
         Duration::from_secs(h.timeout_seconds),
         &HookEnv {
             node_id: node.config.node_id.as_str(),
+            stream,
             epoch,
             role,
             fork_position,
@@ -211,8 +219,10 @@ mod tests {
     use super::*;
 
     fn env() -> HookEnv<'static> {
+        static STREAM: std::sync::OnceLock<drd_proto::StreamName> = std::sync::OnceLock::new();
         HookEnv {
             node_id: "n1",
+            stream: STREAM.get_or_init(|| drd_proto::StreamName::new("ehr").unwrap()),
             epoch: 7,
             role: "primary",
             fork_position: Some(42),

@@ -77,8 +77,11 @@ pub async fn run_with(
         reconcile_all(&config, &catalog)?;
     }
     let node = Arc::new(Node::open(config.clone(), catalog, tls.clone())?);
-    let state = node.state();
-    tracing::info!(node_id = %config.node_id, role = state.role.as_str(), epoch = state.epoch, "drd starting");
+    let roles = node.roles();
+    tracing::info!(node_id = %config.node_id, streams = roles.len(), "drd starting");
+    for (stream, state) in &roles {
+        tracing::info!(%stream, role = state.role.as_str(), epoch = state.epoch, paused = state.paused, "stream role");
+    }
 
     let tracker = TaskTracker::new();
 

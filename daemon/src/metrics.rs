@@ -60,11 +60,12 @@ pub const RETENTION_PRUNED_SEGMENTS: &str = "drd_retention_pruned_segments_total
 pub const RETENTION_PRUNED_BYTES: &str = "drd_retention_pruned_bytes_total";
 pub const RETENTION_OLDEST_AGE: &str = "drd_retention_oldest_segment_age_seconds";
 pub const RETENTION_OLDEST_POSITION: &str = "drd_retention_oldest_position_bytes";
-// Per node.
+// Per stream at this node (roles are per stream).
 pub const ROLE: &str = "drd_role";
 pub const EPOCH: &str = "drd_epoch";
 pub const FENCED: &str = "drd_fenced";
 pub const PAUSED: &str = "drd_paused";
+pub const REFUSED_UNASSIGNED: &str = "drd_refused_unassigned_total";
 pub const HOOK_RUNS: &str = "drd_hook_runs_total";
 pub const HOOK_FAILURES: &str = "drd_hook_failures_total";
 pub const RPO_BUDGET_BYTES: &str = "drd_rpo_budget_bytes";
@@ -212,14 +213,21 @@ fn describe() {
     );
     describe_gauge!(
         ROLE,
-        "1 for the node's current role (label role: primary, replica, fenced), 0 for the others."
+        "1 for the stream's current role at this node (label role: primary, replica, fenced), 0 \
+         for the others."
     );
-    describe_gauge!(EPOCH, "The node's fencing epoch.");
+    describe_gauge!(EPOCH, "The stream's fencing epoch at this node.");
     describe_gauge!(
         FENCED,
-        "1 while this node is fenced (a newer primary exists; it ships nothing until drctl rejoin)."
+        "1 while the stream is fenced here (a newer primary exists; this node ships nothing of it \
+         until drctl rejoin --stream)."
     );
-    describe_gauge!(PAUSED, "1 while shipping is paused by drctl pause.");
+    describe_gauge!(PAUSED, "1 while shipping of the stream is paused by drctl pause.");
+    describe_counter!(
+        REFUSED_UNASSIGNED,
+        "Requests refused because this node's config does not assign the stream to the peer \
+         that sent them (a [[stream]]'s peer_name), by stream."
+    );
     describe_counter!(HOOK_RUNS, "Role-change hooks started, by hook.");
     describe_counter!(
         HOOK_FAILURES,
@@ -295,6 +303,12 @@ pub fn spool_refused(stream: &str, full: bool) {
     }
 }
 
+/// A peer's request for `stream` was refused: the stream is not assigned
+/// to it here.
+pub fn refused_unassigned(stream: &drd_proto::StreamName) {
+    counter!(REFUSED_UNASSIGNED, "stream" => stream.to_string()).increment(1);
+}
+
 /// A bandwidth limit was set (`stream` is `*` for the node-wide one).
 pub fn bandwidth_limit(stream: &str, rate: Option<u64>) {
     gauge!(BANDWIDTH_LIMIT, "stream" => stream.to_owned()).set(rate.unwrap_or(0) as f64);
@@ -332,13 +346,17 @@ pub async fn sample(node: Arc<Node>, shutdown: CancellationToken) {
 
 /// Role, epoch and every stream's positions, lag and connection.
 pub fn sample_status(node: &Node) {
-    let state = node.state();
-    for role in [Role::Primary, Role::Replica, Role::Fenced] {
-        gauge!(ROLE, "role" => role.as_str()).set(if state.role == role { 1.0 } else { 0.0 });
+    for (stream, state) in node.roles() {
+        let stream = stream.to_string();
+        for role in [Role::Primary, Role::Replica, Role::Fenced] {
+            gauge!(ROLE, "stream" => stream.clone(), "role" => role.as_str())
+                .set(if state.role == role { 1.0 } else { 0.0 });
+        }
+        gauge!(EPOCH, "stream" => stream.clone()).set(state.epoch as f64);
+        gauge!(FENCED, "stream" => stream.clone())
+            .set(if state.role == Role::Fenced { 1.0 } else { 0.0 });
+        gauge!(PAUSED, "stream" => stream).set(if state.paused { 1.0 } else { 0.0 });
     }
-    gauge!(EPOCH).set(state.epoch as f64);
-    gauge!(FENCED).set(if state.role == Role::Fenced { 1.0 } else { 0.0 });
-    gauge!(PAUSED).set(if state.paused { 1.0 } else { 0.0 });
     for v in node.stream_views() {
         let stream = v.name;
         gauge!(LAG_BYTES, "stream" => stream.clone()).set(v.lag_bytes as f64);

@@ -1,7 +1,8 @@
 //! What one running daemon shares between its tasks: configuration, catalog,
-//! role and epoch, and the live status of every stream it ships or receives.
+//! each stream's role and epoch, and the live status of every stream it
+//! ships or receives.
 
-use crate::catalog::{AuditRecord, Catalog, NodeState, Role, SegmentRecord, StreamMeta, Txn};
+use crate::catalog::{AuditRecord, Catalog, RoleState, Role, SegmentRecord, StreamMeta, Txn};
 use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
 use crate::locks::LockExt;
@@ -38,6 +39,10 @@ pub struct StreamView {
     /// A spool stream's usage at the primary (None for `tail` streams and
     /// on the receiving side).
     pub spool: Option<crate::primary::prune::SpoolUsage>,
+    /// The stream's role and epoch at this node, and why it is fenced.
+    pub role: Option<Role>,
+    pub epoch: u64,
+    pub fenced_reason: String,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -122,6 +127,7 @@ impl Shipper {
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
             spool: self.is_spool.then(|| self.spool_usage().clone()),
+            ..Default::default()
         }
     }
 }
@@ -207,7 +213,41 @@ impl ReceiveSlot {
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
             spool: None,
+            ..Default::default()
         }
+    }
+}
+
+/// One stream's role and epoch at this node, and the gate of its role
+/// changes. Roles belong to a stream: failing one over leaves the others'
+/// untouched.
+pub struct StreamRole {
+    pub stream: StreamName,
+    /// Role and epoch; tasks subscribe to follow this stream's changes.
+    state: watch::Sender<RoleState>,
+    /// Held (write) by a role transition of this stream; a new replication
+    /// session of it holds it (read) while it checks the role and takes
+    /// over the stream, so no session can start half-way through a
+    /// promotion. Other streams' sessions never wait for it.
+    pub transition: tokio::sync::RwLock<()>,
+}
+
+impl StreamRole {
+    fn new(stream: StreamName, state: RoleState) -> Self {
+        Self {
+            stream,
+            state: watch::Sender::new(state),
+            transition: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    pub fn state(&self) -> RoleState {
+        self.state.borrow().clone()
+    }
+
+    /// Follows this stream's role and epoch changes.
+    pub fn subscribe(&self) -> watch::Receiver<RoleState> {
+        self.state.subscribe()
     }
 }
 
@@ -215,12 +255,10 @@ impl ReceiveSlot {
 pub struct Node {
     pub config: Config,
     pub catalog: Arc<Catalog>,
-    /// Role and epoch; tasks subscribe to follow role changes.
-    state: watch::Sender<NodeState>,
-    /// Held (write) by a role transition; a new replication session holds it
-    /// (read) while it checks the role and takes over its stream, so no
-    /// session can start half-way through a promotion.
-    pub transition: tokio::sync::RwLock<()>,
+    /// Each stream's role and epoch, by name: the configured streams and
+    /// every stream the catalog holds from the start, a stream first seen
+    /// over the network from its first Hello.
+    roles: Mutex<BTreeMap<StreamName, Arc<StreamRole>>>,
     pub started: Instant,
     /// This node's certificate, key and CA (None with insecure_plaintext).
     pub tls: Option<crate::tls::TlsMaterial>,
@@ -233,21 +271,62 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the node's durable state; the first start picks the role from
-    /// the configuration (ships streams → primary, else replica), epoch 1.
+    /// Opens the node's durable state. Each stream's role and epoch come
+    /// from the catalog; a configured stream seen for the first time starts
+    /// in the node's `initial_role` at epoch 1 (recorded at once). A
+    /// catalog from before roles per stream gives its one role to every
+    /// stream it held.
     pub fn open(
         config: Config,
         catalog: Arc<Catalog>,
         tls: Option<crate::tls::TlsMaterial>,
     ) -> anyhow::Result<Self> {
-        let state = match catalog.node_state()? {
-            Some(s) => s,
-            None => {
-                let s = NodeState::new(config.initial_role, 1);
-                catalog.set_node_state(&s)?;
-                s
+        let mut known: Vec<StreamName> = config.streams.iter().map(|s| s.name.clone()).collect();
+        known.extend(catalog.streams()?);
+        known.sort();
+        known.dedup();
+        let migrated = catalog.migrate_roles(&known)?;
+        if migrated > 0 {
+            tracing::warn!(
+                streams = migrated,
+                "roles are per stream now: each stream of this node took the node's role and epoch"
+            );
+        }
+        let mut roles = BTreeMap::new();
+        let mut first = Txn::default();
+        let mut new_roles = 0;
+        for stream in known {
+            let state = match catalog.role(&stream)? {
+                Some(s) => s,
+                None => {
+                    let s = RoleState::new(default_role(&config, &stream), 1);
+                    first.role(&stream, &s);
+                    new_roles += 1;
+                    s
+                }
+            };
+            roles.insert(stream.clone(), Arc::new(StreamRole::new(stream, state)));
+        }
+        if new_roles > 0 {
+            catalog.commit_txn(first)?;
+        }
+        if config
+            .replica
+            .as_ref()
+            .is_some_and(|r| !r.accept_unlisted_streams)
+        {
+            for (stream, state) in roles.iter().map(|(k, v)| (k, v.state())) {
+                let listed = config.streams.iter().any(|c| &c.name == stream);
+                if !listed && state.role == Role::Replica {
+                    tracing::warn!(
+                        %stream,
+                        "this node holds the stream but no [[stream]] of its config names it: its \
+                         primary will be refused (add a [[stream]] with its name and the primary's \
+                         peer_name, or set [replica] accept_unlisted_streams = true)"
+                    );
+                }
             }
-        };
+        }
         let shippers = config
             .streams
             .iter()
@@ -283,8 +362,7 @@ impl Node {
         Ok(Self {
             config,
             catalog,
-            state: watch::Sender::new(state),
-            transition: tokio::sync::RwLock::new(()),
+            roles: Mutex::new(roles),
             started: Instant::now(),
             tls,
             shippers,
@@ -294,33 +372,83 @@ impl Node {
         })
     }
 
-    pub fn state(&self) -> NodeState {
-        self.state.borrow().clone()
+    /// `stream`'s role entry, created on first sight: a stream first seen
+    /// over the network is received here (a replica at epoch 1 until its
+    /// primary's Hello raises it), recorded before it is used.
+    pub fn stream_role(&self, stream: &StreamName) -> anyhow::Result<Arc<StreamRole>> {
+        let mut map = self.roles.locked();
+        if let Some(r) = map.get(stream) {
+            return Ok(r.clone());
+        }
+        let state = match self.catalog.role(stream)? {
+            Some(s) => s,
+            None => {
+                let s = RoleState::new(default_role(&self.config, stream), 1);
+                let mut txn = Txn::default();
+                txn.role(stream, &s);
+                self.catalog.commit_txn(txn)?;
+                s
+            }
+        };
+        let r = Arc::new(StreamRole::new(stream.clone(), state));
+        map.insert(stream.clone(), r.clone());
+        Ok(r)
     }
 
-    /// Holds (or releases) shipping during a switchover; see
-    /// [`NodeState::shipping_held`].
-    pub fn hold_shipping(&self, on: bool) {
-        self.state.send_modify(|s| s.shipping_held = on);
+    /// `stream`'s role and epoch here, if this node knows the stream.
+    pub fn role_of(&self, stream: &StreamName) -> Option<RoleState> {
+        self.roles.locked().get(stream).map(|r| r.state())
     }
 
-    /// Follows role and epoch changes.
-    pub fn subscribe(&self) -> watch::Receiver<NodeState> {
-        self.state.subscribe()
+    /// Every stream's role and epoch here, by name.
+    pub fn roles(&self) -> Vec<(StreamName, RoleState)> {
+        self.roles
+            .locked()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.state()))
+            .collect()
     }
 
-    /// Commits `next` together with `txn` (log changes, audit records) in one
-    /// synced batch, then publishes it to the daemon's tasks.
-    pub fn commit_state(&self, next: NodeState, mut txn: Txn) -> anyhow::Result<Vec<AuditRecord>> {
-        txn.node_state(&next);
+    /// What the node as a whole is, for a one-line summary: the role all
+    /// its streams share (None when they differ) and the highest epoch.
+    pub fn summary_role(&self) -> (Option<Role>, u64) {
+        let roles = self.roles();
+        let epoch = roles.iter().map(|(_, s)| s.epoch).max().unwrap_or(0);
+        let mut it = roles.iter().map(|(_, s)| s.role);
+        let first = it.next().unwrap_or(self.config.initial_role);
+        (it.all(|r| r == first).then_some(first), epoch)
+    }
+
+    /// Holds (or releases) `stream`'s shipping during a switchover; see
+    /// [`RoleState::shipping_held`].
+    pub fn hold_shipping(&self, stream: &StreamName, on: bool) {
+        if let Ok(r) = self.stream_role(stream) {
+            r.state.send_modify(|s| s.shipping_held = on);
+        }
+    }
+
+    /// Commits `stream`'s `next` role together with `txn` (log changes,
+    /// audit records) in one synced batch, then publishes it to the
+    /// daemon's tasks. Each audit record in `txn` is stamped with the
+    /// stream.
+    pub fn commit_role(
+        &self,
+        stream: &StreamName,
+        next: RoleState,
+        mut txn: Txn,
+    ) -> anyhow::Result<Vec<AuditRecord>> {
+        let entry = self.stream_role(stream)?;
+        txn.role(stream, &next);
+        txn.stamp_stream(stream);
         let written = self.catalog.commit_txn(txn)?;
-        self.state.send_replace(next);
+        entry.state.send_replace(next);
         Ok(written)
     }
 
-    /// Raises the epoch of a replica (never lowers it), durably first.
-    pub fn adopt_epoch(&self, epoch: u64) -> anyhow::Result<()> {
-        let s = self.state();
+    /// Raises the epoch of a stream this node receives (never lowers it),
+    /// durably first.
+    pub fn adopt_epoch(&self, stream: &StreamName, epoch: u64) -> anyhow::Result<()> {
+        let s = self.stream_role(stream)?.state();
         if let Some(next) = crate::roles::fence(&s, epoch, "") {
             if next.role == Role::Replica {
                 let mut txn = Txn::default();
@@ -334,19 +462,19 @@ impl Node {
                     role_after: next.role.as_str().into(),
                     ..Default::default()
                 });
-                self.commit_state(next, txn)?;
-                tracing::warn!(epoch, "adopted a higher epoch from the primary");
+                self.commit_role(stream, next, txn)?;
+                tracing::warn!(%stream, epoch, "adopted a higher epoch from the primary");
             }
         }
         Ok(())
     }
 
-    /// Ends every replication session this node receives and waits until
-    /// their disk workers have stopped: after this, nothing more is written
-    /// until a new session starts.
-    pub async fn end_sessions(&self) {
-        let slots: Vec<_> = self.receivers.locked().values().cloned().collect();
-        for slot in slots {
+    /// Ends the replication session this node receives `stream` on, if
+    /// any, and waits until its disk worker has stopped: after this,
+    /// nothing more is written to the stream until a new session starts.
+    pub async fn end_session(&self, stream: &StreamName) {
+        let slot = self.receivers.locked().get(stream).cloned();
+        if let Some(slot) = slot {
             let mut session = slot.session.lock().await;
             if let Some(old) = session.take() {
                 old.end().await;
@@ -354,15 +482,39 @@ impl Node {
         }
     }
 
-    /// All streams this node has a log for (shipped or received), by name.
+    /// All streams this node knows (configured, shipped or received), by
+    /// name.
     pub fn stream_names(&self) -> Vec<StreamName> {
-        let mut names: Vec<StreamName> = self.shippers.iter().map(|s| s.stream.clone()).collect();
+        let mut names: Vec<StreamName> = self.roles.locked().keys().cloned().collect();
+        names.extend(self.shippers.iter().map(|s| s.stream.clone()));
         if let Ok(more) = self.catalog.streams() {
             names.extend(more);
         }
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Who may ship `stream` to this node, by its config.
+    pub fn assignment(&self, stream: &StreamName) -> drd_core::handshake::Assignment<'_> {
+        use drd_core::handshake::Assignment;
+        match self.config.streams.iter().find(|s| &s.name == stream) {
+            Some(c) => Assignment::Listed {
+                peer_name: c.peer_name.as_deref(),
+            },
+            None => Assignment::Unlisted {
+                accept: self
+                    .config
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.accept_unlisted_streams),
+            },
+        }
+    }
+
+    /// The shipper of `stream` (configured here), if any.
+    pub fn shipper(&self, stream: &StreamName) -> Option<&Arc<Shipper>> {
+        self.shippers.iter().find(|s| &s.stream == stream)
     }
 
     /// The slot of a received stream, created on first contact.
@@ -380,21 +532,67 @@ impl Node {
         Ok(slot)
     }
 
-    /// Status rows: the shipping side of each stream while this node is
-    /// primary (or fenced), the receiving side while it is a replica.
+    /// Status rows, one per stream with its role: the shipping side of a
+    /// stream this node is primary (or fenced) of, the receiving side of
+    /// one it is a replica of. A stream whose side has no live state here
+    /// (a primary without a `[[stream]]` source, a replica that has not
+    /// heard from its primary since it started) gets a row from its role
+    /// and catalog alone.
     pub fn stream_views(&self) -> Vec<StreamView> {
         let now = Instant::now();
-        let state = self.state();
-        if state.role == Role::Replica {
-            let slots: Vec<_> = self.receivers.locked().values().cloned().collect();
-            return slots.iter().map(|s| s.view(now)).collect();
+        let mut rows = Vec::new();
+        for (stream, state) in self.roles() {
+            let mut v = if state.role == Role::Replica {
+                let slot = self.receivers.locked().get(&stream).cloned();
+                match slot {
+                    Some(slot) => slot.view(now),
+                    None => self.catalog_view(&stream, "receiving", now),
+                }
+            } else {
+                match self.shipper(&stream) {
+                    Some(s) => StreamView {
+                        paused: state.paused,
+                        ..s.view(now)
+                    },
+                    None => self.catalog_view(&stream, "shipping", now),
+                }
+            };
+            v.role = Some(state.role);
+            v.epoch = state.epoch;
+            v.fenced_reason = state.fenced_reason.clone().unwrap_or_default();
+            rows.push(v);
         }
-        self.shippers
-            .iter()
-            .map(|s| StreamView {
-                paused: state.paused,
-                ..s.view(now)
-            })
-            .collect()
+        rows
+    }
+
+    /// A status row from the catalog alone.
+    fn catalog_view(&self, stream: &StreamName, direction: &'static str, now: Instant) -> StreamView {
+        match (self.catalog.tail(stream), self.catalog.stream_meta(stream)) {
+            (Ok(tail), Ok(meta)) => {
+                let mut v = ReceiveSlot::new(stream.clone(), tail, meta).view(now);
+                v.direction = direction;
+                v.connected = false;
+                if direction == "shipping" {
+                    v.last_error = "no [[stream]] in this node's config: nothing to ship from".into();
+                }
+                v
+            }
+            (Err(e), _) | (_, Err(e)) => StreamView {
+                name: stream.to_string(),
+                direction,
+                last_error: format!("cannot read the catalog: {e}"),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// The role a stream starts in here: the node's `initial_role` for a stream
+/// its config ships, replica for one that arrives over the network.
+fn default_role(config: &Config, stream: &StreamName) -> Role {
+    if config.streams.iter().any(|s| &s.name == stream) {
+        config.initial_role
+    } else {
+        Role::Replica
     }
 }

@@ -69,27 +69,53 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// One line for `systemctl status`: role, epoch, and each stream's lag.
+/// Streams listed one by one in the status line; past this, a summary.
+const STATUS_LINE_STREAMS: usize = 3;
+
+/// One line for `systemctl status`: each stream's role, epoch and lag — or,
+/// for a fleet, how many streams have each role, how many are
+/// disconnected, and the worst lag.
 pub fn status_line(node: &Node) -> String {
-    let state = node.state();
-    let mut line = format!("{} epoch {}", state.role.as_str(), state.epoch);
-    if state.paused {
-        line.push_str(" (paused)");
+    let views = node.stream_views();
+    let role = |v: &crate::node::StreamView| v.role.map_or("unknown", |r| r.as_str());
+    if views.len() <= STATUS_LINE_STREAMS {
+        let parts: Vec<String> = views
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}: {} epoch {}{}, {}, lag {} / {:.1} s",
+                    v.name,
+                    role(v),
+                    v.epoch,
+                    if v.paused { " (paused)" } else { "" },
+                    if v.connected { "connected" } else { "DISCONNECTED" },
+                    crate::display::bytes(v.lag_bytes),
+                    v.lag_seconds
+                )
+            })
+            .collect();
+        return if parts.is_empty() {
+            "no streams yet".into()
+        } else {
+            parts.join("; ")
+        };
     }
-    for v in node.stream_views() {
-        line.push_str(&format!(
-            "; {}: {}, lag {} / {:.1} s",
-            v.name,
-            if v.connected {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
-            crate::display::bytes(v.lag_bytes),
-            v.lag_seconds
-        ));
+    let mut by_role = std::collections::BTreeMap::<&str, usize>::new();
+    for v in &views {
+        *by_role.entry(role(v)).or_default() += 1;
     }
-    line
+    let roles: Vec<String> = by_role.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let down = views.iter().filter(|v| !v.connected).count();
+    let worst = views
+        .iter()
+        .max_by(|a, b| a.lag_seconds.total_cmp(&b.lag_seconds))
+        .map(|v| format!("{:.1} s ({})", v.lag_seconds, v.name))
+        .unwrap_or_default();
+    format!(
+        "{} streams: {}; {down} disconnected; worst lag {worst}",
+        views.len(),
+        roles.join(", ")
+    )
 }
 
 /// Takes over SIGHUP when the service has a file to reload — first thing at

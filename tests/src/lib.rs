@@ -381,11 +381,22 @@ impl Pair {
                 String::new(),
             ),
         };
+        // The DR node's config assigns the stream to the primary (a replica
+        // receives only what its config assigns); its wal_dir and peer are
+        // what it would ship after a failover (nobody listens there).
+        let replica_wal = root.path().join("replica-wal");
+        std::fs::create_dir_all(&replica_wal).unwrap();
         let replica = Daemon::new(
             root.path(),
             "replica",
             REPLICA_ID,
-            &format!("{top}[replica]\nlisten = \"127.0.0.1:{port}\"\n{tuning}\n{sec_r}"),
+            &format!(
+                "{top}initial_role = \"replica\"\n[replica]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"{scheme}://127.0.0.1:{}\"\n\
+                 peer_name = \"{PRIMARY_ID}\"\n{tuning}\n{sec_r}",
+                replica_wal.display(),
+                free_port()
+            ),
         );
         let primary = Daemon::new(
             root.path(),

@@ -269,7 +269,7 @@ impl OpsPair {
             "replica",
             REPLICA_ID,
             &format!(
-                "[replica]\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nlisten = \"127.0.0.1:{rm}\"\n{tuning}\n{}",
+                "[replica]\nlisten = \"127.0.0.1:{port}\"\naccept_unlisted_streams = true\n[metrics]\nlisten = \"127.0.0.1:{rm}\"\n{tuning}\n{}",
                 tls_section(&certs, REPLICA_ID)
             ),
         );
@@ -465,7 +465,7 @@ async fn sd_notify_ready_watchdog_status_reload_and_stopping() {
         "replica",
         REPLICA_ID,
         &format!(
-            "[replica]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            "[replica]\nlisten = \"127.0.0.1:{port}\"\naccept_unlisted_streams = true\n{}",
             tls_section(&certs, REPLICA_ID)
         ),
     );

@@ -35,7 +35,7 @@ fn spool_pair(root: &Path, mode: &str) -> (Daemon, Daemon, PathBuf) {
         "rochester",
         REPLICA_ID,
         &format!(
-            "[replica]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            "[replica]\nlisten = \"127.0.0.1:{port}\"\naccept_unlisted_streams = true\n{}",
             tls_section(&certs, REPLICA_ID)
         ),
     );

@@ -1,7 +1,9 @@
-//! Role transitions as named functions over [`NodeState`], without I/O:
-//! which role may become which, and what happens to the epoch. The node
-//! commits the result (with the log changes and an audit record) in one
-//! catalog transaction.
+//! Role transitions of one stream at one node, as named functions over
+//! [`RoleState`], without I/O: which role may become which, and what
+//! happens to the epoch. Roles and epochs belong to a stream at a node (a
+//! DR site that holds fifty databases fails over the one that broke), so
+//! every function here is about one stream. The node commits the result
+//! (with the log changes and an audit record) in one catalog transaction.
 //!
 //! ```text
 //!            promote (failover, switchover)
@@ -15,7 +17,7 @@
 use drd_proto::Epoch;
 use serde::{Deserialize, Serialize};
 
-/// A node's role.
+/// A stream's role at a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -34,15 +36,15 @@ impl Role {
     }
 }
 
-/// Role and epoch, stored durably on every node.
+/// One stream's role and epoch at a node, stored durably (per stream).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeState {
+pub struct RoleState {
     pub role: Role,
     pub epoch: Epoch,
-    /// Shipping paused by an operator (survives restarts).
+    /// Shipping of this stream paused by an operator (survives restarts).
     #[serde(default)]
     pub paused: bool,
-    /// Why the node is fenced, for `drctl status`.
+    /// Why the stream is fenced here, for `drctl status`.
     #[serde(default)]
     pub fenced_reason: Option<String>,
     /// A switchover holds shipping while the roles change hands, so that
@@ -52,7 +54,7 @@ pub struct NodeState {
     pub shipping_held: bool,
 }
 
-impl NodeState {
+impl RoleState {
     pub fn new(role: Role, epoch: Epoch) -> Self {
         Self {
             role,
@@ -86,7 +88,7 @@ pub enum RoleError {
     EpochExhausted { current: Epoch },
 }
 
-fn need(s: &NodeState, role: Role) -> Result<(), RoleError> {
+fn need(s: &RoleState, role: Role) -> Result<(), RoleError> {
     if s.role != role {
         return Err(RoleError::WrongRole {
             needed: role.as_str(),
@@ -97,13 +99,13 @@ fn need(s: &NodeState, role: Role) -> Result<(), RoleError> {
 }
 
 /// Failover at the DR node: replica → primary at epoch + 1.
-pub fn promote(s: &NodeState) -> Result<NodeState, RoleError> {
+pub fn promote(s: &RoleState) -> Result<RoleState, RoleError> {
     need(s, Role::Replica)?;
     let epoch = s
         .epoch
         .checked_add(1)
         .ok_or(RoleError::EpochExhausted { current: s.epoch })?;
-    Ok(NodeState {
+    Ok(RoleState {
         role: Role::Primary,
         epoch,
         paused: false,
@@ -114,7 +116,7 @@ pub fn promote(s: &NodeState) -> Result<NodeState, RoleError> {
 
 /// Switchover at the replica, asked by the primary at `sender_epoch`: both
 /// must be at the same epoch (a stale or foreign primary cannot promote us).
-pub fn promote_for(s: &NodeState, sender_epoch: Epoch) -> Result<NodeState, RoleError> {
+pub fn promote_for(s: &RoleState, sender_epoch: Epoch) -> Result<RoleState, RoleError> {
     if sender_epoch != s.epoch {
         return Err(RoleError::EpochMismatch {
             requested: sender_epoch,
@@ -126,7 +128,7 @@ pub fn promote_for(s: &NodeState, sender_epoch: Epoch) -> Result<NodeState, Role
 
 /// Switchover at the old primary, after the replica was promoted to
 /// `new_epoch`: primary → replica of the new primary.
-pub fn demote(s: &NodeState, new_epoch: Epoch) -> Result<NodeState, RoleError> {
+pub fn demote(s: &RoleState, new_epoch: Epoch) -> Result<RoleState, RoleError> {
     need(s, Role::Primary)?;
     if new_epoch <= s.epoch {
         return Err(RoleError::NotNewer {
@@ -134,7 +136,7 @@ pub fn demote(s: &NodeState, new_epoch: Epoch) -> Result<NodeState, RoleError> {
             current: s.epoch,
         });
     }
-    Ok(NodeState {
+    Ok(RoleState {
         role: Role::Replica,
         epoch: new_epoch,
         paused: s.paused,
@@ -146,19 +148,19 @@ pub fn demote(s: &NodeState, new_epoch: Epoch) -> Result<NodeState, RoleError> {
 /// A node learned that another node is primary at `seen_epoch`. A primary
 /// with a lower epoch fences itself; a replica just adopts the epoch.
 /// Returns None when nothing changes.
-pub fn fence(s: &NodeState, seen_epoch: Epoch, reason: &str) -> Option<NodeState> {
+pub fn fence(s: &RoleState, seen_epoch: Epoch, reason: &str) -> Option<RoleState> {
     if seen_epoch <= s.epoch && s.role != Role::Primary {
         return None;
     }
     match s.role {
-        Role::Primary if seen_epoch > s.epoch => Some(NodeState {
+        Role::Primary if seen_epoch > s.epoch => Some(RoleState {
             role: Role::Fenced,
             epoch: s.epoch,
             paused: s.paused,
             fenced_reason: Some(reason.to_string()),
             shipping_held: false,
         }),
-        Role::Replica if seen_epoch > s.epoch => Some(NodeState {
+        Role::Replica if seen_epoch > s.epoch => Some(RoleState {
             epoch: seen_epoch,
             ..s.clone()
         }),
@@ -168,7 +170,7 @@ pub fn fence(s: &NodeState, seen_epoch: Epoch, reason: &str) -> Option<NodeState
 
 /// `drctl rejoin`: a fenced node becomes a replica of the primary at
 /// `primary_epoch`.
-pub fn rejoin(s: &NodeState, primary_epoch: Epoch) -> Result<NodeState, RoleError> {
+pub fn rejoin(s: &RoleState, primary_epoch: Epoch) -> Result<RoleState, RoleError> {
     need(s, Role::Fenced)?;
     if primary_epoch <= s.epoch {
         return Err(RoleError::NotNewer {
@@ -176,7 +178,7 @@ pub fn rejoin(s: &NodeState, primary_epoch: Epoch) -> Result<NodeState, RoleErro
             current: s.epoch,
         });
     }
-    Ok(NodeState {
+    Ok(RoleState {
         role: Role::Replica,
         epoch: primary_epoch,
         paused: s.paused,
@@ -189,8 +191,8 @@ pub fn rejoin(s: &NodeState, primary_epoch: Epoch) -> Result<NodeState, RoleErro
 mod tests {
     use super::*;
 
-    fn st(role: Role, epoch: Epoch) -> NodeState {
-        NodeState::new(role, epoch)
+    fn st(role: Role, epoch: Epoch) -> RoleState {
+        RoleState::new(role, epoch)
     }
 
     /// Issue 15: a replica adopts epochs it sees from peers; one at

@@ -23,7 +23,7 @@ use crate::disk::Disk;
 use bytes::Bytes;
 use drd_core::durability::{self, Step};
 use drd_core::receiver::{ChunkAction, Receiver, SealAction, Tail};
-use drd_core::roles::{self, NodeState, Role};
+use drd_core::roles::{self, RoleState, Role};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;
@@ -128,7 +128,7 @@ impl Rec {
 struct Catalog {
     recs: BTreeMap<u64, Rec>,
     chain_head: [u8; 32],
-    state: NodeState,
+    state: RoleState,
     /// The fork of this node's current epoch: (segment, position).
     fork: Option<(u64, u64)>,
 }
@@ -334,7 +334,7 @@ impl World {
             cat: Catalog {
                 recs: BTreeMap::new(),
                 chain_head: chain::GENESIS,
-                state: NodeState::new(role, 1),
+                state: RoleState::new(role, 1),
                 fork: None,
             },
             disk: Disk::default(),

@@ -50,27 +50,32 @@ pub async fn failover(
     req: pb::FailoverRequest,
     who: Caller,
 ) -> pb::FailoverResponse {
-    let state = node.state();
     let mut r = pb::FailoverResponse {
         dry_run: req.dry_run,
-        old_epoch: state.epoch,
         ..Default::default()
     };
-    if state.role != Role::Replica {
-        return refuse(
-            r,
-            format!(
-                "this node is {} at epoch {}; failover runs on the DR node, which must be a replica",
-                state.role.as_str(),
-                state.epoch
-            ),
-        );
-    }
     let stream = match pick_stream(node, &req.stream) {
         Ok(s) => s,
         Err(e) => return refuse(r, e),
     };
     r.stream = stream.to_string();
+    let role = match node.stream_role(&stream) {
+        Ok(r) => r,
+        Err(e) => return refuse(r, format!("{e:#}")),
+    };
+    let state = role.state();
+    r.old_epoch = state.epoch;
+    if state.role != Role::Replica {
+        return refuse(
+            r,
+            format!(
+                "{stream} is {} at epoch {} on this node; failover runs on the DR node, where the \
+                 stream must be a replica",
+                state.role.as_str(),
+                state.epoch
+            ),
+        );
+    }
     r.new_epoch = match state.epoch.checked_add(1) {
         Some(e) => e,
         None => {
@@ -161,28 +166,25 @@ pub async fn failover(
         Err(e) => return refuse(r, e.to_string()),
     };
     {
-        let _gate = node.transition.write().await;
-        node.end_sessions().await;
+        // Only this stream: the others' sessions go on receiving.
+        let _gate = role.transition.write().await;
+        node.end_session(&stream).await;
         let mut txn = Txn::default();
         let mut detail = Vec::new();
-        for s in node.stream_names() {
-            match fork::close_received_log(node, &s, next.epoch, &mut txn) {
-                Ok(Some(f)) => {
-                    if s == stream {
-                        r.durable_position = f.position;
-                    }
-                    detail.push(format!(
-                        "{s}: fork at position {} in segment {}",
-                        f.position, f.segment
-                    ))
-                }
-                Ok(None) => detail.push(format!("{s}: nothing received")),
-                Err(e) => {
-                    return refuse(
-                        r,
-                        format!("cannot close the log of {s}: {e:#}; nothing changed"),
-                    )
-                }
+        match fork::close_received_log(node, &stream, next.epoch, &mut txn) {
+            Ok(Some(f)) => {
+                r.durable_position = f.position;
+                detail.push(format!(
+                    "{stream}: fork at position {} in segment {}",
+                    f.position, f.segment
+                ))
+            }
+            Ok(None) => detail.push(format!("{stream}: nothing received")),
+            Err(e) => {
+                return refuse(
+                    r,
+                    format!("cannot close the log of {stream}: {e:#}; nothing changed"),
+                )
             }
         }
         detail.push(format!(
@@ -203,7 +205,7 @@ pub async fn failover(
             detail: detail.join("; "),
             ..Default::default()
         });
-        if let Err(e) = node.commit_state(next.clone(), txn) {
+        if let Err(e) = node.commit_role(&stream, next.clone(), txn) {
             return refuse(
                 r,
                 format!("cannot record the promotion: {e:#}; nothing changed"),
@@ -227,6 +229,7 @@ pub async fn failover(
     }
     let outcome = hooks::run_configured(
         node,
+        &stream,
         "promote",
         next.epoch,
         "primary",
@@ -234,7 +237,7 @@ pub async fn failover(
     )
     .await;
     r.hook_report = outcome.summary("promote");
-    crate::ops::audit_hook(node, &who, next.epoch, &r.hook_report);
+    crate::ops::audit_hook(node, &stream, &who, next.epoch, &r.hook_report);
     r
 }
 
@@ -246,7 +249,8 @@ fn or_unknown(s: &str) -> &str {
     }
 }
 
-/// Asks the old primary to fence itself.
+/// Asks the old primary to fence itself for `cfg`'s stream (its other
+/// streams are not this failover's business).
 async fn fence_old_primary(
     node: &Node,
     cfg: &crate::config::StreamConfig,
@@ -259,6 +263,7 @@ async fn fence_old_primary(
             from_node: node.config.node_id.to_string(),
             epoch,
             reason: reason.to_string(),
+            stream: cfg.name.to_string(),
         })
         .await
         .map(|r| r.into_inner())

@@ -178,7 +178,7 @@ pub fn close_source_log(
         sealed: true,
         chain: Some(chain),
         sha256: Some(sha),
-        epoch: node.state().epoch,
+        epoch: node.role_of(&cfg.name).map_or(0, |s| s.epoch),
         received_at_ms: now,
         sealed_at_ms: Some(now),
         fork: true,

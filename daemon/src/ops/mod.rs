@@ -28,11 +28,12 @@ pub struct Caller {
     pub origin: String,
 }
 
-/// Records a hook's result in the audit log.
-pub fn audit_hook(node: &Node, who: &Caller, epoch: u64, summary: &str) {
+/// Records a hook's result for `stream` in the audit log.
+pub fn audit_hook(node: &Node, stream: &StreamName, who: &Caller, epoch: u64, summary: &str) {
     let mut txn = Txn::default();
     txn.audit(AuditRecord {
         action: "hook".into(),
+        stream: stream.to_string(),
         user: who.user.clone(),
         origin: who.origin.clone(),
         epoch_before: epoch,
@@ -48,15 +49,20 @@ pub fn audit_hook(node: &Node, who: &Caller, epoch: u64, summary: &str) {
 /// How long `drctl pause` waits for the shippers to stop.
 const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `drctl pause` / `drctl resume`. A pause returns once no stream is being
-/// shipped any more, so that nothing written after it leaves the site.
+/// `drctl pause` / `drctl resume` of one stream. A pause returns once the
+/// stream is not being shipped any more, so that nothing written after it
+/// leaves the site.
 pub async fn pause(
     node: &Node,
     req: pb::PauseRequest,
     who: Caller,
 ) -> Result<pb::PauseResponse, Status> {
-    let state = node.state();
-    let next = crate::catalog::NodeState {
+    let stream = failover::pick_stream(node, &req.stream).map_err(Status::invalid_argument)?;
+    let state = node
+        .stream_role(&stream)
+        .map_err(|e| Status::internal(format!("{e:#}")))?
+        .state();
+    let next = crate::catalog::RoleState {
         paused: req.pause,
         ..state.clone()
     };
@@ -72,29 +78,37 @@ pub async fn pause(
         role_after: state.role.as_str().into(),
         ..Default::default()
     });
-    node.commit_state(next, txn)
+    node.commit_role(&stream, next, txn)
         .map_err(|e| Status::internal(format!("{e:#}")))?;
     tracing::warn!(
+        %stream,
         paused = req.pause,
         "shipping {}",
         if req.pause { "paused" } else { "resumed" }
     );
     if req.pause {
         let deadline = std::time::Instant::now() + PAUSE_WAIT;
-        while node.shippers.iter().any(|s| s.state.locked().connected) {
+        while node
+            .shipper(&stream)
+            .is_some_and(|s| s.state.locked().connected)
+        {
             if std::time::Instant::now() > deadline {
                 return Err(Status::deadline_exceeded(
-                    "paused, but a replication session did not stop within 10 s; check `drctl status`",
+                    format!("{stream} paused, but its replication session did not stop within 10 s; check `drctl status`"),
                 ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
-    Ok(pb::PauseResponse { paused: req.pause })
+    Ok(pb::PauseResponse {
+        paused: req.pause,
+        stream: stream.to_string(),
+    })
 }
 
-/// `drctl history`: the audit log.
-pub fn history(node: &Node) -> Result<pb::HistoryResponse, Status> {
+/// `drctl history`: the audit log (one stream's entries, and those from
+/// before roles were per stream, when `req` names one).
+pub fn history(node: &Node, req: pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> {
     let log = node
         .catalog
         .audit_log()
@@ -102,7 +116,9 @@ pub fn history(node: &Node) -> Result<pb::HistoryResponse, Status> {
     Ok(pb::HistoryResponse {
         entries: log
             .into_iter()
+            .filter(|a| req.stream.is_empty() || a.stream.is_empty() || a.stream == req.stream)
             .map(|a| pb::AuditEntry {
+                stream: a.stream,
                 seq: a.seq,
                 at_ms: a.at_ms,
                 action: a.action,

@@ -25,18 +25,23 @@ pub async fn rejoin(
     req: pb::RejoinRequest,
     who: Caller,
 ) -> Result<pb::RejoinResponse, Status> {
-    let state = node.state();
+    let stream = crate::ops::failover::pick_stream(node, &req.stream)
+        .map_err(Status::invalid_argument)?;
+    let role = node
+        .stream_role(&stream)
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    let state = role.state();
     if state.role != Role::Fenced {
         return Err(Status::failed_precondition(format!(
-            "this node is {} at epoch {}; only a fenced node rejoins",
+            "{stream} is {} at epoch {} on this node; only a fenced stream rejoins",
             state.role.as_str(),
             state.epoch
         )));
     }
-    let [cfg] = node.config.streams.as_slice() else {
-        return Err(Status::failed_precondition(
-            "rejoin needs exactly one [[stream]] (its peer is the new primary)",
-        ));
+    let Some(cfg) = node.config.streams.iter().find(|c| c.name == stream) else {
+        return Err(Status::failed_precondition(format!(
+            "rejoin of {stream} needs its [[stream]] in this node's config (its peer is the new primary)"
+        )));
     };
     let progress = node
         .operations
@@ -136,7 +141,9 @@ pub async fn rejoin(
         .join(format!("epoch-{}-{}", info.epoch, crate::clock::unix_ms()));
 
     progress.set_phase("waiting for other role changes to finish");
-    let _gate = node.transition.write().await;
+    let _gate = role.transition.write().await;
+    // Read again under the gate: another role change may have come first.
+    let state = role.state();
     let next = crate::roles::rejoin(&state, info.epoch)
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
     let mut txn = Txn::default();
@@ -163,9 +170,10 @@ pub async fn rejoin(
         ),
         ..Default::default()
     });
-    node.commit_state(next.clone(), txn)
+    node.commit_role(&stream, next.clone(), txn)
         .map_err(|e| Status::internal(format!("{e:#}")))?;
     tracing::warn!(
+        %stream,
         epoch = next.epoch,
         fork = remote.position,
         quarantined_bytes = total,

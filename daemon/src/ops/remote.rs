@@ -83,7 +83,9 @@ pub fn log_info(
     stream: &StreamName,
     q: &LogQuery,
 ) -> Result<pb::LogInfoResponse, Status> {
-    let state = node.state();
+    let state = node
+        .role_of(stream)
+        .unwrap_or_else(|| crate::catalog::RoleState::new(Role::Replica, 0));
     let hash_partial = |t: &SegmentRecord| match fork::segment_path(node, stream, t) {
         Some(path) => fork::hash_prefix(&path, t.size).map(Some),
         None => Ok(None),
@@ -213,12 +215,16 @@ pub async fn promote(
         user: format!("{} (on {})", req.requested_by, req.from_node),
         origin: format!("switchover from {}", req.from_node),
     };
-    let _gate = node.transition.write().await;
-    let state = node.state();
+    let role = node
+        .stream_role(&stream)
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    let _gate = role.transition.write().await;
+    let state = role.state();
     let next = crate::roles::promote_for(&state, req.epoch)
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    // Stop receiving, then check we hold exactly the primary's log.
-    node.end_sessions().await;
+    // Stop receiving this stream, then check we hold exactly the primary's
+    // log of it.
+    node.end_session(&stream).await;
     let tail = node
         .catalog
         .tail(&stream)
@@ -231,7 +237,7 @@ pub async fn promote(
         )));
     }
     let outcome =
-        hooks::run_configured(node, "promote", next.epoch, "primary", Some(durable)).await;
+        hooks::run_configured(node, &stream, "promote", next.epoch, "primary", Some(durable)).await;
     if let HookOutcome::Failed { .. } = outcome {
         return Err(Status::aborted(format!(
             "{}; this node stays a replica at epoch {}",
@@ -241,15 +247,13 @@ pub async fn promote(
     }
     let mut txn = Txn::default();
     let mut detail = vec![outcome.summary("promote")];
-    for s in node.stream_names() {
-        match fork::close_received_log(node, &s, next.epoch, &mut txn) {
-            Ok(Some(f)) => detail.push(format!("{s}: fork at {} in {}", f.position, f.segment)),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Status::internal(format!(
-                    "cannot close the log of {s}: {e:#}"
-                )))
-            }
+    match fork::close_received_log(node, &stream, next.epoch, &mut txn) {
+        Ok(Some(f)) => detail.push(format!("{stream}: fork at {} in {}", f.position, f.segment)),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(Status::internal(format!(
+                "cannot close the log of {stream}: {e:#}"
+            )))
         }
     }
     txn.audit(AuditRecord {
@@ -264,18 +268,20 @@ pub async fn promote(
         detail: detail.join("; "),
         ..Default::default()
     });
-    node.commit_state(next.clone(), txn)
+    node.commit_role(&stream, next.clone(), txn)
         .map_err(|e| Status::internal(format!("{e:#}")))?;
-    tracing::warn!(epoch = next.epoch, "SWITCHOVER: this node is now primary");
+    tracing::warn!(%stream, epoch = next.epoch, "SWITCHOVER: this node is now primary of the stream");
     Ok(pb::PromoteResponse {
         new_epoch: next.epoch,
         hook_report: outcome.summary("promote"),
     })
 }
 
-/// Fences this node if `epoch` is newer than its own (see
-/// [`crate::roles::fence`]), runs the fence hook, and answers with the
-/// written positions so the new primary can report the known loss.
+/// Fences the stream the request names at this node if `epoch` is newer
+/// than its own there (see [`crate::roles::fence`]), runs the fence hook,
+/// and answers with the written position so the new primary can report
+/// the known loss. A request that names no stream (from a release before
+/// roles per stream) fences every stream the sender is assigned here.
 pub async fn fence(node: &Arc<Node>, req: pb::FenceRequest) -> Result<pb::FenceResponse, Status> {
     let reason = format!(
         "node {} became primary at epoch {}{}",
@@ -287,28 +293,61 @@ pub async fn fence(node: &Arc<Node>, req: pb::FenceRequest) -> Result<pb::FenceR
             format!(" ({})", req.reason)
         }
     );
-    fence_self(node, req.epoch, &reason, &req.from_node).await;
-    let state = node.state();
+    let streams: Vec<StreamName> = if req.stream.is_empty() {
+        node.stream_names()
+            .into_iter()
+            .filter(|s| {
+                drd_core::handshake::assigned(s.as_str(), &req.from_node, node.assignment(s)).is_ok()
+            })
+            .collect()
+    } else {
+        vec![crate::ops::stream_name(&req.stream)?]
+    };
+    for s in &streams {
+        fence_self(node, s, req.epoch, &reason, &req.from_node).await;
+    }
     let written = node
         .stream_views()
         .into_iter()
+        .filter(|v| streams.iter().any(|s| s.as_str() == v.name))
         .map(|v| pb::StreamPosition {
             stream: v.name,
             position: v.written_position,
         })
         .collect();
+    // The role and epoch of the one stream named (the highest epoch of
+    // those fenced for an old peer's request).
+    let (role, epoch) = streams
+        .iter()
+        .filter_map(|s| node.role_of(s))
+        .max_by_key(|s| s.epoch)
+        .map_or((Role::Replica, 0), |s| (s.role, s.epoch));
     Ok(pb::FenceResponse {
         node_id: node.config.node_id.to_string(),
-        role: pb_role(state.role),
-        epoch: state.epoch,
+        role: pb_role(role),
+        epoch,
         written,
     })
 }
 
-/// Applies a newer epoch seen from `from`: a primary fences itself (loudly,
-/// with an audit record and the fence hook), a replica adopts the epoch.
-pub async fn fence_self(node: &Arc<Node>, seen_epoch: u64, reason: &str, from: &str) {
-    let state = node.state();
+/// Applies a newer epoch of `stream` seen from `from`: a primary of it
+/// fences itself for that stream (loudly, with an audit record and the
+/// fence hook), a replica adopts the epoch. Other streams are untouched.
+pub async fn fence_self(
+    node: &Arc<Node>,
+    stream: &StreamName,
+    seen_epoch: u64,
+    reason: &str,
+    from: &str,
+) {
+    let role = match node.stream_role(stream) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%stream, error = %e, "cannot read the stream's role to fence it");
+            return;
+        }
+    };
+    let state = role.state();
     let Some(next) = crate::roles::fence(&state, seen_epoch, reason) else {
         return;
     };
@@ -329,22 +368,25 @@ pub async fn fence_self(node: &Arc<Node>, seen_epoch: u64, reason: &str, from: &
         role_after: next.role.as_str().into(),
         ..Default::default()
     });
-    if let Err(e) = node.commit_state(next.clone(), txn) {
-        tracing::error!(error = %e, "cannot record the fence");
+    if let Err(e) = node.commit_role(stream, next.clone(), txn) {
+        tracing::error!(%stream, error = %e, "cannot record the fence");
         return;
     }
     if next.role != Role::Fenced {
         return;
     }
     tracing::error!(
+        %stream,
         epoch = state.epoch,
         seen_epoch,
         %reason,
-        "FENCED: a newer primary exists; this node stopped shipping. Run `drctl rejoin` to make it a replica"
+        "FENCED: a newer primary of this stream exists; this node stopped shipping it. Run \
+         `drctl rejoin --stream {stream}` to make it a replica"
     );
-    let outcome = hooks::run_configured(node, "fence", seen_epoch, "fenced", None).await;
+    let outcome = hooks::run_configured(node, stream, "fence", seen_epoch, "fenced", None).await;
     crate::ops::audit_hook(
         node,
+        stream,
         &Caller {
             user: "drd".into(),
             origin: "fence".into(),

@@ -24,7 +24,8 @@ use crate::locks::LockExt;
 use crate::node::Node;
 use crate::ops::{fork, logcmp, peer, Caller};
 use drd_core::switchover::{OnFailure, Step, Switchover};
-use drd_proto::{pb, SegmentName};
+use crate::node::StreamRole;
+use drd_proto::{pb, SegmentName, StreamName};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,10 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 struct Run<'a> {
     node: &'a Arc<Node>,
+    /// The stream switched over, and its role here (the node's other
+    /// streams keep theirs).
+    stream: StreamName,
+    role: Arc<StreamRole>,
     who: &'a Caller,
     reason: String,
     r: pb::SwitchoverResponse,
@@ -64,8 +69,9 @@ impl Run<'_> {
     /// `pre_switchover` / `abort_switchover`: this node is still primary at
     /// its current epoch.
     async fn attempt_hook(&self, name: &str) -> hooks::HookOutcome {
-        let epoch = self.node.state().epoch;
-        hooks::run_configured_for_attempt(self.node, name, self.attempt, epoch, "primary").await
+        let epoch = self.role.state().epoch;
+        hooks::run_configured_for_attempt(self.node, &self.stream, name, self.attempt, epoch, "primary")
+            .await
     }
 
     /// After `step` failed: rolls back (writes may resume, roles unchanged)
@@ -77,14 +83,14 @@ impl Run<'_> {
             OnFailure::Fence => return self.fence_after_promotion(step, error).await,
         };
         let step = step.name();
-        self.node.hold_shipping(false);
+        self.node.hold_shipping(&self.stream, false);
         if pre_hook_ran {
             let o = self.attempt_hook("abort_switchover").await;
             self.step(format!("rollback: {}", o.summary("abort_switchover")));
         }
-        let state = self.node.state();
+        let state = self.role.state();
         self.step(format!(
-            "rolled back: this node stays {} at epoch {}",
+            "rolled back: this node stays {} of the stream at epoch {}",
             state.role.as_str(),
             state.epoch
         ));
@@ -99,6 +105,7 @@ impl Run<'_> {
             role_before: state.role.as_str().into(),
             role_after: state.role.as_str().into(),
             detail: format!("step {step} failed: {error}"),
+            stream: self.stream.to_string(),
             ..Default::default()
         });
         let _ = self.node.catalog.commit_txn(txn);
@@ -115,12 +122,13 @@ impl Run<'_> {
         let new_epoch = self.r.new_epoch;
         let reason = format!(
             "switchover: the replica was promoted at epoch {new_epoch}, but this node could \
-             not demote itself ({error}); writes stay stopped — run `drctl rejoin`"
+             not demote itself ({error}); writes stay stopped — run `drctl rejoin --stream {}`",
+            self.stream
         );
-        let state = self.node.state();
+        let state = self.role.state();
         let fenced = {
-            let _gate = self.node.transition.write().await;
-            let state = self.node.state();
+            let _gate = self.role.transition.write().await;
+            let state = self.role.state();
             match crate::roles::fence(&state, new_epoch, &reason) {
                 Some(next) => {
                     let mut txn = Txn::default();
@@ -136,12 +144,12 @@ impl Run<'_> {
                         detail: format!("step {} failed: {error}", step.name()),
                         ..Default::default()
                     });
-                    self.node.commit_state(next, txn).map(|_| ())
+                    self.node.commit_role(&self.stream, next, txn).map(|_| ())
                 }
                 None => Ok(()),
             }
         };
-        self.node.hold_shipping(false);
+        self.node.hold_shipping(&self.stream, false);
         match fenced {
             Ok(()) => self.step(format!(
                 "fenced: this node stops as primary at epoch {} (the replica is primary at \
@@ -165,38 +173,57 @@ pub async fn switchover(
     req: pb::SwitchoverRequest,
     who: Caller,
 ) -> pb::SwitchoverResponse {
+    let failed = |error: String| pb::SwitchoverResponse {
+        dry_run: req.dry_run,
+        failed_step: Step::Preflight.name().to_string(),
+        error,
+        ..Default::default()
+    };
+    let stream = match crate::ops::failover::pick_stream(node, &req.stream) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let role = match node.stream_role(&stream) {
+        Ok(r) => r,
+        Err(e) => return failed(format!("{e:#}")),
+    };
     let mut run = Run {
         node,
+        stream: stream.clone(),
+        role: role.clone(),
         who: &who,
         reason: req.reason.clone(),
         r: pb::SwitchoverResponse {
             dry_run: req.dry_run,
+            stream: stream.to_string(),
             ..Default::default()
         },
         attempt: crate::clock::unix_ms(),
         sw: Switchover::new(),
     };
-    let state = node.state();
+    let state = role.state();
     if state.role != Role::Primary {
         return run
             .fail(
                 Step::Preflight,
                 format!(
-                    "this node is {}; run switchover on the current primary",
+                    "{stream} is {} on this node; run switchover on its current primary",
                     state.role.as_str()
                 ),
             )
             .await;
     }
-    let [cfg] = node.config.streams.as_slice() else {
+    let (Some(cfg), Some(shipper)) = (
+        node.config.streams.iter().find(|c| c.name == stream),
+        node.shipper(&stream).cloned(),
+    ) else {
         return run
             .fail(
                 Step::Preflight,
-                "switchover supports exactly one shipped stream per node".into(),
+                format!("{stream} has no [[stream]] in this node's config: nothing ships it"),
             )
             .await;
     };
-    let shipper = node.shippers[0].clone();
     // Listed in `Status` while it runs, for `drctl switchover`'s progress.
     let progress = node
         .operations
@@ -428,7 +455,7 @@ pub async fn switchover(
     // 5. promote the replica. Hold our shipping first: once the replica is
     // primary at the new epoch, neither side may read the other's epoch as
     // a reason to fence until this node has demoted itself.
-    node.hold_shipping(true);
+    node.hold_shipping(&stream, true);
     let deadline = Instant::now() + Duration::from_secs(10);
     while shipper.state.locked().connected {
         if Instant::now() > deadline {
@@ -478,8 +505,8 @@ pub async fn switchover(
     // The transition gate is held only for the demotion itself: a failure
     // is handled after it is released (the fence takes it again).
     let demoted: Result<(), String> = {
-        let _gate = node.transition.write().await;
-        let state = node.state();
+        let _gate = role.transition.write().await;
+        let state = role.state();
         match crate::roles::demote(&state, new_epoch) {
             Err(e) => Err(e.to_string()),
             Ok(next) => {
@@ -516,7 +543,7 @@ pub async fn switchover(
                             ),
                             ..Default::default()
                         });
-                        node.commit_state(next, txn)
+                        node.commit_role(&stream, next, txn)
                             .map(|_| ())
                             .map_err(|e| format!("{e:#}"))
                     }
@@ -532,9 +559,10 @@ pub async fn switchover(
         info.node_id
     ));
     run.done(Step::Demote);
-    let o = hooks::run_configured(node, "demote", new_epoch, "replica", Some(fork_position)).await;
+    let o = hooks::run_configured(node, &stream, "demote", new_epoch, "replica", Some(fork_position))
+        .await;
     run.step(o.summary("demote"));
-    crate::ops::audit_hook(node, &who, new_epoch, &o.summary("demote"));
+    crate::ops::audit_hook(node, &stream, &who, new_epoch, &o.summary("demote"));
     run.r.ok = true;
     run.r
 }

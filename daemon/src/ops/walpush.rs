@@ -137,11 +137,15 @@ pub async fn wal_push(
             cfg.name
         )));
     }
-    let state = node.state();
+    let state = node
+        .stream_role(&cfg.name)
+        .map_err(|e| Status::internal(format!("{e:#}")))?
+        .state();
     if state.role != Role::Primary {
         return Err(Status::failed_precondition(format!(
-            "this node is {} at epoch {}; WAL is archived only at the primary (use \
+            "{} is {} at epoch {} on this node; WAL is archived only at the primary (use \
              archive_mode = on, not always, on a standby)",
+            cfg.name,
             state.role.as_str(),
             state.epoch
         )));

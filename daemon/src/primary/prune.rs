@@ -220,8 +220,9 @@ pub async fn pass(
     }
     // No role change (a switchover's demotion, a rejoin's cut back) while
     // records are marked: they rewrite the same records.
-    let _gate = node.transition.read().await;
-    let primary = node.state().role == Role::Primary;
+    let role = node.stream_role(&cfg.name)?;
+    let _gate = role.transition.read().await;
+    let primary = role.state().role == Role::Primary;
     let (node, cfg, shipper) = (node.clone(), cfg.clone(), shipper.clone());
     tokio::task::spawn_blocking(move || pass_blocking(&node, &cfg, &shipper, primary, room_for))
         .await

@@ -83,8 +83,8 @@ fn refused(s: tonic::Status) -> ShipError {
     }
 }
 
-/// Ship only while this node is primary and not paused.
-fn may_ship(s: &crate::catalog::NodeState) -> bool {
+/// Ship only while this node is the stream's primary and it is not paused.
+fn may_ship(s: &crate::catalog::RoleState) -> bool {
     s.role == crate::catalog::Role::Primary && !s.paused && !s.shipping_held
 }
 
@@ -158,6 +158,14 @@ async fn run_stream(
     status: Arc<Shipper>,
     shutdown: CancellationToken,
 ) {
+    let role = match node.stream_role(&cfg.name) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the stream's role; not shipping it");
+            status.state.locked().last_error = format!("cannot read the stream's role: {e:#}");
+            return;
+        }
+    };
     let wake = Arc::new(Notify::new());
     let index = Arc::new(SourceIndex::new(&cfg.wal_dir));
     let _watch = match DirWatch::start(&cfg.wal_dir, wake.clone(), index.clone()) {
@@ -174,6 +182,7 @@ async fn run_stream(
     );
     let mut shipper = StreamShipper {
         node: node.clone(),
+        role: role.clone(),
         cfg,
         status,
         wake,
@@ -186,9 +195,9 @@ async fn run_stream(
         recording: None,
         sent: Arc::default(),
     };
-    let mut state_rx = node.subscribe();
+    let mut state_rx = role.subscribe();
     'sessions: loop {
-        // Idle until this node is a primary that may ship.
+        // Idle until this node is a primary of the stream that may ship.
         loop {
             let st = state_rx.borrow_and_update().clone();
             if may_ship(&st) {
@@ -248,7 +257,8 @@ async fn run_stream(
                 // Fencing rewrites this stream's record: our own last seal
                 // record must land first, not after it.
                 shipper.settle_or_log().await;
-                crate::ops::remote::fence_self(&node, *epoch, message, &shipper.cfg.peer).await;
+                crate::ops::remote::fence_self(&node, &shipper.cfg.name, *epoch, message, &shipper.cfg.peer)
+                    .await;
                 continue;
             }
             Err(e) => tracing::warn!(error = %e, "replication session ended; reconnecting"),
@@ -279,6 +289,8 @@ async fn run_stream(
 
 struct StreamShipper {
     node: Arc<Node>,
+    /// The stream's role and epoch here.
+    role: Arc<crate::node::StreamRole>,
     cfg: StreamConfig,
     status: Arc<Shipper>,
     wake: Arc<Notify>,
@@ -372,7 +384,7 @@ impl StreamShipper {
             .await
             .map_err(ShipError::Connect)?;
 
-        let epoch = self.node.state().epoch;
+        let epoch = self.role.state().epoch;
         let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
         let hello = ShipMsg::Hello(Hello {
             stream: self.cfg.name.clone(),

@@ -30,7 +30,7 @@
 //! pass's deletions small, and the next batch waits [`BATCH_PAUSE`].
 
 use super::retention::{self, Facts, Keep, Planner, Policy, Remove};
-use crate::catalog::{AuditRecord, PruneBoundary, Role, SegmentRecord, Txn};
+use crate::catalog::{AuditRecord, PruneBoundary, Role, RoleState, SegmentRecord, Txn};
 use crate::node::Node;
 use crate::ops::Caller;
 use drd_proto::{SegmentName, StreamName};
@@ -191,7 +191,7 @@ fn pass_blocking(
         .map(|r| r.name.clone())
         .collect();
     t.retention(stream, &state);
-    let role = node.state();
+    let role = node.role_of(stream).unwrap_or_else(|| RoleState::new(Role::Replica, 0));
     let kept_text = out.kept.as_ref().map_or_else(
         || "nothing".to_string(),
         |(r, k)| format!("{} ({k})", r.name),
@@ -271,14 +271,15 @@ pub async fn pass(
         });
     };
     let _one = PRUNE_LOCK.lock().await;
-    let _gate = node.transition.read().await;
-    let role = node.state().role;
+    let stream_role = node.stream_role(stream)?;
+    let _gate = stream_role.transition.read().await;
+    let role = stream_role.state().role;
     if role != Role::Replica {
         return Ok(Outcome {
             stream: stream.to_string(),
             policy: Some(policy.to_string()),
             not_replica: Some(format!(
-                "this node is {}: retention applies to the DR copy a replica keeps",
+                "{stream} is {} on this node: retention applies to the DR copy a replica keeps",
                 role.as_str()
             )),
             ..Default::default()

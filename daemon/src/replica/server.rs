@@ -10,7 +10,7 @@ use crate::node::Node;
 use crate::replica::disk::DiskWorker;
 use drd_core::handshake::Admit;
 use drd_proto::pb::replication_server::Replication;
-use drd_proto::{pb, Hello, ShipMsg};
+use drd_proto::{pb, Hello, ShipMsg, StreamName};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -82,9 +82,15 @@ impl Replication for ReplicationService {
             }
         };
         self.check_identity(hello.node_id.as_str(), &cert_names, &remote)?;
+        // Before anything about the stream is looked up or created here.
+        self.check_assigned(&hello.stream, hello.node_id.as_str(), &remote)?;
         let span = tracing::info_span!("session", stream = %hello.stream, peer = %hello.node_id, epoch = hello.epoch);
-        // No session may start while a role transition runs.
-        let _gate = self.node.transition.read().await;
+        let role = self
+            .node
+            .stream_role(&hello.stream)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        // No session of this stream may start while its role changes.
+        let _gate = role.transition.read().await;
         self.start_session(hello, inbound, remote, idle)
             .instrument(span)
             .await
@@ -95,7 +101,10 @@ impl Replication for ReplicationService {
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
         let names = self.cert_names(&request);
-        self.check_identity(&request.get_ref().from_node, &names, "promote request")?;
+        let req = request.get_ref();
+        self.check_identity(&req.from_node, &names, "promote request")?;
+        let stream = crate::ops::stream_name(&req.stream)?;
+        self.check_assigned(&stream, &req.from_node, "promote request")?;
         crate::ops::remote::promote(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -106,7 +115,12 @@ impl Replication for ReplicationService {
         request: Request<pb::FenceRequest>,
     ) -> Result<Response<pb::FenceResponse>, Status> {
         let names = self.cert_names(&request);
-        self.check_identity(&request.get_ref().from_node, &names, "fence request")?;
+        let req = request.get_ref();
+        self.check_identity(&req.from_node, &names, "fence request")?;
+        if !req.stream.is_empty() {
+            let stream = crate::ops::stream_name(&req.stream)?;
+            self.check_assigned(&stream, &req.from_node, "fence request")?;
+        }
         crate::ops::remote::fence(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -127,7 +141,10 @@ impl Replication for ReplicationService {
         request: Request<pb::PutFileRequest>,
     ) -> Result<Response<pb::PutFileResponse>, Status> {
         let names = self.cert_names(&request);
-        self.check_identity(&request.get_ref().from_node, &names, "put-file request")?;
+        let req = request.get_ref();
+        self.check_identity(&req.from_node, &names, "put-file request")?;
+        let stream = crate::ops::stream_name(&req.stream)?;
+        self.check_assigned(&stream, &req.from_node, "put-file request")?;
         crate::sidefiles::put_file(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -162,6 +179,18 @@ impl ReplicationService {
         )))
     }
 
+    /// A peer may act on a stream only if this node's config assigns the
+    /// stream to it (see [`drd_core::handshake::assigned`]).
+    fn check_assigned(&self, stream: &StreamName, sender: &str, from: &str) -> Result<(), Status> {
+        drd_core::handshake::assigned(stream.as_str(), sender, self.node.assignment(stream)).map_err(
+            |e| {
+                tracing::warn!(%from, %stream, sender, "refused: {e}");
+                crate::metrics::refused_unassigned(stream);
+                Status::permission_denied(e.to_string())
+            },
+        )
+    }
+
     async fn start_session(
         &self,
         hello: Hello,
@@ -184,7 +213,11 @@ impl ReplicationService {
         }
 
         let landing = self.node.config.landing_dir(&hello.stream);
-        let node_epoch = self.node.state().epoch;
+        let role = self
+            .node
+            .stream_role(&hello.stream)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        let node_epoch = role.state().epoch;
         let worker = DiskWorker::new(
             hello.stream.clone(),
             landing,
@@ -258,7 +291,7 @@ impl ReplicationService {
         let reader_cancel = cancel.clone();
         // A role or epoch change ends the session (the transition also ends
         // it explicitly and waits; this covers changes from other paths).
-        let mut state_rx = self.node.subscribe();
+        let mut state_rx = role.subscribe();
         let watch_cancel = cancel.clone();
         tokio::spawn(async move {
             let start = state_rx.borrow().clone();
@@ -296,7 +329,11 @@ impl ReplicationService {
     }
 
     fn check_hello(&self, hello: &Hello) -> Result<(), Status> {
-        let state = self.node.state();
+        let state = self
+            .node
+            .stream_role(&hello.stream)
+            .map_err(|e| Status::internal(format!("{e:#}")))?
+            .state();
         // The decision is drd-core's (handshake::admit); this carries it out.
         match drd_core::handshake::admit(&state, hello.epoch) {
             Admit::Accept { adopt: None } => return Ok(()),
@@ -306,7 +343,7 @@ impl ReplicationService {
                     current = state.epoch,
                     "refused a primary with a stale epoch"
                 );
-                return Err(stale_epoch(&self.node, hello.epoch));
+                return Err(stale_epoch(&self.node, &state, hello.epoch));
             }
             Admit::Retry => {
                 // Our own switchover just promoted the sender; we are about
@@ -323,34 +360,37 @@ impl ReplicationService {
                 );
                 let node = self.node.clone();
                 let from = hello.node_id.to_string();
+                let stream = hello.stream.clone();
                 tokio::spawn(async move {
-                    crate::ops::remote::fence_self(&node, seen, &reason, &from).await
+                    crate::ops::remote::fence_self(&node, &stream, seen, &reason, &from).await
                 });
                 return Err(Status::failed_precondition(format!(
-                    "node {} was primary at epoch {} and is fencing itself; run `drctl rejoin` on it",
-                    self.node.config.node_id, state.epoch
+                    "node {} was primary of {} at epoch {} and is fencing itself for it; run \
+                     `drctl rejoin --stream {}` on it",
+                    self.node.config.node_id, hello.stream, state.epoch, hello.stream
                 )));
             }
             Admit::RefusePrimary => {
                 tracing::error!(
+                    stream = %hello.stream,
                     "another node claims to be primary at epoch {} while this node is primary at epoch {}",
                     hello.epoch,
                     state.epoch
                 );
                 return Err(Status::failed_precondition(format!(
-                    "node {} is primary at epoch {}; it does not receive streams",
-                    self.node.config.node_id, state.epoch
+                    "node {} is primary of {} at epoch {}; it does not receive that stream",
+                    self.node.config.node_id, hello.stream, state.epoch
                 )));
             }
             Admit::RefuseFenced => {
                 return Err(Status::failed_precondition(format!(
-                    "node {} is fenced; run `drctl rejoin` on it first",
-                    self.node.config.node_id
+                    "{} is fenced on node {}; run `drctl rejoin --stream {}` on it first",
+                    hello.stream, self.node.config.node_id, hello.stream
                 )))
             }
         }
         self.node
-            .adopt_epoch(hello.epoch)
+            .adopt_epoch(&hello.stream, hello.epoch)
             .map_err(|e| Status::internal(format!("{e:#}")))
     }
 }
@@ -359,9 +399,9 @@ impl ReplicationService {
 /// learns it must fence itself.
 pub const EPOCH_METADATA: &str = "drd-epoch";
 
-/// The refusal a stale primary gets: FAILED_PRECONDITION with our epoch.
-pub fn stale_epoch(node: &Node, got: u64) -> Status {
-    let state = node.state();
+/// The refusal a stale primary gets: FAILED_PRECONDITION with our epoch
+/// (`state`: the stream's role here).
+pub fn stale_epoch(node: &Node, state: &crate::catalog::RoleState, got: u64) -> Status {
     let mut status = Status::failed_precondition(format!(
         "stale epoch {got}: node {} is {} at epoch {}; the sender must fence itself",
         node.config.node_id,

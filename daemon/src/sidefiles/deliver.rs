@@ -44,7 +44,13 @@ async fn deliver(
     shutdown: CancellationToken,
 ) {
     let dir = side_dir(&node.config.data_dir, &cfg.name);
-    let mut state_rx = node.subscribe();
+    let mut state_rx = match node.stream_role(&cfg.name) {
+        Ok(r) => r.subscribe(),
+        Err(e) => {
+            tracing::error!(stream = %cfg.name, error = %e, "cannot read the stream's role; side files are not shipped");
+            return;
+        }
+    };
     let mut client: Option<ReplicationClient<Channel>> = None;
     let mut epoch_seen = 0;
     let mut last_problem = String::new();

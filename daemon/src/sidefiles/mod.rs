@@ -170,25 +170,28 @@ pub async fn put_file(
         return Err(drd_proto::ProtocolError::ZeroEpoch.into());
     }
     // Not half-way through a promotion.
-    let _gate = node.transition.read().await;
-    let state = node.state();
+    let role = node
+        .stream_role(&stream)
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+    let _gate = role.transition.read().await;
+    let state = role.state();
     if req.epoch < state.epoch {
         tracing::warn!(%stream, name = %req.name, from = %req.from_node, epoch = req.epoch,
             "refused a side file from a stale epoch");
-        return Err(crate::replica::server::stale_epoch(node, req.epoch));
+        return Err(crate::replica::server::stale_epoch(node, &state, req.epoch));
     }
     match state.role {
         Role::Replica => {}
         Role::Primary | Role::Fenced => {
             return Err(Status::failed_precondition(format!(
-                "node {} is {} at epoch {}; it does not receive streams",
+                "node {} is {} of {stream} at epoch {}; it does not receive that stream",
                 node.config.node_id,
                 state.role.as_str(),
                 state.epoch
             )))
         }
     }
-    node.adopt_epoch(req.epoch)
+    node.adopt_epoch(&stream, req.epoch)
         .map_err(|e| Status::internal(format!("{e:#}")))?;
 
     let dir = side_dir(&node.config.data_dir, &stream);

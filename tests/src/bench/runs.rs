@@ -287,7 +287,7 @@ pub async fn sync_push(bins: &Bins, count: u64) -> anyhow::Result<SyncPush> {
         "rochester",
         REPLICA_ID,
         &format!(
-            "[replica]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            "[replica]\nlisten = \"127.0.0.1:{port}\"\naccept_unlisted_streams = true\n{}",
             tls_section(&certs, REPLICA_ID)
         ),
     );
