@@ -174,7 +174,17 @@ pub struct Tuning {
     /// First and largest delay between reconnect attempts (with jitter).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// A replica's node-wide budget of bytes in flight towards it, over all
+    /// the streams it receives: each session is granted an equal share as
+    /// its window (at most `window_bytes`, at least
+    /// [`MIN_GRANTED_WINDOW`]), so a DR site's memory stays bounded when a
+    /// hundred primaries catch up at once.
+    pub receive_budget_bytes: u64,
 }
+
+/// The smallest window a replica grants one session, however many streams
+/// share its `receive_budget_bytes`.
+pub const MIN_GRANTED_WINDOW: u64 = 256 * 1024;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -187,6 +197,7 @@ impl Default for Tuning {
             idle_timeout_ms: 15_000,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5000,
+            receive_budget_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -512,6 +512,24 @@ impl Node {
         }
     }
 
+    /// The window this replica grants a session (`Welcome.max_window_bytes`):
+    /// an equal share of `receive_budget_bytes` among the streams it
+    /// receives, at most `window_bytes`, at least
+    /// [`crate::config::MIN_GRANTED_WINDOW`].
+    pub fn granted_window(&self) -> u64 {
+        let t = &self.config.tuning;
+        let receiving = self
+            .roles
+            .locked()
+            .values()
+            .filter(|r| r.state().role == Role::Replica)
+            .count()
+            .max(1) as u64;
+        (t.receive_budget_bytes / receiving)
+            .min(t.window_bytes)
+            .max(crate::config::MIN_GRANTED_WINDOW)
+    }
+
     /// The shipper of `stream` (configured here), if any.
     pub fn shipper(&self, stream: &StreamName) -> Option<&Arc<Shipper>> {
         self.shippers.iter().find(|s| &s.stream == stream)

@@ -363,7 +363,7 @@ async fn hostile_names_are_refused_and_nothing_is_written() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["primary", "replica", "tls", "wal"]);
+    assert_eq!(top, ["primary", "replica", "replica-wal", "tls", "wal"]);
     assert!(!abs.exists());
     assert!(!std::path::Path::new("/tmp/drd-evil").exists());
     assert!(!pair.root.path().join("x").exists());

@@ -137,6 +137,24 @@ pub struct Limits {
     pub window_bytes: u64,
 }
 
+impl Limits {
+    /// The session's limits: the primary's own window, narrowed to what the
+    /// replica granted in its Welcome (`granted`, 0 = no limit). A chunk is
+    /// never larger than the window (or one chunk could never go out), and
+    /// neither is ever 0.
+    pub fn new(chunk_bytes: u64, own_window: u64, granted: u64) -> Self {
+        let window = match granted {
+            0 => own_window,
+            g => own_window.min(g),
+        }
+        .max(1);
+        Self {
+            chunk_bytes: chunk_bytes.min(window).max(1),
+            window_bytes: window,
+        }
+    }
+}
+
 /// One session's state at the primary: what was sent, what the replica has
 /// acked, and the checks on its acks.
 #[derive(Clone, Debug, Default)]
@@ -312,6 +330,33 @@ mod tests {
             resume(Some(&wraps)),
             Err(SendError::Overflow { .. })
         ));
+    }
+
+    /// Issue 18: a DR node with many streams grants each a smaller window
+    /// than the primary's own; a grant below the chunk size still lets
+    /// chunks go out (smaller ones), and 0 (an older replica) changes
+    /// nothing.
+    #[test]
+    fn a_granted_window_narrows_the_session_and_chunks_fit_in_it() {
+        assert_eq!(
+            Limits::new(1 << 20, 8 << 20, 0),
+            Limits { chunk_bytes: 1 << 20, window_bytes: 8 << 20 }
+        );
+        assert_eq!(
+            Limits::new(1 << 20, 8 << 20, 2 << 20),
+            Limits { chunk_bytes: 1 << 20, window_bytes: 2 << 20 }
+        );
+        let tight = Limits::new(1 << 20, 8 << 20, 300_000);
+        assert_eq!(tight, Limits { chunk_bytes: 300_000, window_bytes: 300_000 });
+        // With nothing in flight, a chunk goes out under the tight window.
+        let s = Session::default();
+        let cur = Cursor { segment: seg(1), start: 0, offset: 0 };
+        let src = SourceView { size: 4 << 20, complete: false };
+        assert_eq!(
+            s.next(&cur, src, tight, u64::MAX).unwrap(),
+            Next::Chunk { len: 300_000, end: 300_000 }
+        );
+        assert_eq!(Limits::new(0, 0, 0), Limits { chunk_bytes: 1, window_bytes: 1 });
     }
 
     #[test]

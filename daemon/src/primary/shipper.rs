@@ -182,6 +182,7 @@ async fn run_stream(
     );
     let mut shipper = StreamShipper {
         node: node.clone(),
+        granted_window: 0,
         role: role.clone(),
         cfg,
         status,
@@ -289,6 +290,9 @@ async fn run_stream(
 
 struct StreamShipper {
     node: Arc<Node>,
+    /// The window the replica granted in this session's Welcome (0: none;
+    /// see [`sender::Limits::new`]).
+    granted_window: u64,
     /// The stream's role and epoch here.
     role: Arc<crate::node::StreamRole>,
     cfg: StreamConfig,
@@ -412,6 +416,7 @@ impl StreamShipper {
         // Its resume point is the replica's word: check it before any
         // arithmetic on it.
         drd_proto::check_welcome(&welcome).map_err(|e| ShipError::Refused(e.to_string()))?;
+        self.granted_window = welcome.max_window_bytes;
         tracing::info!(
             durable_position = welcome.durable_position,
             last_segment = %welcome.last_segment,
@@ -689,10 +694,8 @@ impl StreamShipper {
                 start: cur.start,
                 offset: cur.offset,
             };
-            let limits = sender::Limits {
-                chunk_bytes: t.chunk_bytes as u64,
-                window_bytes: t.window_bytes,
-            };
+            let limits =
+                sender::Limits::new(t.chunk_bytes as u64, t.window_bytes, self.granted_window);
             // max_bandwidth: this stream's limit, then the node's.
             let cap = crate::throttle::chunk_cap(&[&self.status.bandwidth, &self.node.bandwidth]);
             let next = self

@@ -245,10 +245,12 @@ impl ReplicationService {
             accepts_compression: drd_proto::accepted_compressions(),
             protocol_version: drd_proto::PROTOCOL_VERSION,
             software_version: crate::version::VERSION_LINE.to_string(),
+            max_window_bytes: self.node.granted_window(),
         };
         tracing::info!(
             durable_position = welcome.durable_position,
             last_segment = %welcome.last_segment,
+            granted_window = welcome.max_window_bytes,
             "primary connected; resuming at the durable position"
         );
         // Test-only: logs the broken early-ack mode's WARN at session start.
