@@ -95,7 +95,7 @@ pub fn status_line(node: &Node) -> String {
             })
             .collect();
         return if parts.is_empty() {
-            "no streams yet".into()
+            format!("{}, no streams yet", node.config.initial_role.as_str())
         } else {
             parts.join("; ")
         };

@@ -29,18 +29,26 @@ pub fn pick_stream(node: &Node, name: &str) -> Result<StreamName, String> {
         return match streams.as_slice() {
             [one] => Ok(one.clone()),
             [] => Err("this node has no stream yet".into()),
-            many => Err(format!(
-                "this node has several streams; name one with --stream ({})",
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            many => {
+                const LISTED: usize = 10;
+                let mut names: Vec<&str> = many.iter().take(LISTED).map(|s| s.as_str()).collect();
+                if many.len() > LISTED {
+                    names.push("…");
+                }
+                Err(format!(
+                    "this node has {} streams; name one with --stream NAME ({}), or act on \
+                     every stream with --all",
+                    many.len(),
+                    names.join(", ")
+                ))
+            }
         };
     }
     let s = StreamName::new(name).map_err(|e| e.to_string())?;
     if !streams.contains(&s) {
-        return Err(format!("no stream named {s} on this node"));
+        return Err(format!(
+            "no stream named {s} on this node; `drctl status` lists its streams"
+        ));
     }
     Ok(s)
 }
