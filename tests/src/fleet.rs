@@ -636,19 +636,13 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / hz
 }
 
-/// Waits until `d`'s status shows stream `name` with `role` (a
-/// `drctl status` role name, any case).
+/// Waits until `drctl status --json` at `d` shows stream `name` with
+/// `role` ("primary", "replica", "fenced").
 pub async fn wait_stream_role(d: &Daemon, name: &str, role: &str, within: Duration) {
     wait_for(
         &format!("{name} to be {role} at {}", d.name),
         within,
-        || async {
-            let st = stream_statuses(d).await.ok()?;
-            let s = st.get(name)?;
-            drd::display::role_name(s.role)
-                .eq_ignore_ascii_case(role)
-                .then_some(())
-        },
+        || async { (stream_roles(d).get(name)?.0 == role).then_some(()) },
     )
     .await;
 }
