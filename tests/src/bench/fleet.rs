@@ -419,8 +419,9 @@ pub fn notes(runs: &[Run], o: &Opts) -> Vec<String> {
             LAG_POLL.as_millis(),
             runs.iter()
                 .map(|r| format!(
-                    "{} streams: {} polls, {} samples, {:.1} core-s of replica CPU for {} MiB",
+                    "{} stream{}: {} polls, {} samples, {:.1} core-s of replica CPU for {} MiB",
                     r.streams,
+                    if r.streams == 1 { "" } else { "s" },
                     r.polls,
                     r.lag_ms.len(),
                     r.cpu_lag,
