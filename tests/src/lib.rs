@@ -5,6 +5,7 @@
 //! --workspace` builds them before any test runs.
 
 pub mod chaos;
+pub mod fleet;
 pub mod proxy;
 pub mod require;
 

@@ -8,11 +8,15 @@
 //!
 //! Options: `--backlog-mib N` (default 2048), `--lag-seconds N` (15),
 //! `--rates-mb 20,100`, `--sync-pushes N` (12), `--failover-runs N` (10),
-//! `--seals-small N` (5000 × 4 KiB), `--seals-large N` (64 × 16 MiB).
+//! `--seals-small N` (5000 × 4 KiB), `--seals-large N` (64 × 16 MiB),
+//! `--fleet-streams 1,10,100`, `--fleet-backlog-mib N` (800),
+//! `--fleet-rate-mb N` (8), `--fleet-seconds N` (15).
 //! Not part of `cargo test`: performance is measured here, not asserted.
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/fleet.rs"]
+mod fleet;
 #[path = "../bench/pgwal.rs"]
 mod pgwal;
 #[path = "../bench/procs.rs"]
@@ -44,12 +48,14 @@ struct Opts {
     /// Counts of the seals part's 4 KiB and 16 MiB segments.
     seals_small: u64,
     seals_large: u64,
+    /// The fleet part's stream counts, backlog, rate and length.
+    fleet: fleet::Opts,
     /// Parts to run (all when empty): ceiling and catch-up always run.
     only: Vec<String>,
 }
 
 /// Parts that `--only` can pick (the ceiling and catch-up always run).
-const PARTS: [&str; 6] = ["rsync", "lag", "sync", "failover", "zstd", "seals"];
+const PARTS: [&str; 7] = ["rsync", "lag", "sync", "failover", "zstd", "seals", "fleet"];
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
@@ -65,6 +71,7 @@ impl Opts {
             failover_runs: 10,
             seals_small: seals::SMALL.1,
             seals_large: seals::LARGE.1,
+            fleet: fleet::Opts::default(),
             only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -83,6 +90,15 @@ impl Opts {
                 "--failover-runs" => o.failover_runs = val()?.parse()?,
                 "--seals-small" => o.seals_small = val()?.parse()?,
                 "--seals-large" => o.seals_large = val()?.parse()?,
+                "--fleet-streams" => {
+                    o.fleet.counts = val()?
+                        .split(',')
+                        .map(|n| n.trim().parse())
+                        .collect::<Result<_, _>>()?
+                }
+                "--fleet-backlog-mib" => o.fleet.backlog_mib = val()?.parse()?,
+                "--fleet-rate-mb" => o.fleet.rate_mb = val()?.parse()?,
+                "--fleet-seconds" => o.fleet.lag_seconds = val()?.parse()?,
                 "--only" => {
                     o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
                     if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -96,7 +112,8 @@ impl Opts {
                     println!(
                         "drd-bench [--backlog-mib N] [--lag-seconds N] [--rates-mb 20,100] \
                          [--sync-pushes N] [--failover-runs N] [--seals-small N] [--seals-large N]\n\
-                         [--only rsync,lag,sync,failover,zstd,seals]\n\
+                         [--fleet-streams 1,10,100] [--fleet-backlog-mib N] [--fleet-rate-mb N] [--fleet-seconds N]\n\
+                         [--only rsync,lag,sync,failover,zstd,seals,fleet]\n\
                          (--only: the parts to run besides the ceiling and catch-up; default all)\n\
                          Build first: {}",
                         procs::BUILD_CMD
@@ -106,6 +123,7 @@ impl Opts {
                 other => bail!("unknown option {other} (see --help)"),
             }
         }
+        o.fleet.check()?;
         if o.backlog_mib < 16 || !o.backlog_mib.is_multiple_of(16) {
             bail!("--backlog-mib must be a positive multiple of 16");
         }
@@ -322,6 +340,11 @@ async fn run() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let fl = if o.wants("fleet") {
+        fleet::measure(&bins, &o.fleet).await?
+    } else {
+        Vec::new()
+    };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
 
     // ---- the table ----
@@ -504,6 +527,7 @@ async fn run() -> anyhow::Result<()> {
     }
     rows.extend(zs.as_ref().map(zstd::rows).unwrap_or_default());
     rows.extend(seals::rows(&sl));
+    rows.extend(fleet::rows(&fl, ceiling.mb_per_s()));
 
     println!();
     println!("{}", stats::markdown(&rows));
@@ -559,6 +583,9 @@ async fn run() -> anyhow::Result<()> {
         .flat_map(zstd::notes)
         .for_each(|n| println!("{n}"));
     seals::notes(&sl).iter().for_each(|n| println!("{n}"));
+    fleet::notes(&fl, &o.fleet)
+        .iter()
+        .for_each(|n| println!("{n}"));
     println!(
         "- load average at the end: {load_end}; total run time {:.0} s.",
         wall.elapsed().as_secs_f64()
