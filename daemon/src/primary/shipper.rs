@@ -79,7 +79,9 @@ fn refused(s: tonic::Status) -> ShipError {
             epoch,
             message: s.message().to_string(),
         },
-        _ => ShipError::Refused(format!("{}: {}", s.code(), s.message())),
+        // The code by name (its Display is a generic sentence), then the
+        // replica's own words.
+        _ => ShipError::Refused(format!("{:?}: {}", s.code(), s.message())),
     }
 }
 
