@@ -63,7 +63,11 @@ pub fn evaluate(s: &pb::StatusResponse, warn: f64, crit: f64) -> (Level, Vec<Str
             raise(Level::Critical, format!("{} is FENCED", t.name), &mut level);
         }
         if t.paused || (s.paused && t.role == pb::Role::Unspecified as i32) {
-            raise(Level::Warning, format!("{} shipping is paused", t.name), &mut level);
+            raise(
+                Level::Warning,
+                format!("{} shipping is paused", t.name),
+                &mut level,
+            );
         }
         if t.lag_seconds >= crit {
             raise(
@@ -226,7 +230,9 @@ mod tests {
         };
         let mut s = pb::StatusResponse {
             role: pb::Role::Mixed as i32,
-            streams: (0..99).map(|i| row(&format!("db{i}"), pb::Role::Replica, 0.5)).collect(),
+            streams: (0..99)
+                .map(|i| row(&format!("db{i}"), pb::Role::Replica, 0.5))
+                .collect(),
             ..Default::default()
         };
         assert_eq!(evaluate(&s, 5.0, 10.0).0, Level::Ok);

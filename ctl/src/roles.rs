@@ -230,7 +230,11 @@ pub async fn failover(
 ) -> anyhow::Result<ExitCode> {
     if a.target.all {
         let streams = all_streams(c, &[pb::Role::Replica]).await?;
-        let what = if a.dry_run { "failover dry run" } else { "failover" };
+        let what = if a.dry_run {
+            "failover dry run"
+        } else {
+            "failover"
+        };
         return run_all(what, streams, ALL_IN_FLIGHT, a.json, |stream| {
             let mut c = c.clone();
             let req = failover_request(a, stream.clone());
@@ -272,7 +276,10 @@ pub async fn failover(
         .await;
     }
     let r = c
-        .failover(failover_request(a, a.target.stream.clone().unwrap_or_default()))
+        .failover(failover_request(
+            a,
+            a.target.stream.clone().unwrap_or_default(),
+        ))
         .await
         .context("failover request failed")?
         .into_inner();
@@ -392,9 +399,16 @@ pub async fn switchover(
                         Outcome {
                             stream,
                             ok: r.ok,
-                            epoch: if r.ok { r.new_epoch.to_string() } else { String::new() },
+                            epoch: if r.ok {
+                                r.new_epoch.to_string()
+                            } else {
+                                String::new()
+                            },
                             detail: if r.ok {
-                                format!("{} is primary; fork at {}; zero bytes lost", r.new_primary, r.fork_position)
+                                format!(
+                                    "{} is primary; fork at {}; zero bytes lost",
+                                    r.new_primary, r.fork_position
+                                )
                             } else {
                                 format!("step {}: {}", r.failed_step, r.error)
                             },
@@ -409,7 +423,10 @@ pub async fn switchover(
     }
     let token = progress::token("switchover");
     let mut call = c.clone();
-    let request = call.switchover(request(a.target.stream.clone().unwrap_or_default(), token.clone()));
+    let request = call.switchover(request(
+        a.target.stream.clone().unwrap_or_default(),
+        token.clone(),
+    ));
     let show = progress::wanted(a.json, no_progress);
     let r = progress::follow(c.clone(), &token, "switchover", show, request)
         .await
@@ -493,7 +510,10 @@ pub async fn rejoin(
     }
     let token = progress::token("rejoin");
     let mut call = c.clone();
-    let request = call.rejoin(request(a.target.stream.clone().unwrap_or_default(), token.clone()));
+    let request = call.rejoin(request(
+        a.target.stream.clone().unwrap_or_default(),
+        token.clone(),
+    ));
     let show = progress::wanted(a.json, no_progress);
     let r = match progress::follow(c.clone(), &token, "rejoin", show, request).await {
         Ok(r) => r.into_inner(),
@@ -567,10 +587,17 @@ pub async fn pause(
         })
         .await;
     }
-    let r = match c.pause(request(a.target.stream.clone().unwrap_or_default())).await {
+    let r = match c
+        .pause(request(a.target.stream.clone().unwrap_or_default()))
+        .await
+    {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            eprintln!("drctl: {} refused: {}", if pause { "pause" } else { "resume" }, s.message());
+            eprintln!(
+                "drctl: {} refused: {}",
+                if pause { "pause" } else { "resume" },
+                s.message()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -630,7 +657,11 @@ pub async fn history(c: &mut ControlClient<Channel>, a: &HistoryArgs) -> anyhow:
                 e.seq.to_string(),
                 time(e.at_ms),
                 e.action.clone(),
-                if e.stream.is_empty() { "(all)".into() } else { e.stream.clone() },
+                if e.stream.is_empty() {
+                    "(all)".into()
+                } else {
+                    e.stream.clone()
+                },
                 e.user.clone(),
                 format!("{}→{}", e.epoch_before, e.epoch_after),
                 if e.role_before == e.role_after {

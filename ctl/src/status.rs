@@ -244,7 +244,11 @@ pub async fn run(
             eprintln!(
                 "drctl: node {} has no stream named {name:?} (it has: {})",
                 s.node_id,
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             );
             return Ok(ExitCode::FAILURE);
         }
@@ -447,14 +451,15 @@ mod tests {
     /// `--stream` shows one.
     #[test]
     fn a_fleet_is_shown_worst_first_with_a_summary() {
-        let row = |name: &str, role: pb::Role, epoch: u64, lag: f64, connected: bool| pb::StreamStatus {
-            name: name.into(),
-            role: role as i32,
-            epoch,
-            lag_seconds: lag,
-            connected,
-            ..Default::default()
-        };
+        let row =
+            |name: &str, role: pb::Role, epoch: u64, lag: f64, connected: bool| pb::StreamStatus {
+                name: name.into(),
+                role: role as i32,
+                epoch,
+                lag_seconds: lag,
+                connected,
+                ..Default::default()
+            };
         let s = pb::StatusResponse {
             node_id: "dr1".into(),
             role: pb::Role::Mixed as i32,
@@ -470,9 +475,14 @@ mod tests {
         };
         let (shown_all, summary) = shown(s.clone(), None);
         let order: Vec<&str> = shown_all.streams.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(order, ["d-fenced", "c-down", "b-lagging", "a-ok", "e-promoted"]);
+        assert_eq!(
+            order,
+            ["d-fenced", "c-down", "b-lagging", "a-ok", "e-promoted"]
+        );
         assert!(
-            summary.starts_with("5 streams: 1 FENCED, 1 primary, 3 replica; 2 disconnected; worst lag 9.0 s"),
+            summary.starts_with(
+                "5 streams: 1 FENCED, 1 primary, 3 replica; 2 disconnected; worst lag 9.0 s"
+            ),
             "{summary}"
         );
         let j = status_json(&shown_all, &summary);
@@ -484,7 +494,10 @@ mod tests {
         assert_eq!(one.streams.len(), 1);
         assert_eq!(summary_one, summary, "the summary counts every stream");
         let table = display::status_table(std::slice::from_ref(&one));
-        assert!(table.contains("primary") && table.contains(" 4 "), "{table}");
+        assert!(
+            table.contains("primary") && table.contains(" 4 "),
+            "{table}"
+        );
     }
 
     #[test]
@@ -519,7 +532,10 @@ mod tests {
         // A peer whose version is not known yet: no warning.
         s.streams[0].peer_protocol_version = 0;
         assert!(protocol_warnings(&s).is_empty());
-        assert_eq!(status_json(&s, "")["streams"][0]["protocol_mismatch"], false);
+        assert_eq!(
+            status_json(&s, "")["streams"][0]["protocol_mismatch"],
+            false
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub enum CatalogError {
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-pub use drd_core::roles::{RoleState, Role};
+pub use drd_core::roles::{Role, RoleState};
 
 /// Where a stream's current epoch forked from the previous one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,9 +527,10 @@ impl Catalog {
     /// Every stream's stored role and epoch, by name.
     pub fn roles(&self) -> Result<Vec<(StreamName, RoleState)>> {
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(ROLE_PREFIX.as_bytes(), Direction::Forward));
+        let iter = self.db.iterator(IteratorMode::From(
+            ROLE_PREFIX.as_bytes(),
+            Direction::Forward,
+        ));
         for item in iter {
             let (k, v) = item?;
             let Some(name) = k.strip_prefix(ROLE_PREFIX.as_bytes()) else {
@@ -951,7 +952,10 @@ mod tests {
         let log = cat.audit_log().unwrap();
         let seqs: Vec<_> = log.iter().map(|r| (r.seq, r.action.as_str())).collect();
         assert_eq!(seqs, [(1, "failover"), (2, "rejoin"), (3, "pause")]);
-        let (ehr, lab) = (StreamName::new("ehr").unwrap(), StreamName::new("lab").unwrap());
+        let (ehr, lab) = (
+            StreamName::new("ehr").unwrap(),
+            StreamName::new("lab").unwrap(),
+        );
         assert!(cat.claim_hook("promote", &ehr, 2).unwrap());
         assert!(!cat.claim_hook("promote", &ehr, 2).unwrap());
         assert!(cat.claim_hook("promote", &ehr, 3).unwrap());
@@ -1061,7 +1065,10 @@ mod tests {
     fn roles_round_trip_per_stream() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        let (a, b) = (StreamName::new("ehr").unwrap(), StreamName::new("lab").unwrap());
+        let (a, b) = (
+            StreamName::new("ehr").unwrap(),
+            StreamName::new("lab").unwrap(),
+        );
         assert_eq!(cat.role(&a).unwrap(), None);
         let mut txn = Txn::default();
         txn.role(&a, &RoleState::new(Role::Replica, 3));
@@ -1069,7 +1076,10 @@ mod tests {
         cat.commit_txn(txn).unwrap();
         drop(cat);
         let cat = Catalog::open(dir.path()).unwrap();
-        assert_eq!(cat.role(&a).unwrap(), Some(RoleState::new(Role::Replica, 3)));
+        assert_eq!(
+            cat.role(&a).unwrap(),
+            Some(RoleState::new(Role::Replica, 3))
+        );
         assert_eq!(
             cat.roles().unwrap(),
             vec![
@@ -1085,7 +1095,10 @@ mod tests {
     fn node_wide_role_migrates_to_each_stream_once() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        let (a, b) = (StreamName::new("ehr").unwrap(), StreamName::new("lab").unwrap());
+        let (a, b) = (
+            StreamName::new("ehr").unwrap(),
+            StreamName::new("lab").unwrap(),
+        );
         let mut fenced = RoleState::new(Role::Fenced, 4);
         fenced.fenced_reason = Some("saw epoch 5".into());
         cat.write_legacy_node_state(&fenced).unwrap();
@@ -1094,10 +1107,13 @@ mod tests {
         cat.commit_txn(txn).unwrap();
         assert_eq!(cat.migrate_roles(&[a.clone(), b.clone()]).unwrap(), 1);
         assert_eq!(cat.role(&a).unwrap(), Some(fenced));
-        assert_eq!(cat.role(&b).unwrap(), Some(RoleState::new(Role::Replica, 9)));
+        assert_eq!(
+            cat.role(&b).unwrap(),
+            Some(RoleState::new(Role::Replica, 9))
+        );
         // The node-wide record is gone: a stream seen later does not get it.
         let c = StreamName::new("billing").unwrap();
-        assert_eq!(cat.migrate_roles(&[c.clone()]).unwrap(), 0);
+        assert_eq!(cat.migrate_roles(std::slice::from_ref(&c)).unwrap(), 0);
         assert_eq!(cat.role(&c).unwrap(), None);
     }
 }

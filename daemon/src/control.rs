@@ -165,7 +165,10 @@ impl Control for ControlService {
                 "{} of {} streams are fenced ({}); `drctl status` shows why for each",
                 many.len(),
                 roles.len(),
-                many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         Ok(Response::new(pb::StatusResponse {

@@ -62,12 +62,7 @@ pub fn stream_epoch(n: &pb::StatusResponse, s: &pb::StreamStatus) -> u64 {
 /// seconds and bytes (largest first), then by name — what an operator of
 /// a fleet must look at first is on top.
 pub fn worst_first(n: &pb::StatusResponse, streams: &mut [pb::StreamStatus]) {
-    let key = |s: &pb::StreamStatus| {
-        (
-            stream_role(n, s) != pb::Role::Fenced as i32,
-            s.connected,
-        )
-    };
+    let key = |s: &pb::StreamStatus| (stream_role(n, s) != pb::Role::Fenced as i32, s.connected);
     streams.sort_by(|a, b| {
         key(a)
             .cmp(&key(b))
@@ -101,11 +96,11 @@ pub fn streams_summary(n: &pb::StatusResponse) -> String {
     if paused > 0 {
         line.push_str(&format!("; {paused} paused"));
     }
-    if let Some(w) = n
-        .streams
-        .iter()
-        .max_by(|a, b| a.lag_seconds.total_cmp(&b.lag_seconds).then(a.lag_bytes.cmp(&b.lag_bytes)))
-    {
+    if let Some(w) = n.streams.iter().max_by(|a, b| {
+        a.lag_seconds
+            .total_cmp(&b.lag_seconds)
+            .then(a.lag_bytes.cmp(&b.lag_bytes))
+    }) {
         line.push_str(&format!(
             "; worst lag {:.1} s / {} ({})",
             w.lag_seconds,

@@ -222,7 +222,10 @@ fn describe() {
         "1 while the stream is fenced here (a newer primary exists; this node ships nothing of it \
          until drctl rejoin --stream)."
     );
-    describe_gauge!(PAUSED, "1 while shipping of the stream is paused by drctl pause.");
+    describe_gauge!(
+        PAUSED,
+        "1 while shipping of the stream is paused by drctl pause."
+    );
     describe_counter!(
         REFUSED_UNASSIGNED,
         "Requests refused because this node's config does not assign the stream to the peer \
@@ -353,8 +356,11 @@ pub fn sample_status(node: &Node) {
                 .set(if state.role == role { 1.0 } else { 0.0 });
         }
         gauge!(EPOCH, "stream" => stream.clone()).set(state.epoch as f64);
-        gauge!(FENCED, "stream" => stream.clone())
-            .set(if state.role == Role::Fenced { 1.0 } else { 0.0 });
+        gauge!(FENCED, "stream" => stream.clone()).set(if state.role == Role::Fenced {
+            1.0
+        } else {
+            0.0
+        });
         gauge!(PAUSED, "stream" => stream).set(if state.paused { 1.0 } else { 0.0 });
     }
     for v in node.stream_views() {

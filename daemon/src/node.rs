@@ -2,7 +2,7 @@
 //! each stream's role and epoch, and the live status of every stream it
 //! ships or receives.
 
-use crate::catalog::{AuditRecord, Catalog, RoleState, Role, SegmentRecord, StreamMeta, Txn};
+use crate::catalog::{AuditRecord, Catalog, Role, RoleState, SegmentRecord, StreamMeta, Txn};
 use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
 use crate::locks::LockExt;
@@ -584,14 +584,20 @@ impl Node {
     }
 
     /// A status row from the catalog alone.
-    fn catalog_view(&self, stream: &StreamName, direction: &'static str, now: Instant) -> StreamView {
+    fn catalog_view(
+        &self,
+        stream: &StreamName,
+        direction: &'static str,
+        now: Instant,
+    ) -> StreamView {
         match (self.catalog.tail(stream), self.catalog.stream_meta(stream)) {
             (Ok(tail), Ok(meta)) => {
                 let mut v = ReceiveSlot::new(stream.clone(), tail, meta).view(now);
                 v.direction = direction;
                 v.connected = false;
                 if direction == "shipping" {
-                    v.last_error = "no [[stream]] in this node's config: nothing to ship from".into();
+                    v.last_error =
+                        "no [[stream]] in this node's config: nothing to ship from".into();
                 }
                 v
             }

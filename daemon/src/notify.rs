@@ -88,7 +88,11 @@ pub fn status_line(node: &Node) -> String {
                     role(v),
                     v.epoch,
                     if v.paused { " (paused)" } else { "" },
-                    if v.connected { "connected" } else { "DISCONNECTED" },
+                    if v.connected {
+                        "connected"
+                    } else {
+                        "DISCONNECTED"
+                    },
                     crate::display::bytes(v.lag_bytes),
                     v.lag_seconds
                 )

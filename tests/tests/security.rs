@@ -173,9 +173,10 @@ async fn the_replica_refuses_bad_certificates_and_plaintext_and_writes_nothing()
     // nothing of it may have arrived.
     let st = pair.replica.status().await.unwrap();
     assert!(
-        st.streams
-            .iter()
-            .all(|t| t.durable_position == 0 && t.segments == 0 && t.peer.is_empty() && t.network_bytes == 0),
+        st.streams.iter().all(|t| t.durable_position == 0
+            && t.segments == 0
+            && t.peer.is_empty()
+            && t.network_bytes == 0),
         "nothing may be received after refusals: {st:?}"
     );
 

@@ -3,7 +3,7 @@
 //! a newer epoch), or refuse and say who must fence ([`admit`]).
 
 use crate::mutation::{self, Mutation};
-use crate::roles::{RoleState, Role};
+use crate::roles::{Role, RoleState};
 use drd_proto::Epoch;
 
 /// What a node does with a Hello at `epoch`.
@@ -113,11 +113,20 @@ mod tests {
         let e = assigned("ehr", "billing-host", listed("verona")).unwrap_err();
         assert!(matches!(e, Unassigned::OtherPeer { .. }));
         let text = e.to_string();
-        assert!(text.contains("not assigned") && text.contains("ehr") && text.contains("verona"), "{text}");
+        assert!(
+            text.contains("not assigned") && text.contains("ehr") && text.contains("verona"),
+            "{text}"
+        );
         let e = assigned("rogue", "verona", Assignment::Unlisted { accept: false }).unwrap_err();
         assert!(e.to_string().contains("accept_unlisted_streams"), "{e}");
-        assert_eq!(assigned("rogue", "verona", Assignment::Unlisted { accept: true }), Ok(()));
-        assert_eq!(assigned("ehr", "x", Assignment::Listed { peer_name: None }), Ok(()));
+        assert_eq!(
+            assigned("rogue", "verona", Assignment::Unlisted { accept: true }),
+            Ok(())
+        );
+        assert_eq!(
+            assigned("ehr", "x", Assignment::Listed { peer_name: None }),
+            Ok(())
+        );
     }
 
     #[test]

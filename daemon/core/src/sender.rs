@@ -340,23 +340,51 @@ mod tests {
     fn a_granted_window_narrows_the_session_and_chunks_fit_in_it() {
         assert_eq!(
             Limits::new(1 << 20, 8 << 20, 0),
-            Limits { chunk_bytes: 1 << 20, window_bytes: 8 << 20 }
+            Limits {
+                chunk_bytes: 1 << 20,
+                window_bytes: 8 << 20
+            }
         );
         assert_eq!(
             Limits::new(1 << 20, 8 << 20, 2 << 20),
-            Limits { chunk_bytes: 1 << 20, window_bytes: 2 << 20 }
+            Limits {
+                chunk_bytes: 1 << 20,
+                window_bytes: 2 << 20
+            }
         );
         let tight = Limits::new(1 << 20, 8 << 20, 300_000);
-        assert_eq!(tight, Limits { chunk_bytes: 300_000, window_bytes: 300_000 });
+        assert_eq!(
+            tight,
+            Limits {
+                chunk_bytes: 300_000,
+                window_bytes: 300_000
+            }
+        );
         // With nothing in flight, a chunk goes out under the tight window.
         let s = Session::default();
-        let cur = Cursor { segment: seg(1), start: 0, offset: 0 };
-        let src = SourceView { size: 4 << 20, complete: false };
+        let cur = Cursor {
+            segment: seg(1),
+            start: 0,
+            offset: 0,
+        };
+        let src = SourceView {
+            size: 4 << 20,
+            complete: false,
+        };
         assert_eq!(
             s.next(&cur, src, tight, u64::MAX).unwrap(),
-            Next::Chunk { len: 300_000, end: 300_000 }
+            Next::Chunk {
+                len: 300_000,
+                end: 300_000
+            }
         );
-        assert_eq!(Limits::new(0, 0, 0), Limits { chunk_bytes: 1, window_bytes: 1 });
+        assert_eq!(
+            Limits::new(0, 0, 0),
+            Limits {
+                chunk_bytes: 1,
+                window_bytes: 1
+            }
+        );
     }
 
     #[test]

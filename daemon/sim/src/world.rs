@@ -23,7 +23,7 @@ use crate::disk::Disk;
 use bytes::Bytes;
 use drd_core::durability::{self, Step};
 use drd_core::receiver::{ChunkAction, Receiver, SealAction, Tail};
-use drd_core::roles::{self, RoleState, Role};
+use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;

@@ -25,8 +25,8 @@ pub async fn rejoin(
     req: pb::RejoinRequest,
     who: Caller,
 ) -> Result<pb::RejoinResponse, Status> {
-    let stream = crate::ops::failover::pick_stream(node, &req.stream)
-        .map_err(Status::invalid_argument)?;
+    let stream =
+        crate::ops::failover::pick_stream(node, &req.stream).map_err(Status::invalid_argument)?;
     let role = node
         .stream_role(&stream)
         .map_err(|e| Status::internal(format!("{e:#}")))?;

@@ -236,8 +236,15 @@ pub async fn promote(
             req.fork_position
         )));
     }
-    let outcome =
-        hooks::run_configured(node, &stream, "promote", next.epoch, "primary", Some(durable)).await;
+    let outcome = hooks::run_configured(
+        node,
+        &stream,
+        "promote",
+        next.epoch,
+        "primary",
+        Some(durable),
+    )
+    .await;
     if let HookOutcome::Failed { .. } = outcome {
         return Err(Status::aborted(format!(
             "{}; this node stays a replica at epoch {}",
@@ -297,7 +304,8 @@ pub async fn fence(node: &Arc<Node>, req: pb::FenceRequest) -> Result<pb::FenceR
         node.stream_names()
             .into_iter()
             .filter(|s| {
-                drd_core::handshake::assigned(s.as_str(), &req.from_node, node.assignment(s)).is_ok()
+                drd_core::handshake::assigned(s.as_str(), &req.from_node, node.assignment(s))
+                    .is_ok()
             })
             .collect()
     } else {

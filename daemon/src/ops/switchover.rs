@@ -22,9 +22,9 @@ use crate::catalog::{AuditRecord, Role, Txn};
 use crate::hooks;
 use crate::locks::LockExt;
 use crate::node::Node;
+use crate::node::StreamRole;
 use crate::ops::{fork, logcmp, peer, Caller};
 use drd_core::switchover::{OnFailure, Step, Switchover};
-use crate::node::StreamRole;
 use drd_proto::{pb, SegmentName, StreamName};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,8 +70,15 @@ impl Run<'_> {
     /// its current epoch.
     async fn attempt_hook(&self, name: &str) -> hooks::HookOutcome {
         let epoch = self.role.state().epoch;
-        hooks::run_configured_for_attempt(self.node, &self.stream, name, self.attempt, epoch, "primary")
-            .await
+        hooks::run_configured_for_attempt(
+            self.node,
+            &self.stream,
+            name,
+            self.attempt,
+            epoch,
+            "primary",
+        )
+        .await
     }
 
     /// After `step` failed: rolls back (writes may resume, roles unchanged)
@@ -559,8 +566,15 @@ pub async fn switchover(
         info.node_id
     ));
     run.done(Step::Demote);
-    let o = hooks::run_configured(node, &stream, "demote", new_epoch, "replica", Some(fork_position))
-        .await;
+    let o = hooks::run_configured(
+        node,
+        &stream,
+        "demote",
+        new_epoch,
+        "replica",
+        Some(fork_position),
+    )
+    .await;
     run.step(o.summary("demote"));
     crate::ops::audit_hook(node, &stream, &who, new_epoch, &o.summary("demote"));
     run.r.ok = true;

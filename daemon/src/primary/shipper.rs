@@ -260,8 +260,14 @@ async fn run_stream(
                 // Fencing rewrites this stream's record: our own last seal
                 // record must land first, not after it.
                 shipper.settle_or_log().await;
-                crate::ops::remote::fence_self(&node, &shipper.cfg.name, *epoch, message, &shipper.cfg.peer)
-                    .await;
+                crate::ops::remote::fence_self(
+                    &node,
+                    &shipper.cfg.name,
+                    *epoch,
+                    message,
+                    &shipper.cfg.peer,
+                )
+                .await;
                 continue;
             }
             Err(e) => tracing::warn!(error = %e, "replication session ended; reconnecting"),

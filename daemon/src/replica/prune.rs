@@ -191,7 +191,9 @@ fn pass_blocking(
         .map(|r| r.name.clone())
         .collect();
     t.retention(stream, &state);
-    let role = node.role_of(stream).unwrap_or_else(|| RoleState::new(Role::Replica, 0));
+    let role = node
+        .role_of(stream)
+        .unwrap_or_else(|| RoleState::new(Role::Replica, 0));
     let kept_text = out.kept.as_ref().map_or_else(
         || "nothing".to_string(),
         |(r, k)| format!("{} ({k})", r.name),

@@ -182,13 +182,12 @@ impl ReplicationService {
     /// A peer may act on a stream only if this node's config assigns the
     /// stream to it (see [`drd_core::handshake::assigned`]).
     fn check_assigned(&self, stream: &StreamName, sender: &str, from: &str) -> Result<(), Status> {
-        drd_core::handshake::assigned(stream.as_str(), sender, self.node.assignment(stream)).map_err(
-            |e| {
+        drd_core::handshake::assigned(stream.as_str(), sender, self.node.assignment(stream))
+            .map_err(|e| {
                 tracing::warn!(%from, %stream, sender, "refused: {e}");
                 crate::metrics::refused_unassigned(stream);
                 Status::permission_denied(e.to_string())
-            },
-        )
+            })
     }
 
     async fn start_session(
