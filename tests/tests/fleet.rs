@@ -121,16 +121,14 @@ fn only(d: &BTreeMap<String, u64>, names: &BTreeSet<String>) -> BTreeMap<String,
         .collect()
 }
 
-// Four primaries × five streams, not twenty × five: this test walks one
-// stream through failover, rejoin and switchover (three role changes, each
-// with a drain) while the others run, which is about roles per stream, not
-// scale — hundred_streams_from_twenty_primaries covers the hundred. Twenty
-// streams keep it well under a minute on CI's two cores.
+// Twenty primaries × five streams, as issue 18 asks: one stream walks
+// through failover, rejoin and switchover (three role changes, each with a
+// drain) while the other 99 run, and none of them changes role or epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_fails_over_alone() {
     const MOVED: &str = "p03-s2";
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut fleet = Fleet::new(4, 5, "");
+    let mut fleet = Fleet::new(20, 5, "");
     fleet.start_all().await;
     let writers = SteadyWriters::start(fleet.primary_targets(), Pace::default());
     let others: BTreeSet<String> = fleet
@@ -139,16 +137,17 @@ async fn one_stream_fails_over_alone() {
         .map(|s| s.name.clone())
         .filter(|n| n != MOVED)
         .collect();
-    wait_for("every stream shipping", Duration::from_secs(30), || async {
+    let n = fleet.streams.len();
+    wait_for("every stream shipping", Duration::from_secs(90), || async {
         let d = fleet.durable_positions().await;
-        (d.len() == 20 && d.values().all(|&p| p >= PAST_FIRST_SEGMENT)).then_some(())
+        (d.len() == n && d.values().all(|&p| p >= PAST_FIRST_SEGMENT)).then_some(())
     })
     .await;
 
     let p03 = &fleet.primary_of(MOVED).daemon;
     assert_eq!(p03.name, "p03");
     let (dr_roles0, p03_roles0) = (stream_roles(&fleet.dr), stream_roles(p03));
-    assert_eq!(dr_roles0.len(), 20, "{dr_roles0:?}");
+    assert_eq!(dr_roles0.len(), n, "{dr_roles0:?}");
     assert_eq!(p03_roles0.len(), 5, "{p03_roles0:?}");
     assert!(
         dr_roles0.values().all(|(r, _)| r == "replica"),
@@ -355,23 +354,24 @@ async fn one_stream_fails_over_alone() {
     );
 }
 
-// Ten primaries × five streams: fifty databases, the DR site of DESIGN.md
-// ("a DR site that holds fifty databases"), all failed over by one command.
+// Twenty primaries × five streams: a hundred databases, all failed over by
+// one command after every primary died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_all_after_primaries_die() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut fleet = Fleet::new(10, 5, "");
+    let mut fleet = Fleet::new(20, 5, "");
     fleet.start_all().await;
     let writers = SteadyWriters::start(fleet.primary_targets(), Pace::default());
-    wait_for("every stream shipping", Duration::from_secs(30), || async {
+    let n = fleet.streams.len();
+    wait_for("every stream shipping", Duration::from_secs(90), || async {
         let d = fleet.durable_positions().await;
-        (d.len() == 50 && d.values().all(|&p| p >= PAST_FIRST_SEGMENT)).then_some(())
+        (d.len() == n && d.values().all(|&p| p >= PAST_FIRST_SEGMENT)).then_some(())
     })
     .await;
     let totals = writers.finish();
     fleet.wait_durable(&totals, Duration::from_secs(60)).await;
     let roles0 = stream_roles(&fleet.dr);
-    assert_eq!(roles0.len(), 50, "{roles0:?}");
+    assert_eq!(roles0.len(), n, "{roles0:?}");
 
     for p in &mut fleet.primaries {
         p.daemon.kill9();
@@ -394,7 +394,7 @@ async fn failover_all_after_primaries_die() {
         .iter()
         .map(|e| e["stream"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(entries.len(), 50, "{r}");
+    assert_eq!(entries.len(), n, "{r}");
     assert_eq!(names, roles0.keys().cloned().collect(), "{r}");
     for e in entries {
         let name = e["stream"].as_str().unwrap();
@@ -409,7 +409,7 @@ async fn failover_all_after_primaries_die() {
             "{name} at dr1 after failover --all"
         );
     }
-    assert_eq!(roles.len(), 50);
+    assert_eq!(roles.len(), n);
     // Everything was durable before the primaries died, and is still there.
     let segments = fleet.assert_all_identical();
     println!(
