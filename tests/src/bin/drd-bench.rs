@@ -10,7 +10,9 @@
 //! `--rates-mb 20,100`, `--sync-pushes N` (12), `--failover-runs N` (10),
 //! `--seals-small N` (5000 × 4 KiB), `--seals-large N` (64 × 16 MiB),
 //! `--fleet-streams 1,10,100`, `--fleet-backlog-mib N` (800),
-//! `--fleet-rate-mb N` (8), `--fleet-seconds N` (15).
+//! `--fleet-rate-mb N` (8), `--fleet-seconds N` (15),
+//! `--fleet-noisy-streams N` (100; 0 skips the noisy-neighbour run),
+//! `--fleet-noisy-backlog-mib N` (1024).
 //! Not part of `cargo test`: performance is measured here, not asserted.
 
 #[path = "../bench/baseline.rs"]
@@ -48,7 +50,8 @@ struct Opts {
     /// Counts of the seals part's 4 KiB and 16 MiB segments.
     seals_small: u64,
     seals_large: u64,
-    /// The fleet part's stream counts, backlog, rate and length.
+    /// The fleet part's stream counts, backlog, rate and length, and its
+    /// noisy-neighbour run.
     fleet: fleet::Opts,
     /// Parts to run (all when empty): ceiling and catch-up always run.
     only: Vec<String>,
@@ -99,6 +102,8 @@ impl Opts {
                 "--fleet-backlog-mib" => o.fleet.backlog_mib = val()?.parse()?,
                 "--fleet-rate-mb" => o.fleet.rate_mb = val()?.parse()?,
                 "--fleet-seconds" => o.fleet.lag_seconds = val()?.parse()?,
+                "--fleet-noisy-streams" => o.fleet.noisy_streams = val()?.parse()?,
+                "--fleet-noisy-backlog-mib" => o.fleet.noisy_backlog_mib = val()?.parse()?,
                 "--only" => {
                     o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
                     if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -113,6 +118,7 @@ impl Opts {
                         "drd-bench [--backlog-mib N] [--lag-seconds N] [--rates-mb 20,100] \
                          [--sync-pushes N] [--failover-runs N] [--seals-small N] [--seals-large N]\n\
                          [--fleet-streams 1,10,100] [--fleet-backlog-mib N] [--fleet-rate-mb N] [--fleet-seconds N]\n\
+                         [--fleet-noisy-streams 100 (0: skip)] [--fleet-noisy-backlog-mib 1024]\n\
                          [--only rsync,lag,sync,failover,zstd,seals,fleet]\n\
                          (--only: the parts to run besides the ceiling and catch-up; default all)\n\
                          Build first: {}",
@@ -340,10 +346,13 @@ async fn run() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let fl = if o.wants("fleet") {
-        fleet::measure(&bins, &o.fleet).await?
+    let (fl, noisy) = if o.wants("fleet") {
+        (
+            fleet::measure(&bins, &o.fleet).await?,
+            fleet::measure_noisy(&bins, &o.fleet).await?,
+        )
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
 
@@ -528,6 +537,7 @@ async fn run() -> anyhow::Result<()> {
     rows.extend(zs.as_ref().map(zstd::rows).unwrap_or_default());
     rows.extend(seals::rows(&sl));
     rows.extend(fleet::rows(&fl, ceiling.mb_per_s()));
+    rows.extend(fleet::noisy_rows(noisy.as_ref(), &fl, ceiling.mb_per_s()));
 
     println!();
     println!("{}", stats::markdown(&rows));
@@ -585,6 +595,7 @@ async fn run() -> anyhow::Result<()> {
     seals::notes(&sl).iter().for_each(|n| println!("{n}"));
     fleet::notes(&fl, &o.fleet)
         .iter()
+        .chain(&fleet::noisy_notes(noisy.as_ref()))
         .for_each(|n| println!("{n}"));
     println!(
         "- load average at the end: {load_end}; total run time {:.0} s.",
