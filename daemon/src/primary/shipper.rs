@@ -27,6 +27,10 @@ use tracing::Instrument;
 
 /// Messages queued between the reader and the gRPC transport.
 const SEND_QUEUE: usize = 4;
+/// How often a stream the replica does not assign to this node is tried
+/// again (its config may have been fixed; more often would only fill both
+/// sites' logs).
+const NOT_ASSIGNED_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -34,6 +38,12 @@ pub enum ShipError {
     Connect(String),
     #[error("the replica refused the stream: {0}")]
     Refused(String),
+    /// The replica does not let this node ship this stream (its config
+    /// assigns the stream to another node, or this node's id is not its
+    /// certificate's): a configuration to fix, not a fault that heals by
+    /// itself — retried every [`NOT_ASSIGNED_RETRY`].
+    #[error("the replica refuses this stream from this node: {0}; retrying every minute")]
+    NotAssigned(String),
     #[error("a newer primary exists (epoch {epoch}): {message}")]
     Stale { epoch: u64, message: String },
     #[error("the replica closed the stream")]
@@ -79,6 +89,9 @@ fn refused(s: tonic::Status) -> ShipError {
             epoch,
             message: s.message().to_string(),
         },
+        _ if s.code() == tonic::Code::PermissionDenied => {
+            ShipError::NotAssigned(s.message().to_string())
+        }
         // The code by name (its Display is a generic sentence), then the
         // replica's own words.
         _ => ShipError::Refused(format!("{:?}: {}", s.code(), s.message())),
@@ -270,14 +283,21 @@ async fn run_stream(
                 .await;
                 continue;
             }
+            Err(e @ ShipError::NotAssigned(_)) => {
+                tracing::error!(error = %e, "replication refused")
+            }
             Err(e) => tracing::warn!(error = %e, "replication session ended; reconnecting"),
         }
         if shipper.progressed {
             backoff.reset();
         }
+        let mut delay = backoff.next_delay();
+        if matches!(result, Err(ShipError::NotAssigned(_))) {
+            delay = delay.max(NOT_ASSIGNED_RETRY);
+        }
         // While disconnected, keep watching the source so that the written
         // position — and so the lag an operator sees — stays current.
-        let until = Instant::now() + backoff.next_delay();
+        let until = Instant::now() + delay;
         loop {
             shipper.refresh_written();
             let left = until.saturating_duration_since(Instant::now());

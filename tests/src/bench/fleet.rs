@@ -63,6 +63,18 @@ pub struct Opts {
     pub noisy_streams: usize,
     /// The noisy stream's backlog (MiB, a multiple of 4).
     pub noisy_backlog_mib: u64,
+    /// dr1's `tuning.receive_budget_bytes` in MiB (None: the default).
+    pub receive_budget_mib: Option<u64>,
+}
+
+impl Opts {
+    /// The config fragment every node of a fleet run gets.
+    fn tuning(&self) -> String {
+        match self.receive_budget_mib {
+            Some(m) => format!("[tuning]\nreceive_budget_bytes = {}\n", m << 20),
+            None => String::new(),
+        }
+    }
 }
 
 impl Default for Opts {
@@ -74,6 +86,7 @@ impl Default for Opts {
             lag_seconds: 15.0,
             noisy_streams: 100,
             noisy_backlog_mib: 1024,
+            receive_budget_mib: None,
         }
     }
 }
@@ -240,7 +253,7 @@ async fn wait_durable(
 
 async fn one(bins: &Bins, n: usize, o: &Opts) -> anyhow::Result<Run> {
     let (np, per) = shape(n);
-    let fleet = Fleet::new(np, per, "");
+    let fleet = Fleet::new(np, per, &o.tuning());
     let segs_total = o.backlog_mib * MIB as u64 / SEG as u64;
     let per_stream = (segs_total / n as u64).max(1);
     let buf = random_buffer(SEG, 1818);
@@ -441,7 +454,7 @@ pub async fn measure_noisy(bins: &Bins, o: &Opts) -> anyhow::Result<Option<Noisy
         o.noisy_backlog_mib, o.rate_mb
     );
     let (np, per) = shape(n);
-    let fleet = Fleet::new(np, per, "");
+    let fleet = Fleet::new(np, per, &o.tuning());
     let noisy = fleet.streams[NOISY].clone();
     let neighbours: Vec<&str> = fleet
         .streams

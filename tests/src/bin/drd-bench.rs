@@ -12,7 +12,8 @@
 //! `--fleet-streams 1,10,100`, `--fleet-backlog-mib N` (800),
 //! `--fleet-rate-mb N` (8), `--fleet-seconds N` (15),
 //! `--fleet-noisy-streams N` (100; 0 skips the noisy-neighbour run),
-//! `--fleet-noisy-backlog-mib N` (1024).
+//! `--fleet-noisy-backlog-mib N` (1024), `--fleet-receive-budget-mib N` (dr1's
+//! `tuning.receive_budget_bytes`; default: drd's).
 //! Not part of `cargo test`: performance is measured here, not asserted.
 
 #[path = "../bench/baseline.rs"]
@@ -104,6 +105,7 @@ impl Opts {
                 "--fleet-seconds" => o.fleet.lag_seconds = val()?.parse()?,
                 "--fleet-noisy-streams" => o.fleet.noisy_streams = val()?.parse()?,
                 "--fleet-noisy-backlog-mib" => o.fleet.noisy_backlog_mib = val()?.parse()?,
+                "--fleet-receive-budget-mib" => o.fleet.receive_budget_mib = Some(val()?.parse()?),
                 "--only" => {
                     o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
                     if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -119,6 +121,7 @@ impl Opts {
                          [--sync-pushes N] [--failover-runs N] [--seals-small N] [--seals-large N]\n\
                          [--fleet-streams 1,10,100] [--fleet-backlog-mib N] [--fleet-rate-mb N] [--fleet-seconds N]\n\
                          [--fleet-noisy-streams 100 (0: skip)] [--fleet-noisy-backlog-mib 1024]\n\
+                         [--fleet-receive-budget-mib N (dr1's tuning.receive_budget_bytes)]\n\
                          [--only rsync,lag,sync,failover,zstd,seals,fleet]\n\
                          (--only: the parts to run besides the ceiling and catch-up; default all)\n\
                          Build first: {}",
