@@ -138,6 +138,9 @@ struct RawReplica {
 #[serde(deny_unknown_fields)]
 struct RawStream {
     name: String,
+    /// The role this stream starts in at this node (default: the node's
+    /// `initial_role`).
+    initial_role: Option<String>,
     wal_dir: PathBuf,
     peer: String,
     peer_name: Option<String>,
@@ -283,6 +286,10 @@ pub struct ReplicaConfig {
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
     pub name: StreamName,
+    /// `initial_role`: the role this stream starts in here, the first time
+    /// this node sees it (None: the node's `initial_role`). Lets one node
+    /// be primary of some streams and the replica of others.
+    pub initial_role: Option<crate::catalog::Role>,
     pub wal_dir: PathBuf,
     /// Replica endpoint, e.g. `https://rochester-dr1.example:7601`.
     pub peer: String,
@@ -551,8 +558,21 @@ impl Config {
                     b
                 }
             };
+            let stream_role = match s.initial_role.as_deref() {
+                None => None,
+                Some("primary") => Some(crate::catalog::Role::Primary),
+                Some("replica") if replica.is_none() => bail!(
+                    "key `stream[{i}].initial_role`: a stream that starts as a replica needs \
+                     `[replica] listen` (this node receives it)"
+                ),
+                Some("replica") => Some(crate::catalog::Role::Replica),
+                Some(other) => bail!(
+                    "key `stream[{i}].initial_role`: {other:?} must be \"primary\" or \"replica\""
+                ),
+            };
             streams.push(StreamConfig {
                 name,
+                initial_role: stream_role,
                 wal_dir: s.wal_dir,
                 peer: s.peer,
                 peer_name,
@@ -585,6 +605,7 @@ impl Config {
             ("idle_timeout_ms", t.idle_timeout_ms),
             ("reconnect_min_ms", t.reconnect_min_ms),
             ("group_commit_bytes", t.group_commit_bytes),
+            ("receive_budget_bytes", t.receive_budget_bytes),
         ] {
             if v == 0 {
                 bail!("key `tuning.{key}`: must be greater than 0");
@@ -604,6 +625,15 @@ impl Config {
             Some("replica") => Role::Replica,
             Some(other) => {
                 bail!("key `initial_role`: {other:?} must be \"primary\" or \"replica\"")
+            }
+            // Every stream says its own: the node's is only the default
+            // of streams that arrive unlisted.
+            None if !streams.is_empty() && streams.iter().all(|s| s.initial_role.is_some()) => {
+                if replica.is_some() {
+                    Role::Replica
+                } else {
+                    Role::Primary
+                }
             }
             None if replica.is_some() && !streams.is_empty() => bail!(
                 "key `initial_role`: a node with both `[replica]` and `[[stream]]` must say \
@@ -830,6 +860,51 @@ peer = "http://127.0.0.1:7601"
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    /// Issue 18: one node primary of one stream and replica of another
+    /// (active/active sites), each stream saying its own starting role.
+    #[test]
+    fn each_stream_may_say_its_own_initial_role() {
+        use crate::catalog::Role;
+        let conf = |node_role: &str, ehr_role: &str, replica: bool| {
+            format!(
+                "insecure_plaintext = true\nnode_id = \"verona-db1\"\ndata_dir = \"/var/lib/drd\"\n{node_role}\n\
+                 {}\
+                 [[stream]]\nname = \"ehr-prod\"\nwal_dir = \"/var/lib/ehr\"\npeer = \"http://127.0.0.1:7601\"\n{ehr_role}\n\
+                 [[stream]]\nname = \"lab\"\nwal_dir = \"/var/lib/lab\"\npeer = \"http://127.0.0.1:7602\"\n\
+                 initial_role = \"replica\"\n",
+                if replica { "[replica]\nlisten = \"127.0.0.1:7600\"\n" } else { "" }
+            )
+        };
+        let c = Config::parse(&conf(
+            "initial_role = \"primary\"",
+            "initial_role = \"primary\"",
+            true,
+        ))
+        .unwrap();
+        assert_eq!(c.streams[0].initial_role, Some(Role::Primary));
+        assert_eq!(c.streams[1].initial_role, Some(Role::Replica));
+        // A stream without its own takes the node's.
+        let c = Config::parse(&conf("initial_role = \"primary\"", "", true)).unwrap();
+        assert_eq!(c.streams[0].initial_role, None);
+        assert_eq!(c.initial_role, Role::Primary);
+        // With every stream saying its own, the node-wide key may go.
+        assert!(Config::parse(&conf("", "initial_role = \"primary\"", true)).is_ok());
+        // Without it and without a stream's own, the node must say.
+        assert!(err(&conf("", "", true)).contains("key `initial_role`"));
+        assert!(err(&conf(
+            "initial_role = \"primary\"",
+            "initial_role = \"boss\"",
+            true
+        ))
+        .contains("stream[0].initial_role"));
+        // A stream that starts as a replica on a node that receives nothing.
+        let e = err(&conf("initial_role = \"primary\"", "", false));
+        assert!(
+            e.contains("stream[1].initial_role") && e.contains("[replica] listen"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -283,6 +283,9 @@ impl Node {
     ) -> anyhow::Result<Self> {
         let mut known: Vec<StreamName> = config.streams.iter().map(|s| s.name.clone()).collect();
         known.extend(catalog.streams()?);
+        // A stream whose role was recorded at its first Hello, before any
+        // of its data was.
+        known.extend(catalog.roles()?.into_iter().map(|(s, _)| s));
         known.sort();
         known.dedup();
         let migrated = catalog.migrate_roles(&known)?;
@@ -611,12 +614,52 @@ impl Node {
     }
 }
 
-/// The role a stream starts in here: the node's `initial_role` for a stream
-/// its config ships, replica for one that arrives over the network.
+/// The role a stream starts in here: its `[[stream]]`'s `initial_role`,
+/// else the node's, for a stream its config lists; replica for one that
+/// arrives over the network.
 fn default_role(config: &Config, stream: &StreamName) -> Role {
-    if config.streams.iter().any(|s| &s.name == stream) {
-        config.initial_role
-    } else {
-        Role::Replica
+    match config.streams.iter().find(|s| &s.name == stream) {
+        Some(s) => s.initial_role.unwrap_or(config.initial_role),
+        None => Role::Replica,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18: each stream starts in its own `initial_role` (else the
+    /// node's); a stream that arrives unlisted is received; what was
+    /// recorded survives a restart with another config.
+    #[test]
+    fn each_stream_starts_in_its_own_role_and_keeps_what_was_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = |ehr: &str| {
+            Config::parse(&format!(
+                "insecure_plaintext = true\nnode_id = \"site-a\"\ndata_dir = \"{}\"\n\
+                 initial_role = \"primary\"\n[replica]\nlisten = \"127.0.0.1:7600\"\n\
+                 [[stream]]\nname = \"ehr\"\nwal_dir = \"/var/lib/ehr\"\npeer = \"http://127.0.0.1:7601\"\n{ehr}\n\
+                 [[stream]]\nname = \"lab\"\nwal_dir = \"/var/lib/lab\"\npeer = \"http://127.0.0.1:7602\"\n\
+                 initial_role = \"replica\"\n",
+                dir.path().display()
+            ))
+            .unwrap()
+        };
+        let name = |s: &str| StreamName::new(s).unwrap();
+        let catalog = Arc::new(Catalog::open(&dir.path().join("catalog")).unwrap());
+        let node = Node::open(conf(""), catalog.clone(), None).unwrap();
+        assert_eq!(node.role_of(&name("ehr")).unwrap().role, Role::Primary);
+        assert_eq!(node.role_of(&name("lab")).unwrap().role, Role::Replica);
+        assert_eq!(node.summary_role(), (None, 1), "mixed roles");
+        let arrived = node.stream_role(&name("billing")).unwrap().state();
+        assert_eq!((arrived.role, arrived.epoch), (Role::Replica, 1));
+        drop(node);
+        // Recorded roles win over a changed config.
+        let node = Node::open(conf("initial_role = \"replica\""), catalog, None).unwrap();
+        assert_eq!(node.role_of(&name("ehr")).unwrap().role, Role::Primary);
+        assert!(
+            node.role_of(&name("billing")).is_some(),
+            "known from its record"
+        );
     }
 }
