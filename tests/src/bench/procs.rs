@@ -164,24 +164,8 @@ impl Drop for Proc {
     }
 }
 
-/// utime + stime of `pid` in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which may contain spaces: state is [0],
-    // utime [11], stime [12] (fields 14 and 15 of proc(5)).
-    let rest: Vec<&str> = s
-        .rsplit_once(')')
-        .map_or("", |(_, r)| r)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100)
-        .max(1) as f64;
-    (ticks(11) + ticks(12)) as f64 / hz
-}
+/// utime + stime of `pid` in seconds (the fleet harness reads it the same way).
+pub use drd_tests::fleet::cpu_seconds;
 
 /// A `KEY: N kB` line of /proc/PID/status, in KiB.
 pub fn status_kib(pid: u32, key: &str) -> u64 {
