@@ -99,6 +99,22 @@ pub struct AuditRecord {
     pub stream: String,
 }
 
+impl AuditRecord {
+    /// The entry of `action` that took a stream's role from `before` to
+    /// `after` (the same state twice for an action that changes neither);
+    /// the caller adds who, why and the detail.
+    pub fn role_change(action: &str, before: &RoleState, after: &RoleState) -> Self {
+        Self {
+            action: action.into(),
+            epoch_before: before.epoch,
+            epoch_after: after.epoch,
+            role_before: before.role.as_str().into(),
+            role_after: after.role.as_str().into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// One segment of a stream's log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRecord {

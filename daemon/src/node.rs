@@ -456,14 +456,9 @@ impl Node {
             if next.role == Role::Replica {
                 let mut txn = Txn::default();
                 txn.audit(AuditRecord {
-                    action: "adopt-epoch".into(),
                     user: "drd".into(),
                     origin: "primary's Hello".into(),
-                    epoch_before: s.epoch,
-                    epoch_after: next.epoch,
-                    role_before: s.role.as_str().into(),
-                    role_after: next.role.as_str().into(),
-                    ..Default::default()
+                    ..AuditRecord::role_change("adopt-epoch", &s, &next)
                 });
                 self.commit_role(stream, next, txn)?;
                 tracing::warn!(%stream, epoch, "adopted a higher epoch from the primary");

@@ -202,16 +202,11 @@ pub async fn failover(
             or_unknown(&r.old_primary)
         ));
         txn.audit(AuditRecord {
-            action: "failover".into(),
             user: who.user.clone(),
             origin: who.origin.clone(),
             reason: req.reason.clone(),
-            epoch_before: state.epoch,
-            epoch_after: next.epoch,
-            role_before: state.role.as_str().into(),
-            role_after: next.role.as_str().into(),
             detail: detail.join("; "),
-            ..Default::default()
+            ..AuditRecord::role_change("failover", &state, &next)
         });
         if let Err(e) = node.commit_role(&stream, next.clone(), txn) {
             return refuse(

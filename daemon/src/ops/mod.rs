@@ -68,15 +68,10 @@ pub async fn pause(
     };
     let mut txn = Txn::default();
     txn.audit(AuditRecord {
-        action: if req.pause { "pause" } else { "resume" }.into(),
         user: who.user,
         origin: who.origin,
         reason: req.reason,
-        epoch_before: state.epoch,
-        epoch_after: state.epoch,
-        role_before: state.role.as_str().into(),
-        role_after: state.role.as_str().into(),
-        ..Default::default()
+        ..AuditRecord::role_change(if req.pause { "pause" } else { "resume" }, &state, &state)
     });
     node.commit_role(&stream, next, txn)
         .map_err(|e| Status::internal(format!("{e:#}")))?;

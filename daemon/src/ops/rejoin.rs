@@ -152,14 +152,9 @@ pub async fn rejoin(
     progress.set_phase("recording the new role");
     let total: u64 = moved.iter().map(|q| q.bytes).sum();
     txn.audit(AuditRecord {
-        action: "rejoin".into(),
         user: who.user,
         origin: who.origin,
         reason: req.reason,
-        epoch_before: state.epoch,
-        epoch_after: next.epoch,
-        role_before: state.role.as_str().into(),
-        role_after: next.role.as_str().into(),
         detail: format!(
             "replica of {} from fork {} in {}; {} files / {total} bytes past the fork moved to {}",
             info.node_id,
@@ -168,7 +163,7 @@ pub async fn rejoin(
             moved.len(),
             quarantine.display()
         ),
-        ..Default::default()
+        ..AuditRecord::role_change("rejoin", &state, &next)
     });
     node.commit_role(&stream, next.clone(), txn)
         .map_err(|e| Status::internal(format!("{e:#}")))?;

@@ -264,16 +264,11 @@ pub async fn promote(
         }
     }
     txn.audit(AuditRecord {
-        action: "promote (switchover)".into(),
         user: who.user,
         origin: who.origin,
         reason: req.reason,
-        epoch_before: state.epoch,
-        epoch_after: next.epoch,
-        role_before: state.role.as_str().into(),
-        role_after: next.role.as_str().into(),
         detail: detail.join("; "),
-        ..Default::default()
+        ..AuditRecord::role_change("promote (switchover)", &state, &next)
     });
     node.commit_role(&stream, next.clone(), txn)
         .map_err(|e| Status::internal(format!("{e:#}")))?;
@@ -359,22 +354,17 @@ pub async fn fence_self(
     let Some(next) = crate::roles::fence(&state, seen_epoch, reason) else {
         return;
     };
+    let action = if next.role == Role::Fenced {
+        "fence"
+    } else {
+        "adopt-epoch"
+    };
     let mut txn = Txn::default();
     txn.audit(AuditRecord {
-        action: if next.role == Role::Fenced {
-            "fence"
-        } else {
-            "adopt-epoch"
-        }
-        .into(),
         user: from.to_string(),
         origin: "peer node".into(),
         reason: reason.to_string(),
-        epoch_before: state.epoch,
-        epoch_after: next.epoch,
-        role_before: state.role.as_str().into(),
-        role_after: next.role.as_str().into(),
-        ..Default::default()
+        ..AuditRecord::role_change(action, &state, &next)
     });
     if let Err(e) = node.commit_role(stream, next.clone(), txn) {
         tracing::error!(%stream, error = %e, "cannot record the fence");

@@ -103,17 +103,12 @@ impl Run<'_> {
         ));
         let mut txn = Txn::default();
         txn.audit(AuditRecord {
-            action: "switchover-rolled-back".into(),
             user: self.who.user.clone(),
             origin: self.who.origin.clone(),
             reason: self.reason.clone(),
-            epoch_before: state.epoch,
-            epoch_after: state.epoch,
-            role_before: state.role.as_str().into(),
-            role_after: state.role.as_str().into(),
             detail: format!("step {step} failed: {error}"),
             stream: self.stream.to_string(),
-            ..Default::default()
+            ..AuditRecord::role_change("switchover-rolled-back", &state, &state)
         });
         let _ = self.node.catalog.commit_txn(txn);
         self.r.ok = false;
@@ -140,16 +135,11 @@ impl Run<'_> {
                 Some(next) => {
                     let mut txn = Txn::default();
                     txn.audit(AuditRecord {
-                        action: "switchover-fenced".into(),
                         user: self.who.user.clone(),
                         origin: self.who.origin.clone(),
                         reason: self.reason.clone(),
-                        epoch_before: state.epoch,
-                        epoch_after: next.epoch,
-                        role_before: state.role.as_str().into(),
-                        role_after: next.role.as_str().into(),
                         detail: format!("step {} failed: {error}", step.name()),
-                        ..Default::default()
+                        ..AuditRecord::role_change("switchover-fenced", &state, &next)
                     });
                     self.node.commit_role(&self.stream, next, txn).map(|_| ())
                 }
@@ -536,19 +526,14 @@ pub async fn switchover(
                     Err(e) => Err(format!("{e:#}")),
                     Ok(_) => {
                         txn.audit(AuditRecord {
-                            action: "switchover".into(),
                             user: who.user.clone(),
                             origin: who.origin.clone(),
                             reason: req.reason.clone(),
-                            epoch_before: state.epoch,
-                            epoch_after: next.epoch,
-                            role_before: state.role.as_str().into(),
-                            role_after: next.role.as_str().into(),
                             detail: format!(
                                 "{} promoted; fork at {fork_position} in {segment}; verified: {verified}; zero bytes lost",
                                 info.node_id
                             ),
-                            ..Default::default()
+                            ..AuditRecord::role_change("switchover", &state, &next)
                         });
                         node.commit_role(&stream, next, txn)
                             .map(|_| ())

@@ -199,14 +199,9 @@ fn pass_blocking(
         |(r, k)| format!("{} ({k})", r.name),
     );
     t.audit(AuditRecord {
-        action: "prune".into(),
         user: who.user.clone(),
         origin: who.origin.clone(),
         reason: format!("retention policy of stream {stream}: {policy}"),
-        epoch_before: role.epoch,
-        epoch_after: role.epoch,
-        role_before: role.role.as_str().into(),
-        role_after: role.role.as_str().into(),
         detail: format!(
             "removed {} segments ({}) {first}..{}, chain value after it {}; oldest kept {kept_text}",
             out.segments,
@@ -214,7 +209,7 @@ fn pass_blocking(
             last.name,
             boundary.chain,
         ),
-        ..Default::default()
+        ..AuditRecord::role_change("prune", &role, &role)
     });
     cat.commit_txn(t)?;
     // Step 2: the files. No directory fsync (see the module doc).
