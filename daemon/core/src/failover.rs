@@ -25,8 +25,8 @@
 //! the failover goes on to the next step. The fence is the one step whose
 //! outcome can be unknown: the request went out and no answer came, so the
 //! old primary may have fenced itself or not. Either way it cannot ship to
-//! this node any more (it refuses the lower epoch, invariant 3), and it
-//! fences itself at its first contact with the new epoch.
+//! this node any more: its next Hello here is refused as stale, and it
+//! fences itself (`handshake::admit`, invariant 3).
 
 use std::fmt;
 
@@ -111,9 +111,9 @@ pub enum OldPrimary {
     NotAsked,
     /// It answered the fence request: it stopped shipping this stream.
     Fenced,
-    /// No peer configured, or it could not be reached (the request was
-    /// never delivered): it may still be primary at the old epoch until it
-    /// meets the new one.
+    /// No peer configured, no connection (the request never went out), or
+    /// it refused the request: it did not fence itself at our word, and may
+    /// still be primary at the old epoch until it meets the new one.
     NotReached,
     /// The request went out and no answer came: it may have fenced itself
     /// or not.
