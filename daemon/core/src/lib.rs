@@ -15,6 +15,9 @@
 //! - [`handshake`]: a replica's answer to a Hello (accept, stale, fence).
 //! - [`roles`]: role transitions (promote, demote, fence, rejoin).
 //! - [`switchover`]: `drctl switchover` as a step machine (roll back or fence).
+//! - [`failover`]: `drctl failover` as a step machine (refuse, or warn once promoted).
+//! - [`rejoin`]: `drctl rejoin` as a step machine (refuse, or stay fenced once the
+//!   quarantine began).
 //! - [`fork`]: the rejoin cut: what lies past the fork goes to quarantine.
 //! - [`chain`]: the hash chain over sealed segments.
 //! - [`mutation`]: drd-sim's planted bugs (compiled only for drd-sim).
@@ -22,10 +25,12 @@
 
 pub mod chain;
 pub mod durability;
+pub mod failover;
 pub mod fork;
 pub mod handshake;
 pub mod mutation;
 pub mod receiver;
+pub mod rejoin;
 pub mod roles;
 pub mod sender;
 pub mod switchover;

@@ -1,15 +1,27 @@
-//! `drctl failover`: the unplanned case, run at the DR node. Preflight checks
-//! (is the primary really gone? how much data could be lost?), then: end the
-//! replication sessions, close the log at the fork, become primary at
-//! epoch + 1 — one catalog transaction with its audit record — tell the old
-//! primary to fence itself if it can be reached, run the promote hook, and
-//! report the RPO.
+//! `drctl failover`: the unplanned case, run at the DR node. Steps:
+//!
+//! 1. preflight — the stream is a replica here and its epoch can grow; the
+//!    RPO report's numbers and the plan;
+//! 2. confirm — is the primary really gone (or `--yes`)? is the possible
+//!    loss within the limit (or `--force`)? A dry run ends here;
+//! 3. end replication — this stream's session ends;
+//! 4. close the log at the fork — its longest verified prefix;
+//! 5. record the promotion — primary at epoch + 1, one catalog transaction
+//!    with the fork and its audit record;
+//! 6. fence the old primary — tell it to fence itself, if it can be reached;
+//! 7. promote hook — and report the RPO.
+//!
+//! The order and what a failure means are drd-core's step machine
+//! (`drd_core::failover`): a failure up to the commit refuses the failover
+//! and nothing changed; after it this node is primary whatever happens,
+//! and a failure to fence the old primary or to run the hook is a warning.
 
 use crate::catalog::{AuditRecord, Role, Txn};
 use crate::config::DataLoss;
 use crate::hooks;
 use crate::node::Node;
 use crate::ops::{fork, peer, Caller};
+use drd_core::failover::{Failover, OnFailure, Step};
 use drd_proto::{pb, StreamName};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +29,53 @@ use std::time::Duration;
 /// How long the failover waits for the old primary to answer the fence.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn refuse(mut r: pb::FailoverResponse, why: String) -> pb::FailoverResponse {
-    r.refused = why;
-    r
+/// A failover in progress: its report, and drd-core's step machine.
+struct Run {
+    r: pb::FailoverResponse,
+    /// Which step comes next, and what a failure at each one means.
+    fo: Failover,
+}
+
+impl Run {
+    /// Records that `step` succeeded (the code below runs them in order).
+    fn done(&mut self, step: Step) {
+        if let Err(e) = self.fo.succeeded(step) {
+            tracing::error!(error = %e, "failover steps out of order (a bug in drd)");
+        }
+    }
+
+    /// `step` failed before the promotion was committed: the failover is
+    /// refused, and nothing changed (an ended session is opened again by
+    /// the primary's next Hello).
+    fn refuse(mut self, step: Step, why: String) -> pb::FailoverResponse {
+        match self.fo.failed(step) {
+            Ok(OnFailure::Refuse { .. }) => {}
+            Ok(OnFailure::Warn { .. }) => {
+                tracing::error!(?step, "failover refused after its commit (a bug in drd)")
+            }
+            Err(e) => tracing::error!(error = %e, "failover steps out of order (a bug in drd)"),
+        }
+        self.r.refused = why;
+        self.r
+    }
+
+    /// `step` failed after the promotion was committed (or, `unknown`, its
+    /// effect is not known): the report has a warning, and the failover
+    /// goes on.
+    fn warned(&mut self, step: Step, unknown: bool) {
+        let o = if unknown {
+            self.fo.unknown(step)
+        } else {
+            self.fo.failed(step)
+        };
+        match o {
+            Ok(OnFailure::Warn { .. }) => {}
+            Ok(OnFailure::Refuse { .. }) => {
+                tracing::error!(?step, "failover warning before its commit (a bug in drd)")
+            }
+            Err(e) => tracing::error!(error = %e, "failover steps out of order (a bug in drd)"),
+        }
+    }
 }
 
 /// Resolves the stream the request names, or the node's only one.
@@ -58,24 +114,29 @@ pub async fn failover(
     req: pb::FailoverRequest,
     who: Caller,
 ) -> pb::FailoverResponse {
-    let mut r = pb::FailoverResponse {
-        dry_run: req.dry_run,
-        ..Default::default()
+    let mut run = Run {
+        r: pb::FailoverResponse {
+            dry_run: req.dry_run,
+            ..Default::default()
+        },
+        fo: Failover::new(),
     };
+
+    // 1. preflight
     let stream = match pick_stream(node, &req.stream) {
         Ok(s) => s,
-        Err(e) => return refuse(r, e),
+        Err(e) => return run.refuse(Step::Preflight, e),
     };
-    r.stream = stream.to_string();
+    run.r.stream = stream.to_string();
     let role = match node.stream_role(&stream) {
         Ok(r) => r,
-        Err(e) => return refuse(r, format!("{e:#}")),
+        Err(e) => return run.refuse(Step::Preflight, format!("{e:#}")),
     };
     let state = role.state();
-    r.old_epoch = state.epoch;
+    run.r.old_epoch = state.epoch;
     if state.role != Role::Replica {
-        return refuse(
-            r,
+        return run.refuse(
+            Step::Preflight,
             format!(
                 "{stream} is {} at epoch {} on this node; failover runs on the DR node, where the \
                  stream must be a replica",
@@ -84,21 +145,19 @@ pub async fn failover(
             ),
         );
     }
-    r.new_epoch = match state.epoch.checked_add(1) {
-        Some(e) => e,
-        None => {
-            let e = crate::roles::RoleError::EpochExhausted {
-                current: state.epoch,
-            };
-            return refuse(r, e.to_string());
-        }
+    // The promotion itself (a replica whose epoch can still grow).
+    let next = match crate::roles::promote(&state) {
+        Ok(n) => n,
+        Err(e) => return run.refuse(Step::Preflight, e.to_string()),
     };
+    run.r.new_epoch = next.epoch;
     let slot = match node.receive_slot(&stream) {
         Ok(s) => s,
-        Err(e) => return refuse(r, format!("{e:#}")),
+        Err(e) => return run.refuse(Step::Preflight, format!("{e:#}")),
     };
     let view = slot.view(std::time::Instant::now());
     let meta = node.catalog.stream_meta(&stream).unwrap_or_default();
+    let r = &mut run.r;
     r.durable_position = view.durable_position;
     r.durable_at_ms = meta.durable_at_ms;
     r.primary_reported_position = view.written_position;
@@ -131,9 +190,12 @@ pub async fn failover(
             "no [[stream]] for {stream} in this node's config: as primary it has no source to ship from"
         ));
     }
-    if r.primary_looks_alive && !req.yes {
-        return refuse(
-            r,
+    run.done(Step::Preflight);
+
+    // 2. confirm
+    if run.r.primary_looks_alive && !req.yes {
+        return run.refuse(
+            Step::Confirm,
             "the primary is still connected and shipping to this node; a failover now would leave two \
              primaries. For a planned change use `drctl switchover`; if you are certain the primary must \
              be replaced (e.g. it is cut off from its clients), repeat with --yes"
@@ -148,40 +210,43 @@ pub async fn failover(
         node.config.rpo_budget
     };
     let over = match limit {
-        Some(DataLoss::Bytes(b)) if r.possible_loss_bytes > b => Some(format!(
+        Some(DataLoss::Bytes(b)) if run.r.possible_loss_bytes > b => Some(format!(
             "the possible data loss of {} bytes exceeds the limit of {b} bytes",
-            r.possible_loss_bytes
+            run.r.possible_loss_bytes
         )),
-        Some(DataLoss::Seconds(s)) if r.possible_loss_seconds > s => Some(format!(
+        Some(DataLoss::Seconds(s)) if run.r.possible_loss_seconds > s => Some(format!(
             "the possible data loss of {:.1} s exceeds the limit of {s:.1} s",
-            r.possible_loss_seconds
+            run.r.possible_loss_seconds
         )),
         _ => None,
     };
     if let Some(why) = over {
         if !req.force {
-            return refuse(r, format!("{why}; repeat with --force to accept the loss"));
+            return run.refuse(
+                Step::Confirm,
+                format!("{why}; repeat with --force to accept the loss"),
+            );
         }
-        r.warnings.push(format!("{why}; accepted with --force"));
+        run.r.warnings.push(format!("{why}; accepted with --force"));
     }
     if req.dry_run {
-        return r;
+        return run.r;
     }
+    run.done(Step::Confirm);
 
-    // The promotion itself.
-    let next = match crate::roles::promote(&state) {
-        Ok(n) => n,
-        Err(e) => return refuse(r, e.to_string()),
-    };
     {
-        // Only this stream: the others' sessions go on receiving.
+        // 3. end replication. Only this stream: the others' sessions go on
+        // receiving.
         let _gate = role.transition.write().await;
         node.end_session(&stream).await;
+        run.done(Step::EndSession);
+
+        // 4. close the log at the fork
         let mut txn = Txn::default();
         let mut detail = Vec::new();
         match fork::close_received_log(node, &stream, next.epoch, &mut txn) {
             Ok(Some(f)) => {
-                r.durable_position = f.position;
+                run.r.durable_position = f.position;
                 detail.push(format!(
                     "{stream}: fork at position {} in segment {}",
                     f.position, f.segment
@@ -189,17 +254,21 @@ pub async fn failover(
             }
             Ok(None) => detail.push(format!("{stream}: nothing received")),
             Err(e) => {
-                return refuse(
-                    r,
+                return run.refuse(
+                    Step::CloseLog,
                     format!("cannot close the log of {stream}: {e:#}; nothing changed"),
                 )
             }
         }
+        run.done(Step::CloseLog);
+
+        // 5. record the promotion: the fork, the role and the audit record
+        // in one synced transaction.
         detail.push(format!(
             "possible loss {} bytes / {:.1} s; old primary {}",
-            r.possible_loss_bytes,
-            r.possible_loss_seconds,
-            or_unknown(&r.old_primary)
+            run.r.possible_loss_bytes,
+            run.r.possible_loss_seconds,
+            or_unknown(&run.r.old_primary)
         ));
         txn.audit(AuditRecord {
             user: who.user.clone(),
@@ -209,39 +278,70 @@ pub async fn failover(
             ..AuditRecord::role_change("failover", &state, &next)
         });
         if let Err(e) = node.commit_role(&stream, next.clone(), txn) {
-            return refuse(
-                r,
+            return run.refuse(
+                Step::Commit,
                 format!("cannot record the promotion: {e:#}; nothing changed"),
             );
         }
+        run.done(Step::Commit);
     }
-    tracing::warn!(epoch = next.epoch, stream = %stream, fork = r.durable_position, "FAILOVER: this node is now primary");
+    tracing::warn!(epoch = next.epoch, stream = %stream, fork = run.r.durable_position, "FAILOVER: this node is now primary");
 
-    if let Some(c) = &peer_cfg {
-        match fence_old_primary(node, c, next.epoch, &req.reason).await {
-            Ok(resp) => {
-                r.old_primary_reached = true;
-                if let Some(w) = resp.written.iter().find(|w| w.stream == stream.as_str()) {
-                    r.known_loss_bytes = w.position.saturating_sub(r.durable_position);
-                }
-            }
-            Err(e) => r
-                .warnings
-                .push(format!("old primary not reached to fence it: {e}")),
+    // 6. fence the old primary: best effort from here on.
+    match &peer_cfg {
+        None => {
+            // Said in the plan and the warnings already.
+            run.warned(Step::FenceOldPrimary, false);
         }
+        Some(c) => match fence_old_primary(node, c, next.epoch, &req.reason).await {
+            FenceAnswer::Fenced(resp) => {
+                run.r.old_primary_reached = true;
+                if let Some(w) = resp.written.iter().find(|w| w.stream == stream.as_str()) {
+                    run.r.known_loss_bytes = w.position.saturating_sub(run.r.durable_position);
+                }
+                run.done(Step::FenceOldPrimary);
+            }
+            FenceAnswer::NotReached(e) => {
+                run.r
+                    .warnings
+                    .push(format!("old primary not reached to fence it: {e}"));
+                run.warned(Step::FenceOldPrimary, false);
+            }
+            FenceAnswer::Unknown(e) => {
+                tracing::warn!(
+                    %stream,
+                    epoch = next.epoch,
+                    error = %e,
+                    "the fence request went out but no answer came: the old primary may have \
+                     fenced itself or not; it cannot ship to this node at the old epoch, and it \
+                     fences itself when it meets the new one"
+                );
+                run.r
+                    .warnings
+                    .push(format!("old primary not reached to fence it: {e}"));
+                run.warned(Step::FenceOldPrimary, true);
+            }
+        },
     }
+
+    // 7. promote hook
     let outcome = hooks::run_configured(
         node,
         &stream,
         "promote",
         next.epoch,
         "primary",
-        Some(r.durable_position),
+        Some(run.r.durable_position),
     )
     .await;
-    r.hook_report = outcome.summary("promote");
-    crate::ops::audit_hook(node, &stream, &who, next.epoch, &r.hook_report);
-    r
+    run.r.hook_report = outcome.summary("promote");
+    crate::ops::audit_hook(node, &stream, &who, next.epoch, &run.r.hook_report);
+    if outcome.failed() {
+        run.warned(Step::PromoteHook, false);
+    } else {
+        run.done(Step::PromoteHook);
+    }
+    run.r
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -252,27 +352,57 @@ fn or_unknown(s: &str) -> &str {
     }
 }
 
+/// The old primary's answer to the fence request.
+enum FenceAnswer {
+    /// It answered: it fenced itself for the stream (or was not its
+    /// primary any more).
+    Fenced(pb::FenceResponse),
+    /// No connection (the request never went out), or it refused the
+    /// request: it did not fence itself at our word.
+    NotReached(String),
+    /// The request went out and no answer came (a timeout, a broken
+    /// connection): it may have fenced itself or not.
+    Unknown(String),
+}
+
 /// Asks the old primary to fence itself for `cfg`'s stream (its other
-/// streams are not this failover's business).
+/// streams are not this failover's business). Connecting and the call
+/// share one `FENCE_TIMEOUT`.
 async fn fence_old_primary(
     node: &Node,
     cfg: &crate::config::StreamConfig,
     epoch: u64,
     reason: &str,
-) -> Result<pb::FenceResponse, String> {
-    let call = async {
-        let mut c = peer::connect_for_calls(node, cfg).await?;
-        c.fence(pb::FenceRequest {
-            from_node: node.config.node_id.to_string(),
-            epoch,
-            reason: reason.to_string(),
-            stream: cfg.name.to_string(),
-        })
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_string())
+) -> FenceAnswer {
+    let deadline = tokio::time::Instant::now() + FENCE_TIMEOUT;
+    let no_answer = || format!("no answer within {FENCE_TIMEOUT:?}");
+    let mut c = match tokio::time::timeout_at(deadline, peer::connect_for_calls(node, cfg)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return FenceAnswer::NotReached(e),
+        Err(_) => return FenceAnswer::NotReached(no_answer()),
     };
-    tokio::time::timeout(FENCE_TIMEOUT, call)
-        .await
-        .map_err(|_| format!("no answer within {FENCE_TIMEOUT:?}"))?
+    let call = c.fence(pb::FenceRequest {
+        from_node: node.config.node_id.to_string(),
+        epoch,
+        reason: reason.to_string(),
+        stream: cfg.name.to_string(),
+    });
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(Ok(r)) => FenceAnswer::Fenced(r.into_inner()),
+        // The transport's codes: the request may have been delivered.
+        Ok(Err(s))
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            FenceAnswer::Unknown(s.message().to_string())
+        }
+        // Its own refusal (e.g. a stream name it does not take).
+        Ok(Err(s)) => FenceAnswer::NotReached(s.message().to_string()),
+        Err(_) => FenceAnswer::Unknown(no_answer()),
+    }
 }

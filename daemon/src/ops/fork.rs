@@ -313,18 +313,32 @@ impl RemoteFork {
     }
 }
 
-/// Rejoin: cuts this node's log of `cfg.name` back to `fork`. Checks first
-/// (nothing is changed if the shared prefix does not match), then moves
-/// everything past the fork into `quarantine`, and records the cut in `txn`.
-/// Counts the files and bytes it moves in `progress`.
-pub fn cut_back(
+/// Rejoin's cut, checked and listed ([`plan_cut`]): nothing has changed
+/// yet. [`quarantine`] carries it out; [`record_cut`] records it.
+#[derive(Debug)]
+pub struct CutPlan {
+    /// Where this node holds the fork segment, and whether that is its
+    /// source directory (else its landing directory).
+    fork_file: PathBuf,
+    in_source: bool,
+    /// Bytes of the fork segment this node holds, and how many of them
+    /// stay (the shared prefix, up to the fork position).
+    have: u64,
+    keep: u64,
+    /// Every file past the fork: where it is, its file name, its size.
+    past_fork: Vec<(PathBuf, String, u64)>,
+}
+
+/// Rejoin, first half: checks that this node's log of `cfg.name` can be cut
+/// back to `fork` (it holds the fork segment, whose prefix up to the fork
+/// is the new primary's) and lists what lies past it. Changes nothing.
+/// Counts what will move in `progress`.
+pub fn plan_cut(
     node: &Node,
     cfg: &StreamConfig,
     fork: &RemoteFork,
-    quarantine: &Path,
-    txn: &mut Txn,
     progress: &crate::progress::Operation,
-) -> anyhow::Result<Vec<Quarantined>> {
+) -> anyhow::Result<CutPlan> {
     let stream = &cfg.name;
     let landing = node.config.landing_dir(stream);
     fork.len_in_segment()?;
@@ -395,17 +409,16 @@ pub fn cut_back(
         ),
         _ => anyhow::anyhow!("{e}"),
     })?;
-    let fork_len = plan.keep;
 
-    // Checks passed: move what lies past the fork. First list it, so the
-    // progress has a total.
+    // Checks passed: list what lies past the fork, so the progress has a
+    // total.
     let mut past_fork = Vec::new();
     for (seg, from, name) in held {
         if !plan.quarantine.contains(&seg) {
             continue;
         }
         let bytes = std::fs::metadata(&from)?.len();
-        past_fork.push((from, quarantine.join(&name), bytes));
+        past_fork.push((from, name, bytes));
     }
     let tail_bytes = plan.tail_bytes;
     progress.set_totals(
@@ -415,22 +428,43 @@ pub fn cut_back(
             .fold(tail_bytes, u64::saturating_add),
         past_fork.len() as u64 + u64::from(tail_bytes > 0),
     );
+    Ok(CutPlan {
+        fork_file,
+        in_source,
+        have,
+        keep: plan.keep,
+        past_fork,
+    })
+}
+
+/// Rejoin, second half: moves everything past the fork into `quarantine`
+/// (never deletes it) and cuts the fork segment back to the fork. The first
+/// step of a rejoin that changes anything. Counts the files and bytes it
+/// moves in `progress`.
+pub fn quarantine(
+    plan: &CutPlan,
+    fork: &RemoteFork,
+    quarantine: &Path,
+    progress: &crate::progress::Operation,
+) -> anyhow::Result<Vec<Quarantined>> {
+    let (fork_file, have, fork_len) = (&plan.fork_file, plan.have, plan.keep);
     progress.set_phase(format!("moving to quarantine {}", quarantine.display()));
     fsutil::create_dir_durable(quarantine)?;
     let mut moved = Vec::new();
-    for (from, to, bytes) in past_fork {
-        fsutil::move_durable(&from, &to)
+    for (from, name, bytes) in &plan.past_fork {
+        let to = quarantine.join(name);
+        fsutil::move_durable(from, &to)
             .with_context(|| format!("cannot move {} to quarantine", from.display()))?;
-        progress.add_done(bytes, 1);
+        progress.add_done(*bytes, 1);
         moved.push(Quarantined {
             path: to,
-            bytes,
-            from,
+            bytes: *bytes,
+            from: from.clone(),
         });
     }
     if have > fork_len {
         let to = quarantine.join(format!("{}.after-fork-at-{fork_len}", fork.segment));
-        let mut src = std::fs::File::open(&fork_file)?;
+        let mut src = std::fs::File::open(fork_file)?;
         src.seek(SeekFrom::Start(fork_len))?;
         let mut out = std::fs::File::create(&to)?;
         std::io::copy(&mut src, &mut out)?;
@@ -442,11 +476,24 @@ pub fn cut_back(
             bytes: have - fork_len,
             from: fork_file.clone(),
         });
-        fsutil::truncate_durable(&fork_file, fork_len)?;
+        fsutil::truncate_durable(fork_file, fork_len)?;
         progress.add_done(have - fork_len, 1);
     }
     fsutil::fsync_dir(quarantine)?;
+    Ok(moved)
+}
 
+/// Rejoin: records the cut in `txn` (committed with the new role). Drops
+/// the records past the fork and records the fork segment as the new
+/// primary has it.
+pub fn record_cut(
+    node: &Node,
+    cfg: &StreamConfig,
+    fork: &RemoteFork,
+    plan: &CutPlan,
+    txn: &mut Txn,
+) -> anyhow::Result<()> {
+    let stream = &cfg.name;
     // Catalog: drop records past the fork (only those: the walk starts at
     // the fork segment), record the fork segment.
     node.catalog
@@ -465,7 +512,7 @@ pub fn cut_back(
         &SegmentRecord {
             name: fork.segment.to_string(),
             start: fork.start,
-            size: fork_len,
+            size: plan.keep,
             sealed: true,
             sha256: Some(fork.sha256.clone()),
             chain: Some(fork.chain.clone()),
@@ -475,7 +522,7 @@ pub fn cut_back(
             received_at_ms: now,
             sealed_at_ms: Some(now),
             fork: true,
-            in_source,
+            in_source: plan.in_source,
         },
     );
     let mut meta = node.catalog.stream_meta(stream)?;
@@ -487,7 +534,7 @@ pub fn cut_back(
     meta.source_position = fork.position;
     meta.chain_head = Some(fork.chain.clone());
     txn.meta(stream, &meta);
-    Ok(moved)
+    Ok(())
 }
 
 #[cfg(test)]
