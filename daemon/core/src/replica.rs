@@ -216,11 +216,14 @@ pub struct Session {
     /// `committed` when it succeeds (None when it does not record a partial
     /// tail, or the tail has changed since).
     in_flight: Option<Option<(u64, u32)>>,
+    /// The I/O of the current message that the driver has yet to report:
+    /// until then nothing of the message counts as accepted.
     pending: Option<Pending>,
     /// Refused or failed: accept nothing more.
     closing: bool,
-    /// Bytes accepted since the last [`Event::Drained`], and the group
-    /// size at which the driver should stop taking messages.
+    /// Bytes accepted since the last [`Event::Drained`]: a batch stops at
+    /// `group_commit_bytes`, so that one flush never waits for an
+    /// unbounded backlog.
     batch_bytes: u64,
     group_commit_bytes: u64,
 }
@@ -617,12 +620,17 @@ enum Phase {
 /// flush needs.
 #[derive(Clone, Debug)]
 pub struct Group {
+    /// The group-commit rule: which steps this group needs, which are done.
     steps: Flush,
     /// The tail to fdatasync and how many of its bytes that covers.
     tail_sync: Option<(SegmentName, u64)>,
+    /// The tail's fdatasync and the names step are still running: the
+    /// group is not over (a failed one ends them too).
     tail_pending: bool,
     names_pending: bool,
+    /// Segments sealed in the group, in order: renamed by its names step.
     seals: Vec<SealedSegment>,
+    /// What its commit writes, and the chain head after its seals.
     records: Vec<Record>,
     chain_head: [u8; 32],
     /// The tail's record as this flush makes it durable (for the ack).
@@ -633,9 +641,13 @@ pub struct Group {
     /// The tail's record at the last fully synced point, put back if the
     /// fdatasync fails after the commit went through.
     rollback: Option<Record>,
+    /// [`Group::start`] ran (it hands out the first steps once).
     started: bool,
+    /// Where the catalog commit is: it begins only after the names.
     commit: Phase,
+    /// A step failed: no ack, no commit that has not begun.
     failed: bool,
+    /// The acks went out (once).
     acked: bool,
 }
 
