@@ -17,8 +17,9 @@
 //! falling back to the previous point — never below what was acked, since
 //! nothing of this group was.
 //!
-//! The daemon's disk worker (`replica/disk.rs`) and drd-sim's replica both
-//! ask a [`Flush`] when to commit and when to ack.
+//! Each group's [`crate::replica::Group`] asks a [`Flush`] when to commit
+//! and when to ack; the daemon's disk worker (`replica/disk.rs`) and
+//! drd-sim's replica both carry out what the group says.
 
 use crate::mutation::{self, Mutation};
 

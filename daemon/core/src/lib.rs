@@ -10,6 +10,7 @@
 //!
 //! - [`receiver`]: the replica's per-chunk rules (epoch, continuity, seal).
 //! - [`durability`]: when a replica may ack a group (data sync + commit).
+//! - [`replica`]: the replica's session: the group being built, its flush, acks.
 //! - [`tail`]: how much of a partial tail survives a crash.
 //! - [`sender`]: the primary's session: resume point, window, seal, acks.
 //! - [`handshake`]: a replica's answer to a Hello (accept, stale, fence).
@@ -31,6 +32,7 @@ pub mod handshake;
 pub mod mutation;
 pub mod receiver;
 pub mod rejoin;
+pub mod replica;
 pub mod roles;
 pub mod sender;
 pub mod switchover;

@@ -21,8 +21,8 @@
 
 use crate::disk::Disk;
 use bytes::Bytes;
-use drd_core::durability::{self, Step};
-use drd_core::receiver::{ChunkAction, Receiver, SealAction, Tail};
+use drd_core::durability::Step;
+use drd_core::replica::{self, Command, Event, GroupEvent};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
@@ -33,7 +33,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 /// Simulated time in microseconds.
 pub type Us = u64;
@@ -133,43 +133,34 @@ struct Catalog {
     fork: Option<(u64, u64)>,
 }
 
-/// A group being made durable at a replica (replica/disk.rs's FlushJob).
+/// A group being made durable at a replica (replica/disk.rs's FlushJob):
+/// drd-core's [`replica::Group`] and the I/O it asked for.
 #[derive(Debug)]
 struct Job {
     id: u64,
-    steps: durability::Flush,
+    group: Box<replica::Group>,
     /// The tail file and how many of its bytes the fdatasync covers.
     tail: Option<(String, u64)>,
-    /// (partial, complete) names of segments sealed in the group.
-    renames: Vec<(String, String)>,
+    /// (partial, complete, fdatasync first) of segments sealed in the group.
+    renames: Vec<(String, String, bool)>,
+    /// What the commit writes, once it began.
     records: Vec<Rec>,
     chain_head: [u8; 32],
-    tail_rec: Option<Rec>,
-    sealed_ack: Option<Rec>,
-    committed_next: Option<(u64, u32)>,
     commit_started: bool,
     committed: bool,
-    acked: bool,
     conn: u64,
 }
 
-/// A replica's session (replica/disk.rs's DiskWorker, one at a time).
+/// A replica's session (replica/disk.rs's DiskWorker, one at a time):
+/// drd-core's [`replica::Session`] holds its state; this holds the I/O.
 #[derive(Debug)]
 struct Recv {
     conn: u64,
-    receiver: Receiver,
-    tail_rec: Option<Rec>,
-    changed: Vec<Rec>,
-    renames: Vec<(String, String)>,
-    new_entry: bool,
-    dirty: bool,
-    crc: u32,
-    committed: (u64, u32),
-    need_ack: bool,
-    chain_head: [u8; 32],
+    session: replica::Session,
+    /// The tail's catalog record as the session began: what the core does
+    /// not keep (fork, in_source) comes from it.
+    base: Option<Rec>,
     job: Option<Job>,
-    /// Refused: flush what was accepted, then close.
-    closing: bool,
     flush_queued: bool,
     last_seen: Us,
 }
@@ -1136,12 +1127,6 @@ impl World {
     fn start_recv(&mut self, node: usize, conn: u64) {
         let n = &self.nodes[node];
         let tail_rec = n.cat.recs.values().next_back().cloned();
-        let tail = tail_rec.as_ref().map(|r| Tail {
-            segment: name_of(r.idx),
-            start: r.start,
-            size: r.size,
-            sealed: r.sealed,
-        });
         let crc = tail_rec
             .as_ref()
             .and_then(|r| r.check)
@@ -1157,21 +1142,19 @@ impl World {
             }),
             chain: n.cat.chain_head,
         };
-        let size = tail_rec.as_ref().map_or(0, |r| r.size);
+        // No group size limit: a batch is what arrives at one instant.
+        let session = replica::Session::new(
+            epoch,
+            tail_rec.as_ref().map(core_rec),
+            crc,
+            n.cat.chain_head,
+            u64::MAX,
+        );
         self.nodes[node].recv = Some(Recv {
             conn,
-            receiver: Receiver::new(epoch, tail),
-            tail_rec,
-            changed: Vec::new(),
-            renames: Vec::new(),
-            new_entry: false,
-            dirty: false,
-            crc,
-            committed: (size, crc),
-            need_ack: false,
-            chain_head: self.nodes[node].cat.chain_head,
+            session,
+            base: tail_rec,
             job: None,
-            closing: false,
             flush_queued: false,
             last_seen: self.now,
         });
@@ -1188,7 +1171,7 @@ impl World {
         let Some(r) = self.nodes[node].recv.as_mut() else {
             return;
         };
-        if r.conn != conn || r.closing {
+        if r.conn != conn || r.session.closing() {
             return;
         }
         r.last_seen = self.now;
@@ -1203,13 +1186,21 @@ impl World {
         };
         let r = match msg {
             ShipMsg::Chunk(c) => self.apply_chunk(node, c),
-            ShipMsg::Seal(s) => self.apply_seal(node, &s),
-            ShipMsg::Keepalive { .. } | ShipMsg::Hello(_) => Ok(()),
+            ShipMsg::Seal(s) => self.apply_seal(node, s),
+            ShipMsg::Keepalive { epoch, .. } => self.apply_keepalive(node, epoch),
+            ShipMsg::Hello(_) => Ok(()),
         };
         if let Err(e) = r {
             self.log(|| format!("node {node} refuses: {e}"));
             self.refuse(node);
             return;
+        }
+        let full = self.nodes[node]
+            .recv
+            .as_ref()
+            .is_some_and(|r| r.session.batch_full());
+        if full {
+            self.flush(node);
         }
         self.queue_flush(node);
     }
@@ -1229,109 +1220,140 @@ impl World {
     /// the session ends.
     fn refuse(&mut self, node: usize) {
         if let Some(r) = self.nodes[node].recv.as_mut() {
-            r.closing = true;
+            // Only a report the session did not ask for fails here, and
+            // this one it always takes.
+            let _ = r.session.handle(Event::Failed);
         }
         self.queue_flush(node);
     }
 
+    /// A driver that does not follow drd-core's session is a bug in the
+    /// simulator; it stops the message like a refusal.
+    fn misuse(&mut self, node: usize, e: replica::Misuse) -> String {
+        self.violation(format!("node {node}: {e}"));
+        e.to_string()
+    }
+
     fn apply_chunk(&mut self, node: usize, c: Chunk) -> Result<(), String> {
+        let now_ms = self.now / MS;
         let n = &mut self.nodes[node];
         let Some(r) = n.recv.as_mut() else {
             return Ok(());
         };
-        let action = r.receiver.decide_chunk(&c).map_err(|e| e.to_string())?;
-        if c.epoch < n.cat.state.epoch {
+        let epoch = c.epoch;
+        let cmds = match r.session.handle(Event::Chunk { chunk: c, now_ms }) {
+            Ok(cmds) => cmds,
+            Err(e) => return Err(self.misuse(node, e)),
+        };
+        let mut queue = VecDeque::from(cmds);
+        if let Some(Command::Refuse(e)) = queue.front() {
+            return Err(e.to_string());
+        }
+        if epoch < n.cat.state.epoch {
             let msg = format!(
-                "invariant 3: node {node} at epoch {} accepted a chunk of epoch {}",
-                n.cat.state.epoch, c.epoch
+                "invariant 3: node {node} at epoch {} accepted a chunk of epoch {epoch}",
+                n.cat.state.epoch
             );
             self.violation(msg);
             return Err("lower epoch".into());
         }
-        let idx = idx_of(c.segment.as_str()).ok_or("bad name")?;
-        let path = land(idx, true);
-        if action == ChunkAction::StartSegment {
-            n.disk.create(&path).map_err(|_| "disk full".to_string())?;
-            r.new_entry = true;
-            r.crc = 0;
-            r.committed = (0, 0);
-            r.tail_rec = Some(Rec {
-                idx,
-                start: c.segment_start,
-                size: 0,
-                sealed: false,
-                sha: None,
-                chain: None,
-                check: Some(PartialCheck::default()),
-                fork: false,
-                in_source: false,
-            });
-            if let Some(j) = r.job.as_mut() {
-                j.committed_next = None;
+        while let Some(cmd) = queue.pop_front() {
+            let done = match cmd {
+                Command::Create { segment } => {
+                    let idx = idx_of(segment.as_str()).ok_or("bad name")?;
+                    n.disk
+                        .create(&land(idx, true))
+                        .map_err(|_| "disk full".to_string())?;
+                    r.session.handle(Event::Created)
+                }
+                Command::Write(c) => {
+                    let idx = idx_of(c.segment.as_str()).ok_or("bad name")?;
+                    n.disk
+                        .write_at(&land(idx, true), c.offset, &c.data)
+                        .map_err(|_| "disk full".to_string())?;
+                    r.session.handle(Event::Written)
+                }
+                Command::Refuse(e) => return Err(e.to_string()),
+                other => return Err(format!("unexpected command for a chunk: {other:?}")),
+            };
+            match done {
+                Ok(next) => queue.extend(next),
+                Err(e) => return Err(self.misuse(node, e)),
             }
         }
-        n.disk
-            .write_at(&path, c.offset, &c.data)
-            .map_err(|_| "disk full".to_string())?;
-        r.receiver.accept_chunk(action, &c);
-        r.crc = crc32c::crc32c_append(r.crc, &c.data);
-        r.dirty = true;
-        r.need_ack = true;
         Ok(())
     }
 
-    fn apply_seal(&mut self, node: usize, s: &Seal) -> Result<(), String> {
+    fn apply_seal(&mut self, node: usize, s: Seal) -> Result<(), String> {
+        let now_ms = self.now / MS;
         let n = &mut self.nodes[node];
         let Some(r) = n.recv.as_mut() else {
             return Ok(());
         };
-        match r.receiver.on_seal(s).map_err(|e| e.to_string())? {
-            SealAction::AlreadyDone => {
-                r.need_ack = true;
-                return Ok(());
-            }
-            SealAction::Verify => {}
-        }
-        let idx = idx_of(s.segment.as_str()).ok_or("bad name")?;
-        let path = land(idx, true);
-        let bytes = n.disk.read(&path);
-        let digest = sha(bytes);
-        // The oracle: are these the primary's bytes?
-        let a = s.segment_start as usize;
-        let intact = self.canon.get(a..a + bytes.len()) == Some(bytes);
-        if let Err(e) = Receiver::check_digest(s, &digest, &r.chain_head) {
-            if !intact {
-                // Detected: the segment stays partial and invisible.
-                n.stalled_on_rot = true;
-            }
-            return Err(e.to_string());
-        }
-        if !intact {
-            let msg = format!(
-                "invariant 2: node {node} made segment {idx} complete although its bytes are \
-                 not the primary's"
-            );
-            self.violation(msg);
-            return Err("corrupt".into());
-        }
-        r.renames.push((path, land(idx, false)));
-        r.dirty = false;
-        r.receiver.sealed();
-        let Some(rec) = r.tail_rec.as_mut() else {
-            return Err("seal without a tail record".into());
+        let start = s.segment_start as usize;
+        let cmds = match r.session.handle(Event::Seal(s)) {
+            Ok(cmds) => cmds,
+            Err(e) => return Err(self.misuse(node, e)),
         };
-        rec.size = s.size;
-        rec.sealed = true;
-        rec.sha = Some(digest);
-        rec.chain = Some(s.chain);
-        rec.check = None;
-        r.chain_head = s.chain;
-        r.changed.push(rec.clone());
-        r.need_ack = true;
+        for cmd in cmds {
+            let segment = match cmd {
+                Command::Refuse(e) => return Err(e.to_string()),
+                Command::Digest { segment, .. } => segment,
+                other => return Err(format!("unexpected command for a seal: {other:?}")),
+            };
+            let idx = idx_of(segment.as_str()).ok_or("bad name")?;
+            // The whole file, as the daemon hashes it when its running
+            // hash does not cover the seal's size.
+            let bytes = n.disk.read(&land(idx, true));
+            let digest = sha(bytes);
+            // The oracle: are these the primary's bytes?
+            let intact = self.canon.get(start..start + bytes.len()) == Some(bytes);
+            let verdict = match r.session.handle(Event::Digest {
+                sha256: digest,
+                now_ms,
+            }) {
+                Ok(cmds) => cmds,
+                Err(e) => return Err(self.misuse(node, e)),
+            };
+            for cmd in verdict {
+                match cmd {
+                    Command::Refuse(e) => {
+                        if !intact {
+                            // Detected: the segment stays partial and invisible.
+                            n.stalled_on_rot = true;
+                        }
+                        return Err(e.to_string());
+                    }
+                    Command::Sealed(_) if !intact => {
+                        let msg = format!(
+                            "invariant 2: node {node} made segment {idx} complete although its \
+                             bytes are not the primary's"
+                        );
+                        self.violation(msg);
+                        return Err("corrupt".into());
+                    }
+                    _ => {}
+                }
+            }
+        }
         Ok(())
     }
 
-    /// replica/disk.rs's `flush`: the group so far goes to the syncer.
+    fn apply_keepalive(&mut self, node: usize, epoch: u64) -> Result<(), String> {
+        let Some(r) = self.nodes[node].recv.as_mut() else {
+            return Ok(());
+        };
+        match r.session.handle(Event::Keepalive { epoch }) {
+            Ok(cmds) => match cmds.into_iter().next() {
+                Some(Command::Refuse(e)) => Err(e.to_string()),
+                _ => Ok(()),
+            },
+            Err(e) => Err(self.misuse(node, e)),
+        }
+    }
+
+    /// replica/disk.rs's `flush`: the group the session cuts goes to the
+    /// syncer.
     fn flush(&mut self, node: usize) {
         let life = self.nodes[node].life;
         let job_id = self.next_job;
@@ -1342,68 +1364,82 @@ impl World {
             // One flush at a time: this group follows when it is done.
             return;
         }
-        if !r.need_ack {
-            if r.closing {
-                let conn = r.conn;
-                self.end_recv(node);
-                self.send_msg(conn, 1 - node, Msg::Close);
+        let cmds = match r.session.handle(Event::Drained) {
+            Ok(cmds) => cmds,
+            Err(e) => {
+                self.misuse(node, e);
+                return;
             }
+        };
+        let mut group = None;
+        for cmd in cmds {
+            match cmd {
+                Command::Flush(g) => group = Some(g),
+                Command::Close => {
+                    let conn = r.conn;
+                    self.end_recv(node);
+                    self.send_msg(conn, 1 - node, Msg::Close);
+                    return;
+                }
+                // Not here: the job's end queues the next flush.
+                Command::AwaitFlush => return,
+                other => {
+                    self.violation(format!("node {node}: {other:?} at a flush"));
+                    return;
+                }
+            }
+        }
+        let Some(mut group) = group else {
             return;
-        }
+        };
         self.next_job += 1;
-        if let (Some(rec), Some(tail)) = (r.tail_rec.as_mut(), r.receiver.tail.as_ref()) {
-            if rec.idx == idx_of(tail.segment.as_str()).unwrap_or(u64::MAX) && !rec.sealed {
-                rec.size = tail.size;
-                rec.check = Some(PartialCheck {
-                    crc32c: r.crc,
-                    prev_size: r.committed.0,
-                    prev_crc32c: r.committed.1,
-                });
+        let first = match group.start() {
+            Ok(cmds) => cmds,
+            Err(e) => {
+                self.misuse(node, e);
+                return;
             }
-            if let Some(c) = r.changed.iter_mut().find(|c| c.idx == rec.idx) {
-                *c = rec.clone();
-            } else {
-                r.changed.push(rec.clone());
-            }
-        }
-        let records = std::mem::take(&mut r.changed);
-        let tail_sealed = r.tail_rec.as_ref().is_none_or(|t| t.sealed);
-        let sealed_ack = records
-            .iter()
-            .rev()
-            .find(|x| x.sealed && !tail_sealed)
-            .cloned();
-        let renames = std::mem::take(&mut r.renames);
-        let new_entry = std::mem::take(&mut r.new_entry);
-        let tail = r
-            .dirty
-            .then(|| r.tail_rec.as_ref().map(|t| (land(t.idx, true), t.size)))
-            .flatten();
-        let steps = durability::Flush::new(tail.is_some(), !renames.is_empty() || new_entry);
-        let committed_next = r
-            .tail_rec
-            .as_ref()
-            .filter(|t| !t.sealed)
-            .map(|t| (t.size, t.check.map_or(0, |c| c.crc32c)));
-        let job = Job {
+        };
+        let mut job = Job {
             id: job_id,
-            steps,
-            tail,
-            renames,
-            records,
-            chain_head: r.chain_head,
-            tail_rec: r.tail_rec.clone(),
-            sealed_ack,
-            committed_next,
+            group,
+            tail: None,
+            renames: Vec::new(),
+            records: Vec::new(),
+            chain_head: [0; 32],
             commit_started: false,
             committed: false,
-            acked: false,
             conn: r.conn,
         };
-        r.dirty = false;
-        r.need_ack = false;
-        let syncs_tail = job.steps.syncs_tail();
-        let names = job.steps.makes_names_durable();
+        let mut names = false;
+        let mut commit = None;
+        for cmd in first {
+            match cmd {
+                Command::SyncTail { segment, len } => {
+                    let idx = idx_of(segment.as_str()).unwrap_or(u64::MAX);
+                    job.tail = Some((land(idx, true), len));
+                }
+                Command::MakeNamesDurable { seals } => {
+                    names = true;
+                    job.renames = seals
+                        .iter()
+                        .map(|s| {
+                            let idx = idx_of(s.segment.as_str()).unwrap_or(u64::MAX);
+                            (land(idx, true), land(idx, false), s.sync)
+                        })
+                        .collect();
+                }
+                Command::Commit {
+                    records,
+                    chain_head,
+                } => commit = Some((records, chain_head)),
+                other => {
+                    self.violation(format!("node {node}: {other:?} to start a flush"));
+                    return;
+                }
+            }
+        }
+        let syncs_tail = job.tail.is_some();
         r.job = Some(job);
         // The disk's latencies: an fdatasync from 50 µs to 8 ms.
         if syncs_tail {
@@ -1429,19 +1465,28 @@ impl World {
                     step: Step::NamesDurable,
                 },
             );
-        } else {
-            self.start_commit(node, job_id);
+        } else if let Some((records, chain_head)) = commit {
+            self.start_commit(node, job_id, &records, chain_head);
         }
     }
 
-    fn start_commit(&mut self, node: usize, job_id: u64) {
+    fn start_commit(
+        &mut self,
+        node: usize,
+        job_id: u64,
+        records: &[replica::Record],
+        chain_head: [u8; 32],
+    ) {
         let life = self.nodes[node].life;
-        let Some(j) = self.nodes[node].recv.as_mut().and_then(|r| r.job.as_mut()) else {
+        let Some(r) = self.nodes[node].recv.as_mut() else {
             return;
         };
-        if j.id != job_id || !j.steps.may_commit() {
+        let base = r.base.as_ref();
+        let Some(j) = r.job.as_mut().filter(|j| j.id == job_id) else {
             return;
-        }
+        };
+        j.records = records.iter().map(|x| sim_rec(x, base)).collect();
+        j.chain_head = chain_head;
         j.commit_started = true;
         let d = self.rng.random_range(50..4 * MS);
         self.after(
@@ -1468,8 +1513,12 @@ impl World {
                 }
             }
             Step::NamesDurable => {
-                for (partial, complete) in &j.renames {
-                    n.disk.sync(partial);
+                for (partial, complete, sync) in &j.renames {
+                    // fdatasync before the rename, when bytes were written
+                    // since the last one (what the daemon does).
+                    if *sync {
+                        n.disk.sync(partial);
+                    }
                     n.disk.rename(partial, complete);
                 }
                 n.disk.sync_dir();
@@ -1479,54 +1528,64 @@ impl World {
                 j.committed = true;
             }
         }
-        if let Err(e) = j.steps.done(step) {
-            let msg = format!("node {node}: {e}");
-            self.violation(msg);
-            return;
+        let cmds = match j.group.handle(GroupEvent::Done(step)) {
+            Ok(cmds) => cmds,
+            Err(e) => {
+                self.misuse(node, e);
+                return;
+            }
+        };
+        let mut acks = Vec::new();
+        let mut commit = None;
+        for cmd in cmds {
+            match cmd {
+                Command::Commit {
+                    records,
+                    chain_head,
+                } => commit = Some((records, chain_head)),
+                Command::Ack(a) => acks.push(a),
+                other => {
+                    self.violation(format!("node {node}: {other:?} after a flush step"));
+                    return;
+                }
+            }
         }
-        if step == Step::NamesDurable {
-            self.start_commit(node, job_id);
+        if let Some((records, chain_head)) = commit {
+            self.start_commit(node, job_id, &records, chain_head);
         }
-        self.maybe_ack(node);
+        self.maybe_ack(node, acks);
     }
 
-    /// Acks a group once drd-core says it is durable; retires the job when
-    /// every step is done.
-    fn maybe_ack(&mut self, node: usize) {
+    /// Sends the acks drd-core's group allowed; retires the job when every
+    /// step is done.
+    fn maybe_ack(&mut self, node: usize, acks: Vec<replica::Ack>) {
         let n = &mut self.nodes[node];
         let Some(r) = n.recv.as_mut() else { return };
-        let Some(j) = r.job.as_mut() else { return };
-        let mut acks = Vec::new();
-        if !j.acked && j.steps.ackable() {
-            j.acked = true;
-            if let Some(c) = j.committed_next {
-                r.committed = c;
-            }
-            if let Some(s) = &j.sealed_ack {
-                acks.push((s.end(), true, name_of(s.idx).to_string()));
-            }
-            let t = j.tail_rec.as_ref();
-            acks.push((
-                t.map_or(0, Rec::end),
-                t.is_some_and(|t| t.sealed),
-                t.map(|t| name_of(t.idx).to_string()).unwrap_or_default(),
-            ));
-        }
+        let Some(j) = r.job.as_ref() else { return };
         let conn = j.conn;
-        let done = j.acked && j.steps.finished();
+        let done = j.group.over();
         if done {
+            let ev = if j.group.failed() {
+                Event::FlushFailed
+            } else {
+                Event::Flushed
+            };
             r.job = None;
+            if let Err(e) = r.session.handle(ev) {
+                self.misuse(node, e);
+                return;
+            }
         }
-        for (durable, sealed, segment) in acks {
+        for a in acks {
             let n = &mut self.nodes[node];
-            n.acked_max = n.acked_max.max(durable);
+            n.acked_max = n.acked_max.max(a.durable);
             self.send_msg(
                 conn,
                 1 - node,
                 Msg::Ack {
-                    durable,
-                    sealed,
-                    segment,
+                    durable: a.durable,
+                    sealed: a.sealed,
+                    segment: a.segment.map(|s| s.to_string()).unwrap_or_default(),
                 },
             );
         }
@@ -2307,9 +2366,8 @@ impl World {
                 let n = &self.nodes[replica];
                 let tail = match n.recv.as_ref() {
                     Some(r) => r
-                        .receiver
-                        .tail
-                        .as_ref()
+                        .session
+                        .tail()
                         .filter(|t| !t.sealed)
                         .map(|t| (idx_of(t.segment.as_str()).unwrap_or(0), t.size)),
                     None => n
@@ -2458,6 +2516,51 @@ fn apply_commit(cat: &mut Catalog, j: &Job) {
         cat.recs.insert(r.idx, r.clone());
     }
     cat.chain_head = j.chain_head;
+}
+
+/// A catalog record as drd-core's replica session keeps it.
+fn core_rec(r: &Rec) -> replica::Record {
+    replica::Record {
+        segment: name_of(r.idx),
+        start: r.start,
+        size: r.size,
+        sealed: r.sealed,
+        sha256: r.sha,
+        chain: r.chain,
+        check: r.check,
+        epoch: 0,
+        received_at_ms: 0,
+        sealed_at_ms: None,
+    }
+}
+
+/// The record to store for the session's `rec`: the one the session began
+/// with (`base`) keeps what the receive path does not decide, and a sealed
+/// one is never changed by it (as replica/disk.rs's `catalog_record`).
+fn sim_rec(rec: &replica::Record, base: Option<&Rec>) -> Rec {
+    let idx = idx_of(rec.segment.as_str()).unwrap_or(u64::MAX);
+    match base.filter(|b| b.idx == idx) {
+        Some(b) if b.sealed => b.clone(),
+        Some(b) => Rec {
+            size: rec.size,
+            sealed: rec.sealed,
+            sha: rec.sha256,
+            chain: rec.chain,
+            check: rec.check,
+            ..b.clone()
+        },
+        None => Rec {
+            idx,
+            start: rec.start,
+            size: rec.size,
+            sealed: rec.sealed,
+            sha: rec.sha256,
+            chain: rec.chain,
+            check: rec.check,
+            fork: false,
+            in_source: false,
+        },
+    }
 }
 
 /// replica/reconcile.rs at start: the tail's files against its record.

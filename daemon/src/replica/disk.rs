@@ -1,9 +1,15 @@
 //! The replica's disk worker for one session: takes validated messages off a
-//! bounded queue, asks the [`Receiver`] rules what to do, writes, and makes
-//! the result durable in groups (group commit): after a batch — as much as is
-//! queued, up to `group_commit_bytes` or [`MAX_SEALS_PER_GROUP`] seals — it
-//! makes the group durable (see [`Syncer::flush`] for each sync and why)
-//! and only then acks the new durable position.
+//! bounded queue, feeds them to drd-core's [`Session`] and carries out what
+//! it says — writes, the seal's digest, and the group commit: after a batch
+//! (as much as is queued, until the session says the group is full:
+//! `group_commit_bytes` or [`MAX_SEALS_PER_GROUP`] seals) the session cuts
+//! a [`Group`], which this makes durable (see [`Syncer::flush`] for each
+//! sync and why) and only then acks the new durable position.
+//!
+//! The group's bookkeeping — the records it touched, the previous point's
+//! CRC, the sealed files and their ack, the rollback after a failed
+//! fdatasync — is the core's; this file holds the files, the catalog and
+//! the threads.
 //!
 //! Seals are part of the group: a seal's checksum is verified when it
 //! arrives (invariant 2: the record says sealed only after it matched), and
@@ -12,16 +18,18 @@
 //!
 //! It runs on a blocking thread: file I/O and fsync block.
 
-use crate::catalog::{Catalog, PartialCheck, SegmentRecord, StreamMeta};
+use crate::catalog::{Catalog, SegmentRecord, StreamMeta};
 use crate::clock::unix_ms;
 use crate::fsutil;
 use crate::locks::LockExt;
 use crate::node::ReceiveSlot;
-use crate::receiver::{ChunkAction, Receiver, Reject, SealAction, Tail};
-use drd_core::durability;
+use crate::receiver::{Reject, Tail};
+use drd_core::durability::Step;
+use drd_core::replica::{self, Command, Event, Group, GroupEvent, Misuse, Record, Session};
 use drd_proto::pb;
 use drd_proto::{Chunk, Seal, SegmentName, ShipMsg, StreamName};
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -30,11 +38,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-/// At most this many seals go into one group. Each holds its file open
-/// until the group's flush, and the group's ack waits for all of them;
-/// past a few hundred, sharing the directory fsync and the commit gains
-/// little more.
-pub const MAX_SEALS_PER_GROUP: usize = 256;
+pub use drd_core::replica::MAX_SEALS_PER_GROUP;
 
 /// Threads that fdatasync a group's sealed files side by side (see
 /// `Syncer::sync_files`): a few already let the file system commit them
@@ -69,6 +73,9 @@ pub enum DiskError {
     },
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// The disk worker did not follow drd-core's session (a bug in drd).
+    #[error(transparent)]
+    Session(#[from] Misuse),
 }
 
 impl From<DiskError> for Status {
@@ -89,36 +96,22 @@ pub struct DiskWorker {
     pub landing: PathBuf,
     pub catalog: Arc<Catalog>,
     pub slot: Arc<ReceiveSlot>,
-    pub receiver: Receiver,
-    /// Catalog record of the tail segment, as durable so far.
-    tail_rec: Option<SegmentRecord>,
-    /// Records changed since the last commit (a sealed segment, a new one).
-    changed: Vec<SegmentRecord>,
-    /// Segments sealed since the last flush, in order: renamed by it.
-    sealed: Vec<SealedFile>,
-    /// A `.partial` file was created since the last flush: its directory
-    /// entry is made durable by that flush's directory fsync.
-    new_entry: bool,
+    /// drd-core's receive session: what was accepted, the group being
+    /// built, the flush in flight.
+    session: Session,
+    /// The tail's catalog record as the session began: the fields the
+    /// core does not keep (fork, in_source, pruned_at_ms) come from it
+    /// when its record is committed again.
+    base: Option<SegmentRecord>,
     meta: StreamMeta,
+    /// The partial tail file, open until its seal.
     file: Option<Arc<File>>,
+    /// Files sealed in the current group, in order: the group's flush
+    /// syncs and renames them.
+    sealed: Vec<(SegmentName, Arc<File>)>,
     /// Running SHA-256 of the tail file and how many bytes it covers; None
     /// when the session began mid-segment (re-hashed from disk at seal).
     hasher: Option<RunningHash>,
-    /// CRC32C of the tail file's accepted bytes (`0..tail size`).
-    crc: u32,
-    /// The last committed durable point of the tail: (size, CRC32C).
-    committed: (u64, u32),
-    /// Bytes written since the last fdatasync.
-    dirty: bool,
-    /// Something changed since the last ack (bytes, seal, or a keepalive to
-    /// answer).
-    need_ack: bool,
-    group_commit_bytes: u64,
-    primary_epoch: u64,
-    /// The flush running on the syncer thread, and the tail's (size, CRC)
-    /// that becomes `committed` when it succeeds (None when the flush
-    /// does not record a partial tail, or the tail has changed since).
-    in_flight: Option<Option<(u64, u32)>>,
 }
 
 fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
@@ -126,6 +119,61 @@ fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiskError + 
         path: path.display().to_string(),
         source,
     }
+}
+
+/// A catalog record as drd-core's session keeps it.
+fn core_record(r: &SegmentRecord) -> Result<Record, DiskError> {
+    Ok(Record {
+        segment: r.segment_name()?,
+        start: r.start,
+        size: r.size,
+        sealed: r.sealed,
+        sha256: r.sha256.as_deref().and_then(drd_core::chain::from_hex),
+        chain: r.chain.as_deref().and_then(drd_core::chain::from_hex),
+        check: r.check,
+        epoch: r.epoch,
+        received_at_ms: r.received_at_ms,
+        sealed_at_ms: r.sealed_at_ms,
+    })
+}
+
+/// The catalog record to store for the session's `rec`. The record the
+/// session began with (`base`) keeps what the receive path does not
+/// decide; a sealed one is never changed by it.
+fn catalog_record(rec: &Record, base: Option<&SegmentRecord>) -> SegmentRecord {
+    match base.filter(|b| b.name == rec.segment.as_str()) {
+        Some(b) if b.sealed => b.clone(),
+        Some(b) => SegmentRecord {
+            size: rec.size,
+            sealed: rec.sealed,
+            sha256: rec.sha256.map(hex::encode),
+            sealed_at_ms: rec.sealed_at_ms,
+            chain: rec.chain.map(hex::encode),
+            check: rec.check,
+            ..b.clone()
+        },
+        None => SegmentRecord {
+            name: rec.segment.to_string(),
+            start: rec.start,
+            size: rec.size,
+            sealed: rec.sealed,
+            sha256: rec.sha256.map(hex::encode),
+            epoch: rec.epoch,
+            received_at_ms: rec.received_at_ms,
+            sealed_at_ms: rec.sealed_at_ms,
+            fork: false,
+            in_source: false,
+            chain: rec.chain.map(hex::encode),
+            check: rec.check,
+            pruned_at_ms: None,
+        },
+    }
+}
+
+/// A command the disk worker's writing thread does not carry out here: a
+/// bug in drd.
+fn unexpected(what: &'static str) -> DiskError {
+    DiskError::Session(Misuse::Unexpected(what))
 }
 
 impl DiskWorker {
@@ -138,77 +186,39 @@ impl DiskWorker {
         group_commit_bytes: u64,
         primary: &drd_proto::NodeId,
     ) -> Result<Self, DiskError> {
-        let tail_rec = catalog.tail(&stream)?;
+        let base = catalog.tail(&stream)?;
         let mut meta = catalog.stream_meta(&stream)?;
         // Persisted with the first commit: the failover report names it.
         meta.last_primary = Some(primary.to_string());
-        let tail = match &tail_rec {
-            Some(r) => Some(Tail {
-                segment: r.segment_name()?,
-                start: r.start,
-                size: r.size,
-                sealed: r.sealed,
-            }),
-            None => None,
+        let tail = base.as_ref().map(core_record).transpose()?;
+        let (file, crc) = match &base {
+            Some(rec) => open_tail(&landing, rec)?.unzip(),
+            None => (None, None),
         };
-        let mut w = Self {
+        let session = Session::new(
+            node_epoch,
+            tail,
+            crc.unwrap_or(0),
+            meta.chain_head(),
+            group_commit_bytes,
+        );
+        Ok(Self {
             stream,
             landing,
             catalog,
             slot,
-            receiver: Receiver::new(node_epoch, tail),
-            tail_rec,
-            changed: Vec::new(),
-            sealed: Vec::new(),
-            new_entry: false,
+            session,
+            base,
             meta,
-            file: None,
+            file,
+            sealed: Vec::new(),
             hasher: None,
-            crc: 0,
-            committed: (0, 0),
-            dirty: false,
-            need_ack: false,
-            group_commit_bytes,
-            primary_epoch: node_epoch,
-            in_flight: None,
-        };
-        w.open_tail()?;
-        Ok(w)
+        })
     }
 
-    /// Opens the partial tail file, cut back to its durable size: bytes a
-    /// previous session wrote but did not make durable are not trusted.
-    fn open_tail(&mut self) -> Result<(), DiskError> {
-        let Some(rec) = self.tail_rec.as_ref().filter(|r| !r.sealed) else {
-            return Ok(());
-        };
-        let path = self
-            .landing
-            .join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
-        if rec.size > 0 && !path.exists() {
-            // Creating it would stand zeros for durable bytes (reconciliation
-            // at startup would have refused the same).
-            return Err(io_err(&path)(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("the catalog records {} durable bytes of it", rec.size),
-            )));
-        }
-        let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
-        let len = f.metadata().map_err(io_err(&path))?.len();
-        if len != rec.size {
-            f.set_len(rec.size).map_err(io_err(&path))?;
-            // The cut must be durable before new bytes land after it.
-            f.sync_all().map_err(io_err(&path))?;
-        }
-        // Reconciliation checked the stored CRC at startup, and nothing
-        // else writes the file; records from before drd kept one are hashed.
-        self.crc = match rec.check {
-            Some(c) => c.crc32c,
-            None => crc_prefix(&f, rec.size).map_err(io_err(&path))?,
-        };
-        self.committed = (rec.size, self.crc);
-        self.file = Some(Arc::new(f));
-        Ok(())
+    /// The end of the log as this session begins (for the Welcome).
+    pub fn tail(&self) -> Option<&Tail> {
+        self.session.tail()
     }
 
     /// Chain value after the last sealed segment, for the Welcome.
@@ -217,7 +227,7 @@ impl DiskWorker {
     }
 
     pub fn durable_position(&self) -> u64 {
-        self.tail_rec.as_ref().map_or(0, SegmentRecord::end)
+        self.session.record().map_or(0, Record::end)
     }
 
     fn partial_path(&self, seg: &SegmentName) -> PathBuf {
@@ -287,7 +297,7 @@ impl DiskWorker {
                         break;
                     }
                 }
-                if batch >= self.group_commit_bytes || self.sealed.len() >= MAX_SEALS_PER_GROUP {
+                if self.session.batch_full() {
                     break;
                 }
                 next = rx.try_recv().ok();
@@ -329,20 +339,14 @@ impl DiskWorker {
             ShipMsg::Chunk(c) => self.apply_chunk(c).map(Applied::Bytes),
             // The rename waits for the group's flush, which runs after the
             // one in flight (if any) has made the earlier bytes durable.
-            ShipMsg::Seal(s) => self.apply_seal(&s).map(|()| Applied::Nothing),
+            ShipMsg::Seal(s) => self.apply_seal(s).map(|()| Applied::Nothing),
             ShipMsg::Keepalive {
                 epoch,
                 source_position,
             } => {
-                if epoch < self.receiver.epoch {
-                    return Err(Reject::StaleEpoch {
-                        got: epoch,
-                        current: self.receiver.epoch,
-                    }
-                    .into());
-                }
+                let cmds = self.session.handle(Event::Keepalive { epoch })?;
+                self.carry_out(cmds)?;
                 self.note_source(source_position);
-                self.need_ack = true;
                 Ok(Applied::Nothing)
             }
             // The session handles Hello; a second one is a protocol error
@@ -360,46 +364,72 @@ impl DiskWorker {
         // Every byte that arrives counts as received, accepted or not.
         self.meta.network_bytes += len;
         crate::metrics::chunk_received(self.stream.as_str(), len);
-        let action = self.receiver.decide_chunk(&c)?;
-        self.primary_epoch = c.epoch;
-        if action == ChunkAction::StartSegment {
-            // A new tail: the flush in flight, if any, recorded the old
-            // one; its outcome must not set `committed` for the new one.
-            // (Its failure is still reported by `settle`.)
-            if let Some(committed) = &mut self.in_flight {
-                *committed = None;
-            }
-            self.start_segment(&c)?;
-        }
-        let path = self.partial_path(&c.segment);
-        // The tail file is open whenever the receiver accepts a chunk: an
-        // Append continues the tail opened by `open_tail` or
-        // `start_segment`, and a StartSegment has just opened it above.
-        #[allow(clippy::expect_used)]
-        let file = self.file.as_ref().expect("tail file open after accept");
-        // Accepted only once written: a failed write (disk full) leaves the
-        // accepted size where it was, so no commit can record these bytes.
-        file.write_all_at(&c.data, c.offset)
-            .map_err(io_err(&path))?;
-        self.receiver.accept_chunk(action, &c);
-        self.crc = crc32c::crc32c_append(self.crc, &c.data);
-        if let Some(h) = &mut self.hasher {
-            h.update(c.offset, &c.data);
-        }
-        self.dirty = true;
-        self.need_ack = true;
-        self.note_source(c.source_position);
+        let source_position = c.source_position;
+        let cmds = self.session.handle(Event::Chunk {
+            chunk: c,
+            now_ms: unix_ms(),
+        })?;
+        self.carry_out(cmds)?;
+        self.note_source(source_position);
         Ok(len)
+    }
+
+    /// Verifies a seal's checksum and seals the tail in the current group:
+    /// its record says sealed from this group's commit on, and the group's
+    /// flush fdatasyncs and renames the file before that commit.
+    fn apply_seal(&mut self, s: Seal) -> Result<(), DiskError> {
+        self.note_source(s.source_position);
+        let cmds = self.session.handle(Event::Seal(s))?;
+        self.carry_out(cmds)
+    }
+
+    /// Carries out the session's commands for one message, reporting each
+    /// one's outcome. A failed step is reported too: nothing of the message
+    /// is accepted, and the session flushes what was before it.
+    fn carry_out(&mut self, cmds: Vec<Command>) -> Result<(), DiskError> {
+        let mut queue = VecDeque::from(cmds);
+        while let Some(cmd) = queue.pop_front() {
+            let next = match cmd {
+                Command::Create { segment } => match self.start_segment(&segment) {
+                    Ok(()) => self.session.handle(Event::Created)?,
+                    Err(e) => return self.failed(e),
+                },
+                Command::Write(c) => match self.write(&c) {
+                    Ok(()) => self.session.handle(Event::Written)?,
+                    Err(e) => return self.failed(e),
+                },
+                Command::Digest { segment, size } => match self.digest(&segment, size) {
+                    Ok(sha256) => self.session.handle(Event::Digest {
+                        sha256,
+                        now_ms: unix_ms(),
+                    })?,
+                    Err(e) => return self.failed(e),
+                },
+                Command::Sealed(rec) => {
+                    self.sealed_file(&rec)?;
+                    Vec::new()
+                }
+                Command::Refuse(r) => return Err(r.into()),
+                _ => return Err(unexpected("a flush command for a message")),
+            };
+            queue.extend(next);
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, e: DiskError) -> Result<(), DiskError> {
+        self.session.handle(Event::Failed)?;
+        Err(e)
     }
 
     /// Creates the next partial segment file. The catalog record is written
     /// with the batch's commit; until then the file holds no acked byte, and
     /// reconciliation after a crash ignores it.
-    fn start_segment(&mut self, c: &Chunk) -> Result<(), DiskError> {
+    fn start_segment(&mut self, segment: &SegmentName) -> Result<(), DiskError> {
         // A node whose log so far is its own source (a former primary) has
         // no landing directory yet.
         fsutil::create_dir_durable(&self.landing).map_err(io_err(&self.landing))?;
-        let path = self.partial_path(&c.segment);
+        let path = self.partial_path(segment);
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         // A leftover file of this name holds no acked byte: start empty.
         f.set_len(0).map_err(io_err(&path))?;
@@ -407,181 +437,185 @@ impl DiskWorker {
         // not its name, and the group's flush fsyncs the directory once for
         // every entry created in the group, before its catalog commit can
         // say bytes of this segment are durable (see `Syncer::flush`).
-        self.new_entry = true;
         self.file = Some(Arc::new(f));
         self.hasher = RunningHash::start();
-        self.crc = 0;
-        self.committed = (0, 0);
         self.meta.segments += 1;
-        self.tail_rec = Some(SegmentRecord {
-            name: c.segment.to_string(),
-            start: c.segment_start,
-            size: 0,
-            sealed: false,
-            sha256: None,
-            epoch: c.epoch,
-            received_at_ms: unix_ms(),
-            sealed_at_ms: None,
-            fork: false,
-            in_source: false,
-            chain: None,
-            check: Some(PartialCheck::default()),
-            pruned_at_ms: None,
-        });
         Ok(())
     }
 
-    /// Verifies a seal's checksum and seals the tail in the current group:
-    /// its record says sealed from this group's commit on, and the group's
-    /// flush fdatasyncs and renames the file before that commit.
-    fn apply_seal(&mut self, s: &Seal) -> Result<(), DiskError> {
-        self.note_source(s.source_position);
-        match self.receiver.on_seal(s)? {
-            SealAction::AlreadyDone => {
-                self.need_ack = true;
-                return Ok(());
-            }
-            SealAction::Verify => {}
+    /// Writes a chunk the session accepted into the tail file. It counts
+    /// as accepted only once written: a failed write (disk full) leaves the
+    /// accepted size where it was, so no commit can record these bytes.
+    fn write(&mut self, c: &Chunk) -> Result<(), DiskError> {
+        let path = self.partial_path(&c.segment);
+        // The tail file is open whenever the session accepts a chunk: an
+        // append continues the tail opened by `open_tail` or
+        // `start_segment`, and a new segment has just been created.
+        #[allow(clippy::expect_used)]
+        let file = self.file.as_ref().expect("tail file open after accept");
+        file.write_all_at(&c.data, c.offset)
+            .map_err(io_err(&path))?;
+        if let Some(h) = &mut self.hasher {
+            h.update(c.offset, &c.data);
         }
-        let path = self.partial_path(&s.segment);
-        // `on_seal` asks to verify only a seal of the unsealed tail, whose
+        Ok(())
+    }
+
+    /// The SHA-256 of the tail's first `size` bytes: the running hash when
+    /// it covers them, otherwise read back from the file.
+    fn digest(&mut self, segment: &SegmentName, size: u64) -> Result<[u8; 32], DiskError> {
+        let path = self.partial_path(segment);
+        // The session asks to verify only a seal of the unsealed tail, whose
         // file `open_tail` or `start_segment` opened; only this seal closes it.
         #[allow(clippy::expect_used)]
         let file = self.file.as_ref().expect("tail file open before seal");
-        let digest: [u8; 32] = match self.hasher.take().map(RunningHash::finish) {
-            Some((covered, digest)) if covered == s.size => digest,
-            _ => hash_file(file).map_err(io_err(&path))?,
-        };
-        Receiver::check_digest(s, &digest, &self.meta.chain_head())?;
-        // Invariant 2: the checksum matched. The fdatasync, the rename and
-        // the directory fsync that make it complete on disk are the
-        // group's (see `Syncer::flush`); until its commit the record is
-        // not sealed, and reconciliation undoes a rename that got ahead.
-        self.sealed.push(SealedFile {
-            file: file.clone(),
-            dirty: self.dirty,
-            partial: path,
-            complete: self.landing.join(s.segment.as_str()),
-        });
-        self.dirty = false;
-        self.file = None;
-        self.receiver.sealed();
-        // The tail being sealed has a record: `new` read it from the
-        // catalog or `start_segment` made it.
-        #[allow(clippy::expect_used)]
-        let rec = self.tail_rec.as_mut().expect("tail record before seal");
-        rec.size = s.size;
-        rec.sealed = true;
-        rec.sha256 = Some(hex::encode(digest));
-        rec.sealed_at_ms = Some(unix_ms());
-        rec.chain = Some(hex::encode(s.chain));
-        rec.check = None;
-        self.meta.chain_head = rec.chain.clone();
+        match self.hasher.take().map(RunningHash::finish) {
+            Some((covered, digest)) if covered == size => Ok(digest),
+            _ => hash_file(file).map_err(io_err(&path)),
+        }
+    }
+
+    /// Invariant 2: the checksum matched. The fdatasync, the rename and the
+    /// directory fsync that make it complete on disk are the group's (see
+    /// `Syncer::flush`); until its commit the record is not sealed, and
+    /// reconciliation undoes a rename that got ahead.
+    fn sealed_file(&mut self, rec: &Record) -> Result<(), DiskError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| unexpected("a seal without an open tail file"))?;
+        self.sealed.push((rec.segment.clone(), file));
+        self.meta.chain_head = rec.chain.map(hex::encode);
         self.meta.sealed_segments += 1;
-        self.changed.push(rec.clone());
-        self.need_ack = true;
-        tracing::debug!(stream = %self.stream, segment = %s.segment, size = s.size, "segment sealed and verified");
+        tracing::debug!(stream = %self.stream, segment = %rec.segment, size = rec.size, "segment sealed and verified");
         Ok(())
     }
 
     /// Hands everything accepted so far to the syncer, which makes it
     /// durable and acks it. Waits for the flush before it first.
     fn flush(&mut self, flusher: &mut Flusher) -> Result<(), DiskError> {
-        if !self.need_ack {
-            return Ok(());
-        }
-        let t0 = Instant::now();
-        self.settle(flusher)?;
-        tracing::trace!(
-            elapsed_us = t0.elapsed().as_micros() as u64,
-            "waited for the previous flush"
-        );
-        let mut rollback = None;
-        if let (Some(rec), Some(tail)) = (self.tail_rec.as_mut(), self.receiver.tail.as_ref()) {
-            // A segment just started whose first write failed has a record
-            // but no accepted byte yet: it stays at size 0.
-            if rec.name == tail.segment.as_str() && !rec.sealed {
-                // If the fdatasync fails, the record goes back to this
-                // point, the last one fully synced.
-                let (size, crc) = self.committed;
-                let mut back = rec.clone();
-                back.size = size;
-                back.check = Some(PartialCheck {
-                    crc32c: crc,
-                    prev_size: size,
-                    prev_crc32c: crc,
-                });
-                rollback = Some(back);
-                rec.size = tail.size;
-                rec.check = Some(PartialCheck {
-                    crc32c: self.crc,
-                    prev_size: self.committed.0,
-                    prev_crc32c: self.committed.1,
-                });
+        loop {
+            let mut waited = false;
+            for cmd in self.session.handle(Event::Drained)? {
+                match cmd {
+                    // One flush at a time: then the session cuts the group.
+                    Command::AwaitFlush => {
+                        let t0 = Instant::now();
+                        self.settle(flusher)?;
+                        tracing::trace!(
+                            elapsed_us = t0.elapsed().as_micros() as u64,
+                            "waited for the previous flush"
+                        );
+                        waited = true;
+                    }
+                    Command::Flush(group) => return self.hand_over(group, flusher),
+                    // Nothing left to flush after a refusal: the caller
+                    // ends the stream.
+                    Command::Close => return Ok(()),
+                    _ => return Err(unexpected("a message's command at a flush")),
+                }
             }
-            if !self.changed.iter().any(|c| c.name == rec.name) {
-                self.changed.push(rec.clone());
-            } else if let Some(c) = self.changed.iter_mut().find(|c| c.name == rec.name) {
-                *c = rec.clone();
+            if !waited {
+                return Ok(());
             }
         }
+    }
+
+    /// Sends a group to the syncer with what its flush needs: the files,
+    /// a snapshot of the stream's metadata for its commit.
+    fn hand_over(&mut self, group: Box<Group>, flusher: &mut Flusher) -> Result<(), DiskError> {
         self.meta.durable_at_ms = unix_ms();
-        let records = std::mem::take(&mut self.changed);
-        // The tail's ack says whether the tail is sealed; a group that
-        // sealed segments before it acks the last of those first (sync
-        // wal-push and spool pruning wait for a segment's sealed ack).
-        let tail_sealed = self.tail_rec.as_ref().is_none_or(|r| r.sealed);
-        let sealed_ack = records
-            .iter()
-            .rev()
-            .find(|r| r.sealed && !tail_sealed)
-            .cloned();
+        let files = std::mem::take(&mut self.sealed);
+        if files.len() != group.seals().len()
+            || files
+                .iter()
+                .zip(group.seals())
+                .any(|((name, _), s)| *name != s.segment)
+        {
+            return Err(unexpected("the group's seals are not the files sealed"));
+        }
+        let sealed = files
+            .into_iter()
+            .zip(group.seals())
+            .map(|((name, file), s)| SealedFile {
+                file,
+                dirty: s.sync,
+                partial: self.partial_path(&name),
+                complete: self.landing.join(name.as_str()),
+            })
+            .collect();
         let job = FlushJob {
-            // fdatasync covers every byte written before it is called, so
-            // once it is handed over the file is clean as of this point.
-            file: self.dirty.then(|| self.file.clone()).flatten(),
-            sealed: std::mem::take(&mut self.sealed),
-            new_entry: std::mem::take(&mut self.new_entry),
-            records,
+            group,
+            file: self.file.clone(),
+            sealed,
             meta: self.meta.clone(),
-            tail: self.tail_rec.clone(),
-            sealed_ack,
-            rollback: rollback.filter(|_| self.dirty),
+            base: self.base.clone(),
         };
-        self.dirty = false;
-        self.need_ack = false;
-        let committed = self
-            .tail_rec
-            .as_ref()
-            .filter(|r| !r.sealed)
-            .map(|r| (r.size, r.check.map_or(0, |c| c.crc32c)));
         if flusher.jobs.send(job).is_err() {
             // The syncer stopped after a failure; `settle` reports it.
             return self.settle(flusher);
         }
-        self.in_flight = Some(committed);
         Ok(())
     }
 
     /// Waits for the running flush, if any, and takes in its outcome.
     fn settle(&mut self, flusher: &mut Flusher) -> Result<(), DiskError> {
-        let Some(committed) = self.in_flight.take() else {
+        if !self.session.flushing() {
             return Ok(());
-        };
+        }
         match flusher.done.recv() {
             Ok(Ok(())) => {
-                if let Some(c) = committed {
-                    self.committed = c;
-                }
+                self.session.handle(Event::Flushed)?;
                 Ok(())
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DiskError::Io {
-                path: self.landing.display().to_string(),
-                source: std::io::Error::other("the flush thread stopped"),
-            }),
+            Ok(Err(e)) => {
+                self.session.handle(Event::FlushFailed)?;
+                Err(e)
+            }
+            Err(_) => {
+                self.session.handle(Event::FlushFailed)?;
+                Err(DiskError::Io {
+                    path: self.landing.display().to_string(),
+                    source: std::io::Error::other("the flush thread stopped"),
+                })
+            }
         }
     }
+}
+
+/// Opens the partial tail file of `rec` (None when it is sealed), cut back
+/// to its durable size: bytes a previous session wrote but did not make
+/// durable are not trusted. Returns it with the CRC32C of those bytes.
+fn open_tail(
+    landing: &std::path::Path,
+    rec: &SegmentRecord,
+) -> Result<Option<(Arc<File>, u32)>, DiskError> {
+    if rec.sealed {
+        return Ok(None);
+    }
+    let path = landing.join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
+    if rec.size > 0 && !path.exists() {
+        // Creating it would stand zeros for durable bytes (reconciliation
+        // at startup would have refused the same).
+        return Err(io_err(&path)(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the catalog records {} durable bytes of it", rec.size),
+        )));
+    }
+    let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
+    let len = f.metadata().map_err(io_err(&path))?.len();
+    if len != rec.size {
+        f.set_len(rec.size).map_err(io_err(&path))?;
+        // The cut must be durable before new bytes land after it.
+        f.sync_all().map_err(io_err(&path))?;
+    }
+    // Reconciliation checked the stored CRC at startup, and nothing
+    // else writes the file; records from before drd kept one are hashed.
+    let crc = match rec.check {
+        Some(c) => c.crc32c,
+        None => crc_prefix(&f, rec.size).map_err(io_err(&path))?,
+    };
+    Ok(Some((Arc::new(f), crc)))
 }
 
 /// The SHA-256 of a segment as it is written, computed on a thread of its
@@ -645,25 +679,19 @@ struct Flusher {
     done: std::sync::mpsc::Receiver<Result<(), DiskError>>,
 }
 
-/// One group to make durable: a snapshot taken by the writing thread.
+/// One group to make durable: drd-core's [`Group`] (its records, its steps,
+/// its acks) and what carrying it out takes.
 struct FlushJob {
-    /// The tail file, when bytes were written since the last fdatasync.
+    group: Box<Group>,
+    /// The tail file, if it is partial: fdatasynced when the group says so
+    /// (bytes were written to it since the last fdatasync).
     file: Option<Arc<File>>,
     /// Segments sealed in the group, in order: fdatasynced (if written
     /// since the last flush) and renamed to their complete names.
     sealed: Vec<SealedFile>,
-    /// A `.partial` file was created in the group.
-    new_entry: bool,
-    records: Vec<SegmentRecord>,
     meta: StreamMeta,
-    /// The tail's record as this flush makes it durable (for the ack).
-    tail: Option<SegmentRecord>,
-    /// The last segment sealed in the group when it is not the tail: it
-    /// gets an ack of its own before the tail's.
-    sealed_ack: Option<SegmentRecord>,
-    /// The tail's record at the last fully synced point, put back if the
-    /// fdatasync fails after the commit went through.
-    rollback: Option<SegmentRecord>,
+    /// The tail's record as the session began (see `catalog_record`).
+    base: Option<SegmentRecord>,
 }
 
 /// Makes groups durable and acks them, on its own thread.
@@ -698,6 +726,10 @@ impl Syncer {
     /// A group with no seal and no new file (the middle of a large
     /// segment) skips 1 and 2: one flush of latency, the tail's fdatasync
     /// ∥ the commit.
+    ///
+    /// drd-core's [`Group`] says which step comes next, when the group may
+    /// be acked and what to put back when the tail's fdatasync failed; this
+    /// carries out the steps and reports each.
     fn flush(&self, job: FlushJob) -> Result<(), DiskError> {
         // !!! TEST-ONLY: the deliberately broken early-ack mode (see
         // `read_loop`) also holds each flush back, so that its acks run
@@ -709,17 +741,33 @@ impl Syncer {
         if crate::replica::server::chaos_unsafe_early_ack() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let refs: Vec<&SegmentRecord> = job.records.iter().collect();
-        // drd-core's group-commit rule says when the commit may begin and
-        // when the group may be acked; this carries out the steps.
-        let mut steps =
-            durability::Flush::new(job.file.is_some(), !job.sealed.is_empty() || job.new_entry);
-        let order = |e: durability::OrderError| DiskError::Io {
+        let FlushJob {
+            mut group,
+            file,
+            sealed,
+            meta,
+            base,
+        } = job;
+        let order = |e: Misuse| DiskError::Io {
             path: self.landing.display().to_string(),
             source: std::io::Error::other(e.to_string()),
         };
+        let mut rest = Vec::new();
+        let mut tail = None;
+        for cmd in group.start().map_err(order)? {
+            match cmd {
+                Command::SyncTail { .. } => {
+                    tail = Some(
+                        file.as_ref()
+                            .ok_or_else(|| unexpected("a tail to sync, but no tail file"))?,
+                    )
+                }
+                other => rest.push(other),
+            }
+        }
+        let mut acks = Vec::new();
         let (synced, committed) = std::thread::scope(|scope| {
-            let sync = job.file.as_ref().map(|f| {
+            let sync = tail.map(|f| {
                 scope.spawn(move || {
                     let t0 = Instant::now();
                     // fdatasync: the bytes and the file size (needed to
@@ -729,32 +777,8 @@ impl Syncer {
                     r
                 })
             });
-            let committed = self.make_names_durable(&job).and_then(|()| {
-                if steps.makes_names_durable() {
-                    steps.done(durability::Step::NamesDurable).map_err(order)?;
-                }
-                if !steps.may_commit() {
-                    return Err(order(durability::OrderError {
-                        step: durability::Step::Committed,
-                        why: "the names it records are not durable",
-                    }));
-                }
-                let t0 = Instant::now();
-                let r = self.catalog.commit(&self.stream, &refs, &job.meta);
-                self.step("commit");
-                tracing::trace!(
-                    elapsed_us = t0.elapsed().as_micros() as u64,
-                    "catalog commit"
-                );
-                if r.is_err() {
-                    // The records still say partial (if the failed write
-                    // did reach the disk, reconciliation finishes the
-                    // renames after checking each SHA-256).
-                    self.undo_renames(&job.sealed);
-                }
-                r.map_err(DiskError::from)?;
-                steps.done(durability::Step::Committed).map_err(order)
-            });
+            let committed =
+                self.names_and_commit(&mut group, rest, &sealed, &meta, base.as_ref(), &mut acks);
             // The thread fails only by panicking (a bug): propagate that panic.
             let synced = sync.map(|h| {
                 h.join()
@@ -769,12 +793,18 @@ impl Syncer {
             }
             Some(Err(e)) => {
                 // The commit may already record bytes that did not reach
-                // the disk: put the record back to the last synced point
-                // before refusing (nothing here was acked).
-                let name = job.tail.as_ref().map_or(String::new(), |r| r.name.clone());
-                if committed.is_ok() {
-                    if let Some(back) = &job.rollback {
-                        self.catalog.commit(&self.stream, &[back], &job.meta)?;
+                // the disk: the group puts the record back to the last
+                // synced point before refusing (nothing here was acked).
+                let name = group
+                    .tail()
+                    .map_or(String::new(), |r| r.segment.to_string());
+                for cmd in group
+                    .handle(GroupEvent::Failed(Step::TailSynced))
+                    .map_err(order)?
+                {
+                    if let Command::RollBack(back) = cmd {
+                        let back = catalog_record(&back, base.as_ref());
+                        self.catalog.commit(&self.stream, &[&back], &meta)?;
                     }
                 }
                 return Err(io_err(&self.landing.join(name))(e));
@@ -782,36 +812,104 @@ impl Syncer {
             None => {}
         }
         committed?;
-        if steps.syncs_tail() {
-            steps.done(durability::Step::TailSynced).map_err(order)?;
+        if tail.is_some() {
+            for cmd in group
+                .handle(GroupEvent::Done(Step::TailSynced))
+                .map_err(order)?
+            {
+                if let Command::Ack(a) = cmd {
+                    acks.push(a);
+                }
+            }
         }
-        if !steps.ackable() {
-            return Err(order(durability::OrderError {
-                step: durability::Step::TailSynced,
-                why: "the group is not durable yet",
-            }));
+        if !group.acked() {
+            return Err(order(Misuse::Unexpected("the group is not durable yet")));
         }
-        let durable = job.tail.as_ref().map_or(0, SegmentRecord::end);
+        let tail = group.tail().map(|r| catalog_record(r, base.as_ref()));
+        let durable = tail.as_ref().map_or(0, SegmentRecord::end);
         {
             let mut st = self.slot.state.locked();
             st.durable = durable;
-            st.tail = job.tail.clone();
+            st.tail = tail;
             let now = Instant::now();
-            if durable >= job.meta.source_position {
+            if durable >= meta.source_position {
                 st.caught_up_at = now;
             }
-            st.meta = job.meta;
+            st.meta = meta;
             st.rate.record(durable, now);
         }
         // If the primary has gone, nobody reads the acks; that is fine: the
-        // position is durable and the next Welcome reports it.
-        if let Some(r) = &job.sealed_ack {
+        // position is durable and the next Welcome reports it. A group that
+        // sealed segments before its tail acks the last of those first.
+        for a in &acks {
             self.step("ack");
-            let _ = self.acks.blocking_send(Ok(ack(Some(r))));
+            let _ = self.acks.blocking_send(Ok(ack(a)));
         }
-        self.step("ack");
-        let _ = self.acks.blocking_send(Ok(ack(job.tail.as_ref())));
         tracing::trace!(durable, "acked");
+        Ok(())
+    }
+
+    /// Steps 1–3 of [`Self::flush`] as the group asks for them: the names
+    /// (when the group sealed a segment or created a file), then the
+    /// commit. Acks the group allows on the way are collected in `acks`.
+    fn names_and_commit(
+        &self,
+        group: &mut Group,
+        cmds: Vec<Command>,
+        sealed: &[SealedFile],
+        meta: &StreamMeta,
+        base: Option<&SegmentRecord>,
+        acks: &mut Vec<replica::Ack>,
+    ) -> Result<(), DiskError> {
+        let order = |e: Misuse| DiskError::Io {
+            path: self.landing.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let mut queue = VecDeque::from(cmds);
+        while let Some(cmd) = queue.pop_front() {
+            let next = match cmd {
+                Command::MakeNamesDurable { .. } => {
+                    if let Err(e) = self.make_names_durable(sealed) {
+                        group
+                            .handle(GroupEvent::Failed(Step::NamesDurable))
+                            .map_err(order)?;
+                        return Err(e);
+                    }
+                    group.handle(GroupEvent::Done(Step::NamesDurable))
+                }
+                // The chain head is in `meta`, set when each seal matched.
+                Command::Commit { records, .. } => {
+                    let records: Vec<SegmentRecord> =
+                        records.iter().map(|r| catalog_record(r, base)).collect();
+                    let refs: Vec<&SegmentRecord> = records.iter().collect();
+                    let t0 = Instant::now();
+                    let r = self.catalog.commit(&self.stream, &refs, meta);
+                    self.step("commit");
+                    tracing::trace!(
+                        elapsed_us = t0.elapsed().as_micros() as u64,
+                        "catalog commit"
+                    );
+                    if let Err(e) = r {
+                        // The records still say partial (if the failed write
+                        // did reach the disk, reconciliation finishes the
+                        // renames after checking each SHA-256).
+                        self.undo_renames(sealed);
+                        group
+                            .handle(GroupEvent::Failed(Step::Committed))
+                            .map_err(order)?;
+                        return Err(e.into());
+                    }
+                    group.handle(GroupEvent::Done(Step::Committed))
+                }
+                Command::Ack(a) => {
+                    acks.push(a);
+                    continue;
+                }
+                _ => return Err(unexpected("a message's command in a flush")),
+            }
+            .map_err(order)?;
+            queue.extend(next);
+        }
         Ok(())
     }
 
@@ -826,18 +924,15 @@ impl Syncer {
     /// acked or recorded; reconciliation undoes renames that reached the
     /// disk anyway, and a `.partial` entry that did not is a file with no
     /// record, or with one whose bytes were never acked).
-    fn make_names_durable(&self, job: &FlushJob) -> Result<(), DiskError> {
-        if job.sealed.is_empty() && !job.new_entry {
-            return Ok(());
-        }
+    fn make_names_durable(&self, sealed: &[SealedFile]) -> Result<(), DiskError> {
         let t0 = Instant::now();
         // fdatasync before the rename; see step 1 above.
-        let dirty: Vec<&SealedFile> = job.sealed.iter().filter(|s| s.dirty).collect();
+        let dirty: Vec<&SealedFile> = sealed.iter().filter(|s| s.dirty).collect();
         self.sync_files(&dirty)?;
         let synced_us = t0.elapsed().as_micros() as u64;
         let mut renamed = 0;
         let mut r = Ok(());
-        for s in &job.sealed {
+        for s in sealed {
             r = std::fs::rename(&s.partial, &s.complete).map_err(io_err(&s.complete));
             if r.is_err() {
                 break;
@@ -851,11 +946,11 @@ impl Syncer {
             self.step("fsync dir");
         }
         if r.is_err() {
-            self.undo_renames(&job.sealed[..renamed]);
+            self.undo_renames(&sealed[..renamed]);
             return r;
         }
         tracing::trace!(
-            seals = job.sealed.len(),
+            seals = sealed.len(),
             synced_us,
             dir_fsync_us = t1.elapsed().as_micros() as u64,
             "group: seals synced, renamed, directory fsynced"
@@ -930,15 +1025,19 @@ impl Syncer {
     }
 }
 
-/// The ack of a durable position: the end of `rec`, the tail or a segment
+/// The ack of a durable position: the end of the tail or of a segment
 /// sealed in the group before it.
-fn ack(rec: Option<&SegmentRecord>) -> pb::ReplicaMessage {
+fn ack(a: &replica::Ack) -> pb::ReplicaMessage {
     pb::ReplicaMessage {
         msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
-            durable_position: rec.map_or(0, SegmentRecord::end),
-            segment: rec.map(|r| r.name.clone()).unwrap_or_default(),
-            segment_size: rec.map_or(0, |r| r.size),
-            sealed: rec.is_some_and(|r| r.sealed),
+            durable_position: a.durable,
+            segment: a
+                .segment
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            segment_size: a.size,
+            sealed: a.sealed,
         })),
     }
 }

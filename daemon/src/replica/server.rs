@@ -228,7 +228,7 @@ impl ReplicationService {
         )
         .map_err(Status::from)?;
 
-        let tail = worker.receiver.tail.clone();
+        let tail = worker.tail().cloned();
         let welcome = pb::Welcome {
             role: pb::Role::Replica as i32,
             epoch: node_epoch,
