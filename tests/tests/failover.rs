@@ -611,3 +611,64 @@ async fn lag_check_exit_codes_and_pause_resume() {
     let (code, _, _) = drctl(&pair.primary.socket, &["lag"]);
     assert_eq!(code, 3);
 }
+
+/// Two operators (or a script retrying) run `drctl failover` at the same
+/// moment: exactly one promotes, at epoch + 1; the others are refused, and
+/// the audit log has one failover. The role is read again once the
+/// transition gate is held, so a failover that waited for another one does
+/// not promote from what it read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_failovers_promote_once() {
+    let mut sites = Sites::new(false, "", "", "").await;
+    let mut w = WalWriter::new(&sites.a_wal, 12);
+    w.segments(1, 2, 4 * MIB);
+    sites.b.start_ready().await;
+    sites.a.start_ready().await;
+    wait_caught_up(&sites.a, Duration::from_secs(60)).await;
+    sites.a.kill9();
+    wait_for(
+        "replica to see the primary gone",
+        Duration::from_secs(30),
+        || async {
+            let s = sites.b.stream().await.ok()?;
+            (!s.connected).then_some(())
+        },
+    )
+    .await;
+
+    const RUNS: usize = 6;
+    let socket = sites.b.socket.clone();
+    let start = Arc::new(std::sync::Barrier::new(RUNS));
+    let runs: Vec<_> = (0..RUNS)
+        .map(|i| {
+            let (socket, start) = (socket.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let reason = format!("operator {i}");
+                drctl(
+                    &socket,
+                    &["failover", "--yes", "--reason", &reason, "--json"],
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(|t| t.join().unwrap()).collect();
+    let promoted: Vec<_> = results.iter().filter(|r| r.0 == 0).collect();
+    for (code, out, err) in &results {
+        println!("exit {code}: {}{err}", out.trim());
+        assert!(*code == 0 || *code == 1, "exit {code}: {out}{err}");
+    }
+    assert_eq!(promoted.len(), 1, "exactly one failover promotes");
+    let report: Value = serde_json::from_str(&promoted[0].1).unwrap();
+    assert_eq!(report["new_epoch"], 2);
+    assert_eq!(role(&sites.b), ("primary".into(), 2));
+    let hist = drctl_json(&sites.b.socket, &["history"], 0);
+    let failovers: Vec<_> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "failover")
+        .collect();
+    assert_eq!(failovers.len(), 1, "one failover in the audit log: {hist}");
+    assert_eq!(failovers[0]["epoch_after"], 2);
+}

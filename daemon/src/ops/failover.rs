@@ -238,6 +238,26 @@ pub async fn failover(
         // 3. end replication. Only this stream: the others' sessions go on
         // receiving.
         let _gate = role.transition.write().await;
+        // The role read above may be stale by now: another failover, a
+        // Promote RPC or a Hello that taught this node a newer epoch may
+        // have held the gate first. Promoting from the stale read would
+        // record a second promotion at the same epoch, or lower an epoch
+        // adopted meanwhile (invariant 3).
+        let now = role.state();
+        if now.role != state.role || now.epoch != state.epoch {
+            return run.refuse(
+                Step::EndSession,
+                format!(
+                    "{stream} changed while this failover waited: it is now {} at epoch {} \
+                     (was {} at epoch {}); nothing changed. `drctl status` shows the stream; \
+                     run the failover again only if it is still needed",
+                    now.role.as_str(),
+                    now.epoch,
+                    state.role.as_str(),
+                    state.epoch
+                ),
+            );
+        }
         node.end_session(&stream).await;
         run.done(Step::EndSession);
 
