@@ -774,7 +774,7 @@ impl Config {
             }
         }
         if let Some(g) = &self.control_socket_group {
-            let gid = crate::control::group_id(g).with_context(|| {
+            let gid = crate::unix::group_id(g).with_context(|| {
                 format!("key `control.socket_group`: cannot look up group {g:?}")
             })?;
             if gid.is_none() {

@@ -11,6 +11,7 @@ pub mod control;
 pub mod demo;
 pub mod display;
 pub mod fsutil;
+pub mod gauges;
 pub mod hooks;
 pub mod lag;
 pub mod locks;
@@ -26,6 +27,7 @@ pub mod spool;
 pub mod throttle;
 pub mod tls;
 pub mod units;
+pub mod unix;
 pub mod version;
 
 pub use drd_proto as proto;
@@ -227,7 +229,7 @@ pub async fn run_with(
                 },
             }
         });
-        tracker.spawn(metrics::sample(node.clone(), shutdown.clone()));
+        tracker.spawn(gauges::sample(node.clone(), shutdown.clone()));
     }
     notify::spawn(node.clone(), &tracker, shutdown.clone(), service, hup);
     tracker.close();

@@ -20,61 +20,8 @@ use crate::ops::Caller;
 use crate::sidefiles::{self, WalFileKind};
 use crate::spool::{Incoming, Published, SpoolError};
 use drd_proto::{pb, SegmentName};
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::{watch, Notify};
 use tonic::{Status, Streaming};
-
-/// What the replica confirmed of a stream, for `wal-push` in sync mode.
-#[derive(Debug)]
-pub struct PushState {
-    /// Name of the newest segment the replica acked as sealed (complete,
-    /// durable, verified); "" before the first. The log is ordered by name,
-    /// so every segment up to this one is sealed at the replica.
-    pub sealed_acked: watch::Sender<String>,
-    /// Side files the replica confirmed or refused in this epoch.
-    pub side: watch::Sender<SideDelivery>,
-    /// Wakes the side-file delivery task when a side file arrives.
-    pub wake: Notify,
-}
-
-/// Side files known to be at the current replica, and those it refused.
-#[derive(Debug, Default)]
-pub struct SideDelivery {
-    pub confirmed: BTreeSet<String>,
-    /// Name → the replica's reason (e.g. a different file of that name).
-    pub refused: BTreeMap<String, String>,
-}
-
-impl Default for PushState {
-    fn default() -> Self {
-        Self {
-            sealed_acked: watch::Sender::new(String::new()),
-            side: watch::Sender::new(SideDelivery::default()),
-            wake: Notify::new(),
-        }
-    }
-}
-
-impl PushState {
-    /// The replica acked `segment` sealed (or reported it sealed on
-    /// connect). Only ever moves forward.
-    pub fn note_sealed(&self, segment: &str) {
-        self.sealed_acked.send_if_modified(|cur| {
-            if segment > cur.as_str() {
-                *cur = segment.to_string();
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
-/// One push at a time per daemon: PostgreSQL's archiver is serial anyway,
-/// and the order and room checks below must see the spool as it will be.
-/// Spool pruning ([`crate::primary::prune`]) holds it too.
-pub(crate) static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pick<'a>(node: &'a Node, stream: &str) -> Result<(&'a StreamConfig, &'a Arc<Shipper>), Status> {
     let streams = &node.config.streams;
@@ -172,7 +119,7 @@ pub async fn wal_push(
 
     let mut new_segment = false;
     let published = {
-        let _one = PUSH_LOCK.lock().await;
+        let _one = crate::node::PUSH_LOCK.lock().await;
         if kind == WalFileKind::Segment {
             check_order(node, cfg, &name)?;
             new_segment =
