@@ -1,15 +1,13 @@
-//! The control API (`drctl`'s side of the daemon) on a Unix socket, and the
-//! client connector that `drctl` and the tests use to reach it.
+//! The control API (`drctl`'s side of the daemon) on a Unix socket. The
+//! client connector that `drctl` and the tests use to reach it is
+//! drd-client's, re-exported here as [`connect`].
 
 use crate::node::{Node, StreamView};
 use crate::ops::{self, Caller};
 use drd_proto::pb;
-use drd_proto::pb::control_client::ControlClient;
 use drd_proto::pb::control_server::Control;
-use hyper_util::rt::TokioIo;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
 /// Socket mode: owner and group (the `drd` group) may connect.
@@ -323,18 +321,5 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::ne
     Ok(listener)
 }
 
-/// Connects a control client to the daemon's Unix socket.
-pub async fn connect(socket: &Path) -> Result<ControlClient<Channel>, tonic::transport::Error> {
-    let path: PathBuf = socket.to_path_buf();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::from_static("http://drd.sock")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(ControlClient::new(channel))
-}
+/// The client connector (drctl, tests), re-exported where it always was.
+pub use drd_client::control::connect;

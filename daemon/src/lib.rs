@@ -4,12 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
-pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
-pub mod display;
 pub mod fsutil;
 pub mod gauges;
 pub mod hooks;
@@ -25,12 +23,12 @@ pub mod replica;
 pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
-pub mod tls;
-pub mod units;
 pub mod unix;
-pub mod version;
 
 pub use drd_proto as proto;
+// What the daemon shares with its clients (drctl): drd-client, under the
+// names these modules always had here.
+pub use drd_client::{certs, display, tls, units, version};
 // The protocol rules live in drd-core (no I/O); the daemon carries them out.
 pub use drd_core::{chain, receiver, roles};
 
