@@ -7,8 +7,7 @@ use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
 use crate::locks::LockExt;
 use drd_proto::StreamName;
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
@@ -688,8 +687,9 @@ impl PushState {
 }
 
 /// One push at a time per daemon: PostgreSQL's archiver is serial anyway,
-/// and the order and room checks below must see the spool as it will be.
-/// Spool pruning ([`crate::primary::prune`]) holds it too.
+/// and `wal-push`'s order and room checks ([`crate::ops::walpush`]) must
+/// see the spool as it will be. Spool pruning ([`crate::primary::prune`])
+/// holds it too.
 pub static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Handle on a running session, so a newer one can end it and wait.
