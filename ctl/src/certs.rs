@@ -1,9 +1,9 @@
 //! `drctl certs init`: makes the certificates for mutual TLS between drd
 //! nodes — a private CA and one certificate per node — with
-//! [`drd::certs::init_dir`], then says which file goes where.
+//! [`drd_client::certs::init_dir`], then says which file goes where.
 
 use clap::{Args, Subcommand};
-use drd::certs::{CertError, CA_CERT_FILE, CA_KEY_FILE};
+use drd_client::certs::{CertError, CA_CERT_FILE, CA_KEY_FILE};
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ pub fn run(cmd: &CertsCmd) -> anyhow::Result<ExitCode> {
 }
 
 fn init(args: &InitArgs) -> anyhow::Result<ExitCode> {
-    match drd::certs::init_dir(&args.out, &args.nodes, args.days, args.force) {
+    match drd_client::certs::init_dir(&args.out, &args.nodes, args.days, args.force) {
         Ok(written) => {
             print!("{}", report(args, &written));
             Ok(ExitCode::SUCCESS)
@@ -184,7 +184,8 @@ mod tests {
             "dr1",
         ])
         .unwrap();
-        let written = drd::certs::init_dir(&args.out, &args.nodes, args.days, false).unwrap();
+        let written =
+            drd_client::certs::init_dir(&args.out, &args.nodes, args.days, false).unwrap();
         let text = report(&args, &written);
         let line = |file: &str| -> Vec<String> {
             let l = text

@@ -5,7 +5,7 @@
 use crate::{print_json, EXIT_UNREACHABLE};
 use anyhow::Context;
 use clap::Args;
-use drd::display::{self, bytes};
+use drd_client::display::{self, bytes};
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use serde_json::json;

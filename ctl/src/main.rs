@@ -23,7 +23,7 @@ mod status;
 mod verify;
 
 use clap::{Args, Parser, Subcommand};
-use drd::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
+use drd_client::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 use drd_proto::pb::control_client::ControlClient;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -119,8 +119,8 @@ fn socket_path(cli: &Cli) -> PathBuf {
         return s.clone();
     }
     if cli.config.exists() {
-        if let Ok(c) = Config::load(&cli.config) {
-            return c.control_socket;
+        if let Ok(socket) = drd_client::config::control_socket(&cli.config) {
+            return socket;
         }
     }
     PathBuf::from(DEFAULT_SOCKET_PATH)
@@ -189,12 +189,12 @@ async fn connect_remote(cli: &Cli, addr: &str) -> Result<ControlClient<Channel>,
         eprintln!("drctl: {what}");
         ExitCode::from(EXIT_UNREACHABLE)
     };
-    let files = drd::tls::TlsFiles {
+    let files = drd_client::tls::TlsFiles {
         ca: cli.ca.clone().unwrap_or_default(),
         cert: cli.cert.clone().unwrap_or_default(),
         key: cli.key.clone().unwrap_or_default(),
     };
-    let m = drd::tls::load(&files)
+    let m = drd_client::tls::load(&files)
         .map_err(|e| unreachable(format!("cannot load the client certificate: {e}")))?;
     let host = addr
         .trim_start_matches("https://")
@@ -204,19 +204,19 @@ async fn connect_remote(cli: &Cli, addr: &str) -> Result<ControlClient<Channel>,
     let name = cli.server_name.clone().unwrap_or(host);
     let ep = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| unreachable(format!("bad --addr {addr:?}: {e}")))?
-        .tls_config(drd::tls::client_tls(&m, &name))
+        .tls_config(drd_client::tls::client_tls(&m, &name))
         .map_err(|e| unreachable(format!("TLS setup failed: {e}")))?;
     let channel = ep.connect().await.map_err(|e| {
         unreachable(format!(
             "cannot reach drd at {addr}: {}\nIs control.listen set there, and is this certificate in its control.allowed_clients?",
-            drd::ops::peer::describe(&e)
+            drd_client::peer::describe(&e)
         ))
     })?;
     Ok(ControlClient::new(channel))
 }
 
 async fn connect(socket: &Path) -> Result<ControlClient<Channel>, ExitCode> {
-    drd::control::connect(socket).await.map_err(|e| {
+    drd_client::control::connect(socket).await.map_err(|e| {
         eprintln!(
             "drctl: cannot reach drd at {}: {e}\n\
              Is drd running (systemctl status drd)? Is the path right (--socket, or control.socket in {})? \

@@ -153,7 +153,7 @@ mod tests {
     fn tokens_name_the_kind_and_differ() {
         let a = token("verify");
         assert!(a.starts_with("drctl-verify-"), "{a}");
-        assert!(a.len() <= drd::progress::MAX_TOKEN_LEN);
+        assert!(a.len() <= drd_client::progress::MAX_TOKEN_LEN);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::print_json;
 use anyhow::Context;
 use clap::Args;
-use drd::display::{bytes, table};
+use drd_client::display::{bytes, table};
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use serde_json::json;

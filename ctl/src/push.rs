@@ -40,7 +40,7 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &PushArgs) -> anyhow::Result
         .await
         .with_context(|| format!("cannot stat {}", a.path.display()))?
         .len();
-    match drd::ops::walpush::push_file(c, &a.stream, &name, file, size).await {
+    match drd_client::walpush::push_file(c, &a.stream, &name, file, size).await {
         Ok(r) => {
             if a.json {
                 crate::print_json(&serde_json::json!({

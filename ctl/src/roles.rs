@@ -11,8 +11,8 @@
 use crate::{print_json, progress, time};
 use anyhow::Context;
 use clap::Args;
-use drd::config::DataLoss;
-use drd::display::{bytes, table};
+use drd_client::config::DataLoss;
+use drd_client::display::{bytes, table};
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use serde_json::json;
@@ -116,7 +116,7 @@ async fn all_streams(
             roles.is_empty()
                 || roles
                     .iter()
-                    .any(|r| *r as i32 == drd::display::stream_role(&s, t))
+                    .any(|r| *r as i32 == drd_client::display::stream_role(&s, t))
         })
         .map(|t| t.name.clone())
         .collect())

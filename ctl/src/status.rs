@@ -7,7 +7,7 @@
 use crate::{print_json, progress, EXIT_UNREACHABLE};
 use anyhow::Context;
 use clap::Args;
-use drd::display::{self, bytes, rate};
+use drd_client::display::{self, bytes, rate};
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -60,7 +60,7 @@ pub fn protocol_warnings(s: &pb::StatusResponse) -> Vec<String> {
     s.streams
         .iter()
         .filter_map(|t| {
-            drd::version::protocol_warning(
+            drd_client::version::protocol_warning(
                 &t.name,
                 s.protocol_version,
                 &s.version,

@@ -6,7 +6,7 @@
 use crate::{print_json, progress};
 use anyhow::Context;
 use clap::Args;
-use drd::display::bytes;
+use drd_client::display::bytes;
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use serde_json::json;

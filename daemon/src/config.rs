@@ -10,10 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where `drd` and `drctl` look for the configuration by default.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/drd/drd.toml";
-/// Control socket used when the configuration names none.
-pub const DEFAULT_SOCKET_PATH: &str = "/run/drd/drd.sock";
+// What drctl reads of the config too (drd-client), where it always was.
+pub use drd_client::config::{DataLoss, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 
 /// The file as written, before validation.
 #[derive(Debug, Deserialize)]
@@ -86,26 +84,6 @@ impl Default for Hooks {
             abort_switchover: None,
             timeout_seconds: 60,
         }
-    }
-}
-
-/// An amount of data loss: bytes (`16MiB`) or time (`30s`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum DataLoss {
-    Bytes(u64),
-    Seconds(f64),
-}
-
-impl DataLoss {
-    /// Parses an amount of bytes (`123`, `64KiB`, `16MiB`, `16MB`) or time
-    /// (`500ms`, `30s`, `5min`, `1h`) with the units of [`crate::units`];
-    /// `16m` and `16M` are refused as ambiguous.
-    pub fn parse(text: &str) -> Result<Self, crate::units::UnitError> {
-        use crate::units::SizeOrDuration;
-        Ok(match crate::units::parse_size_or_duration(text)? {
-            SizeOrDuration::Bytes(b) => DataLoss::Bytes(b),
-            SizeOrDuration::Duration(d) => DataLoss::Seconds(d.as_secs_f64()),
-        })
     }
 }
 
@@ -774,7 +752,7 @@ impl Config {
             }
         }
         if let Some(g) = &self.control_socket_group {
-            let gid = crate::control::group_id(g).with_context(|| {
+            let gid = crate::unix::group_id(g).with_context(|| {
                 format!("key `control.socket_group`: cannot look up group {g:?}")
             })?;
             if gid.is_none() {

@@ -1,15 +1,13 @@
-//! The control API (`drctl`'s side of the daemon) on a Unix socket, and the
-//! client connector that `drctl` and the tests use to reach it.
+//! The control API (`drctl`'s side of the daemon) on a Unix socket. The
+//! client connector that `drctl` and the tests use to reach it is
+//! drd-client's, re-exported here as [`connect`].
 
 use crate::node::{Node, StreamView};
 use crate::ops::{self, Caller};
 use drd_proto::pb;
-use drd_proto::pb::control_client::ControlClient;
 use drd_proto::pb::control_server::Control;
-use hyper_util::rt::TokioIo;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 
 /// Socket mode: owner and group (the `drd` group) may connect.
@@ -223,7 +221,7 @@ impl Control for ControlService {
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
         let who = caller(&request);
-        ops::pause(&self.node, request.into_inner(), who)
+        ops::pause::pause(&self.node, request.into_inner(), who)
             .await
             .map(Response::new)
     }
@@ -232,7 +230,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        ops::history(&self.node, request.into_inner()).map(Response::new)
+        ops::history::history(&self.node, request.into_inner()).map(Response::new)
     }
 
     async fn verify(
@@ -261,7 +259,7 @@ impl Control for ControlService {
         &self,
         request: Request<pb::FetchSegmentRequest>,
     ) -> Result<Response<pb::FetchSegmentResponse>, Status> {
-        ops::fetch_segment(&self.node, request.into_inner()).map(Response::new)
+        ops::fetch::fetch_segment(&self.node, request.into_inner()).map(Response::new)
     }
 
     async fn wal_push(
@@ -272,21 +270,6 @@ impl Control for ControlService {
         ops::walpush::wal_push(&self.node, request.into_inner(), who)
             .await
             .map(Response::new)
-    }
-}
-
-/// The id of group `name` through the system's group database (NSS, as
-/// `getent group` sees it: /etc/group, LDAP, SSSD…); None if there is no
-/// such group, an error if the lookup itself failed.
-pub fn group_id(name: &str) -> std::io::Result<Option<u32>> {
-    use nix::errno::Errno;
-    match nix::unistd::Group::from_name(name) {
-        Ok(g) => Ok(g.map(|g| g.gid.as_raw())),
-        // getgrnam_r(3): "0 or ENOENT or ESRCH or EBADF or EPERM or ..."
-        // all mean the name was not found, depending on the NSS module
-        // (nss_wrapper and some LDAP modules answer ENOENT).
-        Err(Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM) => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -319,7 +302,7 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::ne
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
     if let Some(g) = group {
-        let gid = group_id(g)
+        let gid = crate::unix::group_id(g)
             .with_context(|| format!("key `control.socket_group`: cannot look up group {g:?}"))?
             .with_context(|| {
                 format!(
@@ -338,18 +321,5 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tokio::ne
     Ok(listener)
 }
 
-/// Connects a control client to the daemon's Unix socket.
-pub async fn connect(socket: &Path) -> Result<ControlClient<Channel>, tonic::transport::Error> {
-    let path: PathBuf = socket.to_path_buf();
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::from_static("http://drd.sock")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(ControlClient::new(channel))
-}
+/// The client connector (drctl, tests), re-exported where it always was.
+pub use drd_client::control::connect;

@@ -4,13 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
-pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
-pub mod display;
 pub mod fsutil;
+pub mod gauges;
 pub mod hooks;
 pub mod lag;
 pub mod locks;
@@ -24,11 +23,12 @@ pub mod replica;
 pub mod sidefiles;
 pub mod spool;
 pub mod throttle;
-pub mod tls;
-pub mod units;
-pub mod version;
+pub mod unix;
 
 pub use drd_proto as proto;
+// What the daemon shares with its clients (drctl): drd-client, under the
+// names these modules always had here.
+pub use drd_client::{certs, display, tls, units, version};
 // The protocol rules live in drd-core (no I/O); the daemon carries them out.
 pub use drd_core::{chain, receiver, roles};
 
@@ -227,7 +227,7 @@ pub async fn run_with(
                 },
             }
         });
-        tracker.spawn(metrics::sample(node.clone(), shutdown.clone()));
+        tracker.spawn(gauges::sample(node.clone(), shutdown.clone()));
     }
     notify::spawn(node.clone(), &tracker, shutdown.clone(), service, hup);
     tracker.close();

@@ -7,10 +7,11 @@ use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
 use crate::locks::LockExt;
 use drd_proto::StreamName;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// Status of one stream, as `drctl status` shows it.
 #[derive(Clone, Debug, Default)]
@@ -38,7 +39,7 @@ pub struct StreamView {
     pub peer_software_version: String,
     /// A spool stream's usage at the primary (None for `tail` streams and
     /// on the receiving side).
-    pub spool: Option<crate::primary::prune::SpoolUsage>,
+    pub spool: Option<SpoolUsage>,
     /// The stream's role and epoch at this node, and why it is fenced.
     pub role: Option<Role>,
     pub epoch: u64,
@@ -75,7 +76,7 @@ pub struct Shipper {
     pub peer: String,
     pub state: Mutex<ShipState>,
     /// What the replica confirmed, for `drctl wal-push` in sync mode.
-    pub push: crate::ops::walpush::PushState,
+    pub push: PushState,
     /// This stream's `max_bandwidth` (changed live on SIGHUP).
     pub bandwidth: crate::throttle::Throttle,
     /// The durable position, published on every ack (`WatchDurable`).
@@ -83,13 +84,13 @@ pub struct Shipper {
     /// A `source = "spool"` stream: `spool` is kept up to date.
     pub is_spool: bool,
     /// What the spool holds (pruning passes and `wal-push` update it).
-    pub spool: Mutex<crate::primary::prune::SpoolUsage>,
+    pub spool: Mutex<SpoolUsage>,
 }
 
 impl Shipper {
     /// The spool's usage. A task that panicked while holding the lock left
     /// plain counters behind, at worst a pass old: keep using them.
-    pub fn spool_usage(&self) -> std::sync::MutexGuard<'_, crate::primary::prune::SpoolUsage> {
+    pub fn spool_usage(&self) -> std::sync::MutexGuard<'_, SpoolUsage> {
         self.spool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -157,7 +158,7 @@ pub struct ReceiveSlot {
     pub state: Mutex<ReceiveState>,
     /// Held by the session that currently receives the stream; a new session
     /// takes it over (ending the old one) before it reads the catalog.
-    pub session: tokio::sync::Mutex<Option<crate::replica::server::SessionHandle>>,
+    pub session: tokio::sync::Mutex<Option<SessionHandle>>,
 }
 
 impl ReceiveSlot {
@@ -342,7 +343,7 @@ impl Node {
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
                     durable: tokio::sync::watch::Sender::new(0),
                     is_spool: s.source == crate::config::SourceMode::Spool,
-                    spool: Mutex::new(crate::primary::prune::SpoolUsage {
+                    spool: Mutex::new(SpoolUsage {
                         limit_bytes: s.spool_max_bytes,
                         retention_seconds: s.spool_retention.as_secs_f64(),
                         ..Default::default()
@@ -616,6 +617,98 @@ fn default_role(config: &Config, stream: &StreamName) -> Role {
     match config.streams.iter().find(|s| &s.name == stream) {
         Some(s) => s.initial_role.unwrap_or(config.initial_role),
         None => Role::Replica,
+    }
+}
+
+/// What a stream's spool holds, for `drctl status` and the metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpoolUsage {
+    /// Segment files in `wal_dir` and their bytes, as of the last pass or push.
+    pub segments: u64,
+    pub bytes: u64,
+    /// The stream's `spool_max_bytes`.
+    pub limit_bytes: u64,
+    /// The stream's `spool_retention`, in seconds.
+    pub retention_seconds: f64,
+    /// The last `wal-push` of a new segment was refused at the limit, and
+    /// nothing has been pushed or pruned since.
+    pub full: bool,
+    /// Segments and bytes removed since drd started.
+    pub pruned_segments: u64,
+    pub pruned_bytes: u64,
+    /// `wal-push`es refused at the limit since drd started.
+    pub refused_pushes: u64,
+}
+
+/// What the replica confirmed of a stream, for `wal-push` in sync mode.
+#[derive(Debug)]
+pub struct PushState {
+    /// Name of the newest segment the replica acked as sealed (complete,
+    /// durable, verified); "" before the first. The log is ordered by name,
+    /// so every segment up to this one is sealed at the replica.
+    pub sealed_acked: watch::Sender<String>,
+    /// Side files the replica confirmed or refused in this epoch.
+    pub side: watch::Sender<SideDelivery>,
+    /// Wakes the side-file delivery task when a side file arrives.
+    pub wake: Notify,
+}
+
+/// Side files known to be at the current replica, and those it refused.
+#[derive(Debug, Default)]
+pub struct SideDelivery {
+    pub confirmed: BTreeSet<String>,
+    /// Name → the replica's reason (e.g. a different file of that name).
+    pub refused: BTreeMap<String, String>,
+}
+
+impl Default for PushState {
+    fn default() -> Self {
+        Self {
+            sealed_acked: watch::Sender::new(String::new()),
+            side: watch::Sender::new(SideDelivery::default()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl PushState {
+    /// The replica acked `segment` sealed (or reported it sealed on
+    /// connect). Only ever moves forward.
+    pub fn note_sealed(&self, segment: &str) {
+        self.sealed_acked.send_if_modified(|cur| {
+            if segment > cur.as_str() {
+                *cur = segment.to_string();
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// One push at a time per daemon: PostgreSQL's archiver is serial anyway,
+/// and `wal-push`'s order and room checks ([`crate::ops::walpush`]) must
+/// see the spool as it will be. Spool pruning ([`crate::primary::prune`])
+/// holds it too.
+pub static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Handle on a running session, so a newer one can end it and wait.
+#[derive(Debug)]
+pub struct SessionHandle {
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl SessionHandle {
+    /// The handle on a session that `cancel` ends and `done` waits for.
+    pub fn new(cancel: CancellationToken, done: tokio::task::JoinHandle<()>) -> Self {
+        Self { cancel, done }
+    }
+
+    /// Ends the session and waits until its disk worker has stopped.
+    pub async fn end(self) {
+        self.cancel.cancel();
+        let _ = self.done.await;
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 pub const MAX_OPERATIONS: usize = 16;
 
 /// Longest progress token kept from a client (longer ones are cut).
-pub const MAX_TOKEN_LEN: usize = 64;
+pub use drd_client::progress::MAX_TOKEN_LEN;
 
 /// The operations running on this node.
 #[derive(Default)]

@@ -1,7 +1,9 @@
 //! `drd-layers cycles`: the import-cycle checker CI runs on `daemon/src`.
 //! Each test writes a small crate into a temp dir, runs the real binary and
 //! reads its report (or, to see single edges, its `--dot` graph); the last
-//! one checks the repository itself against `tests/layers-allow.txt`.
+//! one checks the repository itself against `tests/layers-allow.txt`; and
+//! `tests/client-check` (drctl links neither the daemon nor RocksDB) on
+//! planted trees.
 
 use std::path::Path;
 use std::process::Command;
@@ -284,4 +286,37 @@ fn the_daemon_has_no_cycles_beyond_the_allow_list() {
         allow.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `tests/client-check` on a tree file: (exit code, stdout + stderr).
+fn client_check(tree: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tree.txt");
+    std::fs::write(&file, tree).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("client-check");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// drctl's tree may hold drd-client and drd-proto, never the daemon crate
+/// `drd` or RocksDB (`tests/client-check`, run by tests/run on the real
+/// `cargo tree -p drctl -p drd-client`).
+#[test]
+fn client_check_fails_on_the_daemon_or_rocksdb_in_drctls_tree() {
+    let clean = "drctl v0.1.0 (/w/ctl)\ndrd-client v0.1.0 (/w/daemon/client)\n\
+                 drd-proto v0.1.0 (/w/proto)\ntonic v0.14.9\n";
+    let (code, out) = client_check(clean);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = client_check(&format!("{clean}drd v0.1.0 (/w/daemon)\n"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("depends on drd "), "{out}");
+    let (code, out) = client_check(&format!("{clean}rocksdb v0.20.1\nlibrocksdb-sys v0.11.0\n"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("librocksdb-sys rocksdb"), "{out}");
 }

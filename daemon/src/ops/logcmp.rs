@@ -8,6 +8,9 @@
 use crate::catalog::SegmentRecord;
 use drd_proto::{pb, ProtocolError, SegmentName};
 
+/// `LogInfoResponse.summary_version` of this build: the bounded summary.
+pub const LOG_INFO_SUMMARY: u32 = 2;
+
 /// One segment record as a node holds it (ours from the catalog, a peer's
 /// from its `LogInfo`, checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +34,21 @@ impl Rec {
     }
 
     pub fn from_record(r: &SegmentRecord) -> Result<Self, ProtocolError> {
-        Self::try_from(&crate::ops::remote::segment_info(r))
+        Self::try_from(&segment_info(r))
+    }
+}
+
+/// A catalog record as `LogInfo` sends it.
+pub fn segment_info(rec: &SegmentRecord) -> pb::SegmentInfo {
+    pb::SegmentInfo {
+        name: rec.name.clone(),
+        start: rec.start,
+        size: rec.size,
+        sealed: rec.sealed,
+        sha256: rec.sha256.clone().unwrap_or_default(),
+        epoch: rec.epoch,
+        fork: rec.fork,
+        chain: rec.chain.clone().unwrap_or_default(),
     }
 }
 
@@ -100,7 +117,7 @@ impl PeerLog {
         r: &pb::LogInfoResponse,
         looked_up: Option<&str>,
     ) -> Result<Self, ProtocolError> {
-        if r.summary_version >= crate::ops::remote::LOG_INFO_SUMMARY {
+        if r.summary_version >= LOG_INFO_SUMMARY {
             return Ok(PeerLog {
                 first: opt(&r.first)?,
                 last_sealed: opt(&r.last_sealed)?,

@@ -21,18 +21,7 @@ const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
-/// A connect error with its whole cause chain ("transport error" alone
-/// tells an operator nothing; "Connection refused" does).
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut reason = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        reason.push_str(": ");
-        reason.push_str(&c.to_string());
-        cause = c.source();
-    }
-    reason
-}
+pub use drd_client::peer::describe;
 
 /// The endpoint for a stream's peer: `https://` with mTLS (the peer must
 /// present a certificate for `peer_name`, signed by our CA), or plaintext

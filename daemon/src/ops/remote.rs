@@ -6,6 +6,7 @@
 use crate::catalog::{AuditRecord, Catalog, Role, SegmentRecord, Txn};
 use crate::hooks::{self, HookOutcome};
 use crate::node::Node;
+use crate::ops::logcmp::segment_info;
 use crate::ops::{fork, Caller};
 use drd_proto::{pb, SegmentName, StreamName};
 use std::sync::Arc;
@@ -24,8 +25,9 @@ fn pb_role(r: Role) -> i32 {
 /// the log.
 pub const MAX_LOG_PAGE: usize = 1000;
 
-/// `LogInfoResponse.summary_version` of this build: the bounded summary.
-pub const LOG_INFO_SUMMARY: u32 = 2;
+/// `LogInfoResponse.summary_version` of this build (defined beside the
+/// answer's checked view).
+pub use crate::ops::logcmp::LOG_INFO_SUMMARY;
 
 /// What a `LogInfo` caller asked for, checked on receipt.
 #[derive(Debug, Default, Clone)]
@@ -187,20 +189,6 @@ pub fn log_summary(
         chain_head: meta.chain_head.clone().unwrap_or_default(),
         ..Default::default()
     })
-}
-
-/// A catalog record as `LogInfo` sends it.
-pub fn segment_info(rec: &SegmentRecord) -> pb::SegmentInfo {
-    pb::SegmentInfo {
-        name: rec.name.clone(),
-        start: rec.start,
-        size: rec.size,
-        sealed: rec.sealed,
-        sha256: rec.sha256.clone().unwrap_or_default(),
-        epoch: rec.epoch,
-        fork: rec.fork,
-        chain: rec.chain.clone().unwrap_or_default(),
-    }
 }
 
 /// A switchover's promotion, at the replica. The promote hook runs *before*

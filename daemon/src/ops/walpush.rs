@@ -20,61 +20,8 @@ use crate::ops::Caller;
 use crate::sidefiles::{self, WalFileKind};
 use crate::spool::{Incoming, Published, SpoolError};
 use drd_proto::{pb, SegmentName};
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::{watch, Notify};
 use tonic::{Status, Streaming};
-
-/// What the replica confirmed of a stream, for `wal-push` in sync mode.
-#[derive(Debug)]
-pub struct PushState {
-    /// Name of the newest segment the replica acked as sealed (complete,
-    /// durable, verified); "" before the first. The log is ordered by name,
-    /// so every segment up to this one is sealed at the replica.
-    pub sealed_acked: watch::Sender<String>,
-    /// Side files the replica confirmed or refused in this epoch.
-    pub side: watch::Sender<SideDelivery>,
-    /// Wakes the side-file delivery task when a side file arrives.
-    pub wake: Notify,
-}
-
-/// Side files known to be at the current replica, and those it refused.
-#[derive(Debug, Default)]
-pub struct SideDelivery {
-    pub confirmed: BTreeSet<String>,
-    /// Name → the replica's reason (e.g. a different file of that name).
-    pub refused: BTreeMap<String, String>,
-}
-
-impl Default for PushState {
-    fn default() -> Self {
-        Self {
-            sealed_acked: watch::Sender::new(String::new()),
-            side: watch::Sender::new(SideDelivery::default()),
-            wake: Notify::new(),
-        }
-    }
-}
-
-impl PushState {
-    /// The replica acked `segment` sealed (or reported it sealed on
-    /// connect). Only ever moves forward.
-    pub fn note_sealed(&self, segment: &str) {
-        self.sealed_acked.send_if_modified(|cur| {
-            if segment > cur.as_str() {
-                *cur = segment.to_string();
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
-/// One push at a time per daemon: PostgreSQL's archiver is serial anyway,
-/// and the order and room checks below must see the spool as it will be.
-/// Spool pruning ([`crate::primary::prune`]) holds it too.
-pub(crate) static PUSH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pick<'a>(node: &'a Node, stream: &str) -> Result<(&'a StreamConfig, &'a Arc<Shipper>), Status> {
     let streams = &node.config.streams;
@@ -172,7 +119,7 @@ pub async fn wal_push(
 
     let mut new_segment = false;
     let published = {
-        let _one = PUSH_LOCK.lock().await;
+        let _one = crate::node::PUSH_LOCK.lock().await;
         if kind == WalFileKind::Segment {
             check_order(node, cfg, &name)?;
             new_segment =
@@ -522,57 +469,5 @@ fn not_confirmed(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Status {
     ))
 }
 
-/// Largest piece of a file `push_file` sends per message.
-pub const PUSH_CHUNK_BYTES: usize = 1024 * 1024;
-
-/// The client side of `wal-push` (drctl, tests): streams `size` bytes of
-/// `file` as `name` to the daemon, in order. A read error ends the stream
-/// early, and the daemon refuses the short push.
-pub async fn push_file(
-    client: &mut drd_proto::pb::control_client::ControlClient<tonic::transport::Channel>,
-    stream: &str,
-    name: &str,
-    mut file: tokio::fs::File,
-    size: u64,
-) -> Result<pb::WalPushResponse, Status> {
-    use tokio::io::AsyncReadExt;
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let header = pb::WalPushRequest {
-        stream: stream.to_string(),
-        name: name.to_string(),
-        size,
-        data: Vec::new(),
-    };
-    let reader = tokio::spawn(async move {
-        if tx.send(header).await.is_err() {
-            return Ok(());
-        }
-        loop {
-            let mut buf = Vec::with_capacity(PUSH_CHUNK_BYTES);
-            let n = (&mut file)
-                .take(PUSH_CHUNK_BYTES as u64)
-                .read_to_end(&mut buf)
-                .await?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            let msg = pb::WalPushRequest {
-                data: buf,
-                ..Default::default()
-            };
-            if tx.send(msg).await.is_err() {
-                return Ok(());
-            }
-        }
-    });
-    let result = client
-        .wal_push(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map(|r| r.into_inner());
-    match reader.await {
-        Ok(Err(e)) if result.is_err() => Err(Status::data_loss(format!(
-            "cannot read {name} while pushing it: {e}"
-        ))),
-        _ => result,
-    }
-}
+// The client side (drctl, tests), re-exported where it always was.
+pub use drd_client::walpush::{push_file, PUSH_CHUNK_BYTES};

@@ -3,7 +3,7 @@
 //! and fill the database host's disk.
 //!
 //! A spooled segment goes once the replica holds it sealed and verified
-//! (its acks say so, [`crate::ops::walpush::PushState::sealed_acked`]), this
+//! (its acks say so, [`crate::node::PushState::sealed_acked`]), this
 //! node's catalog records it shipped and sealed, and it is older than
 //! `spool_retention`. What a rejoin, a switchover or the shipper still needs
 //! stays: the fork segment, the log's last segment (positions and the next
@@ -47,26 +47,6 @@ use tokio_util::sync::CancellationToken;
 /// is what removes segments whose `spool_retention` ran out while nothing
 /// was shipped.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// What a stream's spool holds, for `drctl status` and the metrics.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SpoolUsage {
-    /// Segment files in `wal_dir` and their bytes, as of the last pass or push.
-    pub segments: u64,
-    pub bytes: u64,
-    /// The stream's `spool_max_bytes`.
-    pub limit_bytes: u64,
-    /// The stream's `spool_retention`, in seconds.
-    pub retention_seconds: f64,
-    /// The last `wal-push` of a new segment was refused at the limit, and
-    /// nothing has been pushed or pruned since.
-    pub full: bool,
-    /// Segments and bytes removed since drd started.
-    pub pruned_segments: u64,
-    pub pruned_bytes: u64,
-    /// `wal-push`es refused at the limit since drd started.
-    pub refused_pushes: u64,
-}
 
 /// The facts one decision depends on.
 #[derive(Clone, Copy, Debug)]
@@ -207,7 +187,7 @@ pub struct Pruned {
 /// until that many more bytes fit under `spool_max_bytes` (the spool is at
 /// its limit: a refused `wal-push` is worse than a shorter local copy).
 ///
-/// The caller holds [`crate::ops::walpush::PUSH_LOCK`], so no push
+/// The caller holds [`crate::node::PUSH_LOCK`], so no push
 /// publishes into the spool meanwhile.
 pub async fn pass(
     node: &Arc<Node>,
@@ -350,7 +330,7 @@ pub async fn run(
     let mut acked = shipper.push.sealed_acked.subscribe();
     loop {
         {
-            let _one = crate::ops::walpush::PUSH_LOCK.lock().await;
+            let _one = crate::node::PUSH_LOCK.lock().await;
             if let Err(e) = pass(&node, &cfg, &shipper, None).await {
                 tracing::warn!(stream = %cfg.name, error = %format!("{e:#}"),
                     "spool: pruning pass failed; retrying");

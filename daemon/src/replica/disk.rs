@@ -738,7 +738,7 @@ impl Syncer {
         // few ms and the chaos suite's proof that its checker catches this
         // bug became a matter of luck.
         #[cfg(all(feature = "chaos-testing", debug_assertions))]
-        if crate::replica::server::chaos_unsafe_early_ack() {
+        if crate::replica::chaos::unsafe_early_ack() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let FlushJob {

@@ -1,5 +1,6 @@
 //! The receiving side: sessions, the disk worker, crash reconciliation.
 
+pub mod chaos;
 pub mod disk;
 pub mod prune;
 pub mod reconcile;

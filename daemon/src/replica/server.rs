@@ -6,7 +6,7 @@
 //! resume, then runs network reader → bounded queue → disk worker → acks.
 
 use crate::locks::LockExt;
-use crate::node::Node;
+use crate::node::{Node, SessionHandle};
 use crate::replica::disk::DiskWorker;
 use drd_core::handshake::Admit;
 use drd_proto::pb::replication_server::Replication;
@@ -25,21 +25,6 @@ use tracing::Instrument;
 const DISK_QUEUE_MESSAGES: usize = 16;
 /// Acks queued towards the primary.
 const ACK_QUEUE: usize = 64;
-
-/// Handle on a running session, so a newer one can end it and wait.
-#[derive(Debug)]
-pub struct SessionHandle {
-    cancel: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl SessionHandle {
-    /// Ends the session and waits until its disk worker has stopped.
-    pub async fn end(self) {
-        self.cancel.cancel();
-        let _ = self.done.await;
-    }
-}
 
 pub struct ReplicationService {
     pub node: Arc<Node>,
@@ -254,7 +239,7 @@ impl ReplicationService {
         );
         // Test-only: logs the broken early-ack mode's WARN at session start.
         #[cfg(all(feature = "chaos-testing", debug_assertions))]
-        chaos_unsafe_early_ack();
+        crate::replica::chaos::unsafe_early_ack();
         {
             let mut st = slot.state.locked();
             st.connected = true;
@@ -325,7 +310,7 @@ impl ReplicationService {
             }
             .in_current_span(),
         );
-        *session = Some(SessionHandle { cancel, done });
+        *session = Some(SessionHandle::new(cancel, done));
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
 
@@ -344,7 +329,7 @@ impl ReplicationService {
                     current = state.epoch,
                     "refused a primary with a stale epoch"
                 );
-                return Err(stale_epoch(&self.node, &state, hello.epoch));
+                return Err(crate::ops::stale_epoch(&self.node, &state, hello.epoch));
             }
             Admit::Retry => {
                 // Our own switchover just promoted the sender; we are about
@@ -394,25 +379,6 @@ impl ReplicationService {
             .adopt_epoch(&hello.stream, hello.epoch)
             .map_err(|e| Status::internal(format!("{e:#}")))
     }
-}
-
-/// Metadata key carrying the refusing node's epoch, so a stale primary
-/// learns it must fence itself.
-pub const EPOCH_METADATA: &str = "drd-epoch";
-
-/// The refusal a stale primary gets: FAILED_PRECONDITION with our epoch
-/// (`state`: the stream's role here).
-pub fn stale_epoch(node: &Node, state: &crate::catalog::RoleState, got: u64) -> Status {
-    let mut status = Status::failed_precondition(format!(
-        "stale epoch {got}: node {} is {} at epoch {}; the sender must fence itself",
-        node.config.node_id,
-        state.role.as_str(),
-        state.epoch
-    ));
-    if let Ok(v) = state.epoch.to_string().parse() {
-        status.metadata_mut().insert(EPOCH_METADATA, v);
-    }
-    status
 }
 
 /// Reads messages until the stream ends, fails, idles out or is cancelled.
@@ -470,7 +436,7 @@ async fn read_loop(
         // prove its checker catches a replica that loses acked bytes.
         #[cfg(all(feature = "chaos-testing", debug_assertions))]
         if let ShipMsg::Chunk(c) = &msg {
-            if chaos_unsafe_early_ack() {
+            if crate::replica::chaos::unsafe_early_ack() {
                 let early = pb::ReplicaMessage {
                     msg: Some(pb::replica_message::Msg::Ack(pb::Ack {
                         durable_position: c.end_position(),
@@ -487,22 +453,4 @@ async fn read_loop(
             return Err("disk worker stopped".into());
         }
     }
-}
-
-/// `DRD_CHAOS_UNSAFE_EARLY_ACK=1` under the `chaos-testing` feature: the
-/// deliberately broken early-ack mode (see `read_loop`). Read once; logs a
-/// WARN the first time so a test can see the mode is really in the binary.
-#[cfg(all(feature = "chaos-testing", debug_assertions))]
-pub(crate) fn chaos_unsafe_early_ack() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let on = std::env::var("DRD_CHAOS_UNSAFE_EARLY_ACK").is_ok_and(|v| v == "1");
-        if on {
-            tracing::warn!(
-                "CHAOS TESTING: DRD_CHAOS_UNSAFE_EARLY_ACK=1 — this replica acks data BEFORE it is durable; \
-                 a test-only broken mode, never for real data"
-            );
-        }
-        on
-    })
 }

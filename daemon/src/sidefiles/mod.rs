@@ -178,7 +178,7 @@ pub async fn put_file(
     if req.epoch < state.epoch {
         tracing::warn!(%stream, name = %req.name, from = %req.from_node, epoch = req.epoch,
             "refused a side file from a stale epoch");
-        return Err(crate::replica::server::stale_epoch(node, &state, req.epoch));
+        return Err(crate::ops::stale_epoch(node, &state, req.epoch));
     }
     match state.role {
         Role::Replica => {}
