@@ -211,7 +211,7 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     pub tuning: Tuning,
     /// Role at the very first start (afterwards the catalog's role rules).
-    pub initial_role: crate::catalog::Role,
+    pub initial_role: crate::storage::catalog::Role,
     /// Largest data loss a failover accepts without `--force`.
     pub rpo_budget: Option<DataLoss>,
     pub hooks: Hooks,
@@ -267,7 +267,7 @@ pub struct StreamConfig {
     /// `initial_role`: the role this stream starts in here, the first time
     /// this node sees it (None: the node's `initial_role`). Lets one node
     /// be primary of some streams and the replica of others.
-    pub initial_role: Option<crate::catalog::Role>,
+    pub initial_role: Option<crate::storage::catalog::Role>,
     pub wal_dir: PathBuf,
     /// Replica endpoint, e.g. `https://rochester-dr1.example:7601`.
     pub peer: String,
@@ -538,12 +538,12 @@ impl Config {
             };
             let stream_role = match s.initial_role.as_deref() {
                 None => None,
-                Some("primary") => Some(crate::catalog::Role::Primary),
+                Some("primary") => Some(crate::storage::catalog::Role::Primary),
                 Some("replica") if replica.is_none() => bail!(
                     "key `stream[{i}].initial_role`: a stream that starts as a replica needs \
                      `[replica] listen` (this node receives it)"
                 ),
-                Some("replica") => Some(crate::catalog::Role::Replica),
+                Some("replica") => Some(crate::storage::catalog::Role::Replica),
                 Some(other) => bail!(
                     "key `stream[{i}].initial_role`: {other:?} must be \"primary\" or \"replica\""
                 ),
@@ -597,7 +597,7 @@ impl Config {
         if t.reconnect_max_ms < t.reconnect_min_ms {
             bail!("key `tuning.reconnect_max_ms`: must be at least `tuning.reconnect_min_ms`");
         }
-        use crate::catalog::Role;
+        use crate::storage::catalog::Role;
         let initial_role = match raw.initial_role.as_deref() {
             Some("primary") => Role::Primary,
             Some("replica") => Role::Replica,
@@ -844,7 +844,7 @@ peer = "http://127.0.0.1:7601"
     /// (active/active sites), each stream saying its own starting role.
     #[test]
     fn each_stream_may_say_its_own_initial_role() {
-        use crate::catalog::Role;
+        use crate::storage::catalog::Role;
         let conf = |node_role: &str, ehr_role: &str, replica: bool| {
             format!(
                 "insecure_plaintext = true\nnode_id = \"verona-db1\"\ndata_dir = \"/var/lib/drd\"\n{node_role}\n\

@@ -88,7 +88,7 @@ fn spawn(name: &'static str, dir: &Path, config: &str) -> anyhow::Result<Daemon>
 }
 
 async fn status(socket: &Path) -> Option<pb::StatusResponse> {
-    let mut c = crate::control::connect(socket).await.ok()?;
+    let mut c = crate::api::control::connect(socket).await.ok()?;
     c.status(pb::StatusRequest {})
         .await
         .ok()

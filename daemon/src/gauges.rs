@@ -3,9 +3,9 @@
 //! catalog's segment counts into the metrics that [`crate::metrics`] names,
 //! once a [`SAMPLE_INTERVAL`], so the two always agree.
 
-use crate::catalog::Role;
 use crate::metrics::*;
 use crate::node::Node;
+use crate::storage::catalog::Role;
 use ::metrics::{counter, gauge};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! failure reported — and it runs at most once per epoch change, recorded in
 //! the catalog before it starts.
 
-use crate::catalog::Catalog;
+use crate::storage::catalog::Catalog;
 use std::process::Stdio;
 use std::time::Duration;
 

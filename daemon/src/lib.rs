@@ -3,12 +3,10 @@
 //! shutdown token.
 #![forbid(unsafe_code)]
 
-pub mod catalog;
+pub mod api;
 pub mod clock;
 pub mod config;
-pub mod control;
 pub mod demo;
-pub mod fsutil;
 pub mod gauges;
 pub mod hooks;
 pub mod lag;
@@ -21,7 +19,7 @@ pub mod primary;
 pub mod progress;
 pub mod replica;
 pub mod sidefiles;
-pub mod spool;
+pub mod storage;
 pub mod throttle;
 pub mod unix;
 
@@ -33,12 +31,12 @@ pub use drd_client::{certs, display, tls, units, version};
 pub use drd_core::{chain, receiver, roles};
 
 use anyhow::Context;
-use catalog::Catalog;
 use config::Config;
 use drd_proto::pb;
 use node::Node;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::catalog::{self, Catalog};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -65,7 +63,7 @@ pub async fn run_with(
     let hup = notify::hangup(&service);
     config.check_environment()?;
     let tls = config.load_tls()?;
-    fsutil::create_dir_durable(&config.data_dir)
+    storage::fsutil::create_dir_durable(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let catalog = Arc::new(Catalog::open(&config.catalog_dir()).with_context(|| {
         format!(
@@ -86,7 +84,7 @@ pub async fn run_with(
     let tracker = TaskTracker::new();
 
     // Bind everything before serving anything, so a bad address fails fast.
-    let control_listener = control::bind_socket(
+    let control_listener = api::control::bind_socket(
         &config.control_socket,
         config.control_socket_group.as_deref(),
     )?;
@@ -155,8 +153,9 @@ pub async fn run_with(
     }
 
     {
-        let svc =
-            pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
+        let svc = pb::control_server::ControlServer::new(api::control::ControlService {
+            node: node.clone(),
+        });
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(control_listener);
         let stop = shutdown.clone();
         let socket = config.control_socket.clone();
@@ -180,8 +179,9 @@ pub async fn run_with(
             .with_context(|| format!("cannot listen on control.listen {}", cl.addr))?;
         tracing::info!(addr = %cl.addr, allowed_clients = ?cl.allowed_clients, "control API listening on TCP (mTLS)");
         let incoming = tls::TlsIncoming::new(listener, m.acceptor()?, cl.allowed_clients.clone());
-        let svc =
-            pb::control_server::ControlServer::new(control::ControlService { node: node.clone() });
+        let svc = pb::control_server::ControlServer::new(api::control::ControlService {
+            node: node.clone(),
+        });
         let stop = shutdown.clone();
         tracker.spawn(async move {
             let server = tonic::transport::Server::builder()

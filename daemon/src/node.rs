@@ -2,10 +2,12 @@
 //! each stream's role and epoch, and the live status of every stream it
 //! ships or receives.
 
-use crate::catalog::{AuditRecord, Catalog, Role, RoleState, SegmentRecord, StreamMeta, Txn};
 use crate::config::Config;
 use crate::lag::{LagTracker, RateMeter};
 use crate::locks::LockExt;
+use crate::storage::catalog::{
+    AuditRecord, Catalog, Role, RoleState, SegmentRecord, StreamMeta, Txn,
+};
 use drd_proto::StreamName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -206,7 +206,7 @@ const TMPFS_MIB: u64 = 64;
 /// daemon).
 pub async fn status(socket: &Path) -> Option<pb::StatusResponse> {
     let call = async {
-        let mut c = drd::control::connect(socket).await.ok()?;
+        let mut c = drd::api::control::connect(socket).await.ok()?;
         c.status(pb::StatusRequest {})
             .await
             .ok()

@@ -175,7 +175,7 @@ impl Daemon {
     }
 
     pub async fn status(&self) -> anyhow::Result<pb::StatusResponse> {
-        let mut c = drd::control::connect(&self.socket).await?;
+        let mut c = drd::api::control::connect(&self.socket).await?;
         Ok(c.status(pb::StatusRequest {}).await?.into_inner())
     }
 

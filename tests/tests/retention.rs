@@ -196,11 +196,12 @@ async fn dr_retention_removes_only_old_fetched_segments_and_verify_passes_after(
     let ghost = pair.landing().join(seg_name(5));
     std::fs::write(&ghost, b"an unlink the crash interrupted").unwrap();
     {
-        let cat = drd::catalog::Catalog::open(&pair.replica.data_dir().join("catalog")).unwrap();
+        let cat =
+            drd::storage::catalog::Catalog::open(&pair.replica.data_dir().join("catalog")).unwrap();
         let stream = drd_proto::StreamName::new(STREAM).unwrap();
         let mut state = cat.retention(&stream).unwrap();
         state.unlink = vec![seg_name(5)];
-        let mut t = drd::catalog::Txn::default();
+        let mut t = drd::storage::catalog::Txn::default();
         t.retention(&stream, &state);
         cat.commit_txn(t).unwrap();
     }

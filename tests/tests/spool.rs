@@ -68,7 +68,7 @@ fn make_segment(dir: &Path, n: u64, len: usize) -> PathBuf {
 
 /// One `wal-push` through the control API, as drctl sends it.
 async fn push(socket: &Path, path: &Path) -> Result<pb::WalPushResponse, tonic::Status> {
-    let mut c = drd::control::connect(socket)
+    let mut c = drd::api::control::connect(socket)
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let name = path.file_name().unwrap().to_str().unwrap().to_string();

@@ -16,11 +16,11 @@
 //! and nothing changed; after it this node is primary whatever happens,
 //! and a failure to fence the old primary or to run the hook is a warning.
 
-use crate::catalog::{AuditRecord, Role, Txn};
 use crate::config::DataLoss;
 use crate::hooks;
 use crate::node::Node;
 use crate::ops::{fork, peer, Caller};
+use crate::storage::catalog::{AuditRecord, Role, Txn};
 use drd_core::failover::{Failover, OnFailure, Step};
 use drd_proto::{pb, StreamName};
 use std::sync::Arc;

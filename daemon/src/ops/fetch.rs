@@ -8,7 +8,7 @@ use crate::ops::fork;
 use drd_proto::{pb, SegmentName};
 use tonic::Status;
 
-/// Serialises [`crate::catalog::Catalog::note_fetched`]'s read-compare-write.
+/// Serialises [`crate::storage::catalog::Catalog::note_fetched`]'s read-compare-write.
 static FETCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `drctl wal-fetch`: where the complete, verified copy of a segment (or a

@@ -6,11 +6,11 @@
 //! drained position. Rejoin cuts a fenced node's log back to the new
 //! primary's fork; what lay beyond is moved to quarantine, never deleted.
 
-use crate::catalog::{Fork, SegmentRecord, Txn};
 use crate::clock::unix_ms;
 use crate::config::StreamConfig;
-use crate::fsutil;
 use crate::node::Node;
+use crate::storage::catalog::{Fork, SegmentRecord, Txn};
+use crate::storage::fsutil;
 use anyhow::{bail, Context};
 use drd_proto::{SegmentName, StreamName};
 use sha2::{Digest, Sha256};

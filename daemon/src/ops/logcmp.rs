@@ -5,7 +5,7 @@
 //! segment, rejoin at the segment before the fork. Also the checked view of
 //! a peer's `LogInfo` answer.
 
-use crate::catalog::SegmentRecord;
+use crate::storage::catalog::SegmentRecord;
 use drd_proto::{pb, ProtocolError, SegmentName};
 
 /// `LogInfoResponse.summary_version` of this build: the bounded summary.

@@ -7,7 +7,7 @@
 //! audit of a hook's result, validated stream names, the stale-epoch
 //! refusal — and dispatches to none of them, so an operation's module
 //! never imports its parent's dispatcher (the control API in
-//! [`crate::control`] calls each one).
+//! [`crate::api::control`] calls each one).
 
 pub mod failover;
 pub mod fetch;
@@ -23,8 +23,8 @@ pub mod switchover;
 pub mod verify;
 pub mod walpush;
 
-use crate::catalog::{AuditRecord, Txn};
 use crate::node::Node;
+use crate::storage::catalog::{AuditRecord, Txn};
 use drd_proto::StreamName;
 use tonic::Status;
 
@@ -66,7 +66,7 @@ pub const EPOCH_METADATA: &str = "drd-epoch";
 
 /// The refusal a stale primary gets: FAILED_PRECONDITION with our epoch
 /// (`state`: the stream's role here).
-pub fn stale_epoch(node: &Node, state: &crate::catalog::RoleState, got: u64) -> Status {
+pub fn stale_epoch(node: &Node, state: &crate::storage::catalog::RoleState, got: u64) -> Status {
     let mut status = Status::failed_precondition(format!(
         "stale epoch {got}: node {} is {} at epoch {}; the sender must fence itself",
         node.config.node_id,

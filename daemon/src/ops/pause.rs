@@ -1,10 +1,10 @@
 //! `drctl pause` / `drctl resume`: stop and restart shipping one stream.
 
-use crate::catalog::{AuditRecord, Txn};
 use crate::locks::LockExt;
 use crate::node::Node;
 use crate::ops::failover::pick_stream;
 use crate::ops::Caller;
+use crate::storage::catalog::{AuditRecord, Txn};
 use drd_proto::pb;
 use tonic::Status;
 
@@ -24,7 +24,7 @@ pub async fn pause(
         .stream_role(&stream)
         .map_err(|e| Status::internal(format!("{e:#}")))?
         .state();
-    let next = crate::catalog::RoleState {
+    let next = crate::storage::catalog::RoleState {
         paused: req.pause,
         ..state.clone()
     };

@@ -21,10 +21,10 @@
 //! fenced with what was moved kept in quarantine, and a second rejoin
 //! finishes the cut.
 
-use crate::catalog::{AuditRecord, Role, RoleState, Txn};
 use crate::config::StreamConfig;
 use crate::node::{Node, StreamRole};
 use crate::ops::{fork, logcmp, peer, remote, Caller};
+use crate::storage::catalog::{AuditRecord, Role, RoleState, Txn};
 use drd_core::rejoin::{OnFailure, Rejoin, Step};
 use drd_proto::{pb, SegmentName, StreamName};
 use std::path::PathBuf;

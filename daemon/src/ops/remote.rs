@@ -3,11 +3,11 @@
 //! one to stop), `LogInfo` (a bounded summary of a node's log and lookups in it, for
 //! rejoin and switchover checks).
 
-use crate::catalog::{AuditRecord, Catalog, Role, SegmentRecord, Txn};
 use crate::hooks::{self, HookOutcome};
 use crate::node::Node;
 use crate::ops::logcmp::segment_info;
 use crate::ops::{fork, Caller};
+use crate::storage::catalog::{AuditRecord, Catalog, Role, SegmentRecord, Txn};
 use drd_proto::{pb, SegmentName, StreamName};
 use std::sync::Arc;
 use tonic::Status;
@@ -87,7 +87,7 @@ pub fn log_info(
 ) -> Result<pb::LogInfoResponse, Status> {
     let state = node
         .role_of(stream)
-        .unwrap_or_else(|| crate::catalog::RoleState::new(Role::Replica, 0));
+        .unwrap_or_else(|| crate::storage::catalog::RoleState::new(Role::Replica, 0));
     let hash_partial = |t: &SegmentRecord| match fork::segment_path(node, stream, t) {
         Some(path) => fork::hash_prefix(&path, t.size).map(Some),
         None => Ok(None),
@@ -385,7 +385,7 @@ pub async fn fence_self(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Fork, StreamMeta};
+    use crate::storage::catalog::{Fork, StreamMeta};
     use prost::Message;
 
     /// Largest encoded `LogInfo` answer allowed by the test below, with

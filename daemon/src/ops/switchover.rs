@@ -18,12 +18,12 @@
 //! rolled back and let a second primary's database take COMMITs that the
 //! rejoin would then quarantine).
 
-use crate::catalog::{AuditRecord, Role, Txn};
 use crate::hooks;
 use crate::locks::LockExt;
 use crate::node::Node;
 use crate::node::StreamRole;
 use crate::ops::{fork, logcmp, peer, Caller};
+use crate::storage::catalog::{AuditRecord, Role, Txn};
 use drd_core::switchover::{OnFailure, Step, Switchover};
 use drd_proto::{pb, SegmentName, StreamName};
 use std::sync::Arc;

@@ -19,7 +19,7 @@ pub const MAX_VERIFY_PROBLEMS: usize = 100;
 /// chain value recorded at the pruning boundary.
 pub fn verify(node: &Node, req: pb::VerifyRequest) -> Result<pb::VerifyResponse, Status> {
     let stream = pick_stream(node, &req.stream).map_err(Status::invalid_argument)?;
-    let internal = |e: crate::catalog::CatalogError| Status::internal(e.to_string());
+    let internal = |e: crate::storage::catalog::CatalogError| Status::internal(e.to_string());
     let progress = node
         .operations
         .start("verify", stream.as_str(), &req.progress_token);

@@ -3,7 +3,7 @@
 //! drctl streams the file's bytes over the control socket (it reads the file
 //! with PostgreSQL's permissions; drd never opens a path a client names, so
 //! a member of the socket's group cannot make drd read files for it). The
-//! daemon writes them once ([`crate::spool`]): a segment into the stream's
+//! daemon writes them once ([`crate::storage::spool`]): a segment into the stream's
 //! spool (`wal_dir` with `source = "spool"`), where the shipper picks it up
 //! and seals it as soon as it is shipped; a `.history`/`.backup`/`.partial`
 //! file into the side-file directory ([`crate::sidefiles`]).
@@ -13,12 +13,12 @@
 //! acked sealed (durable and verified), a side file stored — or an error
 //! after `sync_timeout_seconds`, and PostgreSQL retries.
 
-use crate::catalog::Role;
 use crate::config::{SourceMode, StreamConfig, SyncMode};
 use crate::node::{Node, Shipper};
 use crate::ops::Caller;
 use crate::sidefiles::{self, WalFileKind};
-use crate::spool::{Incoming, Published, SpoolError};
+use crate::storage::catalog::Role;
+use crate::storage::spool::{Incoming, Published, SpoolError};
 use drd_proto::{pb, SegmentName};
 use std::sync::Arc;
 use tonic::{Status, Streaming};
@@ -138,7 +138,7 @@ pub async fn wal_push(
             move || {
                 // Under the lock no other push runs: any temporary file is
                 // left over from a crash.
-                match crate::spool::remove_stale_temps(&dir) {
+                match crate::storage::spool::remove_stale_temps(&dir) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(%stream, dir = %dir.display(), removed = n,
                         "removed temporary files of unfinished pushes"),
@@ -282,7 +282,7 @@ fn shipped_record(
     node: &Node,
     cfg: &StreamConfig,
     name: &str,
-) -> Result<Option<crate::catalog::SegmentRecord>, Status> {
+) -> Result<Option<crate::storage::catalog::SegmentRecord>, Status> {
     let seg = SegmentName::new(name).map_err(Status::from)?;
     node.catalog
         .segment(&cfg.name, &seg)

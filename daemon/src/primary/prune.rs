@@ -34,10 +34,10 @@
 //! record says pruned, which the next pass removes again; and the next
 //! `wal-push` fsyncs the directory anyway.
 
-use crate::catalog::{Role, SegmentRecord, Txn};
 use crate::config::{SourceMode, StreamConfig};
 use crate::node::{Node, Shipper};
 use crate::primary::source::{scan, SourceSegment};
+use crate::storage::catalog::{Role, SegmentRecord, Txn};
 use drd_proto::SegmentName;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,13 +4,13 @@
 //! `window_bytes` sent but not yet acked. On any failure it reconnects with
 //! exponential backoff and jitter, and resumes at the replica's position.
 
-use crate::catalog::{SegmentRecord, StreamMeta};
 use crate::clock::unix_ms;
 use crate::config::StreamConfig;
 use crate::locks::LockExt;
 use crate::node::{Node, Shipper};
 use crate::primary::index::SourceIndex;
 use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
+use crate::storage::catalog::{SegmentRecord, StreamMeta};
 use bytes::Bytes;
 use drd_core::sender;
 use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
@@ -60,7 +60,7 @@ pub enum ShipError {
     #[error("the source and the replica disagree: {0}")]
     Diverged(String),
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
+    Catalog(#[from] crate::storage::catalog::CatalogError),
     /// A blocking task (a source read, a hash, a catalog commit) did not
     /// finish: it panicked, or the runtime is shutting down.
     #[error(
@@ -99,8 +99,8 @@ fn refused(s: tonic::Status) -> ShipError {
 }
 
 /// Ship only while this node is the stream's primary and it is not paused.
-fn may_ship(s: &crate::catalog::RoleState) -> bool {
-    s.role == crate::catalog::Role::Primary && !s.paused && !s.shipping_held
+fn may_ship(s: &crate::storage::catalog::RoleState) -> bool {
+    s.role == crate::storage::catalog::Role::Primary && !s.paused && !s.shipping_held
 }
 
 /// Where shipping stands inside the source.
@@ -221,7 +221,7 @@ async fn run_stream(
             }
             shipper.status.state.locked().connected = false;
             // Paused: keep the written position (and so the lag) current.
-            if st.role == crate::catalog::Role::Primary {
+            if st.role == crate::storage::catalog::Role::Primary {
                 shipper.refresh_written();
             }
             tokio::select! {
@@ -342,7 +342,7 @@ struct StreamShipper {
     log_end: Option<(String, u64)>,
     /// The catalog commit of the last sealed segment's record, running on
     /// a blocking thread while shipping goes on (see `record_sealed`).
-    recording: Option<tokio::task::JoinHandle<Result<(), crate::catalog::CatalogError>>>,
+    recording: Option<tokio::task::JoinHandle<Result<(), crate::storage::catalog::CatalogError>>>,
     /// What the current session has sent, to check the replica's acks.
     sent: Arc<Sent>,
 }

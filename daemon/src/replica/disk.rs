@@ -18,12 +18,12 @@
 //!
 //! It runs on a blocking thread: file I/O and fsync block.
 
-use crate::catalog::{Catalog, SegmentRecord, StreamMeta};
 use crate::clock::unix_ms;
-use crate::fsutil;
 use crate::locks::LockExt;
 use crate::node::ReceiveSlot;
 use crate::receiver::{Reject, Tail};
+use crate::storage::catalog::{Catalog, SegmentRecord, StreamMeta};
+use crate::storage::fsutil;
 use drd_core::durability::Step;
 use drd_core::replica::{self, Command, Event, Group, GroupEvent, Misuse, Record, Session};
 use drd_proto::pb;
@@ -72,7 +72,7 @@ pub enum DiskError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
+    Catalog(#[from] crate::storage::catalog::CatalogError),
     /// The disk worker did not follow drd-core's session (a bug in drd).
     #[error(transparent)]
     Session(#[from] Misuse),

@@ -29,8 +29,8 @@
 //!   back or the disk lost synced data: that is an error, never papered
 //!   over.
 
-use crate::catalog::{PartialCheck, SegmentRecord};
-use crate::fsutil;
+use crate::storage::catalog::{PartialCheck, SegmentRecord};
+use crate::storage::fsutil;
 use anyhow::{bail, Context};
 use drd_proto::{SegmentName, PARTIAL_SUFFIX};
 use std::path::Path;

@@ -36,7 +36,7 @@
 //!
 //! [`plan`] decides, without files or clocks; `replica::prune` carries it out.
 
-use crate::catalog::SegmentRecord;
+use crate::storage::catalog::SegmentRecord;
 use anyhow::{bail, Context};
 use drd_proto::StreamName;
 use serde::Deserialize;

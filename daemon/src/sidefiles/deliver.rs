@@ -6,10 +6,10 @@
 //! it comes back. Sending twice is harmless: the replica accepts identical
 //! content again and refuses different content.
 
-use crate::catalog::Role;
 use crate::config::StreamConfig;
 use crate::node::{Node, Shipper};
 use crate::sidefiles::{shipped_side_files, side_dir, MAX_SIDE_FILE_BYTES};
+use crate::storage::catalog::Role;
 use drd_proto::pb;
 use drd_proto::pb::replication_client::ReplicationClient;
 use sha2::{Digest, Sha256};

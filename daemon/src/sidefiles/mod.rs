@@ -6,7 +6,7 @@
 //! every node — a directory of its own, because the landing directory is
 //! read with segment semantics (reconciliation, rejoin's cut-back).
 //!
-//! They are write-once ([`crate::spool`]): a name that arrives again with
+//! They are write-once ([`crate::storage::spool`]): a name that arrives again with
 //! the same bytes is accepted, with different bytes refused — a compromised
 //! primary cannot overwrite anything. The primary delivers `.history` and
 //! `.backup` files to its replica with `PutFile` ([`deliver`]); `.partial`
@@ -15,8 +15,8 @@
 
 pub mod deliver;
 
-use crate::catalog::Role;
 use crate::node::Node;
+use crate::storage::catalog::Role;
 use drd_proto::{pb, StreamName};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -117,7 +117,7 @@ pub fn fetch(
     name: &str,
 ) -> Result<pb::FetchSegmentResponse, Status> {
     let path = side_dir(&node.config.data_dir, stream).join(name);
-    match crate::spool::hash_path(&path) {
+    match crate::storage::spool::hash_path(&path) {
         Ok((sha256, size)) => Ok(pb::FetchSegmentResponse {
             path: path.display().to_string(),
             size,
@@ -199,7 +199,7 @@ pub async fn put_file(
     let stored = tokio::task::spawn_blocking(move || {
         // One writer at a time per process: temporary names are per file.
         let _one = STORE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        crate::spool::write_once(&dir, &name, &req.data)
+        crate::storage::spool::write_once(&dir, &name, &req.data)
     })
     .await
     .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
@@ -211,7 +211,7 @@ pub async fn put_file(
                 stored: !p.already_present,
             })
         }
-        Err(e @ crate::spool::SpoolError::Conflict { .. }) => {
+        Err(e @ crate::storage::spool::SpoolError::Conflict { .. }) => {
             tracing::error!(%stream, name = %req.name, from = %req.from_node, error = %e,
                 "REFUSED a side file that would replace a different one");
             Err(Status::already_exists(e.to_string()))

@@ -269,7 +269,8 @@ pub fn sha256_cost(dir: &Path) -> anyhow::Result<(f64, u64)> {
     let cpu0 = thread_cpu_seconds();
     let mut total = 0u64;
     for path in sorted_files(dir)? {
-        let (_, size) = drd::spool::hash_path(&path).with_context(|| path.display().to_string())?;
+        let (_, size) =
+            drd::storage::spool::hash_path(&path).with_context(|| path.display().to_string())?;
         total += size;
     }
     Ok((thread_cpu_seconds() - cpu0, total))

@@ -420,7 +420,7 @@ impl Noisy {
 /// --stream` does: a pause returns once the stream's session is closed.
 async fn set_paused(p: &Proc, stream: &str, pause: bool) -> anyhow::Result<()> {
     let what = if pause { "pause" } else { "resume" };
-    let mut c = drd::control::connect(&p.socket)
+    let mut c = drd::api::control::connect(&p.socket)
         .await
         .with_context(|| format!("connect to {}'s control socket", p.name))?;
     c.pause(drd_proto::pb::PauseRequest {

@@ -117,7 +117,7 @@ pub async fn lag(
     // Every ack as it arrives (the primary's WatchDurable stream over its
     // Unix socket), timestamped on receipt: the figures' resolution is the
     // local socket's delivery time, not a polling interval.
-    let mut client = drd::control::connect(&run.primary.socket).await?;
+    let mut client = drd::api::control::connect(&run.primary.socket).await?;
     let mut updates = client
         .watch_durable(pb::WatchDurableRequest::default())
         .await?

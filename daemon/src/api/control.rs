@@ -92,11 +92,11 @@ fn user_name(uid: u32) -> String {
     }
 }
 
-fn pb_role(r: crate::catalog::Role) -> pb::Role {
+fn pb_role(r: crate::storage::catalog::Role) -> pb::Role {
     match r {
-        crate::catalog::Role::Primary => pb::Role::Primary,
-        crate::catalog::Role::Replica => pb::Role::Replica,
-        crate::catalog::Role::Fenced => pb::Role::Fenced,
+        crate::storage::catalog::Role::Primary => pb::Role::Primary,
+        crate::storage::catalog::Role::Replica => pb::Role::Replica,
+        crate::storage::catalog::Role::Fenced => pb::Role::Fenced,
     }
 }
 
@@ -154,7 +154,7 @@ impl Control for ControlService {
         let (role, epoch) = self.node.summary_role();
         let fenced: Vec<_> = roles
             .iter()
-            .filter(|(_, s)| s.role == crate::catalog::Role::Fenced)
+            .filter(|(_, s)| s.role == crate::storage::catalog::Role::Fenced)
             .collect();
         let fenced_reason = match fenced.as_slice() {
             [] => String::new(),

@@ -73,7 +73,7 @@ impl Incoming {
     /// file left by a crash is replaced: it never had a final name, so no
     /// one relies on it. Callers serialise writers of one directory.
     pub fn create(dir: &Path, name: &str) -> Result<Self, SpoolError> {
-        crate::fsutil::create_dir_durable(dir).map_err(io_err(dir))?;
+        crate::storage::fsutil::create_dir_durable(dir).map_err(io_err(dir))?;
         let tmp = dir.join(temp_name(name));
         match std::fs::remove_file(&tmp) {
             Ok(()) => {}
@@ -143,7 +143,7 @@ impl Incoming {
         std::fs::remove_file(&self.tmp).map_err(io_err(&self.tmp))?;
         // The new name (and the temporary name's removal) must survive a
         // power loss before the caller reports the file safe.
-        crate::fsutil::fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        crate::storage::fsutil::fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
         Ok(Published {
             path: final_path,
             size: self.size,

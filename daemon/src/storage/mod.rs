@@ -1,0 +1,10 @@
+//! Storage: what the daemon keeps on disk, below the drivers.
+//!
+//! - [`catalog`]: the RocksDB catalog (segment records, roles, epochs, the
+//!   audit log), every commit synced.
+//! - [`spool`]: write-once files with a content hash (wal-push's spool,
+//!   side files).
+//! - [`fsutil`]: durable directory creation and the directory fsync.
+pub mod catalog;
+pub mod fsutil;
+pub mod spool;
