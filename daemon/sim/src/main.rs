@@ -72,6 +72,11 @@ struct Totals {
     switchovers: u64,
     switchovers_rolled_back: u64,
     rejoins: u64,
+    failovers_refused: u64,
+    fence_not_reached: u64,
+    fence_unknown: u64,
+    rejoins_refused: u64,
+    rejoins_partly_quarantined: u64,
     verifies: u64,
     bytes: u64,
     stalls: u64,
@@ -91,6 +96,11 @@ impl Totals {
             switchovers: o.switchovers,
             switchovers_rolled_back: o.switchovers_rolled_back,
             rejoins: o.rejoins,
+            failovers_refused: o.failovers_refused,
+            fence_not_reached: o.fence_not_reached,
+            fence_unknown: o.fence_unknown,
+            rejoins_refused: o.rejoins_refused,
+            rejoins_partly_quarantined: o.rejoins_partly_quarantined,
             verifies: o.verifies,
             bytes: o.bytes_written,
             stalls: u64::from(o.stalled_on_detected_corruption),
@@ -117,6 +127,11 @@ impl Totals {
         self.switchovers += l.switchovers;
         self.switchovers_rolled_back += l.switchovers_rolled_back;
         self.rejoins += l.rejoins;
+        self.failovers_refused += l.failovers_refused;
+        self.fence_not_reached += l.fence_not_reached;
+        self.fence_unknown += l.fence_unknown;
+        self.rejoins_refused += l.rejoins_refused;
+        self.rejoins_partly_quarantined += l.rejoins_partly_quarantined;
         self.verifies += l.verifies;
         self.bytes += l.bytes;
         self.stalls += l.stalls;
@@ -241,9 +256,17 @@ fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
         row(&format!("  {name}"), n.to_string());
     }
     row("failovers", t.failovers.to_string());
+    row("  refused", t.failovers_refused.to_string());
+    row("  old primary not reached", t.fence_not_reached.to_string());
+    row("  old primary's fence unknown", t.fence_unknown.to_string());
     row("switchovers", t.switchovers.to_string());
     row("  rolled back", t.switchovers_rolled_back.to_string());
     row("rejoins", t.rejoins.to_string());
+    row("  refused", t.rejoins_refused.to_string());
+    row(
+        "  stopped in quarantine",
+        t.rejoins_partly_quarantined.to_string(),
+    );
     row("verifies", t.verifies.to_string());
     row("stalled on detected corruption", t.stalls.to_string());
     row("seeds with violations", t.violations.to_string());

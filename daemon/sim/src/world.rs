@@ -22,6 +22,8 @@
 use crate::disk::Disk;
 use bytes::Bytes;
 use drd_core::durability::Step;
+use drd_core::failover::{self, OldPrimary, Outcome as FoOutcome};
+use drd_core::rejoin::{self, Outcome as RjOutcome};
 use drd_core::replica::{self, Command, Event, GroupEvent};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
@@ -54,7 +56,7 @@ const FAULT_PHASE: Us = 3 * SEC;
 const LIVENESS: Us = 30 * SEC;
 
 /// Kinds of fault, for the summary table.
-pub const FAULTS: [&str; 13] = [
+pub const FAULTS: [&str; 14] = [
     "partition",
     "one-way partition",
     "connection reset",
@@ -68,7 +70,12 @@ pub const FAULTS: [&str; 13] = [
     "reorder chunks",
     "replayed old session",
     "hostile ack",
+    "crash during quarantine",
 ];
+/// The faults drawn at random moments; the last one strikes only during
+/// a rejoin's quarantine step.
+const DRAWN_FAULTS: usize = 13;
+const QUARANTINE_CRASH: usize = 13;
 
 /// What one schedule did and found.
 #[derive(Debug, Default, Clone)]
@@ -80,6 +87,15 @@ pub struct Outcome {
     pub switchovers: u64,
     pub switchovers_rolled_back: u64,
     pub rejoins: u64,
+    /// Failovers refused before their commit (drd-core's failover outcome).
+    pub failovers_refused: u64,
+    /// Failovers whose fence request never went out, or got no answer.
+    pub fence_not_reached: u64,
+    pub fence_unknown: u64,
+    /// Rejoins refused with nothing changed, or stopped after the
+    /// quarantine began (drd-core's rejoin outcome).
+    pub rejoins_refused: u64,
+    pub rejoins_partly_quarantined: u64,
     pub verifies: u64,
     pub bytes_written: u64,
     /// Schedules whose replica stopped on corruption it detected (a seal
@@ -205,6 +221,34 @@ struct Node {
     /// A switchover promoted the other node: this one must write nothing
     /// more as a primary.
     handed_over: bool,
+    /// Bytes past a fork that a cut began to quarantine and did not
+    /// finish: the next cut must leave them in quarantine too.
+    quar_owed: Vec<Vec<u8>>,
+}
+
+/// A planned cut (ops/fork.rs's plan_cut): what the Quarantine and Commit
+/// steps carry out.
+#[derive(Debug)]
+struct Cut {
+    /// The new primary's fork segment record and the fork position.
+    frec: Rec,
+    fpos: u64,
+    /// This node's file of the fork segment.
+    fork_file: String,
+    /// Bytes of it kept; bytes past them go to quarantine.
+    keep: u64,
+    tail_bytes: u64,
+    /// Files past the fork segment, moved to quarantine.
+    moves: Vec<String>,
+    /// What this node's log held past the fork, piece by piece.
+    old: Vec<Vec<u8>>,
+}
+
+impl Cut {
+    /// How many file operations the quarantine does.
+    fn ops(&self) -> usize {
+        usize::from(self.tail_bytes > 0) + 1 + self.moves.len()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +315,10 @@ enum Ev {
 /// The world of one seed.
 pub struct World {
     rng: SmallRng,
+    /// Draws added after the schedules' shape was fixed (the crash during
+    /// a quarantine): seeded apart, so that `rng`'s sequence, and with it
+    /// every older schedule, stays as it was.
+    aux: SmallRng,
     now: Us,
     seq: u64,
     queue: BinaryHeap<Reverse<(Us, u64, usize)>>,
@@ -340,9 +388,11 @@ impl World {
             stalled_on_rot: false,
             paused: false,
             handed_over: false,
+            quar_owed: Vec::new(),
         };
         let mut w = World {
             rng: SmallRng::seed_from_u64(seed),
+            aux: SmallRng::seed_from_u64(seed ^ 0x5eed_a0c5_0000_0001),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -1824,7 +1874,7 @@ impl World {
             0..=17 => {
                 let r = (0..2).find(|&i| self.nodes[i].cat.state.role == Role::Replica);
                 if let Some(r) = r {
-                    self.failover(r, None);
+                    self.failover(r);
                 }
             }
             18..=35 => {
@@ -1875,10 +1925,93 @@ impl World {
         }
     }
 
-    /// `drctl failover` at the DR node: promote at the durable position;
-    /// the last partial segment becomes the fork segment (ops/fork.rs's
-    /// close_received_log); tell the old primary to fence if reachable.
-    fn failover(&mut self, node: usize, expect: Option<u64>) -> bool {
+    /// Reports a step to one of drd-core's step machines; a report out of
+    /// order is a bug in this driver.
+    fn steps<T, E: std::fmt::Display>(&mut self, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.violation(format!("driver: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `drctl failover` at the DR node, carried out step by step as
+    /// drd-core's [`failover::Failover`] orders them (ops/failover.rs):
+    /// promote at the durable position; the last partial segment becomes
+    /// the fork segment (ops/fork.rs's close_received_log); tell the old
+    /// primary to fence if reachable; the promote hook.
+    fn failover(&mut self, node: usize) {
+        let mut steps = failover::Failover::new();
+        self.failover_steps(node, &mut steps);
+        match steps.outcome() {
+            Some(FoOutcome::Refused { .. }) => self.out.failovers_refused += 1,
+            Some(FoOutcome::Promoted { old_primary, .. }) => match old_primary {
+                OldPrimary::NotReached => self.out.fence_not_reached += 1,
+                OldPrimary::Unknown => self.out.fence_unknown += 1,
+                OldPrimary::Fenced | OldPrimary::NotAsked => {}
+            },
+            None => self.violation(format!("failover at node {node} stopped half way")),
+        }
+    }
+
+    fn failover_steps(&mut self, node: usize, steps: &mut failover::Failover) {
+        use failover::Step as F;
+        // Preflight: the stream is a replica here, not in a flush, and its
+        // epoch can grow.
+        let ready = self.nodes[node].up
+            && self.nodes[node]
+                .recv
+                .as_ref()
+                .is_none_or(|r| r.job.is_none());
+        let next = ready
+            .then(|| roles::promote(&self.nodes[node].cat.state).ok())
+            .flatten();
+        let Some(next) = next else {
+            let r = steps.failed(F::Preflight);
+            self.steps(r);
+            return;
+        };
+        let r = steps.succeeded(F::Preflight);
+        self.steps(r);
+        // Confirm: the simulated operator always confirms.
+        let r = steps.succeeded(F::Confirm);
+        self.steps(r);
+        self.end_recv(node);
+        let r = steps.succeeded(F::EndSession);
+        self.steps(r);
+        let Some(fork_rec) = self.close_log(node, None) else {
+            let r = steps.failed(F::CloseLog);
+            self.steps(r);
+            return;
+        };
+        let r = steps.succeeded(F::CloseLog);
+        self.steps(r);
+        self.commit_promotion(node, fork_rec, next.clone());
+        let r = steps.succeeded(F::Commit);
+        self.steps(r);
+        // Tell the old primary; the simulator does not wait for an answer,
+        // so the outcome is unknown unless the request never went out.
+        let old = 1 - node;
+        let lost = self.blocked[node][old];
+        let c = self.open_conn(node, old, false);
+        self.send_msg(c, old, Msg::Fence { epoch: next.epoch });
+        let r = if lost {
+            steps.failed(F::FenceOldPrimary)
+        } else {
+            steps.unknown(F::FenceOldPrimary)
+        };
+        self.steps(r);
+        self.promote_hook(node);
+        let r = steps.succeeded(F::PromoteHook);
+        self.steps(r);
+    }
+
+    /// A switchover's Promote at the replica (not the failover machine: the
+    /// daemon's Promote RPC has its own order): the fork exactly where the
+    /// primary's log ends, or no promotion.
+    fn promote_for_switchover(&mut self, node: usize, want: u64) -> bool {
         if !self.nodes[node].up
             || self.nodes[node]
                 .recv
@@ -1891,14 +2024,27 @@ impl World {
             return false;
         };
         self.end_recv(node);
-        let Some(tail) = self.nodes[node].cat.recs.values().next_back().cloned() else {
+        let Some(fork_rec) = self.close_log(node, Some(want)) else {
             return false;
         };
+        let epoch = next.epoch;
+        self.commit_promotion(node, fork_rec, next);
+        let c = self.open_conn(node, 1 - node, false);
+        self.send_msg(c, 1 - node, Msg::Fence { epoch });
+        self.promote_hook(node);
+        true
+    }
+
+    /// Failover's CloseLog: the received log closed at its longest verified
+    /// prefix (`tail::fork_point`); returns the fork segment's record. None:
+    /// refused (a rotted tail; with `expect`, a fork elsewhere than there).
+    fn close_log(&mut self, node: usize, expect: Option<u64>) -> Option<Rec> {
+        let tail = self.nodes[node].cat.recs.values().next_back().cloned()?;
         // Before the promotion: its log is what the primary had (as far as
         // it got), byte for byte.
         self.check_replica_log(node, "at its failover");
         if !self.out.violations.is_empty() {
-            return false;
+            return None;
         }
         let n = &mut self.nodes[node];
         let mut tail = tail;
@@ -1912,14 +2058,14 @@ impl World {
                 Ok(k) if expect.is_some_and(|e| tail.start + k.keep != e) => {
                     // A switchover's promotion forks exactly where the
                     // primary's log ends, or not at all.
-                    return false;
+                    return None;
                 }
                 Ok(k) => tail.size = k.keep,
                 Err(_) => {
                     // Refused: the DR copy's tail rotted; the operator must
                     // restore it. Detected, so not a violation.
                     n.stalled_on_rot = true;
-                    return false;
+                    return None;
                 }
             }
             if tail.start + tail.size < self.nodes[node].acked_max {
@@ -1927,7 +2073,7 @@ impl World {
                     self.violation(format!(
                         "node {node}: failover cut an intact partial below what it acked"
                     ));
-                    return false;
+                    return None;
                 }
                 // The rot took acked bytes; drd detected it and forked
                 // before them.
@@ -1951,72 +2097,160 @@ impl World {
             fork_rec.check = None;
         }
         fork_rec.fork = true;
+        Some(fork_rec)
+    }
+
+    /// Failover's Commit: the fork, the new role, and (the promoted
+    /// database's) source after the fork, in one catalog transaction.
+    fn commit_promotion(&mut self, node: usize, fork_rec: Rec, next: RoleState) {
+        let n = &mut self.nodes[node];
+        let (idx, end) = (fork_rec.idx, fork_rec.end());
         n.cat.chain_head = fork_rec.chain.unwrap_or(n.cat.chain_head);
-        n.cat.recs.insert(tail.idx, fork_rec);
-        n.cat.fork = Some((tail.idx, tail.end()));
+        n.cat.recs.insert(idx, fork_rec);
+        n.cat.fork = Some((idx, end));
         n.cat.state = next.clone();
         // The promoted database writes the new epoch's segments after the fork.
         n.src.clear();
-        n.src.insert(tail.idx + 1, tail.end());
-        n.disk.append_durable(&wal(tail.idx + 1), &[]);
-        n.db_on = true;
-        n.db_hold = false;
+        n.src.insert(idx + 1, end);
+        n.disk.append_durable(&wal(idx + 1), &[]);
         n.paused = false;
         n.stalled_on_rot = false;
-        let life = n.life;
         n.handed_over = false;
-        self.canon.truncate(tail.end() as usize);
+        self.canon.truncate(end as usize);
         self.canon_owner = node;
         self.out.failovers += 1;
         self.log(|| {
             format!(
-                "operator: failover to node {node} at epoch {} (fork at {})",
-                next.epoch,
-                tail.end()
+                "operator: failover to node {node} at epoch {} (fork at {end})",
+                next.epoch
             )
         });
-        // Tell the old primary, if the network lets it through.
-        let c = self.open_conn(node, 1 - node, false);
-        self.send_msg(c, 1 - node, Msg::Fence { epoch: next.epoch });
-        self.after(MS, Ev::Connect { node, life });
-        true
     }
 
-    /// `drctl rejoin` at a fenced node: ask the new primary for its fork,
-    /// cut back (drd-core's fork plan), quarantine what lay past it.
+    /// Failover's PromoteHook: the database here takes writes.
+    fn promote_hook(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.db_on = true;
+        n.db_hold = false;
+        let life = n.life;
+        self.after(MS, Ev::Connect { node, life });
+    }
+
+    /// `drctl rejoin` at a fenced node, carried out step by step as
+    /// drd-core's [`rejoin::Rejoin`] orders them (ops/rejoin.rs): ask the
+    /// new primary for its fork, compare the logs before it, cut back
+    /// (drd-core's fork plan), quarantine what lay past it, record the cut
+    /// with the new role.
     fn rejoin(&mut self, node: usize) {
+        let mut steps = rejoin::Rejoin::new();
+        self.rejoin_steps(node, &mut steps);
+        match steps.outcome() {
+            Some(RjOutcome::Refused { .. }) => self.out.rejoins_refused += 1,
+            Some(RjOutcome::PartlyQuarantined { .. }) => self.out.rejoins_partly_quarantined += 1,
+            Some(RjOutcome::Rejoined { .. }) => {}
+            None => self.violation(format!("rejoin at node {node} stopped half way")),
+        }
+    }
+
+    fn rejoin_steps(&mut self, node: usize, steps: &mut rejoin::Rejoin) {
+        use rejoin::Step as R;
+        // Preflight: this node is up and the stream fenced here.
+        if !self.nodes[node].up || self.nodes[node].cat.state.role != Role::Fenced {
+            let r = steps.failed(R::Preflight);
+            self.steps(r);
+            return;
+        }
+        let r = steps.succeeded(R::Preflight);
+        self.steps(r);
+        // FindFork: the new primary answers, is primary, and has a fork.
         let p = 1 - node;
-        if !self.nodes[node].up
-            || !self.nodes[p].up
-            || self.blocked[node][p]
-            || self.blocked[p][node]
-            || self.nodes[p].cat.state.role != Role::Primary
+        let found = (self.nodes[p].up
+            && !self.blocked[node][p]
+            && !self.blocked[p][node]
+            && self.nodes[p].cat.state.role == Role::Primary)
+            .then_some(self.nodes[p].cat.fork)
+            .flatten()
+            .and_then(|(fidx, fpos)| {
+                let frec = self.nodes[p].cat.recs.get(&fidx)?;
+                Some((frec.clone(), fpos))
+            });
+        let Some((frec, fpos)) = found else {
+            let r = steps.failed(R::FindFork);
+            self.steps(r);
+            return;
+        };
+        let r = steps.succeeded(R::FindFork);
+        self.steps(r);
+        // CompareBeforeFork: the hash chain at the segment before the fork
+        // segment (when both record it).
+        let before = frec.idx.checked_sub(1);
+        let theirs = before.and_then(|i| self.nodes[p].cat.recs.get(&i)?.chain);
+        let ours = before.and_then(|i| self.nodes[node].cat.recs.get(&i)?.chain);
+        if let (Some(a), Some(b)) = (theirs, ours) {
+            if a != b {
+                // Detected and refused; but no schedule can make honest logs
+                // diverge before a fork.
+                self.violation(format!(
+                    "rejoin at node {node}: the logs diverged before the fork segment {}",
+                    frec.idx
+                ));
+                let r = steps.failed(R::CompareBeforeFork);
+                self.steps(r);
+                return;
+            }
+        }
+        let r = steps.succeeded(R::CompareBeforeFork);
+        self.steps(r);
+        // PlanCut: the role again, then drd-core's fork plan.
+        let primary_epoch = self.nodes[p].cat.state.epoch;
+        let planned = roles::rejoin(&self.nodes[node].cat.state, primary_epoch)
+            .ok()
+            .and_then(|next| Some((next, self.plan_cut(node, &frec, fpos, "rejoin").ok()?)));
+        let Some((next, cut)) = planned else {
+            let r = steps.failed(R::PlanCut);
+            self.steps(r);
+            return;
+        };
+        let r = steps.succeeded(R::PlanCut);
+        self.steps(r);
+        // Quarantine; the only fault of its own: a crash half way.
+        let crash_at = if !self.healed && self.aux.random_bool(0.25) {
+            Some(self.aux.random_range(0..=cut.ops()))
+        } else {
+            None
+        };
+        if self
+            .quarantine(node, &cut, primary_epoch, crash_at)
+            .is_err()
+        {
+            let r = steps.failed(R::Quarantine);
+            self.steps(r);
+            return;
+        }
+        let r = steps.succeeded(R::Quarantine);
+        self.steps(r);
+        // Commit: the cut's records and the new role together.
+        if self
+            .record_cut(node, &cut, primary_epoch, "rejoin")
+            .is_err()
         {
             return;
         }
-        let Some((fidx, fpos)) = self.nodes[p].cat.fork else {
-            return;
-        };
-        let Some(frec) = self.nodes[p].cat.recs.get(&fidx).cloned() else {
-            return;
-        };
-        let primary_epoch = self.nodes[p].cat.state.epoch;
-        let Ok(next) = roles::rejoin(&self.nodes[node].cat.state, primary_epoch) else {
-            return;
-        };
-        if self.cut_back(node, &frec, fpos, "rejoin").is_err() {
-            return;
-        }
-        let n = &mut self.nodes[node];
-        n.cat.state = next;
-        n.db_on = false;
+        self.nodes[node].cat.state = next;
+        let r = steps.succeeded(R::Commit);
+        self.steps(r);
+        // Resume: the new primary ships to this replica.
+        self.nodes[node].db_on = false;
         self.out.rejoins += 1;
         self.log(|| format!("operator: node {node} rejoined at fork {fpos}"));
         self.check_replica_log(node, "after its rejoin");
+        let r = steps.succeeded(R::Resume);
+        self.steps(r);
     }
 
-    /// The cut of a rejoin or a switchover's demotion.
-    fn cut_back(&mut self, node: usize, frec: &Rec, fpos: u64, why: &str) -> Result<(), ()> {
+    /// The cut of a rejoin or a switchover's demotion, planned (ops/fork.rs's
+    /// plan_cut: up to `fork::Fork::plan`); it changes nothing.
+    fn plan_cut(&mut self, node: usize, frec: &Rec, fpos: u64, why: &str) -> Result<Cut, ()> {
         let fidx = frec.idx;
         // What this node's log held past the fork, piece by piece, for
         // invariant 5.
@@ -2032,7 +2266,7 @@ impl World {
             }
             pieces
         };
-        let n = &mut self.nodes[node];
+        let n = &self.nodes[node];
         let candidates = [wal(fidx), land(fidx, false), land(fidx, true)];
         let Some(fork_file) = candidates.iter().find(|p| n.disk.exists(p)).cloned() else {
             let msg = format!("{why} at node {node}: it does not hold the fork segment {fidx}");
@@ -2053,7 +2287,7 @@ impl World {
             start: frec.start,
             position: fpos,
         };
-        let data = n.disk.read(&fork_file).to_vec();
+        let data = n.disk.read(&fork_file);
         let plan = f.plan(
             have,
             |len| Some(sha(&data[..len as usize])) == frec.sha,
@@ -2067,51 +2301,123 @@ impl World {
                 return Err(());
             }
         };
-        let mut quarantined: Vec<Vec<u8>> = Vec::new();
-        if plan.tail_bytes > 0 {
-            let q = format!("quar/{}.after-fork-at-{}", fidx, plan.keep);
-            n.disk.write_durable(&q, &data[plan.keep as usize..]);
-            quarantined.push(data[plan.keep as usize..].to_vec());
-        }
-        n.disk.truncate_durable(&fork_file, plan.keep);
-        for seg in &plan.quarantine {
-            let i = idx_of(seg.as_str()).unwrap_or(0);
-            for (_, path) in held.iter().filter(|(h, _)| *h == i) {
-                quarantined.push(n.disk.read(path).to_vec());
-                let to = format!("quar/{}", &path[path.find('/').map_or(0, |x| x + 1)..]);
-                n.disk.move_durable(path, &to);
+        let moves = plan
+            .quarantine
+            .iter()
+            .filter_map(|seg| idx_of(seg.as_str()))
+            .flat_map(|i| held.iter().filter(move |(h, _)| *h == i))
+            .map(|(_, path)| path.clone())
+            .collect();
+        Ok(Cut {
+            frec: frec.clone(),
+            fpos,
+            fork_file,
+            keep: plan.keep,
+            tail_bytes: plan.tail_bytes,
+            moves,
+            old,
+        })
+    }
+
+    /// The cut's Quarantine step (ops/fork.rs's quarantine): the fork
+    /// segment's tail past the fork is written to quarantine, the segment
+    /// cut back, and the later segments moved there. `crash_at`: the
+    /// process dies before that many of these operations (a fault).
+    fn quarantine(
+        &mut self,
+        node: usize,
+        cut: &Cut,
+        epoch: u64,
+        crash_at: Option<usize>,
+    ) -> Result<(), ()> {
+        let fidx = cut.frec.idx;
+        // What was owed to quarantine by a cut that did not finish stays
+        // owed (invariant 5 across both rejoins).
+        self.nodes[node].quar_owed.extend(cut.old.iter().cloned());
+        let mut ops = 0;
+        let mut crash = |w: &mut World| {
+            if crash_at == Some(ops) {
+                w.out.faults[QUARANTINE_CRASH] += 1;
+                w.log(|| format!("fault: node {node} crashes during its quarantine"));
+                w.crash(node, false);
+                return true;
             }
+            ops += 1;
+            false
+        };
+        if cut.tail_bytes > 0 {
+            if crash(self) {
+                return Err(());
+            }
+            let n = &mut self.nodes[node];
+            let data = n.disk.read(&cut.fork_file)[cut.keep as usize..].to_vec();
+            let q = format!("quar/e{epoch}/{fidx}.after-fork-at-{}", cut.keep);
+            n.disk.write_durable(&q, &data);
         }
+        if crash(self) {
+            return Err(());
+        }
+        self.nodes[node]
+            .disk
+            .truncate_durable(&cut.fork_file, cut.keep);
+        for path in &cut.moves {
+            if crash(self) {
+                return Err(());
+            }
+            let to = format!("quar/e{epoch}/{path}");
+            self.nodes[node].disk.move_durable(path, &to);
+        }
+        if crash(self) {
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// The cut's catalog part (ops/fork.rs's record_cut), committed with
+    /// the role; then invariant 5: every byte past the fork, of this cut and
+    /// of any earlier one that did not finish, is in quarantine.
+    fn record_cut(&mut self, node: usize, cut: &Cut, epoch: u64, why: &str) -> Result<(), ()> {
+        let fidx = cut.frec.idx;
+        let n = &mut self.nodes[node];
         n.cat.recs.retain(|&i, _| i < fidx);
         n.cat.recs.insert(
             fidx,
             Rec {
                 idx: fidx,
-                start: frec.start,
-                size: plan.keep,
+                start: cut.frec.start,
+                size: cut.keep,
                 sealed: true,
-                sha: frec.sha,
-                chain: frec.chain,
+                sha: cut.frec.sha,
+                chain: cut.frec.chain,
                 check: None,
                 fork: true,
-                in_source: fork_file.starts_with("wal/"),
+                in_source: cut.fork_file.starts_with("wal/"),
             },
         );
-        n.cat.chain_head = frec.chain.unwrap_or(chain::GENESIS);
-        n.cat.fork = Some((fidx, fpos));
+        n.cat.chain_head = cut.frec.chain.unwrap_or(chain::GENESIS);
+        n.cat.fork = Some((fidx, cut.fpos));
         n.src.clear();
         n.rotted.retain(|&i| i < fidx);
         n.rotted_partial.retain(|&i| i < fidx);
         n.stalled_on_rot = false;
-        let lost: Vec<usize> = old
+        let held: BTreeSet<&[u8]> = n
+            .disk
+            .list("quar")
+            .into_iter()
+            .filter_map(|q| n.disk.file(&format!("quar/{q}")))
+            .map(|f| &f.data[..])
+            .collect();
+        let lost: Vec<usize> = n
+            .quar_owed
             .iter()
-            .filter(|p| !quarantined.contains(p))
+            .filter(|p| !held.contains(&p[..]))
             .map(Vec::len)
             .collect();
+        n.quar_owed.clear();
         if !lost.is_empty() {
             let msg = format!(
-                "invariant 5: {why} at node {node}: pieces of {lost:?} bytes of its log past the \
-                 fork are not in quarantine"
+                "invariant 5: {why} at node {node} (epoch {epoch}): pieces of {lost:?} bytes of \
+                 its log past the fork are not in quarantine"
             );
             self.violation(msg);
             return Err(());
@@ -2242,7 +2548,7 @@ impl World {
             return;
         }
         let _ = sw.steps.succeeded(SwStep::Verify);
-        if !self.failover(r, Some(want)) {
+        if !self.promote_for_switchover(r, want) {
             self.switchover_failed(p, &mut sw.steps, SwStep::Promote, "promotion failed");
             return;
         }
@@ -2276,7 +2582,12 @@ impl World {
         let Some(frec) = self.nodes[r].cat.recs.get(&fidx).cloned() else {
             return;
         };
-        if self.cut_back(p, &frec, fpos, "switchover").is_err() {
+        let Ok(cut) = self.plan_cut(p, &frec, fpos, "switchover") else {
+            return;
+        };
+        if self.quarantine(p, &cut, new_epoch, None).is_err()
+            || self.record_cut(p, &cut, new_epoch, "switchover").is_err()
+        {
             return;
         }
         if fpos != want {
@@ -2296,7 +2607,7 @@ impl World {
     // ----- faults -----
 
     fn fault(&mut self) {
-        let mut kind = self.rng.random_range(0..FAULTS.len());
+        let mut kind = self.rng.random_range(0..DRAWN_FAULTS);
         // Rot in a partial tail stops its replica for good once the seal
         // detects it (an operator must restore the segment), which ends
         // that schedule's liveness check: keep it rare (a tenth of the
