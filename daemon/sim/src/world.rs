@@ -52,6 +52,9 @@ const LIMITS: sender::Limits = sender::Limits {
 const IDLE: Us = 400 * MS;
 /// Fault phase of each schedule; then everything heals.
 const FAULT_PHASE: Us = 3 * SEC;
+/// How many streams' worth of writes a schedule makes at most (each of S
+/// streams writes at a tick with probability WRITE_STREAMS / S).
+const WRITE_STREAMS: f64 = 2.0;
 /// Liveness: after healing, every stream's lag must reach 0 within this.
 const LIVENESS: Us = 30 * SEC;
 
@@ -98,6 +101,10 @@ pub struct Outcome {
     pub rejoins_partly_quarantined: u64,
     pub verifies: u64,
     pub bytes_written: u64,
+    /// The schedule's shape: nodes, streams, (node, stream) slots.
+    pub nodes: u64,
+    pub streams: u64,
+    pub node_streams: u64,
     /// Schedules whose replica stopped on corruption it detected (a seal
     /// whose checksum did not match after bit rot): lag cannot reach 0
     /// without an operator, so liveness is not required of it.
@@ -309,7 +316,81 @@ enum Ev {
     Heal,
     Operator,
     Idle,
-    SwitchoverCheck,
+    SwitchoverCheck {
+        stream: usize,
+    },
+}
+
+/// Stream `s`'s slots: `2s` at its first primary's node, `2s + 1` at its
+/// DR node; a slot's peer is the other one.
+fn peer(slot: usize) -> usize {
+    slot ^ 1
+}
+
+fn stream_of(slot: usize) -> usize {
+    slot / 2
+}
+
+/// How many nodes a schedule has and which two are each stream's homes.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub nodes: usize,
+    /// Per stream: [first primary's node, DR node].
+    homes: Vec<[usize; 2]>,
+}
+
+impl Shape {
+    /// The shape of a seed's schedule, drawn from its own RNG (the
+    /// schedule's draws are not moved by it). A quarter of the seeds, and
+    /// every seed with `legacy`, keep the first simulator's shape: 2 nodes,
+    /// 1 stream, node 0 its primary — the same schedule as before for the
+    /// same seed. The others: 2..=4 nodes and 1..=4 streams; node N-1 is
+    /// the DR node of every stream but the last, and (with 2 streams or
+    /// more) the first primary of the last one, which replicates to
+    /// another node: one node is the DR site of several streams and primary
+    /// of another (roles per stream).
+    fn of(seed: u64, legacy: bool) -> Shape {
+        let mut r = SmallRng::seed_from_u64(seed ^ 0x5ba9_e000_0000_0002);
+        if legacy || r.random_bool(0.25) {
+            return Shape {
+                nodes: 2,
+                homes: vec![[0, 1]],
+            };
+        }
+        let nodes = r.random_range(2..=4);
+        let streams = r.random_range(1..=4);
+        let dr = nodes - 1;
+        let homes = (0..streams)
+            .map(|s| {
+                let other = r.random_range(0..dr);
+                if streams > 1 && s == streams - 1 {
+                    [dr, other]
+                } else {
+                    [other, dr]
+                }
+            })
+            .collect();
+        Shape { nodes, homes }
+    }
+
+    pub fn streams(&self) -> usize {
+        self.homes.len()
+    }
+
+    /// The node a slot lives at.
+    fn node_of(&self, slot: usize) -> usize {
+        self.homes[slot / 2][slot % 2]
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} nodes, {} streams:", self.nodes, self.streams())?;
+        for (s, [from, to]) in self.homes.iter().enumerate() {
+            write!(f, " stream {s}: node {from} -> node {to};")?;
+        }
+        Ok(())
+    }
 }
 
 /// The world of one seed.
@@ -323,19 +404,29 @@ pub struct World {
     seq: u64,
     queue: BinaryHeap<Reverse<(Us, u64, usize)>>,
     events: Vec<Option<Ev>>,
-    nodes: [Node; 2],
-    /// The newest primary's log: what a correct DR copy must be a prefix of.
-    canon: Vec<u8>,
-    canon_owner: usize,
+    /// How many nodes and streams, and where each stream lives.
+    shape: Shape,
+    /// One slot per (node, stream): stream `s` lives in slots `2s` (its
+    /// first primary's node) and `2s + 1` (its DR node); see [`peer`].
+    nodes: Vec<Node>,
+    /// Per stream: the newest primary's log, what a correct DR copy must be
+    /// a prefix of, and the slot that owns it.
+    canon: Vec<Vec<u8>>,
+    canon_owner: Vec<usize>,
+    /// Per stream: lag reached 0 after the faults healed.
+    caught: Vec<bool>,
     conns: BTreeMap<u64, ConnState>,
     next_conn: u64,
-    blocked: [[bool; 2]; 2],
-    /// Sessions' messages as sent, for the replay fault: (epoch, messages).
-    history: Vec<(u64, Vec<Msg>)>,
+    /// Links between nodes (not slots) that lose what is sent: [from][to].
+    links_down: Vec<Vec<bool>>,
+    /// Per stream: sessions' messages as sent, for the replay fault:
+    /// (epoch, messages).
+    history: Vec<Vec<(u64, Vec<Msg>)>>,
     next_job: u64,
     healed: bool,
     heal_at: Us,
-    switchover: Option<Switchover>,
+    /// Per stream: a switchover in progress.
+    switchover: Vec<Option<Switchover>>,
     trace: bool,
     pub out: Outcome,
     /// Pending network faults for the next chunk on a connection.
@@ -366,7 +457,8 @@ struct Switchover {
 }
 
 impl World {
-    pub fn new(seed: u64, trace: bool) -> Self {
+    pub fn new(seed: u64, trace: bool, legacy: bool) -> Self {
+        let shape = Shape::of(seed, legacy);
         let mk = |role| Node {
             up: true,
             life: 0,
@@ -397,17 +489,21 @@ impl World {
             seq: 0,
             queue: BinaryHeap::new(),
             events: Vec::new(),
-            nodes: [mk(Role::Primary), mk(Role::Replica)],
-            canon: Vec::new(),
-            canon_owner: 0,
+            nodes: (0..shape.streams())
+                .flat_map(|_| [mk(Role::Primary), mk(Role::Replica)])
+                .collect(),
+            canon: vec![Vec::new(); shape.streams()],
+            canon_owner: (0..shape.streams()).map(|s| 2 * s).collect(),
+            caught: vec![false; shape.streams()],
             conns: BTreeMap::new(),
             next_conn: 1,
-            blocked: [[false; 2]; 2],
-            history: Vec::new(),
+            links_down: vec![vec![false; shape.nodes]; shape.nodes],
+            history: vec![Vec::new(); shape.streams()],
             next_job: 1,
             healed: false,
             heal_at: FAULT_PHASE,
-            switchover: None,
+            switchover: vec![None; shape.streams()],
+            shape,
             trace,
             out: Outcome::default(),
             corrupt_next: false,
@@ -415,10 +511,18 @@ impl World {
             reorder_next: false,
             held_reorder: None,
         };
-        w.nodes[0].src.insert(1, 0);
-        w.nodes[0].disk.append_durable(&wal(1), &[]);
+        w.out.nodes = w.shape.nodes as u64;
+        w.out.streams = w.shape.streams() as u64;
+        w.out.node_streams = w.nodes.len() as u64;
+        w.log(|| format!("{}", w.shape));
+        for p in (0..w.nodes.len()).step_by(2) {
+            w.nodes[p].src.insert(1, 0);
+            w.nodes[p].disk.append_durable(&wal(1), &[]);
+        }
         w.at(0, Ev::DbWrite);
-        w.at(0, Ev::Connect { node: 0, life: 0 });
+        for p in (0..w.nodes.len()).step_by(2) {
+            w.at(0, Ev::Connect { node: p, life: 0 });
+        }
         let f = w.rng.random_range(50 * MS..400 * MS);
         w.at(f, Ev::Fault);
         let o = w.rng.random_range(100 * MS..800 * MS);
@@ -440,6 +544,7 @@ impl World {
     }
 
     fn violation(&mut self, what: String) {
+        let what = self.named(&what);
         if self.trace {
             println!("{:>10} VIOLATION {what}", self.now);
         }
@@ -452,8 +557,29 @@ impl World {
 
     fn log(&self, what: impl FnOnce() -> String) {
         if self.trace {
-            println!("{:>10} {}", self.now, what());
+            println!("{:>10} {}", self.now, self.named(&what()));
         }
+    }
+
+    /// Messages name a (node, stream) slot as `slot K`; what is printed
+    /// names its node and stream: `node N/sS` (`node N` alone: the node).
+    fn named(&self, what: &str) -> String {
+        let mut out = String::with_capacity(what.len() + 8);
+        let mut rest = what;
+        while let Some(i) = rest.find("slot ") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 5..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            match after[..digits].parse::<usize>() {
+                Ok(k) if k < self.nodes.len() => {
+                    out.push_str(&format!("node {}/s{}", self.shape.node_of(k), stream_of(k)));
+                }
+                _ => out.push_str(&rest[i..i + 5 + digits]),
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
     }
 
     /// Runs the schedule to its end.
@@ -472,7 +598,7 @@ impl World {
             if !self.out.violations.is_empty() {
                 break;
             }
-            if self.healed && self.caught_up() {
+            if self.healed && self.all_caught_up() {
                 self.final_checks();
                 self.out.sim_us = self.now;
                 return self.out;
@@ -480,18 +606,22 @@ impl World {
         }
         self.out.sim_us = self.now;
         if self.out.violations.is_empty() {
-            if self.nodes.iter().any(|n| n.stalled_on_rot) {
-                self.out.stalled_on_detected_corruption = true;
-                self.final_checks();
-            } else {
-                let p = self.canon_owner;
-                let r = 1 - p;
+            for st in 0..self.shape.streams() {
+                let p = self.canon_owner[st];
+                let r = peer(p);
+                if self.caught[st] {
+                    continue;
+                }
+                if self.nodes[p].stalled_on_rot || self.nodes[r].stalled_on_rot {
+                    self.out.stalled_on_detected_corruption = true;
+                    continue;
+                }
                 let msg = format!(
-                    "liveness: {}s after the faults healed, lag is not 0 (canon {} bytes, \
-                     replica node {r} durable {} as {:?}, primary node {p} believes {:?}, \
-                     node {p} {:?})",
+                    "liveness: stream {st}: {}s after the faults healed, lag is not 0 (canon {} \
+                     bytes, replica slot {r} durable {} as {:?}, primary slot {p} believes {:?}, \
+                     slot {p} {:?})",
                     LIVENESS / SEC,
-                    self.canon.len(),
+                    self.canon[st].len(),
                     self.log_end(r),
                     self.nodes[r].cat.state.role,
                     self.nodes[p].send.as_ref().map(|s| s.session.acked()),
@@ -499,14 +629,30 @@ impl World {
                 );
                 self.violation(msg);
             }
+            if self.out.violations.is_empty() {
+                self.final_checks();
+            }
         }
         self.out
     }
 
-    fn caught_up(&self) -> bool {
-        let p = self.canon_owner;
-        let r = 1 - p;
-        let want = self.canon.len() as u64;
+    /// Every stream's lag has reached 0 since the faults healed (once
+    /// there, it stays: nothing writes after the heal).
+    fn all_caught_up(&mut self) -> bool {
+        let mut all = true;
+        for st in 0..self.shape.streams() {
+            if !self.caught[st] {
+                self.caught[st] = self.caught_up(st);
+                all &= self.caught[st];
+            }
+        }
+        all
+    }
+
+    fn caught_up(&self, st: usize) -> bool {
+        let p = self.canon_owner[st];
+        let r = peer(p);
+        let want = self.canon[st].len() as u64;
         self.nodes[r].cat.state.role == Role::Replica
             && self.nodes[p].cat.state.role == Role::Primary
             && self.log_end(r) == want
@@ -515,6 +661,30 @@ impl World {
                 .send
                 .as_ref()
                 .is_some_and(|s| s.welcomed && s.session.acked() == want)
+    }
+
+    /// Every slot's (role, epoch).
+    fn roles(&self) -> Vec<(Role, u64)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.cat.state.role, n.cat.state.epoch))
+            .collect()
+    }
+
+    /// An operator's step on one stream never changes another stream's
+    /// role or epoch at any node (roles are per stream).
+    fn check_isolation(&mut self, before: &[(Role, u64)], acted: Option<usize>) {
+        let after = self.roles();
+        for (slot, (b, a)) in before.iter().zip(&after).enumerate() {
+            if b != a && acted != Some(stream_of(slot)) {
+                let msg = format!(
+                    "an operation on stream {acted:?} changed slot {slot} of stream {} from {b:?} \
+                     to {a:?}",
+                    stream_of(slot)
+                );
+                self.violation(msg);
+            }
+        }
     }
 
     fn step(&mut self, ev: Ev) {
@@ -566,7 +736,9 @@ impl World {
                 self.idle();
                 self.after(IDLE / 4, Ev::Idle);
             }
-            Ev::SwitchoverCheck => self.switchover_check(),
+            Ev::SwitchoverCheck { stream } => {
+                self.on_stream(stream, |w| w.switchover_check(stream));
+            }
         }
     }
 
@@ -588,6 +760,12 @@ impl World {
         id
     }
 
+    /// Whether what slot `from` sends to slot `to` is lost (the link
+    /// between their nodes is cut).
+    fn blocked(&self, from: usize, to: usize) -> bool {
+        self.links_down[self.shape.node_of(from)][self.shape.node_of(to)]
+    }
+
     /// Sends on a connection: in order, after a random latency; lost (and
     /// the connection with it) across a partition.
     fn send_msg(&mut self, conn: u64, to: usize, msg: Msg) {
@@ -598,7 +776,7 @@ impl World {
             return;
         }
         let from = if to == c.to { c.from } else { c.to };
-        if self.blocked[from][to] {
+        if self.blocked(from, to) {
             // The segment never arrives; the stream is dead. Both ends
             // notice only by their idle timeouts.
             self.log(|| format!("net: conn {conn} {from}->{to} lost {}", short(&msg)));
@@ -614,7 +792,7 @@ impl World {
             c.last[dir] = t;
         }
         if let Msg::Ship(_) = &msg {
-            if let Some(h) = self.history.last_mut() {
+            if let Some(h) = self.history[stream_of(to)].last_mut() {
                 if h.1.len() < 64 {
                     h.1.push(msg.clone());
                 }
@@ -696,7 +874,7 @@ impl World {
         if !c.open && !replay {
             return;
         }
-        self.log(|| format!("deliver conn {conn} -> node {to}: {}", short(&msg)));
+        self.log(|| format!("deliver conn {conn} -> slot {to}: {}", short(&msg)));
         match msg {
             Msg::Hello { epoch } => self.on_hello(to, conn, epoch),
             Msg::Ship(m) => self.on_ship(to, conn, *m),
@@ -727,19 +905,26 @@ impl World {
     fn db_write(&mut self) {
         let d = self.rng.random_range(MS / 2..8 * MS);
         self.after(d, Ev::DbWrite);
-        for p in 0..2 {
+        // With many streams each writes less often: a seed's cost stays
+        // about that of two streams.
+        let share = WRITE_STREAMS / self.shape.streams() as f64;
+        for p in 0..self.nodes.len() {
             let n = &self.nodes[p];
             if self.healed || !n.up || !n.db_on || n.db_hold || n.cat.state.role != Role::Primary {
                 continue;
             }
+            if share < 1.0 && !self.rng.random_bool(share) {
+                continue;
+            }
+            let n = &self.nodes[p];
             let Some((&idx, &start)) = n.src.iter().next_back() else {
                 continue;
             };
             if n.handed_over {
                 let msg = format!(
-                    "invariant 4: node {p}'s database accepted writes after its switchover \
-                     handed the stream to node {}: those COMMITs would be lost",
-                    1 - p
+                    "invariant 4: slot {p}'s database accepted writes after its switchover \
+                     handed the stream to slot {}: those COMMITs would be lost",
+                    peer(p)
                 );
                 self.violation(msg);
                 return;
@@ -756,8 +941,8 @@ impl World {
             let len = self.rng.random_range(1..=64u64).min(SEG_BYTES);
             let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
             self.nodes[p].disk.append_durable(&wal(idx), &data);
-            if p == self.canon_owner {
-                self.canon.extend_from_slice(&data);
+            if p == self.canon_owner[stream_of(p)] {
+                self.canon[stream_of(p)].extend_from_slice(&data);
                 self.out.bytes_written += len;
             }
             self.pump(p);
@@ -772,7 +957,7 @@ impl World {
             return;
         }
         let epoch = n.cat.state.epoch;
-        let conn = self.open_conn(node, 1 - node, false);
+        let conn = self.open_conn(node, peer(node), false);
         self.nodes[node].send = Some(Send {
             conn,
             welcomed: false,
@@ -783,18 +968,19 @@ impl World {
             epoch,
             last_seen: self.now,
         });
-        self.history.push((epoch, vec![Msg::Hello { epoch }]));
-        if self.history.len() > 8 {
-            self.history.remove(0);
+        let h = &mut self.history[stream_of(node)];
+        h.push((epoch, vec![Msg::Hello { epoch }]));
+        if h.len() > 8 {
+            h.remove(0);
         }
-        self.log(|| format!("node {node} connects (conn {conn}, epoch {epoch})"));
-        self.send_msg(conn, 1 - node, Msg::Hello { epoch });
+        self.log(|| format!("slot {node} connects (conn {conn}, epoch {epoch})"));
+        self.send_msg(conn, peer(node), Msg::Hello { epoch });
     }
 
     fn end_send(&mut self, node: usize) {
         if let Some(s) = self.nodes[node].send.take() {
             self.close_conn(s.conn);
-            self.log(|| format!("node {node} ends its session (conn {})", s.conn));
+            self.log(|| format!("slot {node} ends its session (conn {})", s.conn));
         }
         let life = self.nodes[node].life;
         let d = self.rng.random_range(20 * MS..200 * MS);
@@ -861,7 +1047,7 @@ impl World {
         let resumed = match sender::resume(w.end.as_ref()) {
             Ok(r) => r,
             Err(e) => {
-                self.violation(format!("node {node}: an honest Welcome was refused: {e}"));
+                self.violation(format!("slot {node}: an honest Welcome was refused: {e}"));
                 return;
             }
         };
@@ -874,7 +1060,7 @@ impl World {
             Resume::Continue(c) => {
                 if idx_of(c.segment.as_str()).is_none_or(|i| !log.contains_key(&i)) {
                     self.violation(format!(
-                        "node {node}: the replica's partial segment {} is not in this log",
+                        "slot {node}: the replica's partial segment {} is not in this log",
                         c.segment
                     ));
                     return;
@@ -887,7 +1073,7 @@ impl World {
                     Some((&n, &(start, _, _))) => {
                         if start != next_start {
                             self.violation(format!(
-                                "node {node}: segment {n} starts at {start} but the replica's log \
+                                "slot {node}: segment {n} starts at {start} but the replica's log \
                                  ends at {next_start}"
                             ));
                             return;
@@ -950,7 +1136,7 @@ impl World {
                         return;
                     };
                     if start != next_start {
-                        self.violation(format!("node {node}: a gap after segment {i}"));
+                        self.violation(format!("slot {node}: a gap after segment {i}"));
                         return;
                     }
                     if let Some(s) = self.nodes[node].send.as_mut() {
@@ -966,7 +1152,7 @@ impl World {
             };
             let i = idx_of(cur.segment.as_str()).unwrap_or(0);
             let Some((_, path, sealed)) = self.seg_at(node, i) else {
-                self.violation(format!("node {node}: segment {i} disappeared from its log"));
+                self.violation(format!("slot {node}: segment {i} disappeared from its log"));
                 return;
             };
             let data = self.nodes[node].disk.read(&path);
@@ -982,7 +1168,7 @@ impl World {
                 .next(&cur, SourceView { size, complete }, LIMITS, u64::MAX);
             match next {
                 Err(e) => {
-                    self.violation(format!("node {node}: sender stopped on its own log: {e}"));
+                    self.violation(format!("slot {node}: sender stopped on its own log: {e}"));
                     return;
                 }
                 Ok(Next::WaitForAcks { .. }) | Ok(Next::WaitForSource) => return,
@@ -996,7 +1182,7 @@ impl World {
                         segment_start: cur.start,
                         offset: cur.offset,
                         data: bytes,
-                        source_position: self.canon.len() as u64,
+                        source_position: self.canon[stream_of(node)].len() as u64,
                         written_at_ms: self.now / MS,
                     };
                     if let Some(s) = self.nodes[node].send.as_mut() {
@@ -1006,7 +1192,7 @@ impl World {
                         }
                     }
                     let m = pb::ShipMessage::from(ShipMsg::Chunk(chunk));
-                    self.send_msg(conn, 1 - node, Msg::Ship(Box::new(m)));
+                    self.send_msg(conn, peer(node), Msg::Ship(Box::new(m)));
                 }
                 Ok(Next::Seal { size }) => {
                     let digest = sha(&data[..size as usize]);
@@ -1020,7 +1206,7 @@ impl World {
                         segment_start: cur.start,
                         size,
                         sha256: digest,
-                        source_position: self.canon.len() as u64,
+                        source_position: self.canon[stream_of(node)].len() as u64,
                         chain: s.chain,
                     };
                     let chain_after = s.chain;
@@ -1048,7 +1234,7 @@ impl World {
                         n.cat.chain_head = chain_after;
                     }
                     let m = pb::ShipMessage::from(ShipMsg::Seal(seal));
-                    self.send_msg(conn, 1 - node, Msg::Ship(Box::new(m)));
+                    self.send_msg(conn, peer(node), Msg::Ship(Box::new(m)));
                 }
             }
         }
@@ -1057,7 +1243,9 @@ impl World {
     fn on_ack(&mut self, node: usize, conn: u64, durable: u64, sealed: bool, segment: &str) {
         // What the replica really holds durable: what it acked, or its
         // durable log end (a Welcome reports that).
-        let replica_acked = self.nodes[1 - node].acked_max.max(self.log_end(1 - node));
+        let replica_acked = self.nodes[peer(node)]
+            .acked_max
+            .max(self.log_end(peer(node)));
         let Some(s) = self.nodes[node].send.as_mut().filter(|s| s.conn == conn) else {
             return;
         };
@@ -1066,7 +1254,7 @@ impl World {
             Ok(_) => {
                 if s.session.acked() > replica_acked {
                     let msg = format!(
-                        "node {node} believes the replica holds {} bytes durable, but it acked \
+                        "slot {node} believes the replica holds {} bytes durable, but it acked \
                          only {replica_acked}: lag and sync acks would lie",
                         s.session.acked()
                     );
@@ -1075,7 +1263,7 @@ impl World {
                 self.pump(node);
             }
             Err(e) => {
-                self.log(|| format!("node {node} refuses an ack: {e}"));
+                self.log(|| format!("slot {node} refuses an ack: {e}"));
                 self.end_send(node);
             }
         }
@@ -1099,7 +1287,7 @@ impl World {
     fn fence(&mut self, node: usize, epoch: u64, why: &str) {
         let st = self.nodes[node].cat.state.clone();
         if let Some(next) = roles::fence(&st, epoch, why) {
-            self.log(|| format!("node {node}: {:?} -> {:?} ({why})", st.role, next.role));
+            self.log(|| format!("slot {node}: {:?} -> {:?} ({why})", st.role, next.role));
             self.nodes[node].cat.state = next;
             if self.nodes[node].cat.state.role == Role::Fenced {
                 self.nodes[node].db_on = false;
@@ -1137,7 +1325,7 @@ impl World {
             handshake::Admit::Accept { adopt } => {
                 if epoch < st.epoch {
                     self.violation(format!(
-                        "invariant 3: node {node} at epoch {} accepted a session from epoch {epoch}",
+                        "invariant 3: slot {node} at epoch {} accepted a session from epoch {epoch}",
                         st.epoch
                     ));
                     return;
@@ -1154,7 +1342,7 @@ impl World {
                 if !replay {
                     self.send_msg(
                         conn,
-                        1 - node,
+                        peer(node),
                         Msg::Refuse {
                             epoch: current,
                             stale: true,
@@ -1164,12 +1352,12 @@ impl World {
             }
             handshake::Admit::FenceSelf { seen } => {
                 self.fence(node, seen, "a newer primary connected");
-                self.send_msg(conn, 1 - node, Msg::Close);
+                self.send_msg(conn, peer(node), Msg::Close);
             }
             handshake::Admit::Retry
             | handshake::Admit::RefusePrimary
             | handshake::Admit::RefuseFenced => {
-                self.send_msg(conn, 1 - node, Msg::Close);
+                self.send_msg(conn, peer(node), Msg::Close);
             }
         }
     }
@@ -1208,7 +1396,7 @@ impl World {
             flush_queued: false,
             last_seen: self.now,
         });
-        self.send_msg(conn, 1 - node, Msg::Welcome(welcome));
+        self.send_msg(conn, peer(node), Msg::Welcome(welcome));
     }
 
     fn end_recv(&mut self, node: usize) {
@@ -1229,7 +1417,7 @@ impl World {
         let msg = match ShipMsg::try_from(m) {
             Ok(m) => m,
             Err(e) => {
-                self.log(|| format!("node {node} refuses a message: {e}"));
+                self.log(|| format!("slot {node} refuses a message: {e}"));
                 self.refuse(node);
                 return;
             }
@@ -1241,7 +1429,7 @@ impl World {
             ShipMsg::Hello(_) => Ok(()),
         };
         if let Err(e) = r {
-            self.log(|| format!("node {node} refuses: {e}"));
+            self.log(|| format!("slot {node} refuses: {e}"));
             self.refuse(node);
             return;
         }
@@ -1280,7 +1468,7 @@ impl World {
     /// A driver that does not follow drd-core's session is a bug in the
     /// simulator; it stops the message like a refusal.
     fn misuse(&mut self, node: usize, e: replica::Misuse) -> String {
-        self.violation(format!("node {node}: {e}"));
+        self.violation(format!("slot {node}: {e}"));
         e.to_string()
     }
 
@@ -1301,7 +1489,7 @@ impl World {
         }
         if epoch < n.cat.state.epoch {
             let msg = format!(
-                "invariant 3: node {node} at epoch {} accepted a chunk of epoch {epoch}",
+                "invariant 3: slot {node} at epoch {} accepted a chunk of epoch {epoch}",
                 n.cat.state.epoch
             );
             self.violation(msg);
@@ -1357,7 +1545,7 @@ impl World {
             let bytes = n.disk.read(&land(idx, true));
             let digest = sha(bytes);
             // The oracle: are these the primary's bytes?
-            let intact = self.canon.get(start..start + bytes.len()) == Some(bytes);
+            let intact = self.canon[stream_of(node)].get(start..start + bytes.len()) == Some(bytes);
             let verdict = match r.session.handle(Event::Digest {
                 sha256: digest,
                 now_ms,
@@ -1376,7 +1564,7 @@ impl World {
                     }
                     Command::Sealed(_) if !intact => {
                         let msg = format!(
-                            "invariant 2: node {node} made segment {idx} complete although its \
+                            "invariant 2: slot {node} made segment {idx} complete although its \
                              bytes are not the primary's"
                         );
                         self.violation(msg);
@@ -1428,13 +1616,13 @@ impl World {
                 Command::Close => {
                     let conn = r.conn;
                     self.end_recv(node);
-                    self.send_msg(conn, 1 - node, Msg::Close);
+                    self.send_msg(conn, peer(node), Msg::Close);
                     return;
                 }
                 // Not here: the job's end queues the next flush.
                 Command::AwaitFlush => return,
                 other => {
-                    self.violation(format!("node {node}: {other:?} at a flush"));
+                    self.violation(format!("slot {node}: {other:?} at a flush"));
                     return;
                 }
             }
@@ -1484,7 +1672,7 @@ impl World {
                     chain_head,
                 } => commit = Some((records, chain_head)),
                 other => {
-                    self.violation(format!("node {node}: {other:?} to start a flush"));
+                    self.violation(format!("slot {node}: {other:?} to start a flush"));
                     return;
                 }
             }
@@ -1595,7 +1783,7 @@ impl World {
                 } => commit = Some((records, chain_head)),
                 Command::Ack(a) => acks.push(a),
                 other => {
-                    self.violation(format!("node {node}: {other:?} after a flush step"));
+                    self.violation(format!("slot {node}: {other:?} after a flush step"));
                     return;
                 }
             }
@@ -1631,7 +1819,7 @@ impl World {
             n.acked_max = n.acked_max.max(a.durable);
             self.send_msg(
                 conn,
-                1 - node,
+                peer(node),
                 Msg::Ack {
                     durable: a.durable,
                     sealed: a.sealed,
@@ -1647,49 +1835,73 @@ impl World {
 
     // ----- crashes, power cuts, recovery -----
 
-    fn crash(&mut self, node: usize, power: bool) {
-        let coin = self.rng.random_bool(0.5);
-        let n = &mut self.nodes[node];
-        if !n.up {
-            return;
-        }
-        // A synced commit in progress is in RocksDB's log or not.
-        if let Some(j) = n.recv.as_ref().and_then(|r| r.job.as_ref()) {
-            if j.commit_started && !j.committed && coin {
-                apply_commit(&mut n.cat, j);
+    /// The slots (node, stream) at a node.
+    fn slots_at(&self, host: usize) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&k| self.shape.node_of(k) == host)
+            .collect()
+    }
+
+    /// A kill -9 or power cut of a node: every stream there goes down with
+    /// it (one process, one disk).
+    fn crash(&mut self, host: usize, power: bool) {
+        let mut any = false;
+        for node in self.slots_at(host) {
+            let coin = self.rng.random_bool(0.5);
+            let n = &mut self.nodes[node];
+            if !n.up {
+                continue;
             }
-        }
-        n.up = false;
-        n.life += 1;
-        n.recv = None;
-        n.send = None;
-        if power {
-            if self.trace {
-                for f in n.disk.list("land") {
-                    let p = format!("land/{f}");
-                    let file = n.disk.file(&p).cloned().unwrap_or_default();
-                    println!(
-                        "           before the cut: {p} {} bytes, {} synced",
-                        file.data.len(),
-                        file.synced
-                    );
+            any = true;
+            // A synced commit in progress is in RocksDB's log or not.
+            if let Some(j) = n.recv.as_ref().and_then(|r| r.job.as_ref()) {
+                if j.commit_started && !j.committed && coin {
+                    apply_commit(&mut n.cat, j);
                 }
             }
-            n.disk.power_cut(&mut self.rng);
+            n.up = false;
+            n.life += 1;
+            n.recv = None;
+            n.send = None;
+            if power {
+                if self.trace {
+                    for f in n.disk.list("land") {
+                        let p = format!("land/{f}");
+                        let file = n.disk.file(&p).cloned().unwrap_or_default();
+                        println!(
+                            "           before the cut: s{}/{p} {} bytes, {} synced",
+                            stream_of(node),
+                            file.data.len(),
+                            file.synced
+                        );
+                    }
+                }
+                n.disk.power_cut(&mut self.rng);
+            }
+        }
+        if !any {
+            return;
         }
         self.log(|| {
             format!(
-                "node {node} {}",
+                "node {host} {}",
                 if power { "loses power" } else { "is killed" }
             )
         });
         let d = self.rng.random_range(10 * MS..800 * MS);
-        self.after(d, Ev::Restart { node });
+        self.after(d, Ev::Restart { node: host });
     }
 
-    /// The daemon's start: reconcile the landing directory with the
-    /// catalog (replica/reconcile.rs), then check what survived.
-    fn restart(&mut self, node: usize) {
+    /// The daemon's start at a node: reconcile each stream's landing
+    /// directory with the catalog (replica/reconcile.rs), then check what
+    /// survived.
+    fn restart(&mut self, host: usize) {
+        for node in self.slots_at(host) {
+            self.restart_slot(node);
+        }
+    }
+
+    fn restart_slot(&mut self, node: usize) {
         if self.nodes[node].up {
             return;
         }
@@ -1703,14 +1915,14 @@ impl World {
                 // its previous durable point: detected, the operator's turn.
                 n.up = false;
                 n.stalled_on_rot = true;
-                self.log(|| format!("node {node} refuses to start: {e}"));
+                self.log(|| format!("slot {node} refuses to start: {e}"));
                 return;
             }
-            let msg = format!("node {node} cannot recover after a crash: {e}");
+            let msg = format!("slot {node} cannot recover after a crash: {e}");
             self.violation(msg);
             return;
         }
-        self.log(|| format!("node {node} restarts"));
+        self.log(|| format!("slot {node} restarts"));
         if self.nodes[node].cat.state.role == Role::Replica {
             self.check_replica_log(node, "after a restart");
         }
@@ -1763,7 +1975,7 @@ impl World {
         let segs = match self.log_segments(node) {
             Ok(s) => s,
             Err(e) => {
-                self.violation(format!("node {node} {when}: {e}"));
+                self.violation(format!("slot {node} {when}: {e}"));
                 return;
             }
         };
@@ -1780,7 +1992,7 @@ impl World {
             self.nodes[node].acked_max = end;
         } else if end < acked {
             self.violation(format!(
-                "invariant 1: node {node} {when} holds {end} bytes but acked {acked}"
+                "invariant 1: slot {node} {when} holds {end} bytes but acked {acked}"
             ));
             return;
         }
@@ -1792,11 +2004,12 @@ impl World {
             }
             let a = start as usize;
             let b = a + data.len();
-            if self.canon.get(a..b) != Some(&data[..]) {
+            let canon = &self.canon[stream_of(node)];
+            if canon.get(a..b) != Some(&data[..]) {
                 self.violation(format!(
-                    "invariant 1: node {node} {when}: segment {idx} (bytes {a}..{b}) differs \
+                    "invariant 1: slot {node} {when}: segment {idx} (bytes {a}..{b}) differs \
                      from the primary's log (canon {} bytes)",
-                    self.canon.len()
+                    canon.len()
                 ));
                 return;
             }
@@ -1804,7 +2017,7 @@ impl World {
     }
 
     fn final_checks(&mut self) {
-        for node in 0..2 {
+        for node in 0..self.nodes.len() {
             if self.nodes[node].cat.state.role == Role::Replica && self.nodes[node].up {
                 self.check_replica_log(node, "at the end");
                 self.verify(node);
@@ -1852,7 +2065,7 @@ impl World {
             .collect();
         if found != rotted {
             let msg = format!(
-                "verify at node {node}: found problems in {found:?} but the segments that rotted \
+                "verify at slot {node}: found problems in {found:?} but the segments that rotted \
                  are {rotted:?} ({:?})",
                 report.problems.first()
             );
@@ -1860,69 +2073,85 @@ impl World {
         }
     }
 
+    /// Runs an operator's step on stream `st` and checks that it changed
+    /// no other stream's role or epoch at any node (roles are per stream).
+    fn on_stream(&mut self, st: usize, f: impl FnOnce(&mut Self)) {
+        let before = self.roles();
+        f(self);
+        self.check_isolation(&before, Some(st));
+    }
+
+    /// The operator: one action on one stream at a random moment.
     fn operator(&mut self) {
         if self.healed {
             // After the faults: an operator rejoins what is fenced.
-            for node in 0..2 {
+            for node in 0..self.nodes.len() {
                 if self.nodes[node].cat.state.role == Role::Fenced {
-                    self.rejoin(node);
+                    self.on_stream(stream_of(node), |w| w.rejoin(node));
                 }
             }
             return;
         }
-        match self.rng.random_range(0..100) {
+        let action = self.rng.random_range(0..100);
+        let streams = self.shape.streams();
+        let st = if streams > 1 {
+            self.rng.random_range(0..streams)
+        } else {
+            0
+        };
+        let slots = [2 * st, 2 * st + 1];
+        self.on_stream(st, |w| match action {
             0..=17 => {
-                let r = (0..2).find(|&i| self.nodes[i].cat.state.role == Role::Replica);
+                let r = slots
+                    .into_iter()
+                    .find(|&i| w.nodes[i].cat.state.role == Role::Replica);
                 if let Some(r) = r {
-                    self.failover(r);
+                    w.failover(r);
                 }
             }
             18..=35 => {
-                let p = self.canon_owner;
-                if self.switchover.is_none() && self.nodes[p].cat.state.role == Role::Primary {
-                    self.start_switchover(p);
+                let p = w.canon_owner[st];
+                if w.switchover[st].is_none() && w.nodes[p].cat.state.role == Role::Primary {
+                    w.start_switchover(p);
                 }
             }
             36..=60 => {
-                for node in 0..2 {
-                    if self.nodes[node].cat.state.role == Role::Fenced {
-                        self.rejoin(node);
+                for node in slots {
+                    if w.nodes[node].cat.state.role == Role::Fenced {
+                        w.rejoin(node);
                     }
                 }
             }
             61..=75 => {
-                let p = self.canon_owner;
-                let n = &mut self.nodes[p];
+                let p = w.canon_owner[st];
+                let n = &mut w.nodes[p];
                 n.paused = !n.paused;
                 let paused = n.paused;
                 let life = n.life;
-                self.log(|| {
+                w.log(|| {
                     format!(
-                        "operator: {} node {p}",
+                        "operator: {} slot {p}",
                         if paused { "pause" } else { "resume" }
                     )
                 });
                 if paused {
-                    if let Some(s) = self.nodes[p].send.take() {
-                        self.close_conn(s.conn);
+                    if let Some(s) = w.nodes[p].send.take() {
+                        w.close_conn(s.conn);
                     }
                 } else {
-                    self.after(0, Ev::Connect { node: p, life });
+                    w.after(0, Ev::Connect { node: p, life });
                 }
             }
             _ => {
-                let node = self.rng.random_range(0..2);
-                if self.nodes[node].up
-                    && self.nodes[node].cat.state.role == Role::Replica
-                    && self.nodes[node]
-                        .recv
-                        .as_ref()
-                        .is_none_or(|r| r.job.is_none())
+                let node = slots[w.rng.random_range(0..2)];
+                if w.nodes[node].up
+                    && w.nodes[node].cat.state.role == Role::Replica
+                    && w.nodes[node].recv.as_ref().is_none_or(|r| r.job.is_none())
                 {
-                    self.verify(node);
+                    w.verify(node);
                 }
             }
-        }
+        });
     }
 
     /// Reports a step to one of drd-core's step machines; a report out of
@@ -1952,7 +2181,7 @@ impl World {
                 OldPrimary::Unknown => self.out.fence_unknown += 1,
                 OldPrimary::Fenced | OldPrimary::NotAsked => {}
             },
-            None => self.violation(format!("failover at node {node} stopped half way")),
+            None => self.violation(format!("failover at slot {node} stopped half way")),
         }
     }
 
@@ -1993,8 +2222,8 @@ impl World {
         self.steps(r);
         // Tell the old primary; the simulator does not wait for an answer,
         // so the outcome is unknown unless the request never went out.
-        let old = 1 - node;
-        let lost = self.blocked[node][old];
+        let old = peer(node);
+        let lost = self.blocked(node, old);
         let c = self.open_conn(node, old, false);
         self.send_msg(c, old, Msg::Fence { epoch: next.epoch });
         let r = if lost {
@@ -2029,8 +2258,8 @@ impl World {
         };
         let epoch = next.epoch;
         self.commit_promotion(node, fork_rec, next);
-        let c = self.open_conn(node, 1 - node, false);
-        self.send_msg(c, 1 - node, Msg::Fence { epoch });
+        let c = self.open_conn(node, peer(node), false);
+        self.send_msg(c, peer(node), Msg::Fence { epoch });
         self.promote_hook(node);
         true
     }
@@ -2071,7 +2300,7 @@ impl World {
             if tail.start + tail.size < self.nodes[node].acked_max {
                 if !self.nodes[node].rotted_partial.contains(&tail.idx) {
                     self.violation(format!(
-                        "node {node}: failover cut an intact partial below what it acked"
+                        "slot {node}: failover cut an intact partial below what it acked"
                     ));
                     return None;
                 }
@@ -2116,12 +2345,12 @@ impl World {
         n.paused = false;
         n.stalled_on_rot = false;
         n.handed_over = false;
-        self.canon.truncate(end as usize);
-        self.canon_owner = node;
+        self.canon[stream_of(node)].truncate(end as usize);
+        self.canon_owner[stream_of(node)] = node;
         self.out.failovers += 1;
         self.log(|| {
             format!(
-                "operator: failover to node {node} at epoch {} (fork at {end})",
+                "operator: failover to slot {node} at epoch {} (fork at {end})",
                 next.epoch
             )
         });
@@ -2148,7 +2377,7 @@ impl World {
             Some(RjOutcome::Refused { .. }) => self.out.rejoins_refused += 1,
             Some(RjOutcome::PartlyQuarantined { .. }) => self.out.rejoins_partly_quarantined += 1,
             Some(RjOutcome::Rejoined { .. }) => {}
-            None => self.violation(format!("rejoin at node {node} stopped half way")),
+            None => self.violation(format!("rejoin at slot {node} stopped half way")),
         }
     }
 
@@ -2163,10 +2392,10 @@ impl World {
         let r = steps.succeeded(R::Preflight);
         self.steps(r);
         // FindFork: the new primary answers, is primary, and has a fork.
-        let p = 1 - node;
+        let p = peer(node);
         let found = (self.nodes[p].up
-            && !self.blocked[node][p]
-            && !self.blocked[p][node]
+            && !self.blocked(node, p)
+            && !self.blocked(p, node)
             && self.nodes[p].cat.state.role == Role::Primary)
             .then_some(self.nodes[p].cat.fork)
             .flatten()
@@ -2191,7 +2420,7 @@ impl World {
                 // Detected and refused; but no schedule can make honest logs
                 // diverge before a fork.
                 self.violation(format!(
-                    "rejoin at node {node}: the logs diverged before the fork segment {}",
+                    "rejoin at slot {node}: the logs diverged before the fork segment {}",
                     frec.idx
                 ));
                 let r = steps.failed(R::CompareBeforeFork);
@@ -2242,7 +2471,7 @@ impl World {
         // Resume: the new primary ships to this replica.
         self.nodes[node].db_on = false;
         self.out.rejoins += 1;
-        self.log(|| format!("operator: node {node} rejoined at fork {fpos}"));
+        self.log(|| format!("operator: slot {node} rejoined at fork {fpos}"));
         self.check_replica_log(node, "after its rejoin");
         let r = steps.succeeded(R::Resume);
         self.steps(r);
@@ -2269,7 +2498,7 @@ impl World {
         let n = &self.nodes[node];
         let candidates = [wal(fidx), land(fidx, false), land(fidx, true)];
         let Some(fork_file) = candidates.iter().find(|p| n.disk.exists(p)).cloned() else {
-            let msg = format!("{why} at node {node}: it does not hold the fork segment {fidx}");
+            let msg = format!("{why} at slot {node}: it does not hold the fork segment {fidx}");
             self.violation(msg);
             return Err(());
         };
@@ -2296,7 +2525,7 @@ impl World {
         let plan = match plan {
             Ok(p) => p,
             Err(e) => {
-                let msg = format!("{why} at node {node} refused: {e}");
+                let msg = format!("{why} at slot {node} refused: {e}");
                 self.violation(msg);
                 return Err(());
             }
@@ -2338,8 +2567,8 @@ impl World {
         let mut crash = |w: &mut World| {
             if crash_at == Some(ops) {
                 w.out.faults[QUARANTINE_CRASH] += 1;
-                w.log(|| format!("fault: node {node} crashes during its quarantine"));
-                w.crash(node, false);
+                w.log(|| format!("fault: slot {node} crashes during its quarantine"));
+                w.crash(w.shape.node_of(node), false);
                 return true;
             }
             ops += 1;
@@ -2416,7 +2645,7 @@ impl World {
         n.quar_owed.clear();
         if !lost.is_empty() {
             let msg = format!(
-                "invariant 5: {why} at node {node} (epoch {epoch}): pieces of {lost:?} bytes of \
+                "invariant 5: {why} at slot {node} (epoch {epoch}): pieces of {lost:?} bytes of \
                  its log past the fork are not in quarantine"
             );
             self.violation(msg);
@@ -2428,10 +2657,10 @@ impl World {
     fn start_switchover(&mut self, p: usize) {
         let mut steps = switchover::Switchover::new();
         // Preflight: the replica answers and is at our epoch.
-        let r = 1 - p;
+        let r = peer(p);
         let ok = self.nodes[r].up
-            && !self.blocked[p][r]
-            && !self.blocked[r][p]
+            && !self.blocked(p, r)
+            && !self.blocked(r, p)
             && self.nodes[r].cat.state.role == Role::Replica
             && self.nodes[r].cat.state.epoch == self.nodes[p].cat.state.epoch;
         if !ok {
@@ -2447,13 +2676,14 @@ impl World {
         // The pre-switchover hook stops writes.
         self.nodes[p].db_hold = true;
         let _ = steps.succeeded(SwStep::StopWrites);
-        self.switchover = Some(Switchover {
+        let stream = stream_of(p);
+        self.switchover[stream] = Some(Switchover {
             primary: p,
             deadline: self.now + 2 * SEC,
             steps,
         });
-        self.log(|| format!("operator: switchover from node {p}: writes held, draining"));
-        self.after(10 * MS, Ev::SwitchoverCheck);
+        self.log(|| format!("operator: switchover from slot {p}: writes held, draining"));
+        self.after(10 * MS, Ev::SwitchoverCheck { stream });
     }
 
     /// A failed step: drd-core says whether to roll back or fence.
@@ -2464,7 +2694,7 @@ impl World {
         step: SwStep,
         why: &str,
     ) {
-        self.switchover = None;
+        self.switchover[stream_of(p)] = None;
         match steps.failed(step) {
             OnFailure::RollBack { resume_writes } => {
                 if resume_writes {
@@ -2474,7 +2704,7 @@ impl World {
                 self.log(|| format!("switchover rolled back at {}: {why}", step.name()));
             }
             OnFailure::Fence => {
-                let epoch = self.nodes[1 - p].cat.state.epoch;
+                let epoch = self.nodes[peer(p)].cat.state.epoch;
                 self.fence(
                     p,
                     epoch,
@@ -2482,7 +2712,7 @@ impl World {
                 );
                 self.log(|| {
                     format!(
-                        "switchover: node {p} fenced itself at {}: {why}",
+                        "switchover: slot {p} fenced itself at {}: {why}",
                         step.name()
                     )
                 });
@@ -2492,16 +2722,16 @@ impl World {
 
     /// `drctl switchover`, step by step (drd-core's step machine): drain to
     /// lag 0, verify, promote the replica, demote the primary.
-    fn switchover_check(&mut self) {
-        let Some(mut sw) = self.switchover.take() else {
+    fn switchover_check(&mut self, stream: usize) {
+        let Some(mut sw) = self.switchover[stream].take() else {
             return;
         };
         let p = sw.primary;
-        let r = 1 - p;
-        let want = self.canon.len() as u64;
+        let r = peer(p);
+        let want = self.canon[stream].len() as u64;
         if self.nodes[p].cat.state.role != Role::Primary
             || self.nodes[r].cat.state.role != Role::Replica
-            || self.canon_owner != p
+            || self.canon_owner[stream] != p
         {
             let step = sw.steps.next().unwrap_or(SwStep::Drain);
             self.switchover_failed(p, &mut sw.steps, step, "roles changed");
@@ -2515,14 +2745,14 @@ impl World {
                 .is_some_and(|s| s.welcomed && s.session.acked() == want)
             && self.nodes[r].recv.as_ref().is_none_or(|x| x.job.is_none())
             && self.log_end(r) == want
-            && !self.blocked[p][r]
-            && !self.blocked[r][p];
+            && !self.blocked(p, r)
+            && !self.blocked(r, p);
         if !drained {
             if self.now >= sw.deadline {
                 self.switchover_failed(p, &mut sw.steps, SwStep::Drain, "not drained in time");
             } else {
-                self.switchover = Some(sw);
-                self.after(10 * MS, Ev::SwitchoverCheck);
+                self.switchover[stream] = Some(sw);
+                self.after(10 * MS, Ev::SwitchoverCheck { stream });
             }
             return;
         }
@@ -2540,7 +2770,7 @@ impl World {
         self.check_replica_log(r, "at its switchover");
         if self.log_end(r) != want {
             self.violation(format!(
-                "invariant 4: switchover: node {r}'s log ends at {} but node {p}'s at {want}",
+                "invariant 4: switchover: slot {r}'s log ends at {} but slot {p}'s at {want}",
                 self.log_end(r)
             ));
         }
@@ -2572,7 +2802,7 @@ impl World {
         }
         let Ok(next) = roles::demote(&self.nodes[p].cat.state, new_epoch) else {
             self.violation(format!(
-                "switchover: demote of node {p} to epoch {new_epoch} refused"
+                "switchover: demote of slot {p} to epoch {new_epoch} refused"
             ));
             return;
         };
@@ -2615,16 +2845,30 @@ impl World {
         if kind == 7 && self.rng.random_bool(0.9) {
             kind = 2;
         }
-        let a = self.rng.random_range(0..2);
-        let b = 1 - a;
-        let replica = 1 - self.canon_owner;
+        // Two nodes (a crash hits a; a partition cuts a from b) and a
+        // stream (the faults at a replica hit this one's).
+        let nodes = self.shape.nodes;
+        let a = self.rng.random_range(0..nodes);
+        let b = if nodes == 2 {
+            1 - a
+        } else {
+            (a + self.rng.random_range(1..nodes)) % nodes
+        };
+        let streams = self.shape.streams();
+        let st = if streams > 1 {
+            self.rng.random_range(0..streams)
+        } else {
+            0
+        };
+        let primary = self.canon_owner[st];
+        let replica = peer(primary);
         self.out.faults[kind] += 1;
-        self.log(|| format!("fault: {}", FAULTS[kind]));
+        self.log(|| format!("fault: {} (node {a}, node {b}, stream {st})", FAULTS[kind]));
         match kind {
             0 | 1 => {
-                self.blocked[a][b] = true;
+                self.links_down[a][b] = true;
                 if kind == 0 {
-                    self.blocked[b][a] = true;
+                    self.links_down[b][a] = true;
                 }
                 let d = self.rng.random_range(50 * MS..1_500 * MS);
                 self.after(d, Ev::Heal);
@@ -2643,7 +2887,10 @@ impl World {
             3 => self.crash(a, false),
             4 => self.crash(a, true),
             5 => {
-                self.nodes[replica].disk.full = true;
+                // The replica's node's disk: every stream there.
+                for k in self.slots_at(self.shape.node_of(replica)) {
+                    self.nodes[k].disk.full = true;
+                }
                 let d = self.rng.random_range(20 * MS..500 * MS);
                 self.after(d, Ev::Heal);
             }
@@ -2706,14 +2953,14 @@ impl World {
                     let conn = rv.conn;
                     // Past what it was sent (an ack within it is a lie no
                     // protocol can catch; one past it must be refused).
-                    let sent = self.nodes[self.canon_owner]
+                    let sent = self.nodes[primary]
                         .send
                         .as_ref()
                         .map_or(r.acked_max, |s| s.session.sent_end());
                     let bogus = sent + 64 * SEG_BYTES + self.rng.random_range(0..1000);
                     self.send_msg(
                         conn,
-                        self.canon_owner,
+                        primary,
                         Msg::Ack {
                             durable: bogus,
                             sealed: false,
@@ -2729,17 +2976,18 @@ impl World {
     /// replaying it, or a stale primary's process that never died): the
     /// epoch checks must refuse it when its epoch is lower.
     fn replay_old_session(&mut self, to: usize) {
-        if self.history.len() < 2 {
+        let history = &self.history[stream_of(to)];
+        if history.len() < 2 {
             return;
         }
-        let i = self.rng.random_range(0..self.history.len() - 1);
-        let (epoch, msgs) = self.history[i].clone();
+        let i = self.rng.random_range(0..history.len() - 1);
+        let (epoch, msgs) = self.history[stream_of(to)][i].clone();
         if epoch >= self.nodes[to].cat.state.epoch {
             // Same epoch: a duplicate session that the continuity checks
             // handle; replay only older ones here.
             return;
         }
-        let conn = self.open_conn(1 - to, to, true);
+        let conn = self.open_conn(peer(to), to, true);
         self.log(|| format!("net: replaying a session of epoch {epoch} on conn {conn}"));
         let mut t = self.now;
         for m in msgs {
@@ -2749,7 +2997,9 @@ impl World {
     }
 
     fn heal_faults(&mut self) {
-        self.blocked = [[false; 2]; 2];
+        for links in &mut self.links_down {
+            links.fill(false);
+        }
         for n in &mut self.nodes {
             n.disk.full = false;
         }
@@ -2773,25 +3023,26 @@ impl World {
                 );
             }
             self.log(|| "all faults heal".to_string());
-            for node in 0..2 {
+            for node in 0..self.nodes.len() {
                 let n = &mut self.nodes[node];
                 n.db_hold = false;
                 if !n.up {
-                    self.after(MS, Ev::Restart { node });
+                    let host = self.shape.node_of(node);
+                    self.after(MS, Ev::Restart { node: host });
                 }
                 let n = &mut self.nodes[node];
                 n.paused = false;
                 let life = n.life;
                 self.after(MS, Ev::Connect { node, life });
             }
-            self.switchover = None;
+            self.switchover.fill(None);
             return;
         }
         if !self.healed {
             // One fault's end: heal the network and the disk (other faults
             // still come).
             self.heal_faults();
-            for node in 0..2 {
+            for node in 0..self.nodes.len() {
                 let life = self.nodes[node].life;
                 self.after(MS, Ev::Connect { node, life });
             }
@@ -2800,7 +3051,7 @@ impl World {
 
     /// Idle timeouts: a session with no message for IDLE is given up.
     fn idle(&mut self) {
-        for node in 0..2 {
+        for node in 0..self.nodes.len() {
             if let Some(s) = &self.nodes[node].send {
                 let dead = self.conns.get(&s.conn).is_none_or(|c| !c.open);
                 if dead && self.now.saturating_sub(s.last_seen) > IDLE
