@@ -1,6 +1,9 @@
 //! drd-sim: the real drd-core rules under a deterministic simulation.
 //!
-//! Each seed is one schedule (see `world.rs`): two nodes, one stream, a
+//! Each seed is one schedule (see `world.rs`): 2 to 4 nodes and 1 to 4
+//! streams, each stream between its own two nodes (a quarter of the seeds,
+//! and every seed with `--legacy`, keep the first shape: 2 nodes, 1
+//! stream, the same schedule as before for the same seed), a
 //! seeded scheduler, a network that loses, duplicates, reorders, delays and
 //! partitions, a disk that loses unsynced writes at a power cut and tears
 //! them, rots bytes at rest and fills up, and an operator who fails over,
@@ -12,6 +15,7 @@
 //! drd-sim --seeds 10000                 # seeds 0..10000
 //! drd-sim --seeds 500000 --start 500000 # a disjoint range
 //! drd-sim --seed 42 --trace             # replay one schedule step by step
+//! drd-sim --seed 5488 --legacy          # a seed found with 2 nodes, 1 stream
 //! drd-sim --mutate ack-before-data-sync --seeds 2000   # must find violations
 //! drd-sim --list-mutations
 //! ```

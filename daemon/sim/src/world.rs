@@ -1,6 +1,23 @@
-//! One seeded schedule: two drd nodes (a primary site and a DR site) and one
-//! stream, driven by the real drd-core rules over a simulated disk
-//! ([`crate::disk`]), a simulated network and a simulated clock.
+//! One seeded schedule: 2 to 4 drd nodes and 1 to 4 streams, driven by the
+//! real drd-core rules over a simulated disk ([`crate::disk`]), a simulated
+//! network and a simulated clock.
+//!
+//! Each stream lives at two nodes, its first primary and its DR node
+//! ([`Shape`]): node N-1 is the DR site of every stream but the last, and
+//! the first primary of that one, so one node holds replicas of several
+//! streams and is primary of another (roles and epochs are per stream, as
+//! in the daemon). A quarter of the seeds (all with `--legacy`) have the
+//! first simulator's shape, 2 nodes and 1 stream, and then the same
+//! schedule as before for the same seed.
+//!
+//! What is per (node, stream) — a *slot*: the catalog (records, chain
+//! head, role and epoch, fork), the database's source, the sessions, what
+//! it acked, the stream's directory on the node's disk (its own directory
+//! fsync). What is per node: up or down and its incarnation (a crash or
+//! power cut hits every stream there, a full disk too), and the links to
+//! other nodes (partitions, one way too). What is per stream: the newest
+//! primary's log (the oracle), old sessions for the replay fault, a
+//! switchover in progress. Connections are between two slots of a stream.
 //!
 //! The drivers here do what the daemon's do (`primary/shipper.rs`,
 //! `replica/disk.rs`, `replica/reconcile.rs`, `ops/`): they carry out the
@@ -13,11 +30,16 @@
 //! (unsynced writes lost, torn at sector granularity), a full disk, bit rot
 //! at rest (sealed and partial files), a corrupted frame, a duplicated or
 //! reordered chunk, a replayed session of an older epoch, a hostile ack.
-//! Operator actions too: failover, switchover, rejoin, pause, verify.
+//! A rejoin's quarantine can be cut short by a crash. Operator actions, each
+//! on one stream: failover and rejoin (carried out as drd-core's
+//! `failover::Failover` and `rejoin::Rejoin` order their steps), switchover
+//! (`switchover::Switchover`), pause, verify.
 //!
-//! After every step the invariants of DESIGN.md are checked (see
-//! [`World::check`] and the checks at each event); after the fault phase
-//! everything heals and every stream's lag must reach 0 in bounded time.
+//! After every step the invariants of DESIGN.md are checked per stream (the
+//! checks at each event, [`World::check_replica_log`]); an operator's step
+//! must not change another stream's role or epoch at any node; after the
+//! fault phase everything heals and every stream's lag must reach 0 in
+//! bounded time.
 
 use crate::disk::Disk;
 use bytes::Bytes;
