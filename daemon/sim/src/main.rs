@@ -1,6 +1,9 @@
 //! drd-sim: the real drd-core rules under a deterministic simulation.
 //!
-//! Each seed is one schedule (see `world.rs`): two nodes, one stream, a
+//! Each seed is one schedule (see `world.rs`): 2 to 4 nodes and 1 to 4
+//! streams, each stream between its own two nodes (a quarter of the seeds,
+//! and every seed with `--legacy`, keep the first shape: 2 nodes, 1
+//! stream, the same schedule as before for the same seed), a
 //! seeded scheduler, a network that loses, duplicates, reorders, delays and
 //! partitions, a disk that loses unsynced writes at a power cut and tears
 //! them, rots bytes at rest and fills up, and an operator who fails over,
@@ -12,6 +15,7 @@
 //! drd-sim --seeds 10000                 # seeds 0..10000
 //! drd-sim --seeds 500000 --start 500000 # a disjoint range
 //! drd-sim --seed 42 --trace             # replay one schedule step by step
+//! drd-sim --seed 5488 --legacy          # a seed found with 2 nodes, 1 stream
 //! drd-sim --mutate ack-before-data-sync --seeds 2000   # must find violations
 //! drd-sim --list-mutations
 //! ```
@@ -60,6 +64,11 @@ struct Args {
     /// Stop at the first violating seed (for mutation checks).
     #[arg(long)]
     stop_at_first: bool,
+    /// Every seed in the first simulator's shape (2 nodes, 1 stream): the
+    /// same schedule as before many nodes and streams (a quarter of the
+    /// seeds have it anyway), for replaying seeds found then.
+    #[arg(long)]
+    legacy: bool,
 }
 
 #[derive(Default)]
@@ -72,8 +81,17 @@ struct Totals {
     switchovers: u64,
     switchovers_rolled_back: u64,
     rejoins: u64,
+    failovers_refused: u64,
+    fence_not_reached: u64,
+    fence_unknown: u64,
+    rejoins_refused: u64,
+    rejoins_partly_quarantined: u64,
     verifies: u64,
     bytes: u64,
+    nodes: u64,
+    streams: u64,
+    node_streams: u64,
+    many: u64,
     stalls: u64,
     violating: Vec<(u64, String)>,
     violations: u64,
@@ -91,8 +109,17 @@ impl Totals {
             switchovers: o.switchovers,
             switchovers_rolled_back: o.switchovers_rolled_back,
             rejoins: o.rejoins,
+            failovers_refused: o.failovers_refused,
+            fence_not_reached: o.fence_not_reached,
+            fence_unknown: o.fence_unknown,
+            rejoins_refused: o.rejoins_refused,
+            rejoins_partly_quarantined: o.rejoins_partly_quarantined,
             verifies: o.verifies,
             bytes: o.bytes_written,
+            nodes: o.nodes,
+            streams: o.streams,
+            node_streams: o.node_streams,
+            many: u64::from(o.nodes > 2 || o.streams > 1),
             stalls: u64::from(o.stalled_on_detected_corruption),
             violating: o
                 .violations
@@ -117,8 +144,17 @@ impl Totals {
         self.switchovers += l.switchovers;
         self.switchovers_rolled_back += l.switchovers_rolled_back;
         self.rejoins += l.rejoins;
+        self.failovers_refused += l.failovers_refused;
+        self.fence_not_reached += l.fence_not_reached;
+        self.fence_unknown += l.fence_unknown;
+        self.rejoins_refused += l.rejoins_refused;
+        self.rejoins_partly_quarantined += l.rejoins_partly_quarantined;
         self.verifies += l.verifies;
         self.bytes += l.bytes;
+        self.nodes += l.nodes;
+        self.streams += l.streams;
+        self.node_streams += l.node_streams;
+        self.many += l.many;
         self.stalls += l.stalls;
         self.violations += l.violations;
         self.violating.extend(l.violating);
@@ -145,7 +181,7 @@ fn main() -> ExitCode {
     };
     if let Some(seed) = args.seed {
         mutation::plant(planted);
-        let o = World::new(seed, args.trace).run();
+        let o = World::new(seed, args.trace, args.legacy).run();
         let mut t = Totals::default();
         t.add(seed, &o);
         print_table(&t, planted, 0.0);
@@ -182,7 +218,7 @@ fn main() -> ExitCode {
                     if seed >= end {
                         break;
                     }
-                    let o = World::new(seed, false).run();
+                    let o = World::new(seed, false, args.legacy).run();
                     local.add(seed, &o);
                     if !o.violations.is_empty() && args.stop_at_first {
                         stop.store(true, Ordering::Relaxed);
@@ -234,6 +270,10 @@ fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
     row("seeds", t.seeds.to_string());
     row("simulated hours", format!("{:.2}", t.sim_us as f64 / 3.6e9));
     row("events", t.events.to_string());
+    row("nodes simulated", t.nodes.to_string());
+    row("streams simulated", t.streams.to_string());
+    row("node-streams", t.node_streams.to_string());
+    row("seeds with >2 nodes or >1 stream", t.many.to_string());
     row("WAL bytes written", t.bytes.to_string());
     let total: u64 = t.faults.iter().sum();
     row("faults", total.to_string());
@@ -241,9 +281,17 @@ fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
         row(&format!("  {name}"), n.to_string());
     }
     row("failovers", t.failovers.to_string());
+    row("  refused", t.failovers_refused.to_string());
+    row("  old primary not reached", t.fence_not_reached.to_string());
+    row("  old primary's fence unknown", t.fence_unknown.to_string());
     row("switchovers", t.switchovers.to_string());
     row("  rolled back", t.switchovers_rolled_back.to_string());
     row("rejoins", t.rejoins.to_string());
+    row("  refused", t.rejoins_refused.to_string());
+    row(
+        "  stopped in quarantine",
+        t.rejoins_partly_quarantined.to_string(),
+    );
     row("verifies", t.verifies.to_string());
     row("stalled on detected corruption", t.stalls.to_string());
     row("seeds with violations", t.violations.to_string());

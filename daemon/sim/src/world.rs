@@ -1,6 +1,23 @@
-//! One seeded schedule: two drd nodes (a primary site and a DR site) and one
-//! stream, driven by the real drd-core rules over a simulated disk
-//! ([`crate::disk`]), a simulated network and a simulated clock.
+//! One seeded schedule: 2 to 4 drd nodes and 1 to 4 streams, driven by the
+//! real drd-core rules over a simulated disk ([`crate::disk`]), a simulated
+//! network and a simulated clock.
+//!
+//! Each stream lives at two nodes, its first primary and its DR node
+//! ([`Shape`]): node N-1 is the DR site of every stream but the last, and
+//! the first primary of that one, so one node holds replicas of several
+//! streams and is primary of another (roles and epochs are per stream, as
+//! in the daemon). A quarter of the seeds (all with `--legacy`) have the
+//! first simulator's shape, 2 nodes and 1 stream, and then the same
+//! schedule as before for the same seed.
+//!
+//! What is per (node, stream) — a *slot*: the catalog (records, chain
+//! head, role and epoch, fork), the database's source, the sessions, what
+//! it acked, the stream's directory on the node's disk (its own directory
+//! fsync). What is per node: up or down and its incarnation (a crash or
+//! power cut hits every stream there, a full disk too), and the links to
+//! other nodes (partitions, one way too). What is per stream: the newest
+//! primary's log (the oracle), old sessions for the replay fault, a
+//! switchover in progress. Connections are between two slots of a stream.
 //!
 //! The drivers here do what the daemon's do (`primary/shipper.rs`,
 //! `replica/disk.rs`, `replica/reconcile.rs`, `ops/`): they carry out the
@@ -13,15 +30,22 @@
 //! (unsynced writes lost, torn at sector granularity), a full disk, bit rot
 //! at rest (sealed and partial files), a corrupted frame, a duplicated or
 //! reordered chunk, a replayed session of an older epoch, a hostile ack.
-//! Operator actions too: failover, switchover, rejoin, pause, verify.
+//! A rejoin's quarantine can be cut short by a crash. Operator actions, each
+//! on one stream: failover and rejoin (carried out as drd-core's
+//! `failover::Failover` and `rejoin::Rejoin` order their steps), switchover
+//! (`switchover::Switchover`), pause, verify.
 //!
-//! After every step the invariants of DESIGN.md are checked (see
-//! [`World::check`] and the checks at each event); after the fault phase
-//! everything heals and every stream's lag must reach 0 in bounded time.
+//! After every step the invariants of DESIGN.md are checked per stream (the
+//! checks at each event, [`World::check_replica_log`]); an operator's step
+//! must not change another stream's role or epoch at any node; after the
+//! fault phase everything heals and every stream's lag must reach 0 in
+//! bounded time.
 
 use crate::disk::Disk;
 use bytes::Bytes;
 use drd_core::durability::Step;
+use drd_core::failover::{self, OldPrimary, Outcome as FoOutcome};
+use drd_core::rejoin::{self, Outcome as RjOutcome};
 use drd_core::replica::{self, Command, Event, GroupEvent};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
@@ -34,6 +58,9 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+mod faults;
+mod ops;
 
 /// Simulated time in microseconds.
 pub type Us = u64;
@@ -50,11 +77,14 @@ const LIMITS: sender::Limits = sender::Limits {
 const IDLE: Us = 400 * MS;
 /// Fault phase of each schedule; then everything heals.
 const FAULT_PHASE: Us = 3 * SEC;
+/// How many streams' worth of writes a schedule makes at most (each of S
+/// streams writes at a tick with probability WRITE_STREAMS / S).
+const WRITE_STREAMS: f64 = 2.0;
 /// Liveness: after healing, every stream's lag must reach 0 within this.
 const LIVENESS: Us = 30 * SEC;
 
 /// Kinds of fault, for the summary table.
-pub const FAULTS: [&str; 13] = [
+pub const FAULTS: [&str; 14] = [
     "partition",
     "one-way partition",
     "connection reset",
@@ -68,7 +98,12 @@ pub const FAULTS: [&str; 13] = [
     "reorder chunks",
     "replayed old session",
     "hostile ack",
+    "crash during quarantine",
 ];
+/// The faults drawn at random moments; the last one strikes only during
+/// a rejoin's quarantine step.
+const DRAWN_FAULTS: usize = 13;
+const QUARANTINE_CRASH: usize = 13;
 
 /// What one schedule did and found.
 #[derive(Debug, Default, Clone)]
@@ -80,8 +115,21 @@ pub struct Outcome {
     pub switchovers: u64,
     pub switchovers_rolled_back: u64,
     pub rejoins: u64,
+    /// Failovers refused before their commit (drd-core's failover outcome).
+    pub failovers_refused: u64,
+    /// Failovers whose fence request never went out, or got no answer.
+    pub fence_not_reached: u64,
+    pub fence_unknown: u64,
+    /// Rejoins refused with nothing changed, or stopped after the
+    /// quarantine began (drd-core's rejoin outcome).
+    pub rejoins_refused: u64,
+    pub rejoins_partly_quarantined: u64,
     pub verifies: u64,
     pub bytes_written: u64,
+    /// The schedule's shape: nodes, streams, (node, stream) slots.
+    pub nodes: u64,
+    pub streams: u64,
+    pub node_streams: u64,
     /// Schedules whose replica stopped on corruption it detected (a seal
     /// whose checksum did not match after bit rot): lag cannot reach 0
     /// without an operator, so liveness is not required of it.
@@ -205,6 +253,9 @@ struct Node {
     /// A switchover promoted the other node: this one must write nothing
     /// more as a primary.
     handed_over: bool,
+    /// Bytes past a fork that a cut began to quarantine and did not
+    /// finish: the next cut must leave them in quarantine too.
+    quar_owed: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,29 +316,117 @@ enum Ev {
     Heal,
     Operator,
     Idle,
-    SwitchoverCheck,
+    SwitchoverCheck {
+        stream: usize,
+    },
+}
+
+/// Stream `s`'s slots: `2s` at its first primary's node, `2s + 1` at its
+/// DR node; a slot's peer is the other one.
+fn peer(slot: usize) -> usize {
+    slot ^ 1
+}
+
+fn stream_of(slot: usize) -> usize {
+    slot / 2
+}
+
+/// How many nodes a schedule has and which two are each stream's homes.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub nodes: usize,
+    /// Per stream: [first primary's node, DR node].
+    homes: Vec<[usize; 2]>,
+}
+
+impl Shape {
+    /// The shape of a seed's schedule, drawn from its own RNG (the
+    /// schedule's draws are not moved by it). A quarter of the seeds, and
+    /// every seed with `legacy`, keep the first simulator's shape: 2 nodes,
+    /// 1 stream, node 0 its primary — the same schedule as before for the
+    /// same seed. The others: 2..=4 nodes and 1..=4 streams; node N-1 is
+    /// the DR node of every stream but the last, and (with 2 streams or
+    /// more) the first primary of the last one, which replicates to
+    /// another node: one node is the DR site of several streams and primary
+    /// of another (roles per stream).
+    fn of(seed: u64, legacy: bool) -> Shape {
+        let mut r = SmallRng::seed_from_u64(seed ^ 0x5ba9_e000_0000_0002);
+        if legacy || r.random_bool(0.25) {
+            return Shape {
+                nodes: 2,
+                homes: vec![[0, 1]],
+            };
+        }
+        let nodes = r.random_range(2..=4);
+        let streams = r.random_range(1..=4);
+        let dr = nodes - 1;
+        let homes = (0..streams)
+            .map(|s| {
+                let other = r.random_range(0..dr);
+                if streams > 1 && s == streams - 1 {
+                    [dr, other]
+                } else {
+                    [other, dr]
+                }
+            })
+            .collect();
+        Shape { nodes, homes }
+    }
+
+    pub fn streams(&self) -> usize {
+        self.homes.len()
+    }
+
+    /// The node a slot lives at.
+    fn node_of(&self, slot: usize) -> usize {
+        self.homes[slot / 2][slot % 2]
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} nodes, {} streams:", self.nodes, self.streams())?;
+        for (s, [from, to]) in self.homes.iter().enumerate() {
+            write!(f, " stream {s}: node {from} -> node {to};")?;
+        }
+        Ok(())
+    }
 }
 
 /// The world of one seed.
 pub struct World {
     rng: SmallRng,
+    /// Draws added after the schedules' shape was fixed (the crash during
+    /// a quarantine): seeded apart, so that `rng`'s sequence, and with it
+    /// every older schedule, stays as it was.
+    aux: SmallRng,
     now: Us,
     seq: u64,
     queue: BinaryHeap<Reverse<(Us, u64, usize)>>,
     events: Vec<Option<Ev>>,
-    nodes: [Node; 2],
-    /// The newest primary's log: what a correct DR copy must be a prefix of.
-    canon: Vec<u8>,
-    canon_owner: usize,
+    /// How many nodes and streams, and where each stream lives.
+    shape: Shape,
+    /// One slot per (node, stream): stream `s` lives in slots `2s` (its
+    /// first primary's node) and `2s + 1` (its DR node); see [`peer`].
+    nodes: Vec<Node>,
+    /// Per stream: the newest primary's log, what a correct DR copy must be
+    /// a prefix of, and the slot that owns it.
+    canon: Vec<Vec<u8>>,
+    canon_owner: Vec<usize>,
+    /// Per stream: lag reached 0 after the faults healed.
+    caught: Vec<bool>,
     conns: BTreeMap<u64, ConnState>,
     next_conn: u64,
-    blocked: [[bool; 2]; 2],
-    /// Sessions' messages as sent, for the replay fault: (epoch, messages).
-    history: Vec<(u64, Vec<Msg>)>,
+    /// Links between nodes (not slots) that lose what is sent: [from][to].
+    links_down: Vec<Vec<bool>>,
+    /// Per stream: sessions' messages as sent, for the replay fault:
+    /// (epoch, messages).
+    history: Vec<Vec<(u64, Vec<Msg>)>>,
     next_job: u64,
     healed: bool,
     heal_at: Us,
-    switchover: Option<Switchover>,
+    /// Per stream: a switchover in progress.
+    switchover: Vec<Option<Switchover>>,
     trace: bool,
     pub out: Outcome,
     /// Pending network faults for the next chunk on a connection.
@@ -318,7 +457,8 @@ struct Switchover {
 }
 
 impl World {
-    pub fn new(seed: u64, trace: bool) -> Self {
+    pub fn new(seed: u64, trace: bool, legacy: bool) -> Self {
+        let shape = Shape::of(seed, legacy);
         let mk = |role| Node {
             up: true,
             life: 0,
@@ -340,24 +480,30 @@ impl World {
             stalled_on_rot: false,
             paused: false,
             handed_over: false,
+            quar_owed: Vec::new(),
         };
         let mut w = World {
             rng: SmallRng::seed_from_u64(seed),
+            aux: SmallRng::seed_from_u64(seed ^ 0x5eed_a0c5_0000_0001),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
             events: Vec::new(),
-            nodes: [mk(Role::Primary), mk(Role::Replica)],
-            canon: Vec::new(),
-            canon_owner: 0,
+            nodes: (0..shape.streams())
+                .flat_map(|_| [mk(Role::Primary), mk(Role::Replica)])
+                .collect(),
+            canon: vec![Vec::new(); shape.streams()],
+            canon_owner: (0..shape.streams()).map(|s| 2 * s).collect(),
+            caught: vec![false; shape.streams()],
             conns: BTreeMap::new(),
             next_conn: 1,
-            blocked: [[false; 2]; 2],
-            history: Vec::new(),
+            links_down: vec![vec![false; shape.nodes]; shape.nodes],
+            history: vec![Vec::new(); shape.streams()],
             next_job: 1,
             healed: false,
             heal_at: FAULT_PHASE,
-            switchover: None,
+            switchover: vec![None; shape.streams()],
+            shape,
             trace,
             out: Outcome::default(),
             corrupt_next: false,
@@ -365,10 +511,18 @@ impl World {
             reorder_next: false,
             held_reorder: None,
         };
-        w.nodes[0].src.insert(1, 0);
-        w.nodes[0].disk.append_durable(&wal(1), &[]);
+        w.out.nodes = w.shape.nodes as u64;
+        w.out.streams = w.shape.streams() as u64;
+        w.out.node_streams = w.nodes.len() as u64;
+        w.log(|| format!("{}", w.shape));
+        for p in (0..w.nodes.len()).step_by(2) {
+            w.nodes[p].src.insert(1, 0);
+            w.nodes[p].disk.append_durable(&wal(1), &[]);
+        }
         w.at(0, Ev::DbWrite);
-        w.at(0, Ev::Connect { node: 0, life: 0 });
+        for p in (0..w.nodes.len()).step_by(2) {
+            w.at(0, Ev::Connect { node: p, life: 0 });
+        }
         let f = w.rng.random_range(50 * MS..400 * MS);
         w.at(f, Ev::Fault);
         let o = w.rng.random_range(100 * MS..800 * MS);
@@ -390,6 +544,7 @@ impl World {
     }
 
     fn violation(&mut self, what: String) {
+        let what = self.named(&what);
         if self.trace {
             println!("{:>10} VIOLATION {what}", self.now);
         }
@@ -402,8 +557,29 @@ impl World {
 
     fn log(&self, what: impl FnOnce() -> String) {
         if self.trace {
-            println!("{:>10} {}", self.now, what());
+            println!("{:>10} {}", self.now, self.named(&what()));
         }
+    }
+
+    /// Messages name a (node, stream) slot as `slot K`; what is printed
+    /// names its node and stream: `node N/sS` (`node N` alone: the node).
+    fn named(&self, what: &str) -> String {
+        let mut out = String::with_capacity(what.len() + 8);
+        let mut rest = what;
+        while let Some(i) = rest.find("slot ") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 5..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            match after[..digits].parse::<usize>() {
+                Ok(k) if k < self.nodes.len() => {
+                    out.push_str(&format!("node {}/s{}", self.shape.node_of(k), stream_of(k)));
+                }
+                _ => out.push_str(&rest[i..i + 5 + digits]),
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
     }
 
     /// Runs the schedule to its end.
@@ -422,7 +598,7 @@ impl World {
             if !self.out.violations.is_empty() {
                 break;
             }
-            if self.healed && self.caught_up() {
+            if self.healed && self.all_caught_up() {
                 self.final_checks();
                 self.out.sim_us = self.now;
                 return self.out;
@@ -430,18 +606,22 @@ impl World {
         }
         self.out.sim_us = self.now;
         if self.out.violations.is_empty() {
-            if self.nodes.iter().any(|n| n.stalled_on_rot) {
-                self.out.stalled_on_detected_corruption = true;
-                self.final_checks();
-            } else {
-                let p = self.canon_owner;
-                let r = 1 - p;
+            for st in 0..self.shape.streams() {
+                let p = self.canon_owner[st];
+                let r = peer(p);
+                if self.caught[st] {
+                    continue;
+                }
+                if self.nodes[p].stalled_on_rot || self.nodes[r].stalled_on_rot {
+                    self.out.stalled_on_detected_corruption = true;
+                    continue;
+                }
                 let msg = format!(
-                    "liveness: {}s after the faults healed, lag is not 0 (canon {} bytes, \
-                     replica node {r} durable {} as {:?}, primary node {p} believes {:?}, \
-                     node {p} {:?})",
+                    "liveness: stream {st}: {}s after the faults healed, lag is not 0 (canon {} \
+                     bytes, replica slot {r} durable {} as {:?}, primary slot {p} believes {:?}, \
+                     slot {p} {:?})",
                     LIVENESS / SEC,
-                    self.canon.len(),
+                    self.canon[st].len(),
                     self.log_end(r),
                     self.nodes[r].cat.state.role,
                     self.nodes[p].send.as_ref().map(|s| s.session.acked()),
@@ -449,14 +629,30 @@ impl World {
                 );
                 self.violation(msg);
             }
+            if self.out.violations.is_empty() {
+                self.final_checks();
+            }
         }
         self.out
     }
 
-    fn caught_up(&self) -> bool {
-        let p = self.canon_owner;
-        let r = 1 - p;
-        let want = self.canon.len() as u64;
+    /// Every stream's lag has reached 0 since the faults healed (once
+    /// there, it stays: nothing writes after the heal).
+    fn all_caught_up(&mut self) -> bool {
+        let mut all = true;
+        for st in 0..self.shape.streams() {
+            if !self.caught[st] {
+                self.caught[st] = self.caught_up(st);
+                all &= self.caught[st];
+            }
+        }
+        all
+    }
+
+    fn caught_up(&self, st: usize) -> bool {
+        let p = self.canon_owner[st];
+        let r = peer(p);
+        let want = self.canon[st].len() as u64;
         self.nodes[r].cat.state.role == Role::Replica
             && self.nodes[p].cat.state.role == Role::Primary
             && self.log_end(r) == want
@@ -465,6 +661,30 @@ impl World {
                 .send
                 .as_ref()
                 .is_some_and(|s| s.welcomed && s.session.acked() == want)
+    }
+
+    /// Every slot's (role, epoch).
+    fn roles(&self) -> Vec<(Role, u64)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.cat.state.role, n.cat.state.epoch))
+            .collect()
+    }
+
+    /// An operator's step on one stream never changes another stream's
+    /// role or epoch at any node (roles are per stream).
+    fn check_isolation(&mut self, before: &[(Role, u64)], acted: Option<usize>) {
+        let after = self.roles();
+        for (slot, (b, a)) in before.iter().zip(&after).enumerate() {
+            if b != a && acted != Some(stream_of(slot)) {
+                let msg = format!(
+                    "an operation on stream {acted:?} changed slot {slot} of stream {} from {b:?} \
+                     to {a:?}",
+                    stream_of(slot)
+                );
+                self.violation(msg);
+            }
+        }
     }
 
     fn step(&mut self, ev: Ev) {
@@ -516,7 +736,9 @@ impl World {
                 self.idle();
                 self.after(IDLE / 4, Ev::Idle);
             }
-            Ev::SwitchoverCheck => self.switchover_check(),
+            Ev::SwitchoverCheck { stream } => {
+                self.on_stream(stream, |w| w.switchover_check(stream));
+            }
         }
     }
 
@@ -538,6 +760,12 @@ impl World {
         id
     }
 
+    /// Whether what slot `from` sends to slot `to` is lost (the link
+    /// between their nodes is cut).
+    fn blocked(&self, from: usize, to: usize) -> bool {
+        self.links_down[self.shape.node_of(from)][self.shape.node_of(to)]
+    }
+
     /// Sends on a connection: in order, after a random latency; lost (and
     /// the connection with it) across a partition.
     fn send_msg(&mut self, conn: u64, to: usize, msg: Msg) {
@@ -548,7 +776,7 @@ impl World {
             return;
         }
         let from = if to == c.to { c.from } else { c.to };
-        if self.blocked[from][to] {
+        if self.blocked(from, to) {
             // The segment never arrives; the stream is dead. Both ends
             // notice only by their idle timeouts.
             self.log(|| format!("net: conn {conn} {from}->{to} lost {}", short(&msg)));
@@ -564,7 +792,7 @@ impl World {
             c.last[dir] = t;
         }
         if let Msg::Ship(_) = &msg {
-            if let Some(h) = self.history.last_mut() {
+            if let Some(h) = self.history[stream_of(to)].last_mut() {
                 if h.1.len() < 64 {
                     h.1.push(msg.clone());
                 }
@@ -646,7 +874,7 @@ impl World {
         if !c.open && !replay {
             return;
         }
-        self.log(|| format!("deliver conn {conn} -> node {to}: {}", short(&msg)));
+        self.log(|| format!("deliver conn {conn} -> slot {to}: {}", short(&msg)));
         match msg {
             Msg::Hello { epoch } => self.on_hello(to, conn, epoch),
             Msg::Ship(m) => self.on_ship(to, conn, *m),
@@ -677,19 +905,26 @@ impl World {
     fn db_write(&mut self) {
         let d = self.rng.random_range(MS / 2..8 * MS);
         self.after(d, Ev::DbWrite);
-        for p in 0..2 {
+        // With many streams each writes less often: a seed's cost stays
+        // about that of two streams.
+        let share = WRITE_STREAMS / self.shape.streams() as f64;
+        for p in 0..self.nodes.len() {
             let n = &self.nodes[p];
             if self.healed || !n.up || !n.db_on || n.db_hold || n.cat.state.role != Role::Primary {
                 continue;
             }
+            if share < 1.0 && !self.rng.random_bool(share) {
+                continue;
+            }
+            let n = &self.nodes[p];
             let Some((&idx, &start)) = n.src.iter().next_back() else {
                 continue;
             };
             if n.handed_over {
                 let msg = format!(
-                    "invariant 4: node {p}'s database accepted writes after its switchover \
-                     handed the stream to node {}: those COMMITs would be lost",
-                    1 - p
+                    "invariant 4: slot {p}'s database accepted writes after its switchover \
+                     handed the stream to slot {}: those COMMITs would be lost",
+                    peer(p)
                 );
                 self.violation(msg);
                 return;
@@ -706,8 +941,8 @@ impl World {
             let len = self.rng.random_range(1..=64u64).min(SEG_BYTES);
             let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
             self.nodes[p].disk.append_durable(&wal(idx), &data);
-            if p == self.canon_owner {
-                self.canon.extend_from_slice(&data);
+            if p == self.canon_owner[stream_of(p)] {
+                self.canon[stream_of(p)].extend_from_slice(&data);
                 self.out.bytes_written += len;
             }
             self.pump(p);
@@ -722,7 +957,7 @@ impl World {
             return;
         }
         let epoch = n.cat.state.epoch;
-        let conn = self.open_conn(node, 1 - node, false);
+        let conn = self.open_conn(node, peer(node), false);
         self.nodes[node].send = Some(Send {
             conn,
             welcomed: false,
@@ -733,18 +968,19 @@ impl World {
             epoch,
             last_seen: self.now,
         });
-        self.history.push((epoch, vec![Msg::Hello { epoch }]));
-        if self.history.len() > 8 {
-            self.history.remove(0);
+        let h = &mut self.history[stream_of(node)];
+        h.push((epoch, vec![Msg::Hello { epoch }]));
+        if h.len() > 8 {
+            h.remove(0);
         }
-        self.log(|| format!("node {node} connects (conn {conn}, epoch {epoch})"));
-        self.send_msg(conn, 1 - node, Msg::Hello { epoch });
+        self.log(|| format!("slot {node} connects (conn {conn}, epoch {epoch})"));
+        self.send_msg(conn, peer(node), Msg::Hello { epoch });
     }
 
     fn end_send(&mut self, node: usize) {
         if let Some(s) = self.nodes[node].send.take() {
             self.close_conn(s.conn);
-            self.log(|| format!("node {node} ends its session (conn {})", s.conn));
+            self.log(|| format!("slot {node} ends its session (conn {})", s.conn));
         }
         let life = self.nodes[node].life;
         let d = self.rng.random_range(20 * MS..200 * MS);
@@ -811,7 +1047,7 @@ impl World {
         let resumed = match sender::resume(w.end.as_ref()) {
             Ok(r) => r,
             Err(e) => {
-                self.violation(format!("node {node}: an honest Welcome was refused: {e}"));
+                self.violation(format!("slot {node}: an honest Welcome was refused: {e}"));
                 return;
             }
         };
@@ -824,7 +1060,7 @@ impl World {
             Resume::Continue(c) => {
                 if idx_of(c.segment.as_str()).is_none_or(|i| !log.contains_key(&i)) {
                     self.violation(format!(
-                        "node {node}: the replica's partial segment {} is not in this log",
+                        "slot {node}: the replica's partial segment {} is not in this log",
                         c.segment
                     ));
                     return;
@@ -837,7 +1073,7 @@ impl World {
                     Some((&n, &(start, _, _))) => {
                         if start != next_start {
                             self.violation(format!(
-                                "node {node}: segment {n} starts at {start} but the replica's log \
+                                "slot {node}: segment {n} starts at {start} but the replica's log \
                                  ends at {next_start}"
                             ));
                             return;
@@ -900,7 +1136,7 @@ impl World {
                         return;
                     };
                     if start != next_start {
-                        self.violation(format!("node {node}: a gap after segment {i}"));
+                        self.violation(format!("slot {node}: a gap after segment {i}"));
                         return;
                     }
                     if let Some(s) = self.nodes[node].send.as_mut() {
@@ -916,7 +1152,7 @@ impl World {
             };
             let i = idx_of(cur.segment.as_str()).unwrap_or(0);
             let Some((_, path, sealed)) = self.seg_at(node, i) else {
-                self.violation(format!("node {node}: segment {i} disappeared from its log"));
+                self.violation(format!("slot {node}: segment {i} disappeared from its log"));
                 return;
             };
             let data = self.nodes[node].disk.read(&path);
@@ -932,7 +1168,7 @@ impl World {
                 .next(&cur, SourceView { size, complete }, LIMITS, u64::MAX);
             match next {
                 Err(e) => {
-                    self.violation(format!("node {node}: sender stopped on its own log: {e}"));
+                    self.violation(format!("slot {node}: sender stopped on its own log: {e}"));
                     return;
                 }
                 Ok(Next::WaitForAcks { .. }) | Ok(Next::WaitForSource) => return,
@@ -946,7 +1182,7 @@ impl World {
                         segment_start: cur.start,
                         offset: cur.offset,
                         data: bytes,
-                        source_position: self.canon.len() as u64,
+                        source_position: self.canon[stream_of(node)].len() as u64,
                         written_at_ms: self.now / MS,
                     };
                     if let Some(s) = self.nodes[node].send.as_mut() {
@@ -956,7 +1192,7 @@ impl World {
                         }
                     }
                     let m = pb::ShipMessage::from(ShipMsg::Chunk(chunk));
-                    self.send_msg(conn, 1 - node, Msg::Ship(Box::new(m)));
+                    self.send_msg(conn, peer(node), Msg::Ship(Box::new(m)));
                 }
                 Ok(Next::Seal { size }) => {
                     let digest = sha(&data[..size as usize]);
@@ -970,7 +1206,7 @@ impl World {
                         segment_start: cur.start,
                         size,
                         sha256: digest,
-                        source_position: self.canon.len() as u64,
+                        source_position: self.canon[stream_of(node)].len() as u64,
                         chain: s.chain,
                     };
                     let chain_after = s.chain;
@@ -998,7 +1234,7 @@ impl World {
                         n.cat.chain_head = chain_after;
                     }
                     let m = pb::ShipMessage::from(ShipMsg::Seal(seal));
-                    self.send_msg(conn, 1 - node, Msg::Ship(Box::new(m)));
+                    self.send_msg(conn, peer(node), Msg::Ship(Box::new(m)));
                 }
             }
         }
@@ -1007,7 +1243,9 @@ impl World {
     fn on_ack(&mut self, node: usize, conn: u64, durable: u64, sealed: bool, segment: &str) {
         // What the replica really holds durable: what it acked, or its
         // durable log end (a Welcome reports that).
-        let replica_acked = self.nodes[1 - node].acked_max.max(self.log_end(1 - node));
+        let replica_acked = self.nodes[peer(node)]
+            .acked_max
+            .max(self.log_end(peer(node)));
         let Some(s) = self.nodes[node].send.as_mut().filter(|s| s.conn == conn) else {
             return;
         };
@@ -1016,7 +1254,7 @@ impl World {
             Ok(_) => {
                 if s.session.acked() > replica_acked {
                     let msg = format!(
-                        "node {node} believes the replica holds {} bytes durable, but it acked \
+                        "slot {node} believes the replica holds {} bytes durable, but it acked \
                          only {replica_acked}: lag and sync acks would lie",
                         s.session.acked()
                     );
@@ -1025,7 +1263,7 @@ impl World {
                 self.pump(node);
             }
             Err(e) => {
-                self.log(|| format!("node {node} refuses an ack: {e}"));
+                self.log(|| format!("slot {node} refuses an ack: {e}"));
                 self.end_send(node);
             }
         }
@@ -1049,7 +1287,7 @@ impl World {
     fn fence(&mut self, node: usize, epoch: u64, why: &str) {
         let st = self.nodes[node].cat.state.clone();
         if let Some(next) = roles::fence(&st, epoch, why) {
-            self.log(|| format!("node {node}: {:?} -> {:?} ({why})", st.role, next.role));
+            self.log(|| format!("slot {node}: {:?} -> {:?} ({why})", st.role, next.role));
             self.nodes[node].cat.state = next;
             if self.nodes[node].cat.state.role == Role::Fenced {
                 self.nodes[node].db_on = false;
@@ -1087,7 +1325,7 @@ impl World {
             handshake::Admit::Accept { adopt } => {
                 if epoch < st.epoch {
                     self.violation(format!(
-                        "invariant 3: node {node} at epoch {} accepted a session from epoch {epoch}",
+                        "invariant 3: slot {node} at epoch {} accepted a session from epoch {epoch}",
                         st.epoch
                     ));
                     return;
@@ -1104,7 +1342,7 @@ impl World {
                 if !replay {
                     self.send_msg(
                         conn,
-                        1 - node,
+                        peer(node),
                         Msg::Refuse {
                             epoch: current,
                             stale: true,
@@ -1114,12 +1352,12 @@ impl World {
             }
             handshake::Admit::FenceSelf { seen } => {
                 self.fence(node, seen, "a newer primary connected");
-                self.send_msg(conn, 1 - node, Msg::Close);
+                self.send_msg(conn, peer(node), Msg::Close);
             }
             handshake::Admit::Retry
             | handshake::Admit::RefusePrimary
             | handshake::Admit::RefuseFenced => {
-                self.send_msg(conn, 1 - node, Msg::Close);
+                self.send_msg(conn, peer(node), Msg::Close);
             }
         }
     }
@@ -1158,7 +1396,7 @@ impl World {
             flush_queued: false,
             last_seen: self.now,
         });
-        self.send_msg(conn, 1 - node, Msg::Welcome(welcome));
+        self.send_msg(conn, peer(node), Msg::Welcome(welcome));
     }
 
     fn end_recv(&mut self, node: usize) {
@@ -1179,7 +1417,7 @@ impl World {
         let msg = match ShipMsg::try_from(m) {
             Ok(m) => m,
             Err(e) => {
-                self.log(|| format!("node {node} refuses a message: {e}"));
+                self.log(|| format!("slot {node} refuses a message: {e}"));
                 self.refuse(node);
                 return;
             }
@@ -1191,7 +1429,7 @@ impl World {
             ShipMsg::Hello(_) => Ok(()),
         };
         if let Err(e) = r {
-            self.log(|| format!("node {node} refuses: {e}"));
+            self.log(|| format!("slot {node} refuses: {e}"));
             self.refuse(node);
             return;
         }
@@ -1230,7 +1468,7 @@ impl World {
     /// A driver that does not follow drd-core's session is a bug in the
     /// simulator; it stops the message like a refusal.
     fn misuse(&mut self, node: usize, e: replica::Misuse) -> String {
-        self.violation(format!("node {node}: {e}"));
+        self.violation(format!("slot {node}: {e}"));
         e.to_string()
     }
 
@@ -1251,7 +1489,7 @@ impl World {
         }
         if epoch < n.cat.state.epoch {
             let msg = format!(
-                "invariant 3: node {node} at epoch {} accepted a chunk of epoch {epoch}",
+                "invariant 3: slot {node} at epoch {} accepted a chunk of epoch {epoch}",
                 n.cat.state.epoch
             );
             self.violation(msg);
@@ -1307,7 +1545,7 @@ impl World {
             let bytes = n.disk.read(&land(idx, true));
             let digest = sha(bytes);
             // The oracle: are these the primary's bytes?
-            let intact = self.canon.get(start..start + bytes.len()) == Some(bytes);
+            let intact = self.canon[stream_of(node)].get(start..start + bytes.len()) == Some(bytes);
             let verdict = match r.session.handle(Event::Digest {
                 sha256: digest,
                 now_ms,
@@ -1326,7 +1564,7 @@ impl World {
                     }
                     Command::Sealed(_) if !intact => {
                         let msg = format!(
-                            "invariant 2: node {node} made segment {idx} complete although its \
+                            "invariant 2: slot {node} made segment {idx} complete although its \
                              bytes are not the primary's"
                         );
                         self.violation(msg);
@@ -1378,13 +1616,13 @@ impl World {
                 Command::Close => {
                     let conn = r.conn;
                     self.end_recv(node);
-                    self.send_msg(conn, 1 - node, Msg::Close);
+                    self.send_msg(conn, peer(node), Msg::Close);
                     return;
                 }
                 // Not here: the job's end queues the next flush.
                 Command::AwaitFlush => return,
                 other => {
-                    self.violation(format!("node {node}: {other:?} at a flush"));
+                    self.violation(format!("slot {node}: {other:?} at a flush"));
                     return;
                 }
             }
@@ -1434,7 +1672,7 @@ impl World {
                     chain_head,
                 } => commit = Some((records, chain_head)),
                 other => {
-                    self.violation(format!("node {node}: {other:?} to start a flush"));
+                    self.violation(format!("slot {node}: {other:?} to start a flush"));
                     return;
                 }
             }
@@ -1545,7 +1783,7 @@ impl World {
                 } => commit = Some((records, chain_head)),
                 Command::Ack(a) => acks.push(a),
                 other => {
-                    self.violation(format!("node {node}: {other:?} after a flush step"));
+                    self.violation(format!("slot {node}: {other:?} after a flush step"));
                     return;
                 }
             }
@@ -1581,7 +1819,7 @@ impl World {
             n.acked_max = n.acked_max.max(a.durable);
             self.send_msg(
                 conn,
-                1 - node,
+                peer(node),
                 Msg::Ack {
                     durable: a.durable,
                     sealed: a.sealed,
@@ -1597,49 +1835,73 @@ impl World {
 
     // ----- crashes, power cuts, recovery -----
 
-    fn crash(&mut self, node: usize, power: bool) {
-        let coin = self.rng.random_bool(0.5);
-        let n = &mut self.nodes[node];
-        if !n.up {
-            return;
-        }
-        // A synced commit in progress is in RocksDB's log or not.
-        if let Some(j) = n.recv.as_ref().and_then(|r| r.job.as_ref()) {
-            if j.commit_started && !j.committed && coin {
-                apply_commit(&mut n.cat, j);
+    /// The slots (node, stream) at a node.
+    fn slots_at(&self, host: usize) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&k| self.shape.node_of(k) == host)
+            .collect()
+    }
+
+    /// A kill -9 or power cut of a node: every stream there goes down with
+    /// it (one process, one disk).
+    fn crash(&mut self, host: usize, power: bool) {
+        let mut any = false;
+        for node in self.slots_at(host) {
+            let coin = self.rng.random_bool(0.5);
+            let n = &mut self.nodes[node];
+            if !n.up {
+                continue;
             }
-        }
-        n.up = false;
-        n.life += 1;
-        n.recv = None;
-        n.send = None;
-        if power {
-            if self.trace {
-                for f in n.disk.list("land") {
-                    let p = format!("land/{f}");
-                    let file = n.disk.file(&p).cloned().unwrap_or_default();
-                    println!(
-                        "           before the cut: {p} {} bytes, {} synced",
-                        file.data.len(),
-                        file.synced
-                    );
+            any = true;
+            // A synced commit in progress is in RocksDB's log or not.
+            if let Some(j) = n.recv.as_ref().and_then(|r| r.job.as_ref()) {
+                if j.commit_started && !j.committed && coin {
+                    apply_commit(&mut n.cat, j);
                 }
             }
-            n.disk.power_cut(&mut self.rng);
+            n.up = false;
+            n.life += 1;
+            n.recv = None;
+            n.send = None;
+            if power {
+                if self.trace {
+                    for f in n.disk.list("land") {
+                        let p = format!("land/{f}");
+                        let file = n.disk.file(&p).cloned().unwrap_or_default();
+                        println!(
+                            "           before the cut: s{}/{p} {} bytes, {} synced",
+                            stream_of(node),
+                            file.data.len(),
+                            file.synced
+                        );
+                    }
+                }
+                n.disk.power_cut(&mut self.rng);
+            }
+        }
+        if !any {
+            return;
         }
         self.log(|| {
             format!(
-                "node {node} {}",
+                "node {host} {}",
                 if power { "loses power" } else { "is killed" }
             )
         });
         let d = self.rng.random_range(10 * MS..800 * MS);
-        self.after(d, Ev::Restart { node });
+        self.after(d, Ev::Restart { node: host });
     }
 
-    /// The daemon's start: reconcile the landing directory with the
-    /// catalog (replica/reconcile.rs), then check what survived.
-    fn restart(&mut self, node: usize) {
+    /// The daemon's start at a node: reconcile each stream's landing
+    /// directory with the catalog (replica/reconcile.rs), then check what
+    /// survived.
+    fn restart(&mut self, host: usize) {
+        for node in self.slots_at(host) {
+            self.restart_slot(node);
+        }
+    }
+
+    fn restart_slot(&mut self, node: usize) {
         if self.nodes[node].up {
             return;
         }
@@ -1653,14 +1915,14 @@ impl World {
                 // its previous durable point: detected, the operator's turn.
                 n.up = false;
                 n.stalled_on_rot = true;
-                self.log(|| format!("node {node} refuses to start: {e}"));
+                self.log(|| format!("slot {node} refuses to start: {e}"));
                 return;
             }
-            let msg = format!("node {node} cannot recover after a crash: {e}");
+            let msg = format!("slot {node} cannot recover after a crash: {e}");
             self.violation(msg);
             return;
         }
-        self.log(|| format!("node {node} restarts"));
+        self.log(|| format!("slot {node} restarts"));
         if self.nodes[node].cat.state.role == Role::Replica {
             self.check_replica_log(node, "after a restart");
         }
@@ -1713,7 +1975,7 @@ impl World {
         let segs = match self.log_segments(node) {
             Ok(s) => s,
             Err(e) => {
-                self.violation(format!("node {node} {when}: {e}"));
+                self.violation(format!("slot {node} {when}: {e}"));
                 return;
             }
         };
@@ -1730,7 +1992,7 @@ impl World {
             self.nodes[node].acked_max = end;
         } else if end < acked {
             self.violation(format!(
-                "invariant 1: node {node} {when} holds {end} bytes but acked {acked}"
+                "invariant 1: slot {node} {when} holds {end} bytes but acked {acked}"
             ));
             return;
         }
@@ -1742,11 +2004,12 @@ impl World {
             }
             let a = start as usize;
             let b = a + data.len();
-            if self.canon.get(a..b) != Some(&data[..]) {
+            let canon = &self.canon[stream_of(node)];
+            if canon.get(a..b) != Some(&data[..]) {
                 self.violation(format!(
-                    "invariant 1: node {node} {when}: segment {idx} (bytes {a}..{b}) differs \
+                    "invariant 1: slot {node} {when}: segment {idx} (bytes {a}..{b}) differs \
                      from the primary's log (canon {} bytes)",
-                    self.canon.len()
+                    canon.len()
                 ));
                 return;
             }
@@ -1754,758 +2017,10 @@ impl World {
     }
 
     fn final_checks(&mut self) {
-        for node in 0..2 {
+        for node in 0..self.nodes.len() {
             if self.nodes[node].cat.state.role == Role::Replica && self.nodes[node].up {
                 self.check_replica_log(node, "at the end");
                 self.verify(node);
-            }
-        }
-    }
-
-    // ----- operations -----
-
-    /// `drctl verify` at a node: re-hash every sealed segment and walk the
-    /// chain (drd-core's chain::Walker). It must find each rotted segment
-    /// and nothing else.
-    fn verify(&mut self, node: usize) {
-        self.out.verifies += 1;
-        let n = &self.nodes[node];
-        let mut walker = chain::Walker::new(chain::GENESIS);
-        for r in n.cat.recs.values().filter(|r| r.sealed) {
-            let path = self.rec_path(node, r);
-            let data = n.disk.read(&path);
-            let actual = if (data.len() as u64) < r.size {
-                Err("short".to_string())
-            } else {
-                Ok(hex_of(&sha(&data[..r.size as usize])))
-            };
-            walker.step(&chain::Stored {
-                name: name_of(r.idx).to_string(),
-                size: r.size,
-                recorded_sha256: r.sha.map(|s| hex_of(&s)).unwrap_or_default(),
-                recorded_chain: r.chain.map(|c| hex_of(&c)),
-                actual_sha256: actual,
-                pruned: false,
-            });
-        }
-        let report = walker.finish();
-        let found: BTreeSet<u64> = report
-            .problems
-            .iter()
-            .filter_map(|(name, _)| idx_of(name))
-            .collect();
-        let rotted: BTreeSet<u64> = n
-            .rotted
-            .iter()
-            .copied()
-            .filter(|i| n.cat.recs.get(i).is_some_and(|r| r.sealed))
-            .collect();
-        if found != rotted {
-            let msg = format!(
-                "verify at node {node}: found problems in {found:?} but the segments that rotted \
-                 are {rotted:?} ({:?})",
-                report.problems.first()
-            );
-            self.violation(msg);
-        }
-    }
-
-    fn operator(&mut self) {
-        if self.healed {
-            // After the faults: an operator rejoins what is fenced.
-            for node in 0..2 {
-                if self.nodes[node].cat.state.role == Role::Fenced {
-                    self.rejoin(node);
-                }
-            }
-            return;
-        }
-        match self.rng.random_range(0..100) {
-            0..=17 => {
-                let r = (0..2).find(|&i| self.nodes[i].cat.state.role == Role::Replica);
-                if let Some(r) = r {
-                    self.failover(r, None);
-                }
-            }
-            18..=35 => {
-                let p = self.canon_owner;
-                if self.switchover.is_none() && self.nodes[p].cat.state.role == Role::Primary {
-                    self.start_switchover(p);
-                }
-            }
-            36..=60 => {
-                for node in 0..2 {
-                    if self.nodes[node].cat.state.role == Role::Fenced {
-                        self.rejoin(node);
-                    }
-                }
-            }
-            61..=75 => {
-                let p = self.canon_owner;
-                let n = &mut self.nodes[p];
-                n.paused = !n.paused;
-                let paused = n.paused;
-                let life = n.life;
-                self.log(|| {
-                    format!(
-                        "operator: {} node {p}",
-                        if paused { "pause" } else { "resume" }
-                    )
-                });
-                if paused {
-                    if let Some(s) = self.nodes[p].send.take() {
-                        self.close_conn(s.conn);
-                    }
-                } else {
-                    self.after(0, Ev::Connect { node: p, life });
-                }
-            }
-            _ => {
-                let node = self.rng.random_range(0..2);
-                if self.nodes[node].up
-                    && self.nodes[node].cat.state.role == Role::Replica
-                    && self.nodes[node]
-                        .recv
-                        .as_ref()
-                        .is_none_or(|r| r.job.is_none())
-                {
-                    self.verify(node);
-                }
-            }
-        }
-    }
-
-    /// `drctl failover` at the DR node: promote at the durable position;
-    /// the last partial segment becomes the fork segment (ops/fork.rs's
-    /// close_received_log); tell the old primary to fence if reachable.
-    fn failover(&mut self, node: usize, expect: Option<u64>) -> bool {
-        if !self.nodes[node].up
-            || self.nodes[node]
-                .recv
-                .as_ref()
-                .is_some_and(|r| r.job.is_some())
-        {
-            return false;
-        }
-        let Ok(next) = roles::promote(&self.nodes[node].cat.state) else {
-            return false;
-        };
-        self.end_recv(node);
-        let Some(tail) = self.nodes[node].cat.recs.values().next_back().cloned() else {
-            return false;
-        };
-        // Before the promotion: its log is what the primary had (as far as
-        // it got), byte for byte.
-        self.check_replica_log(node, "at its failover");
-        if !self.out.violations.is_empty() {
-            return false;
-        }
-        let n = &mut self.nodes[node];
-        let mut tail = tail;
-        if !tail.sealed {
-            // The partial must still match its record (ops/fork.rs's
-            // close_received_log, with drd-core's tail::recover).
-            let data = n.disk.read(&land(tail.idx, true)).to_vec();
-            match drd_core::tail::fork_point(tail.size, tail.check, data.len() as u64, |k| {
-                crc32c::crc32c(&data[..k as usize])
-            }) {
-                Ok(k) if expect.is_some_and(|e| tail.start + k.keep != e) => {
-                    // A switchover's promotion forks exactly where the
-                    // primary's log ends, or not at all.
-                    return false;
-                }
-                Ok(k) => tail.size = k.keep,
-                Err(_) => {
-                    // Refused: the DR copy's tail rotted; the operator must
-                    // restore it. Detected, so not a violation.
-                    n.stalled_on_rot = true;
-                    return false;
-                }
-            }
-            if tail.start + tail.size < self.nodes[node].acked_max {
-                if !self.nodes[node].rotted_partial.contains(&tail.idx) {
-                    self.violation(format!(
-                        "node {node}: failover cut an intact partial below what it acked"
-                    ));
-                    return false;
-                }
-                // The rot took acked bytes; drd detected it and forked
-                // before them.
-                self.nodes[node].acked_max = tail.start + tail.size;
-            }
-        }
-        let n = &mut self.nodes[node];
-        let mut fork_rec = tail.clone();
-        if !tail.sealed {
-            let path = land(tail.idx, true);
-            n.disk.truncate_durable(&path, tail.size);
-            let digest = sha(&n.disk.read(&path)[..tail.size as usize]);
-            fork_rec.sha = Some(digest);
-            fork_rec.chain = Some(chain::link(
-                &n.cat.chain_head,
-                &digest,
-                name_of(tail.idx).as_str(),
-                tail.size,
-            ));
-            fork_rec.sealed = true;
-            fork_rec.check = None;
-        }
-        fork_rec.fork = true;
-        n.cat.chain_head = fork_rec.chain.unwrap_or(n.cat.chain_head);
-        n.cat.recs.insert(tail.idx, fork_rec);
-        n.cat.fork = Some((tail.idx, tail.end()));
-        n.cat.state = next.clone();
-        // The promoted database writes the new epoch's segments after the fork.
-        n.src.clear();
-        n.src.insert(tail.idx + 1, tail.end());
-        n.disk.append_durable(&wal(tail.idx + 1), &[]);
-        n.db_on = true;
-        n.db_hold = false;
-        n.paused = false;
-        n.stalled_on_rot = false;
-        let life = n.life;
-        n.handed_over = false;
-        self.canon.truncate(tail.end() as usize);
-        self.canon_owner = node;
-        self.out.failovers += 1;
-        self.log(|| {
-            format!(
-                "operator: failover to node {node} at epoch {} (fork at {})",
-                next.epoch,
-                tail.end()
-            )
-        });
-        // Tell the old primary, if the network lets it through.
-        let c = self.open_conn(node, 1 - node, false);
-        self.send_msg(c, 1 - node, Msg::Fence { epoch: next.epoch });
-        self.after(MS, Ev::Connect { node, life });
-        true
-    }
-
-    /// `drctl rejoin` at a fenced node: ask the new primary for its fork,
-    /// cut back (drd-core's fork plan), quarantine what lay past it.
-    fn rejoin(&mut self, node: usize) {
-        let p = 1 - node;
-        if !self.nodes[node].up
-            || !self.nodes[p].up
-            || self.blocked[node][p]
-            || self.blocked[p][node]
-            || self.nodes[p].cat.state.role != Role::Primary
-        {
-            return;
-        }
-        let Some((fidx, fpos)) = self.nodes[p].cat.fork else {
-            return;
-        };
-        let Some(frec) = self.nodes[p].cat.recs.get(&fidx).cloned() else {
-            return;
-        };
-        let primary_epoch = self.nodes[p].cat.state.epoch;
-        let Ok(next) = roles::rejoin(&self.nodes[node].cat.state, primary_epoch) else {
-            return;
-        };
-        if self.cut_back(node, &frec, fpos, "rejoin").is_err() {
-            return;
-        }
-        let n = &mut self.nodes[node];
-        n.cat.state = next;
-        n.db_on = false;
-        self.out.rejoins += 1;
-        self.log(|| format!("operator: node {node} rejoined at fork {fpos}"));
-        self.check_replica_log(node, "after its rejoin");
-    }
-
-    /// The cut of a rejoin or a switchover's demotion.
-    fn cut_back(&mut self, node: usize, frec: &Rec, fpos: u64, why: &str) -> Result<(), ()> {
-        let fidx = frec.idx;
-        // What this node's log held past the fork, piece by piece, for
-        // invariant 5.
-        let old: Vec<Vec<u8>> = {
-            let log = self.own_log(node);
-            let mut pieces = Vec::new();
-            for (_, (start, path, _)) in log.range(fidx..) {
-                let d = self.nodes[node].disk.read(path);
-                let from = fpos.saturating_sub(*start) as usize;
-                if from < d.len() {
-                    pieces.push(d[from..].to_vec());
-                }
-            }
-            pieces
-        };
-        let n = &mut self.nodes[node];
-        let candidates = [wal(fidx), land(fidx, false), land(fidx, true)];
-        let Some(fork_file) = candidates.iter().find(|p| n.disk.exists(p)).cloned() else {
-            let msg = format!("{why} at node {node}: it does not hold the fork segment {fidx}");
-            self.violation(msg);
-            return Err(());
-        };
-        let have = n.disk.len(&fork_file).unwrap_or(0);
-        let mut held: Vec<(u64, String)> = Vec::new();
-        for dir in ["wal", "land"] {
-            for name in n.disk.list(dir) {
-                if let Some(i) = idx_of(&name) {
-                    held.push((i, format!("{dir}/{name}")));
-                }
-            }
-        }
-        let f = fork::Fork {
-            segment: name_of(fidx),
-            start: frec.start,
-            position: fpos,
-        };
-        let data = n.disk.read(&fork_file).to_vec();
-        let plan = f.plan(
-            have,
-            |len| Some(sha(&data[..len as usize])) == frec.sha,
-            held.iter().map(|(i, _)| name_of(*i)),
-        );
-        let plan = match plan {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = format!("{why} at node {node} refused: {e}");
-                self.violation(msg);
-                return Err(());
-            }
-        };
-        let mut quarantined: Vec<Vec<u8>> = Vec::new();
-        if plan.tail_bytes > 0 {
-            let q = format!("quar/{}.after-fork-at-{}", fidx, plan.keep);
-            n.disk.write_durable(&q, &data[plan.keep as usize..]);
-            quarantined.push(data[plan.keep as usize..].to_vec());
-        }
-        n.disk.truncate_durable(&fork_file, plan.keep);
-        for seg in &plan.quarantine {
-            let i = idx_of(seg.as_str()).unwrap_or(0);
-            for (_, path) in held.iter().filter(|(h, _)| *h == i) {
-                quarantined.push(n.disk.read(path).to_vec());
-                let to = format!("quar/{}", &path[path.find('/').map_or(0, |x| x + 1)..]);
-                n.disk.move_durable(path, &to);
-            }
-        }
-        n.cat.recs.retain(|&i, _| i < fidx);
-        n.cat.recs.insert(
-            fidx,
-            Rec {
-                idx: fidx,
-                start: frec.start,
-                size: plan.keep,
-                sealed: true,
-                sha: frec.sha,
-                chain: frec.chain,
-                check: None,
-                fork: true,
-                in_source: fork_file.starts_with("wal/"),
-            },
-        );
-        n.cat.chain_head = frec.chain.unwrap_or(chain::GENESIS);
-        n.cat.fork = Some((fidx, fpos));
-        n.src.clear();
-        n.rotted.retain(|&i| i < fidx);
-        n.rotted_partial.retain(|&i| i < fidx);
-        n.stalled_on_rot = false;
-        let lost: Vec<usize> = old
-            .iter()
-            .filter(|p| !quarantined.contains(p))
-            .map(Vec::len)
-            .collect();
-        if !lost.is_empty() {
-            let msg = format!(
-                "invariant 5: {why} at node {node}: pieces of {lost:?} bytes of its log past the \
-                 fork are not in quarantine"
-            );
-            self.violation(msg);
-            return Err(());
-        }
-        Ok(())
-    }
-
-    fn start_switchover(&mut self, p: usize) {
-        let mut steps = switchover::Switchover::new();
-        // Preflight: the replica answers and is at our epoch.
-        let r = 1 - p;
-        let ok = self.nodes[r].up
-            && !self.blocked[p][r]
-            && !self.blocked[r][p]
-            && self.nodes[r].cat.state.role == Role::Replica
-            && self.nodes[r].cat.state.epoch == self.nodes[p].cat.state.epoch;
-        if !ok {
-            self.switchover_failed(
-                p,
-                &mut steps,
-                SwStep::Preflight,
-                "the replica does not answer",
-            );
-            return;
-        }
-        let _ = steps.succeeded(SwStep::Preflight);
-        // The pre-switchover hook stops writes.
-        self.nodes[p].db_hold = true;
-        let _ = steps.succeeded(SwStep::StopWrites);
-        self.switchover = Some(Switchover {
-            primary: p,
-            deadline: self.now + 2 * SEC,
-            steps,
-        });
-        self.log(|| format!("operator: switchover from node {p}: writes held, draining"));
-        self.after(10 * MS, Ev::SwitchoverCheck);
-    }
-
-    /// A failed step: drd-core says whether to roll back or fence.
-    fn switchover_failed(
-        &mut self,
-        p: usize,
-        steps: &mut switchover::Switchover,
-        step: SwStep,
-        why: &str,
-    ) {
-        self.switchover = None;
-        match steps.failed(step) {
-            OnFailure::RollBack { resume_writes } => {
-                if resume_writes {
-                    self.nodes[p].db_hold = false;
-                }
-                self.out.switchovers_rolled_back += 1;
-                self.log(|| format!("switchover rolled back at {}: {why}", step.name()));
-            }
-            OnFailure::Fence => {
-                let epoch = self.nodes[1 - p].cat.state.epoch;
-                self.fence(
-                    p,
-                    epoch,
-                    "switchover: promoted the replica but could not demote",
-                );
-                self.log(|| {
-                    format!(
-                        "switchover: node {p} fenced itself at {}: {why}",
-                        step.name()
-                    )
-                });
-            }
-        }
-    }
-
-    /// `drctl switchover`, step by step (drd-core's step machine): drain to
-    /// lag 0, verify, promote the replica, demote the primary.
-    fn switchover_check(&mut self) {
-        let Some(mut sw) = self.switchover.take() else {
-            return;
-        };
-        let p = sw.primary;
-        let r = 1 - p;
-        let want = self.canon.len() as u64;
-        if self.nodes[p].cat.state.role != Role::Primary
-            || self.nodes[r].cat.state.role != Role::Replica
-            || self.canon_owner != p
-        {
-            let step = sw.steps.next().unwrap_or(SwStep::Drain);
-            self.switchover_failed(p, &mut sw.steps, step, "roles changed");
-            return;
-        }
-        let drained = self.nodes[p].up
-            && self.nodes[r].up
-            && self.nodes[p]
-                .send
-                .as_ref()
-                .is_some_and(|s| s.welcomed && s.session.acked() == want)
-            && self.nodes[r].recv.as_ref().is_none_or(|x| x.job.is_none())
-            && self.log_end(r) == want
-            && !self.blocked[p][r]
-            && !self.blocked[r][p];
-        if !drained {
-            if self.now >= sw.deadline {
-                self.switchover_failed(p, &mut sw.steps, SwStep::Drain, "not drained in time");
-            } else {
-                self.switchover = Some(sw);
-                self.after(10 * MS, Ev::SwitchoverCheck);
-            }
-            return;
-        }
-        let _ = sw.steps.succeeded(SwStep::Drain);
-        // Verify: the logs agree (the chain head of the sealed segments).
-        if self.nodes[r].cat.chain_head != self.nodes[p].cat.chain_head
-            && self.nodes[p].cat.recs.values().any(|x| x.sealed)
-        {
-            self.switchover_failed(p, &mut sw.steps, SwStep::Verify, "hash chains differ");
-            return;
-        }
-        // The oracle (invariant 4): the new primary has exactly the old
-        // primary's log (segments that rotted at rest excepted: verify
-        // reports those).
-        self.check_replica_log(r, "at its switchover");
-        if self.log_end(r) != want {
-            self.violation(format!(
-                "invariant 4: switchover: node {r}'s log ends at {} but node {p}'s at {want}",
-                self.log_end(r)
-            ));
-        }
-        if !self.out.violations.is_empty() {
-            return;
-        }
-        let _ = sw.steps.succeeded(SwStep::Verify);
-        if !self.failover(r, Some(want)) {
-            self.switchover_failed(p, &mut sw.steps, SwStep::Promote, "promotion failed");
-            return;
-        }
-        let _ = sw.steps.succeeded(SwStep::Promote);
-        self.out.failovers -= 1;
-        self.out.switchovers += 1;
-        self.nodes[p].handed_over = true;
-        let new_epoch = self.nodes[r].cat.state.epoch;
-        if let Some(s) = self.nodes[p].send.take() {
-            self.close_conn(s.conn);
-        }
-        // The demotion: its catalog commit can fail (a disk error).
-        if self.rng.random_bool(0.1) {
-            self.switchover_failed(
-                p,
-                &mut sw.steps,
-                SwStep::Demote,
-                "the demotion's commit failed",
-            );
-            return;
-        }
-        let Ok(next) = roles::demote(&self.nodes[p].cat.state, new_epoch) else {
-            self.violation(format!(
-                "switchover: demote of node {p} to epoch {new_epoch} refused"
-            ));
-            return;
-        };
-        let Some((fidx, fpos)) = self.nodes[r].cat.fork else {
-            return;
-        };
-        let Some(frec) = self.nodes[r].cat.recs.get(&fidx).cloned() else {
-            return;
-        };
-        if self.cut_back(p, &frec, fpos, "switchover").is_err() {
-            return;
-        }
-        if fpos != want {
-            self.violation(format!(
-                "invariant 4: switchover forked at {fpos} but the log was {want} bytes"
-            ));
-        }
-        let _ = sw.steps.succeeded(SwStep::Demote);
-        let n = &mut self.nodes[p];
-        n.cat.state = next;
-        n.db_on = false;
-        n.db_hold = false;
-        n.handed_over = false;
-        self.check_replica_log(p, "after its switchover");
-    }
-
-    // ----- faults -----
-
-    fn fault(&mut self) {
-        let mut kind = self.rng.random_range(0..FAULTS.len());
-        // Rot in a partial tail stops its replica for good once the seal
-        // detects it (an operator must restore the segment), which ends
-        // that schedule's liveness check: keep it rare (a tenth of the
-        // others) so that most schedules are checked for liveness too.
-        if kind == 7 && self.rng.random_bool(0.9) {
-            kind = 2;
-        }
-        let a = self.rng.random_range(0..2);
-        let b = 1 - a;
-        let replica = 1 - self.canon_owner;
-        self.out.faults[kind] += 1;
-        self.log(|| format!("fault: {}", FAULTS[kind]));
-        match kind {
-            0 | 1 => {
-                self.blocked[a][b] = true;
-                if kind == 0 {
-                    self.blocked[b][a] = true;
-                }
-                let d = self.rng.random_range(50 * MS..1_500 * MS);
-                self.after(d, Ev::Heal);
-            }
-            2 => {
-                let ids: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.open)
-                    .map(|(i, _)| *i)
-                    .collect();
-                for i in ids {
-                    self.close_conn(i);
-                }
-            }
-            3 => self.crash(a, false),
-            4 => self.crash(a, true),
-            5 => {
-                self.nodes[replica].disk.full = true;
-                let d = self.rng.random_range(20 * MS..500 * MS);
-                self.after(d, Ev::Heal);
-            }
-            6 => {
-                // A sealed segment at the replica, not its last one.
-                let n = &self.nodes[replica];
-                let sealed: Vec<u64> = n
-                    .cat
-                    .recs
-                    .values()
-                    .filter(|r| r.sealed && !r.fork && !r.in_source && r.size > 0)
-                    .filter(|r| !n.rotted.contains(&r.idx))
-                    .map(|r| r.idx)
-                    .collect();
-                if sealed.len() >= 3 {
-                    let i = sealed[self.rng.random_range(0..sealed.len() - 2)];
-                    let at = self
-                        .rng
-                        .random_range(0..self.nodes[replica].cat.recs[&i].size)
-                        as usize;
-                    let path = land(i, false);
-                    if self.nodes[replica].disk.exists(&path) {
-                        self.nodes[replica].disk.rot(&path, at);
-                        self.nodes[replica].rotted.insert(i);
-                    }
-                }
-            }
-            7 => {
-                // The replica's partial tail, before its seal: the
-                // session's tail (what the catalog says may be older).
-                let n = &self.nodes[replica];
-                let tail = match n.recv.as_ref() {
-                    Some(r) => r
-                        .session
-                        .tail()
-                        .filter(|t| !t.sealed)
-                        .map(|t| (idx_of(t.segment.as_str()).unwrap_or(0), t.size)),
-                    None => n
-                        .cat
-                        .recs
-                        .values()
-                        .next_back()
-                        .filter(|t| !t.sealed)
-                        .map(|t| (t.idx, t.size)),
-                };
-                if let Some((i, size)) = tail.filter(|t| t.1 > 0) {
-                    let at = self.rng.random_range(0..size) as usize;
-                    self.nodes[replica].disk.rot(&land(i, true), at);
-                    self.nodes[replica].rotted_partial.insert(i);
-                }
-            }
-            8 => self.corrupt_next = true,
-            9 => self.dup_next = true,
-            10 => self.reorder_next = true,
-            11 => self.replay_old_session(replica),
-            _ => {
-                // A hostile replica acks past what it was sent.
-                let r = &self.nodes[replica];
-                if let Some(rv) = r.recv.as_ref() {
-                    let conn = rv.conn;
-                    // Past what it was sent (an ack within it is a lie no
-                    // protocol can catch; one past it must be refused).
-                    let sent = self.nodes[self.canon_owner]
-                        .send
-                        .as_ref()
-                        .map_or(r.acked_max, |s| s.session.sent_end());
-                    let bogus = sent + 64 * SEG_BYTES + self.rng.random_range(0..1000);
-                    self.send_msg(
-                        conn,
-                        self.canon_owner,
-                        Msg::Ack {
-                            durable: bogus,
-                            sealed: false,
-                            segment: String::new(),
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// An old session's traffic arrives again at the replica (a middlebox
-    /// replaying it, or a stale primary's process that never died): the
-    /// epoch checks must refuse it when its epoch is lower.
-    fn replay_old_session(&mut self, to: usize) {
-        if self.history.len() < 2 {
-            return;
-        }
-        let i = self.rng.random_range(0..self.history.len() - 1);
-        let (epoch, msgs) = self.history[i].clone();
-        if epoch >= self.nodes[to].cat.state.epoch {
-            // Same epoch: a duplicate session that the continuity checks
-            // handle; replay only older ones here.
-            return;
-        }
-        let conn = self.open_conn(1 - to, to, true);
-        self.log(|| format!("net: replaying a session of epoch {epoch} on conn {conn}"));
-        let mut t = self.now;
-        for m in msgs {
-            t += self.rng.random_range(50..500);
-            self.at(t, Ev::Deliver { conn, to, msg: m });
-        }
-    }
-
-    fn heal_faults(&mut self) {
-        self.blocked = [[false; 2]; 2];
-        for n in &mut self.nodes {
-            n.disk.full = false;
-        }
-    }
-
-    fn heal(&mut self) {
-        if self.now >= self.heal_at && !self.healed {
-            self.healed = true;
-            self.heal_faults();
-            self.corrupt_next = false;
-            self.dup_next = false;
-            self.reorder_next = false;
-            if let Some((c, to, m)) = self.held_reorder.take() {
-                self.after(
-                    1,
-                    Ev::Deliver {
-                        conn: c,
-                        to,
-                        msg: m,
-                    },
-                );
-            }
-            self.log(|| "all faults heal".to_string());
-            for node in 0..2 {
-                let n = &mut self.nodes[node];
-                n.db_hold = false;
-                if !n.up {
-                    self.after(MS, Ev::Restart { node });
-                }
-                let n = &mut self.nodes[node];
-                n.paused = false;
-                let life = n.life;
-                self.after(MS, Ev::Connect { node, life });
-            }
-            self.switchover = None;
-            return;
-        }
-        if !self.healed {
-            // One fault's end: heal the network and the disk (other faults
-            // still come).
-            self.heal_faults();
-            for node in 0..2 {
-                let life = self.nodes[node].life;
-                self.after(MS, Ev::Connect { node, life });
-            }
-        }
-    }
-
-    /// Idle timeouts: a session with no message for IDLE is given up.
-    fn idle(&mut self) {
-        for node in 0..2 {
-            if let Some(s) = &self.nodes[node].send {
-                let dead = self.conns.get(&s.conn).is_none_or(|c| !c.open);
-                if dead && self.now.saturating_sub(s.last_seen) > IDLE
-                    || self.now.saturating_sub(s.last_seen) > 4 * IDLE
-                {
-                    self.end_send(node);
-                }
-            } else if self.nodes[node].cat.state.role == Role::Primary {
-                let life = self.nodes[node].life;
-                self.after(0, Ev::Connect { node, life });
-            }
-            if let Some(r) = &self.nodes[node].recv {
-                let dead = self.conns.get(&r.conn).is_none_or(|c| !c.open);
-                if r.job.is_none() && dead && self.now.saturating_sub(r.last_seen) > IDLE {
-                    self.end_recv(node);
-                }
             }
         }
     }
