@@ -280,16 +280,21 @@ fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
     for (name, n) in FAULTS.iter().zip(t.faults) {
         row(&format!("  {name}"), n.to_string());
     }
-    row("failovers", t.failovers.to_string());
-    row("  refused", t.failovers_refused.to_string());
+    // Each line counts operations that ended that way; the indented
+    // lines split the line above them.
+    row("failovers (promoted)", t.failovers.to_string());
     row("  old primary not reached", t.fence_not_reached.to_string());
     row("  old primary's fence unknown", t.fence_unknown.to_string());
-    row("switchovers", t.switchovers.to_string());
-    row("  rolled back", t.switchovers_rolled_back.to_string());
-    row("rejoins", t.rejoins.to_string());
-    row("  refused", t.rejoins_refused.to_string());
+    row("failovers refused", t.failovers_refused.to_string());
+    row("switchovers (promoted)", t.switchovers.to_string());
     row(
-        "  stopped in quarantine",
+        "switchovers rolled back",
+        t.switchovers_rolled_back.to_string(),
+    );
+    row("rejoins (rejoined)", t.rejoins.to_string());
+    row("rejoins refused", t.rejoins_refused.to_string());
+    row(
+        "rejoins stopped in quarantine",
         t.rejoins_partly_quarantined.to_string(),
     );
     row("verifies", t.verifies.to_string());
