@@ -121,11 +121,26 @@ impl World {
                     let conn = rv.conn;
                     // Past what it was sent (an ack within it is a lie no
                     // protocol can catch; one past it must be refused).
+                    // It may arrive after a Welcome moved the session on,
+                    // so it is placed past the primary's whole log, not
+                    // just past what this session has sent so far (a
+                    // session not yet welcomed has sent nothing: seed
+                    // 548473 acked within what the primary then sent).
                     let sent = self.nodes[primary]
                         .send
                         .as_ref()
                         .map_or(r.acked_max, |s| s.session.sent_end());
-                    let bogus = sent + 64 * SEG_BYTES + self.rng.random_range(0..1000);
+                    let primary_end = self
+                        .own_log(primary)
+                        .values()
+                        .map(|(start, path, _)| {
+                            start + self.nodes[primary].disk.len(path).unwrap_or(0)
+                        })
+                        .max()
+                        .unwrap_or(0);
+                    let bogus = sent.max(r.acked_max).max(primary_end)
+                        + 64 * SEG_BYTES
+                        + self.rng.random_range(0..1000);
                     self.send_msg(
                         conn,
                         primary,
