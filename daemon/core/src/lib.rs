@@ -20,6 +20,8 @@
 //! - [`rejoin`]: `drctl rejoin` as a step machine (refuse, or stay fenced once the
 //!   quarantine began).
 //! - [`fork`]: the rejoin cut: what lies past the fork goes to quarantine.
+//! - [`storage`]: the traits the drivers store through (segment store, catalog,
+//!   source), their in-memory implementations and the contract suite of both.
 //! - [`chain`]: the hash chain over sealed segments.
 //! - [`mutation`]: drd-sim's planted bugs (compiled only for drd-sim).
 #![forbid(unsafe_code)]
@@ -35,5 +37,6 @@ pub mod rejoin;
 pub mod replica;
 pub mod roles;
 pub mod sender;
+pub mod storage;
 pub mod switchover;
 pub mod tail;
