@@ -22,7 +22,6 @@
 //!
 //! Exit status: 0 no violation, 1 violations found, 2 usage error.
 
-mod disk;
 mod world;
 
 use clap::Parser;

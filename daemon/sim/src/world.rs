@@ -1,5 +1,6 @@
 //! One seeded schedule: 2 to 4 drd nodes and 1 to 4 streams, driven by the
-//! real drd-core rules over a simulated disk ([`crate::disk`]), a simulated
+//! real drd-core rules over drd-core's in-memory disk
+//! ([`drd_core::storage::mem::MemDisk`]), a simulated
 //! network and a simulated clock.
 //!
 //! Each stream lives at two nodes, its first primary and its DR node
@@ -41,7 +42,6 @@
 //! fault phase everything heals and every stream's lag must reach 0 in
 //! bounded time.
 
-use crate::disk::Disk;
 use bytes::Bytes;
 use drd_core::durability::Step;
 use drd_core::failover::{self, OldPrimary, Outcome as FoOutcome};
@@ -49,6 +49,7 @@ use drd_core::rejoin::{self, Outcome as RjOutcome};
 use drd_core::replica::{self, Command, Event, GroupEvent};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
+use drd_core::storage::mem::{Entropy, MemDisk};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;
 use drd_core::{chain, fork, handshake};
@@ -151,6 +152,20 @@ fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// The schedule's generator as the choices of a power cut: the same draws
+/// as when the disk was the simulator's own, so a seed's schedule is
+/// unchanged.
+struct Draws<'a>(&'a mut SmallRng);
+
+impl Entropy for Draws<'_> {
+    fn upto(&mut self, n: usize) -> usize {
+        self.0.random_range(0..=n)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        self.0.random_bool(p)
+    }
+}
+
 /// A segment record in a node's catalog (RocksDB in the daemon).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Rec {
@@ -233,7 +248,7 @@ struct Node {
     /// Bumped at each crash: events of an older incarnation are void.
     life: u64,
     cat: Catalog,
-    disk: Disk,
+    disk: MemDisk,
     /// The database's WAL segments at this node: index → start position.
     src: BTreeMap<u64, u64>,
     /// The database writes (only at the newest primary, not held).
@@ -468,7 +483,7 @@ impl World {
                 state: RoleState::new(role, 1),
                 fork: None,
             },
-            disk: Disk::default(),
+            disk: MemDisk::default(),
             src: BTreeMap::new(),
             db_on: role == Role::Primary,
             db_hold: false,
@@ -1876,7 +1891,7 @@ impl World {
                         );
                     }
                 }
-                n.disk.power_cut(&mut self.rng);
+                n.disk.power_cut(&mut Draws(&mut self.rng));
             }
         }
         if !any {
@@ -2185,5 +2200,40 @@ fn short(m: &Msg) -> String {
         },
         Msg::Welcome(w) => format!("welcome durable {}", w.durable),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A power cut draws from the schedule's generator exactly what the
+    /// simulator's own disk drew before it moved into drd-core: a seed's
+    /// whole schedule after the cut depends on it.
+    #[test]
+    fn a_power_cut_draws_what_the_simulators_own_disk_drew() {
+        for seed in 0..200 {
+            let mut d = MemDisk::default();
+            // Two name operations in the journal, and 100 unsynced bytes:
+            // 7 sectors.
+            d.create("land/a").unwrap();
+            d.create("land/b").unwrap();
+            d.write_at("land/a", 0, &[7; 100]).unwrap();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            d.power_cut(&mut Draws(&mut rng));
+
+            let mut by_hand = SmallRng::seed_from_u64(seed);
+            let keep = by_hand.random_range(0..=2usize);
+            let kept = by_hand.random_range(0..=7usize);
+            for _ in 0..kept {
+                by_hand.random_bool(0.25);
+            }
+            assert_eq!(rng.random::<u64>(), by_hand.random::<u64>(), "seed {seed}");
+            assert_eq!(d.exists("land/a"), keep >= 1);
+            assert_eq!(d.exists("land/b"), keep >= 2);
+            if keep >= 1 {
+                assert_eq!(d.len("land/a"), Some((kept as u64 * 16).min(100)));
+            }
+        }
     }
 }
