@@ -1,6 +1,6 @@
 //! One seeded schedule: 2 to 4 drd nodes and 1 to 4 streams, driven by the
 //! real drd-core rules over drd-core's in-memory disk
-//! ([`drd_core::storage::mem::MemDisk`]), a simulated
+//! ([`drd_core::storage::mem::MemDisk`], through the storage traits), a simulated
 //! network and a simulated clock.
 //!
 //! Each stream lives at two nodes, its first primary and its DR node
@@ -46,10 +46,11 @@ use bytes::Bytes;
 use drd_core::durability::Step;
 use drd_core::failover::{self, OldPrimary, Outcome as FoOutcome};
 use drd_core::rejoin::{self, Outcome as RjOutcome};
-use drd_core::replica::{self, Command, Event, GroupEvent};
+use drd_core::replica::{self, Command, Event, GroupEvent, SealedSegment};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
-use drd_core::storage::mem::{Entropy, MemDisk};
+use drd_core::storage::mem::{Entropy, Landing, MemDisk, MemError};
+use drd_core::storage::{FileState, SegmentStore, Source};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;
 use drd_core::{chain, fork, handshake};
@@ -166,6 +167,65 @@ impl Entropy for Draws<'_> {
     }
 }
 
+/// Where a segment of a node's log is: the database's WAL (read as a
+/// [`Source`]) or the landing directory (a [`SegmentStore`]), partial or
+/// complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Loc {
+    Wal(u64),
+    Land(u64, FileState),
+}
+
+impl Loc {
+    /// The whole file; empty if there is none.
+    fn read(&self, disk: &mut MemDisk) -> Vec<u8> {
+        match *self {
+            Loc::Wal(i) => disk.wal().read(&name_of(i), 0, u64::MAX),
+            Loc::Land(i, st) => disk.landing().read(&name_of(i), st, 0, u64::MAX),
+        }
+        .unwrap_or_default()
+    }
+
+    /// The file's size; None if there is none.
+    fn len(&self, disk: &mut MemDisk) -> Option<u64> {
+        match *self {
+            Loc::Wal(i) => {
+                let name = name_of(i);
+                let listed = disk.wal().list(Some(&name)).ok()?;
+                listed
+                    .into_iter()
+                    .next()
+                    .filter(|s| s.name == name)
+                    .map(|s| s.size)
+            }
+            Loc::Land(i, st) => disk.landing().size(&name_of(i), st).ok().flatten(),
+        }
+    }
+
+    /// The file's path on the [`MemDisk`]: for what the storage traits do
+    /// not cover (a rejoin's quarantine, which is the ops layer's own).
+    fn path(&self) -> String {
+        match *self {
+            Loc::Wal(i) => wal(i),
+            Loc::Land(i, st) => land(i, st == FileState::Partial),
+        }
+    }
+}
+
+/// Where a catalog record's bytes are (replica/reconcile.rs's choice): the
+/// source, or the complete file if its seal renamed it, else the partial.
+fn rec_loc(disk: &mut MemDisk, r: &Rec) -> Loc {
+    if r.in_source {
+        return Loc::Wal(r.idx);
+    }
+    let complete = Loc::Land(r.idx, FileState::Complete);
+    if r.sealed && complete.len(disk).is_some() {
+        complete
+    } else {
+        Loc::Land(r.idx, FileState::Partial)
+    }
+}
+
 /// A segment record in a node's catalog (RocksDB in the daemon).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Rec {
@@ -202,10 +262,11 @@ struct Catalog {
 struct Job {
     id: u64,
     group: Box<replica::Group>,
-    /// The tail file and how many of its bytes the fdatasync covers.
-    tail: Option<(String, u64)>,
-    /// (partial, complete, fdatasync first) of segments sealed in the group.
-    renames: Vec<(String, String, bool)>,
+    /// The tail segment and how many of its bytes the fdatasync covers.
+    tail: Option<(SegmentName, u64)>,
+    /// The segments sealed in the group, renamed (after an fdatasync when
+    /// asked) by its MakeNamesDurable.
+    renames: Vec<SealedSegment>,
     /// What the commit writes, once it began.
     records: Vec<Rec>,
     chain_head: [u8; 32],
@@ -1015,39 +1076,26 @@ impl World {
         }
     }
 
-    /// One segment of this node's log: (start, path, sealed).
-    fn seg_at(&self, node: usize, idx: u64) -> Option<(u64, String, bool)> {
-        let n = &self.nodes[node];
+    /// One segment of this node's log: (start, where, sealed).
+    fn seg_at(&mut self, node: usize, idx: u64) -> Option<(u64, Loc, bool)> {
+        let n = &mut self.nodes[node];
         if let Some(r) = n.cat.recs.get(&idx) {
-            return Some((r.start, self.rec_path(node, r), r.sealed));
+            return Some((r.start, rec_loc(&mut n.disk, r), r.sealed));
         }
-        n.src.get(&idx).map(|&st| (st, wal(idx), false))
+        n.src.get(&idx).map(|&st| (st, Loc::Wal(idx), false))
     }
 
-    /// Every segment of this node's log: index → (start, path, sealed).
-    fn own_log(&self, node: usize) -> BTreeMap<u64, (u64, String, bool)> {
-        let n = &self.nodes[node];
+    /// Every segment of this node's log: index → (start, where, sealed).
+    fn own_log(&mut self, node: usize) -> BTreeMap<u64, (u64, Loc, bool)> {
+        let n = &mut self.nodes[node];
         let mut log = BTreeMap::new();
         for r in n.cat.recs.values() {
-            log.insert(r.idx, (r.start, self.rec_path(node, r), r.sealed));
+            log.insert(r.idx, (r.start, rec_loc(&mut n.disk, r), r.sealed));
         }
         for (&i, &s) in &n.src {
-            log.entry(i).or_insert((s, wal(i), false));
+            log.entry(i).or_insert((s, Loc::Wal(i), false));
         }
         log
-    }
-
-    fn rec_path(&self, node: usize, r: &Rec) -> String {
-        let d = &self.nodes[node].disk;
-        if r.in_source {
-            return wal(r.idx);
-        }
-        let complete = land(r.idx, false);
-        if r.sealed && d.exists(&complete) {
-            complete
-        } else {
-            land(r.idx, true)
-        }
     }
 
     fn on_welcome(&mut self, node: usize, conn: u64, w: ReplicaEndMsg) {
@@ -1166,11 +1214,11 @@ impl World {
                 }
             };
             let i = idx_of(cur.segment.as_str()).unwrap_or(0);
-            let Some((_, path, sealed)) = self.seg_at(node, i) else {
+            let Some((_, loc, sealed)) = self.seg_at(node, i) else {
                 self.violation(format!("slot {node}: segment {i} disappeared from its log"));
                 return;
             };
-            let data = self.nodes[node].disk.read(&path);
+            let data = loc.read(&mut self.nodes[node].disk);
             let size = self.nodes[node]
                 .cat
                 .recs
@@ -1178,6 +1226,9 @@ impl World {
                 .filter(|r| r.sealed)
                 .map_or(data.len() as u64, |r| r.size);
             let complete = sealed || self.seg_after(node, Some(i)).is_some();
+            let Some(s) = self.nodes[node].send.as_ref() else {
+                return;
+            };
             let next = s
                 .session
                 .next(&cur, SourceView { size, complete }, LIMITS, u64::MAX);
@@ -1243,7 +1294,7 @@ impl World {
                                 chain: Some(chain_after),
                                 check: None,
                                 fork: false,
-                                in_source: path.starts_with("wal/"),
+                                in_source: matches!(loc, Loc::Wal(_)),
                             },
                         );
                         n.cat.chain_head = chain_after;
@@ -1513,17 +1564,17 @@ impl World {
         while let Some(cmd) = queue.pop_front() {
             let done = match cmd {
                 Command::Create { segment } => {
-                    let idx = idx_of(segment.as_str()).ok_or("bad name")?;
-                    n.disk
-                        .create(&land(idx, true))
-                        .map_err(|_| "disk full".to_string())?;
+                    // A name the simulator cannot index is refused, as before.
+                    idx_of(segment.as_str()).ok_or("bad name")?;
+                    n.disk.landing().create(&segment).map_err(io_error)?;
                     r.session.handle(Event::Created)
                 }
                 Command::Write(c) => {
-                    let idx = idx_of(c.segment.as_str()).ok_or("bad name")?;
+                    idx_of(c.segment.as_str()).ok_or("bad name")?;
                     n.disk
-                        .write_at(&land(idx, true), c.offset, &c.data)
-                        .map_err(|_| "disk full".to_string())?;
+                        .landing()
+                        .write(&c.segment, c.offset, &c.data)
+                        .map_err(io_error)?;
                     r.session.handle(Event::Written)
                 }
                 Command::Refuse(e) => return Err(e.to_string()),
@@ -1549,17 +1600,24 @@ impl World {
             Err(e) => return Err(self.misuse(node, e)),
         };
         for cmd in cmds {
-            let segment = match cmd {
+            let (segment, size) = match cmd {
                 Command::Refuse(e) => return Err(e.to_string()),
-                Command::Digest { segment, .. } => segment,
+                Command::Digest { segment, size } => (segment, size),
                 other => return Err(format!("unexpected command for a seal: {other:?}")),
             };
             let idx = idx_of(segment.as_str()).ok_or("bad name")?;
-            // The whole file, as the daemon hashes it when its running
-            // hash does not cover the seal's size.
+            // The store's digest of the seal's size (a partial file
+            // missing is a driver bug: the session created it).
+            let digest = match n.disk.landing().digest(&segment, size) {
+                Ok(d) => d,
+                Err(e) => {
+                    let msg = format!("slot {node}: digest of segment {idx}: {e}");
+                    self.violation(msg);
+                    return Err(e.to_string());
+                }
+            };
+            // The oracle: are the file's bytes, all of them, the primary's?
             let bytes = n.disk.read(&land(idx, true));
-            let digest = sha(bytes);
-            // The oracle: are these the primary's bytes?
             let intact = self.canon[stream_of(node)].get(start..start + bytes.len()) == Some(bytes);
             let verdict = match r.session.handle(Event::Digest {
                 sha256: digest,
@@ -1668,19 +1726,10 @@ impl World {
         let mut commit = None;
         for cmd in first {
             match cmd {
-                Command::SyncTail { segment, len } => {
-                    let idx = idx_of(segment.as_str()).unwrap_or(u64::MAX);
-                    job.tail = Some((land(idx, true), len));
-                }
+                Command::SyncTail { segment, len } => job.tail = Some((segment, len)),
                 Command::MakeNamesDurable { seals } => {
                     names = true;
-                    job.renames = seals
-                        .iter()
-                        .map(|s| {
-                            let idx = idx_of(s.segment.as_str()).unwrap_or(u64::MAX);
-                            (land(idx, true), land(idx, false), s.sync)
-                        })
-                        .collect();
+                    job.renames = seals;
                 }
                 Command::Commit {
                     records,
@@ -1759,27 +1808,25 @@ impl World {
         let Some(j) = r.job.as_mut().filter(|j| j.id == job_id) else {
             return;
         };
-        match step {
-            Step::TailSynced => {
-                if let Some((path, len)) = &j.tail {
-                    n.disk.sync_upto(path, *len);
-                }
-            }
-            Step::NamesDurable => {
-                for (partial, complete, sync) in &j.renames {
-                    // fdatasync before the rename, when bytes were written
-                    // since the last one (what the daemon does).
-                    if *sync {
-                        n.disk.sync(partial);
-                    }
-                    n.disk.rename(partial, complete);
-                }
-                n.disk.sync_dir();
-            }
+        let io = match step {
+            Step::TailSynced => match &j.tail {
+                Some((segment, len)) => n.disk.landing().sync(segment, *len),
+                None => Ok(()),
+            },
+            // Each seal's fdatasync (when bytes were written since the
+            // last one), its rename, then the directory's fsync.
+            Step::NamesDurable => n.disk.landing().make_names_durable(&j.renames),
             Step::Committed => {
                 apply_commit(&mut n.cat, j);
                 j.committed = true;
+                Ok(())
             }
+        };
+        if let Err(e) = io {
+            // The session's own files: missing is a driver bug (nothing
+            // else removes them while a flush is in flight).
+            self.violation(format!("slot {node}: {step:?}: {e}"));
+            return;
         }
         let cmds = match j.group.handle(GroupEvent::Done(step)) {
             Ok(cmds) => cmds,
@@ -1957,8 +2004,8 @@ impl World {
 
     /// This node's log as its catalog and files say, segment by segment:
     /// (index, start, bytes).
-    fn log_segments(&self, node: usize) -> Result<Vec<(u64, u64, Vec<u8>)>, String> {
-        let n = &self.nodes[node];
+    fn log_segments(&mut self, node: usize) -> Result<Vec<(u64, u64, Vec<u8>)>, String> {
+        let n = &mut self.nodes[node];
         let mut out = Vec::new();
         let mut pos = None;
         for r in n.cat.recs.values() {
@@ -1968,8 +2015,7 @@ impl World {
                     r.idx, r.start
                 ));
             }
-            let path = self.rec_path(node, r);
-            let data = n.disk.read(&path);
+            let data = rec_loc(&mut n.disk, r).read(&mut n.disk);
             if (data.len() as u64) < r.size {
                 return Err(format!(
                     "segment {} has {} bytes on disk but {} recorded",
@@ -2101,18 +2147,18 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
     if rec.in_source {
         return Ok(());
     }
+    let seg = name_of(rec.idx);
     let partial = land(rec.idx, true);
-    let complete = land(rec.idx, false);
+    let mut store = n.disk.landing();
+    let size = |store: &mut Landing<'_>, st| store.size(&seg, st).map_err(|e| e.to_string());
+    let complete_len = size(&mut store, FileState::Complete)?;
     if rec.sealed {
-        let path = if rec.fork && !n.disk.exists(&complete) {
-            partial
+        let (path, len) = if rec.fork && complete_len.is_none() {
+            (partial, size(&mut store, FileState::Partial)?)
         } else {
-            complete
+            (land(rec.idx, false), complete_len)
         };
-        let len = n
-            .disk
-            .len(&path)
-            .ok_or(format!("sealed segment {path} is missing"))?;
+        let len = len.ok_or(format!("sealed segment {path} is missing"))?;
         if len != rec.size {
             return Err(format!(
                 "sealed segment {path} has {len} bytes, {} recorded",
@@ -2121,12 +2167,21 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
         }
         return Ok(());
     }
-    if !n.disk.exists(&partial) && n.disk.exists(&complete) {
-        n.disk.rename(&complete, &partial);
-        n.disk.sync_dir();
+    if size(&mut store, FileState::Partial)?.is_none() && complete_len.is_some() {
+        // Renamed by a flush whose commit did not happen: the catalog says
+        // partial. The rename back, then the directory's fsync (a group of
+        // no seals makes only the names durable).
+        let seals = [SealedSegment {
+            segment: seg.clone(),
+            sync: false,
+        }];
+        store.undo_names(&seals).map_err(|e| e.to_string())?;
+        store.make_names_durable(&[]).map_err(|e| e.to_string())?;
     }
-    let Some(len) = n.disk.len(&partial) else {
+    let Some(len) = size(&mut store, FileState::Partial)? else {
         if rec.size == 0 || rec.check.is_some_and(|c| c.prev_size == 0) {
+            // A durable empty file, made even on a full disk (as the
+            // simulator always has): the store's create would fail there.
             n.disk.write_durable(&partial, &[]);
             if rec.size > 0 {
                 let mut r = rec.clone();
@@ -2141,7 +2196,9 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
             rec.size
         ));
     };
-    let data = n.disk.read(&partial).to_vec();
+    let data = store
+        .read(&seg, FileState::Partial, 0, u64::MAX)
+        .map_err(|e| e.to_string())?;
     let kept = drd_core::tail::recover(rec.size, rec.check, len, |k| {
         crc32c::crc32c(&data[..k as usize])
     })
@@ -2157,10 +2214,11 @@ fn reconcile(n: &mut Node) -> Result<(), String> {
         });
         n.cat.recs.insert(r.idx, r);
     }
+    let mut store = n.disk.landing();
     if len > kept.keep {
-        n.disk.truncate_durable(&partial, kept.keep);
+        store.cut(&seg, kept.keep).map_err(|e| e.to_string())?;
     } else if kept.sync {
-        n.disk.sync(&partial);
+        store.sync(&seg, u64::MAX).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -2174,6 +2232,14 @@ fn land(idx: u64, partial: bool) -> String {
         format!("land/{idx:024X}.partial")
     } else {
         format!("land/{idx:024X}")
+    }
+}
+
+/// A refusal's reason for a failed write of the landing directory.
+fn io_error(e: MemError) -> String {
+    match e {
+        MemError::Full => "disk full".to_string(),
+        e => e.to_string(),
     }
 }
 

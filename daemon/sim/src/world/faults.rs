@@ -119,6 +119,7 @@ impl World {
                 let r = &self.nodes[replica];
                 if let Some(rv) = r.recv.as_ref() {
                     let conn = rv.conn;
+                    let acked = r.acked_max;
                     // Past what it was sent (an ack within it is a lie no
                     // protocol can catch; one past it must be refused).
                     // It may arrive after a Welcome moved the session on,
@@ -129,16 +130,15 @@ impl World {
                     let sent = self.nodes[primary]
                         .send
                         .as_ref()
-                        .map_or(r.acked_max, |s| s.session.sent_end());
-                    let primary_end = self
-                        .own_log(primary)
+                        .map_or(acked, |s| s.session.sent_end());
+                    let log = self.own_log(primary);
+                    let disk = &mut self.nodes[primary].disk;
+                    let primary_end = log
                         .values()
-                        .map(|(start, path, _)| {
-                            start + self.nodes[primary].disk.len(path).unwrap_or(0)
-                        })
+                        .map(|(start, loc, _)| start + loc.len(disk).unwrap_or(0))
                         .max()
                         .unwrap_or(0);
-                    let bogus = sent.max(r.acked_max).max(primary_end)
+                    let bogus = sent.max(acked).max(primary_end)
                         + 64 * SEG_BYTES
                         + self.rng.random_range(0..1000);
                     self.send_msg(

@@ -12,12 +12,12 @@ struct Cut {
     frec: Rec,
     fpos: u64,
     /// This node's file of the fork segment.
-    fork_file: String,
+    fork_file: Loc,
     /// Bytes of it kept; bytes past them go to quarantine.
     keep: u64,
     tail_bytes: u64,
     /// Files past the fork segment, moved to quarantine.
-    moves: Vec<String>,
+    moves: Vec<Loc>,
     /// What this node's log held past the fork, piece by piece.
     old: Vec<Vec<u8>>,
 }
@@ -35,11 +35,10 @@ impl World {
     /// and nothing else.
     pub(super) fn verify(&mut self, node: usize) {
         self.out.verifies += 1;
-        let n = &self.nodes[node];
+        let n = &mut self.nodes[node];
         let mut walker = chain::Walker::new(chain::GENESIS);
         for r in n.cat.recs.values().filter(|r| r.sealed) {
-            let path = self.rec_path(node, r);
-            let data = n.disk.read(&path);
+            let data = rec_loc(&mut n.disk, r).read(&mut n.disk);
             let actual = if (data.len() as u64) < r.size {
                 Err("short".to_string())
             } else {
@@ -283,7 +282,11 @@ impl World {
         if !tail.sealed {
             // The partial must still match its record (ops/fork.rs's
             // close_received_log, with drd-core's tail::recover).
-            let data = n.disk.read(&land(tail.idx, true)).to_vec();
+            let data = n
+                .disk
+                .landing()
+                .read(&name_of(tail.idx), FileState::Partial, 0, u64::MAX)
+                .unwrap_or_default();
             match drd_core::tail::fork_point(tail.size, tail.check, data.len() as u64, |k| {
                 crc32c::crc32c(&data[..k as usize])
             }) {
@@ -315,9 +318,18 @@ impl World {
         let n = &mut self.nodes[node];
         let mut fork_rec = tail.clone();
         if !tail.sealed {
-            let path = land(tail.idx, true);
-            n.disk.truncate_durable(&path, tail.size);
-            let digest = sha(&n.disk.read(&path)[..tail.size as usize]);
+            let seg = name_of(tail.idx);
+            let mut store = n.disk.landing();
+            let cut = store
+                .cut(&seg, tail.size)
+                .and_then(|()| store.digest(&seg, tail.size));
+            let digest = match cut {
+                Ok(d) => d,
+                Err(e) => {
+                    self.violation(format!("slot {node}: the fork's cut: {e}"));
+                    return None;
+                }
+            };
             fork_rec.sha = Some(digest);
             fork_rec.chain = Some(chain::link(
                 &n.cat.chain_head,
@@ -489,8 +501,8 @@ impl World {
         let old: Vec<Vec<u8>> = {
             let log = self.own_log(node);
             let mut pieces = Vec::new();
-            for (_, (start, path, _)) in log.range(fidx..) {
-                let d = self.nodes[node].disk.read(path);
+            for (_, (start, loc, _)) in log.range(fidx..) {
+                let d = loc.read(&mut self.nodes[node].disk);
                 let from = fpos.saturating_sub(*start) as usize;
                 if from < d.len() {
                     pieces.push(d[from..].to_vec());
@@ -498,20 +510,33 @@ impl World {
             }
             pieces
         };
-        let n = &self.nodes[node];
-        let candidates = [wal(fidx), land(fidx, false), land(fidx, true)];
-        let Some(fork_file) = candidates.iter().find(|p| n.disk.exists(p)).cloned() else {
+        let disk = &mut self.nodes[node].disk;
+        let candidates = [
+            Loc::Wal(fidx),
+            Loc::Land(fidx, FileState::Complete),
+            Loc::Land(fidx, FileState::Partial),
+        ];
+        let found = candidates
+            .into_iter()
+            .find_map(|l| l.len(disk).map(|len| (l, len)));
+        let Some((fork_file, have)) = found else {
             let msg = format!("{why} at slot {node}: it does not hold the fork segment {fidx}");
             self.violation(msg);
             return Err(());
         };
-        let have = n.disk.len(&fork_file).unwrap_or(0);
-        let mut held: Vec<(u64, String)> = Vec::new();
-        for dir in ["wal", "land"] {
-            for name in n.disk.list(dir) {
-                if let Some(i) = idx_of(&name) {
-                    held.push((i, format!("{dir}/{name}")));
-                }
+        // The files held: the source's, then the landing directory's, each
+        // in file-name order (a segment's complete file before its partial).
+        let mut held: Vec<(u64, Loc)> = Vec::new();
+        for s in disk.wal().list(None).unwrap_or_default() {
+            if let Some(i) = idx_of(s.name.as_str()) {
+                held.push((i, Loc::Wal(i)));
+            }
+        }
+        let mut landed = disk.landing().list().unwrap_or_default();
+        landed.sort_by_key(|(name, st)| (name.clone(), *st == FileState::Partial));
+        for (name, st) in landed {
+            if let Some(i) = idx_of(name.as_str()) {
+                held.push((i, Loc::Land(i, st)));
             }
         }
         let f = fork::Fork {
@@ -519,7 +544,7 @@ impl World {
             start: frec.start,
             position: fpos,
         };
-        let data = n.disk.read(&fork_file);
+        let data = fork_file.read(disk);
         let plan = f.plan(
             have,
             |len| Some(sha(&data[..len as usize])) == frec.sha,
@@ -538,7 +563,7 @@ impl World {
             .iter()
             .filter_map(|seg| idx_of(seg.as_str()))
             .flat_map(|i| held.iter().filter(move |(h, _)| *h == i))
-            .map(|(_, path)| path.clone())
+            .map(|(_, loc)| loc.clone())
             .collect();
         Ok(Cut {
             frec: frec.clone(),
@@ -582,22 +607,34 @@ impl World {
                 return Err(());
             }
             let n = &mut self.nodes[node];
-            let data = n.disk.read(&cut.fork_file)[cut.keep as usize..].to_vec();
+            let data = cut.fork_file.read(&mut n.disk)[cut.keep as usize..].to_vec();
             let q = format!("quar/e{epoch}/{fidx}.after-fork-at-{}", cut.keep);
             n.disk.write_durable(&q, &data);
         }
         if crash(self) {
             return Err(());
         }
-        self.nodes[node]
-            .disk
-            .truncate_durable(&cut.fork_file, cut.keep);
-        for path in &cut.moves {
+        // The fork segment cut back: a partial one through the store; the
+        // source's or a complete one (which the store never cuts) on the
+        // disk itself, as ops/fork.rs does.
+        let disk = &mut self.nodes[node].disk;
+        match cut.fork_file {
+            Loc::Land(i, FileState::Partial) => {
+                if let Err(e) = disk.landing().cut(&name_of(i), cut.keep) {
+                    self.violation(format!("slot {node}: the fork's cut: {e}"));
+                    return Err(());
+                }
+            }
+            ref other => disk.truncate_durable(&other.path(), cut.keep),
+        }
+        // The quarantine is the ops layer's, not a store's: on the disk.
+        for loc in &cut.moves {
             if crash(self) {
                 return Err(());
             }
+            let path = loc.path();
             let to = format!("quar/e{epoch}/{path}");
-            self.nodes[node].disk.move_durable(path, &to);
+            self.nodes[node].disk.move_durable(&path, &to);
         }
         if crash(self) {
             return Err(());
@@ -623,7 +660,7 @@ impl World {
                 chain: cut.frec.chain,
                 check: None,
                 fork: true,
-                in_source: cut.fork_file.starts_with("wal/"),
+                in_source: matches!(cut.fork_file, Loc::Wal(_)),
             },
         );
         n.cat.chain_head = cut.frec.chain.unwrap_or(chain::GENESIS);
