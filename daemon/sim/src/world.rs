@@ -50,7 +50,7 @@ use drd_core::replica::{self, Command, Event, GroupEvent, SealedSegment};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
 use drd_core::storage::mem::{Entropy, Landing, MemDisk, MemError};
-use drd_core::storage::{FileState, SegmentStore, Source};
+use drd_core::storage::{Catalog as _, FileState, SegmentStore, Source};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;
 use drd_core::{chain, fork, handshake};
@@ -268,7 +268,7 @@ struct Job {
     /// asked) by its MakeNamesDurable.
     renames: Vec<SealedSegment>,
     /// What the commit writes, once it began.
-    records: Vec<Rec>,
+    records: Vec<replica::Record>,
     chain_head: [u8; 32],
     commit_started: bool,
     committed: bool,
@@ -1783,11 +1783,10 @@ impl World {
         let Some(r) = self.nodes[node].recv.as_mut() else {
             return;
         };
-        let base = r.base.as_ref();
         let Some(j) = r.job.as_mut().filter(|j| j.id == job_id) else {
             return;
         };
-        j.records = records.iter().map(|x| sim_rec(x, base)).collect();
+        j.records = records.to_vec();
         j.chain_head = chain_head;
         j.commit_started = true;
         let d = self.rng.random_range(50..4 * MS);
@@ -1817,7 +1816,11 @@ impl World {
             // last one), its rename, then the directory's fsync.
             Step::NamesDurable => n.disk.landing().make_names_durable(&j.renames),
             Step::Committed => {
-                apply_commit(&mut n.cat, j);
+                let mut cat = SlotCatalog {
+                    cat: &mut n.cat,
+                    base: r.base.as_ref(),
+                };
+                let Ok(()) = cat.commit(&j.records, j.chain_head);
                 j.committed = true;
                 Ok(())
             }
@@ -1916,9 +1919,14 @@ impl World {
             }
             any = true;
             // A synced commit in progress is in RocksDB's log or not.
-            if let Some(j) = n.recv.as_ref().and_then(|r| r.job.as_ref()) {
-                if j.commit_started && !j.committed && coin {
-                    apply_commit(&mut n.cat, j);
+            if let Some(r) = n.recv.as_ref() {
+                let begun = r.job.as_ref().filter(|j| j.commit_started && !j.committed);
+                if let Some(j) = begun.filter(|_| coin) {
+                    let mut cat = SlotCatalog {
+                        cat: &mut n.cat,
+                        base: r.base.as_ref(),
+                    };
+                    let Ok(()) = cat.commit(&j.records, j.chain_head);
                 }
             }
             n.up = false;
@@ -2087,11 +2095,40 @@ impl World {
     }
 }
 
-fn apply_commit(cat: &mut Catalog, j: &Job) {
-    for r in &j.records {
-        cat.recs.insert(r.idx, r.clone());
+/// A slot's catalog as a session's flush commits to it
+/// ([`drd_core::storage::Catalog`]): the records drd-core's group commits,
+/// each stored as the simulator's record with what the receive path does
+/// not decide (`fork`, `in_source`) from the session's `base` (see
+/// [`sim_rec`]).
+struct SlotCatalog<'a> {
+    cat: &'a mut Catalog,
+    base: Option<&'a Rec>,
+}
+
+impl drd_core::storage::Catalog for SlotCatalog<'_> {
+    type Error = std::convert::Infallible;
+
+    /// The records as drd-core keeps them (without what the simulator's
+    /// catalog does not hold: epochs and times are 0).
+    fn load(&mut self) -> Result<(Vec<replica::Record>, [u8; 32]), Self::Error> {
+        let recs = self.cat.recs.values().map(core_rec).collect();
+        Ok((recs, self.cat.chain_head))
     }
-    cat.chain_head = j.chain_head;
+
+    /// Atomic and durable at once, as a synced RocksDB write batch: a power
+    /// cut either finds it done or not begun (see [`World::crash`]).
+    fn commit(
+        &mut self,
+        records: &[replica::Record],
+        chain_head: [u8; 32],
+    ) -> Result<(), Self::Error> {
+        for r in records {
+            let rec = sim_rec(r, self.base);
+            self.cat.recs.insert(rec.idx, rec);
+        }
+        self.cat.chain_head = chain_head;
+        Ok(())
+    }
 }
 
 /// A catalog record as drd-core's replica session keeps it.
