@@ -109,6 +109,12 @@ impl FileStore {
         Ok(f)
     }
 
+    /// An I/O error on the segment's partial file. The path is made only
+    /// on an error: the hot path (a write per chunk) builds none.
+    fn partial_err(&self, segment: &SegmentName, source: std::io::Error) -> StoreError {
+        io_err(&self.path(segment, FileState::Partial))(source)
+    }
+
     /// fdatasyncs `files` on up to [`SYNC_THREADS`] threads at once, and
     /// returns the first error. A journaling file system commits the syncs
     /// that wait at the same time together (ext4's jbd2, XFS's log), so
@@ -208,7 +214,7 @@ impl SegmentStore for FileStore {
     fn write(&mut self, segment: &SegmentName, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let file = self.partial(segment)?;
         file.write_all_at(data, offset)
-            .map_err(io_err(&self.path(segment, FileState::Partial)))
+            .map_err(|e| self.partial_err(segment, e))
     }
 
     fn read(
@@ -236,15 +242,14 @@ impl SegmentStore for FileStore {
     /// hash does not cover it: the session began mid-segment).
     fn digest(&mut self, segment: &SegmentName, size: u64) -> Result<[u8; 32], StoreError> {
         let file = self.partial(segment)?;
-        hash_prefix(&file, size).map_err(io_err(&self.path(segment, FileState::Partial)))
+        hash_prefix(&file, size).map_err(|e| self.partial_err(segment, e))
     }
 
     /// fdatasync: the bytes and the file size (needed to read them back)
     /// reach the disk; mtime need not.
     fn sync(&mut self, segment: &SegmentName, _len: u64) -> Result<(), StoreError> {
         let file = self.partial(segment)?;
-        file.sync_data()
-            .map_err(io_err(&self.path(segment, FileState::Partial)))
+        file.sync_data().map_err(|e| self.partial_err(segment, e))
     }
 
     /// The one directory fsync stands for what was, per segment, an fsync
