@@ -9,10 +9,11 @@ use crate::config::StreamConfig;
 use crate::locks::LockExt;
 use crate::node::{Node, Shipper};
 use crate::primary::index::SourceIndex;
-use crate::primary::source::{scan, scan_from, DirWatch, SourceSegment};
+use crate::primary::source::{DirSource, DirWatch, SourceSegment};
 use crate::storage::catalog::{SegmentRecord, StreamMeta};
 use bytes::Bytes;
 use drd_core::sender;
+use drd_core::storage::Source as _;
 use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -391,19 +392,23 @@ impl StreamShipper {
     }
 
     fn scan(&self) -> Result<Vec<SourceSegment>, ShipError> {
-        scan(&self.cfg.wal_dir).map_err(|source| ShipError::Source {
-            path: self.cfg.wal_dir.display().to_string(),
-            source,
-        })
+        self.list(None)
     }
 
     /// The segments from `from` on: all the ship loop needs once it has a
     /// cursor (the written position counts from the cursor's segment).
     fn scan_from(&self, from: &SegmentName) -> Result<Vec<SourceSegment>, ShipError> {
-        scan_from(&self.cfg.wal_dir, Some(from)).map_err(|source| ShipError::Source {
-            path: self.cfg.wal_dir.display().to_string(),
-            source,
-        })
+        self.list(Some(from))
+    }
+
+    /// The WAL directory's listing, through drd-core's source trait.
+    fn list(&self, from: Option<&SegmentName>) -> Result<Vec<SourceSegment>, ShipError> {
+        DirSource::new(&self.cfg.wal_dir)
+            .list(from)
+            .map_err(|e| ShipError::Source {
+                path: e.path.display().to_string(),
+                source: e.source,
+            })
     }
 
     fn idle(&self) -> Duration {
@@ -973,7 +978,7 @@ impl StreamShipper {
         // (a local read, nothing is re-sent).
         let file = self.open(cur)?;
         let path = self.cfg.wal_dir.join(cur.segment.as_str());
-        tokio::task::spawn_blocking(move || crate::replica::disk::hash_file(&file))
+        tokio::task::spawn_blocking(move || crate::storage::segments::hash_file(&file))
             .await
             .map_err(task_failed("segment hash"))?
             .map_err(|source| ShipError::Source {

@@ -8,8 +8,10 @@
 //!
 //! The group's bookkeeping — the records it touched, the previous point's
 //! CRC, the sealed files and their ack, the rollback after a failed
-//! fdatasync — is the core's; this file holds the files, the catalog and
-//! the threads.
+//! fdatasync — is the core's; the files are a [`FileStore`] and the
+//! commits a [`StreamCatalog`] (drd-core's storage traits over the landing
+//! directory and the RocksDB catalog); this file holds the threads and
+//! carries the core's commands out through them.
 //!
 //! Seals are part of the group: a seal's checksum is verified when it
 //! arrives (invariant 2: the record says sealed only after it matched), and
@@ -23,9 +25,13 @@ use crate::locks::LockExt;
 use crate::node::ReceiveSlot;
 use crate::receiver::{Reject, Tail};
 use crate::storage::catalog::{Catalog, SegmentRecord, StreamMeta};
-use crate::storage::fsutil;
+use crate::storage::segments::{FileStore, StoreError};
+use crate::storage::stream_catalog::{core_record, StreamCatalog};
 use drd_core::durability::Step;
-use drd_core::replica::{self, Command, Event, Group, GroupEvent, Misuse, Record, Session};
+use drd_core::replica::{
+    self, Command, Event, Group, GroupEvent, Misuse, Record, SealedSegment, Session,
+};
+use drd_core::storage::{Catalog as _, SegmentStore as _};
 use drd_proto::pb;
 use drd_proto::{Chunk, Seal, SegmentName, ShipMsg, StreamName};
 use sha2::{Digest, Sha256};
@@ -40,26 +46,10 @@ use tonic::Status;
 
 pub use drd_core::replica::MAX_SEALS_PER_GROUP;
 
-/// Threads that fdatasync a group's sealed files side by side (see
-/// `Syncer::sync_files`): a few already let the file system commit them
-/// together; more only add threads.
-const SYNC_THREADS: usize = 8;
-
 /// Outcome of one message, for the batch loop.
 enum Applied {
     Bytes(u64),
     Nothing,
-}
-
-/// A segment verified and sealed in the current group, whose bytes and
-/// complete name the group's flush makes durable.
-struct SealedFile {
-    file: Arc<File>,
-    /// Bytes written since the last fdatasync handed to the syncer: the
-    /// flush must fdatasync it before the rename.
-    dirty: bool,
-    partial: PathBuf,
-    complete: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +66,16 @@ pub enum DiskError {
     /// The disk worker did not follow drd-core's session (a bug in drd).
     #[error(transparent)]
     Session(#[from] Misuse),
+}
+
+/// The landing directory's errors name their file, as the disk worker's own.
+impl From<StoreError> for DiskError {
+    fn from(e: StoreError) -> Self {
+        DiskError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 impl From<DiskError> for Status {
@@ -104,11 +104,11 @@ pub struct DiskWorker {
     /// when its record is committed again.
     base: Option<SegmentRecord>,
     meta: StreamMeta,
-    /// The partial tail file, open until its seal.
-    file: Option<Arc<File>>,
-    /// Files sealed in the current group, in order: the group's flush
+    /// The landing directory; it keeps the partial files open.
+    store: FileStore,
+    /// Segments sealed in the current group, in order: the group's flush
     /// syncs and renames them.
-    sealed: Vec<(SegmentName, Arc<File>)>,
+    sealed: Vec<SegmentName>,
     /// Running SHA-256 of the tail file and how many bytes it covers; None
     /// when the session began mid-segment (re-hashed from disk at seal).
     hasher: Option<RunningHash>,
@@ -118,55 +118,6 @@ fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiskError + 
     move |source| DiskError::Io {
         path: path.display().to_string(),
         source,
-    }
-}
-
-/// A catalog record as drd-core's session keeps it.
-fn core_record(r: &SegmentRecord) -> Result<Record, DiskError> {
-    Ok(Record {
-        segment: r.segment_name()?,
-        start: r.start,
-        size: r.size,
-        sealed: r.sealed,
-        sha256: r.sha256.as_deref().and_then(drd_core::chain::from_hex),
-        chain: r.chain.as_deref().and_then(drd_core::chain::from_hex),
-        check: r.check,
-        epoch: r.epoch,
-        received_at_ms: r.received_at_ms,
-        sealed_at_ms: r.sealed_at_ms,
-    })
-}
-
-/// The catalog record to store for the session's `rec`. The record the
-/// session began with (`base`) keeps what the receive path does not
-/// decide; a sealed one is never changed by it.
-fn catalog_record(rec: &Record, base: Option<&SegmentRecord>) -> SegmentRecord {
-    match base.filter(|b| b.name == rec.segment.as_str()) {
-        Some(b) if b.sealed => b.clone(),
-        Some(b) => SegmentRecord {
-            size: rec.size,
-            sealed: rec.sealed,
-            sha256: rec.sha256.map(hex::encode),
-            sealed_at_ms: rec.sealed_at_ms,
-            chain: rec.chain.map(hex::encode),
-            check: rec.check,
-            ..b.clone()
-        },
-        None => SegmentRecord {
-            name: rec.segment.to_string(),
-            start: rec.start,
-            size: rec.size,
-            sealed: rec.sealed,
-            sha256: rec.sha256.map(hex::encode),
-            epoch: rec.epoch,
-            received_at_ms: rec.received_at_ms,
-            sealed_at_ms: rec.sealed_at_ms,
-            fork: false,
-            in_source: false,
-            chain: rec.chain.map(hex::encode),
-            check: rec.check,
-            pruned_at_ms: None,
-        },
     }
 }
 
@@ -191,9 +142,10 @@ impl DiskWorker {
         // Persisted with the first commit: the failover report names it.
         meta.last_primary = Some(primary.to_string());
         let tail = base.as_ref().map(core_record).transpose()?;
-        let (file, crc) = match &base {
-            Some(rec) => open_tail(&landing, rec)?.unzip(),
-            None => (None, None),
+        let mut store = FileStore::new(landing.clone());
+        let crc = match &base {
+            Some(rec) => open_tail(&mut store, rec)?,
+            None => None,
         };
         let session = Session::new(
             node_epoch,
@@ -210,7 +162,7 @@ impl DiskWorker {
             session,
             base,
             meta,
-            file,
+            store,
             sealed: Vec::new(),
             hasher: None,
         })
@@ -228,10 +180,6 @@ impl DiskWorker {
 
     pub fn durable_position(&self) -> u64 {
         self.session.record().map_or(0, Record::end)
-    }
-
-    fn partial_path(&self, seg: &SegmentName) -> PathBuf {
-        self.landing.join(seg.partial_file_name())
     }
 
     /// The session loop: batches, group commit, acks. Returns when the queue
@@ -253,6 +201,7 @@ impl DiskWorker {
             stream: self.stream.clone(),
             landing: self.landing.clone(),
             catalog: self.catalog.clone(),
+            store: self.store.clone(),
             slot: self.slot.clone(),
             acks: acks.clone(),
         };
@@ -426,18 +375,9 @@ impl DiskWorker {
     /// with the batch's commit; until then the file holds no acked byte, and
     /// reconciliation after a crash ignores it.
     fn start_segment(&mut self, segment: &SegmentName) -> Result<(), DiskError> {
-        // A node whose log so far is its own source (a former primary) has
-        // no landing directory yet.
-        fsutil::create_dir_durable(&self.landing).map_err(io_err(&self.landing))?;
-        let path = self.partial_path(segment);
-        let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
-        // A leftover file of this name holds no acked byte: start empty.
-        f.set_len(0).map_err(io_err(&path))?;
-        // No fsync of the directory here: fdatasync covers the file's bytes,
-        // not its name, and the group's flush fsyncs the directory once for
-        // every entry created in the group, before its catalog commit can
-        // say bytes of this segment are durable (see `Syncer::flush`).
-        self.file = Some(Arc::new(f));
+        // Without a directory fsync: the group's flush makes the new entry
+        // durable with its others (see `FileStore::create`, `Syncer::flush`).
+        self.store.create(segment)?;
         self.hasher = RunningHash::start();
         self.meta.segments += 1;
         Ok(())
@@ -447,14 +387,10 @@ impl DiskWorker {
     /// as accepted only once written: a failed write (disk full) leaves the
     /// accepted size where it was, so no commit can record these bytes.
     fn write(&mut self, c: &Chunk) -> Result<(), DiskError> {
-        let path = self.partial_path(&c.segment);
-        // The tail file is open whenever the session accepts a chunk: an
-        // append continues the tail opened by `open_tail` or
+        // The store holds the tail file open whenever the session accepts
+        // a chunk: an append continues the tail opened by `open_tail` or
         // `start_segment`, and a new segment has just been created.
-        #[allow(clippy::expect_used)]
-        let file = self.file.as_ref().expect("tail file open after accept");
-        file.write_all_at(&c.data, c.offset)
-            .map_err(io_err(&path))?;
+        self.store.write(&c.segment, c.offset, &c.data)?;
         if let Some(h) = &mut self.hasher {
             h.update(c.offset, &c.data);
         }
@@ -464,14 +400,11 @@ impl DiskWorker {
     /// The SHA-256 of the tail's first `size` bytes: the running hash when
     /// it covers them, otherwise read back from the file.
     fn digest(&mut self, segment: &SegmentName, size: u64) -> Result<[u8; 32], DiskError> {
-        let path = self.partial_path(segment);
         // The session asks to verify only a seal of the unsealed tail, whose
-        // file `open_tail` or `start_segment` opened; only this seal closes it.
-        #[allow(clippy::expect_used)]
-        let file = self.file.as_ref().expect("tail file open before seal");
+        // file `open_tail` or `start_segment` opened in the store.
         match self.hasher.take().map(RunningHash::finish) {
             Some((covered, digest)) if covered == size => Ok(digest),
-            _ => hash_file(file).map_err(io_err(&path)),
+            _ => Ok(self.store.digest(segment, size)?),
         }
     }
 
@@ -480,11 +413,7 @@ impl DiskWorker {
     /// `Syncer::flush`); until its commit the record is not sealed, and
     /// reconciliation undoes a rename that got ahead.
     fn sealed_file(&mut self, rec: &Record) -> Result<(), DiskError> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| unexpected("a seal without an open tail file"))?;
-        self.sealed.push((rec.segment.clone(), file));
+        self.sealed.push(rec.segment.clone());
         self.meta.chain_head = rec.chain.map(hex::encode);
         self.meta.sealed_segments += 1;
         tracing::debug!(stream = %self.stream, segment = %rec.segment, size = rec.size, "segment sealed and verified");
@@ -521,8 +450,8 @@ impl DiskWorker {
         }
     }
 
-    /// Sends a group to the syncer with what its flush needs: the files,
-    /// a snapshot of the stream's metadata for its commit.
+    /// Sends a group to the syncer with what its flush needs besides the
+    /// store's files: a snapshot of the stream's metadata for its commit.
     fn hand_over(&mut self, group: Box<Group>, flusher: &mut Flusher) -> Result<(), DiskError> {
         self.meta.durable_at_ms = unix_ms();
         let files = std::mem::take(&mut self.sealed);
@@ -530,24 +459,12 @@ impl DiskWorker {
             || files
                 .iter()
                 .zip(group.seals())
-                .any(|((name, _), s)| *name != s.segment)
+                .any(|(name, s)| *name != s.segment)
         {
             return Err(unexpected("the group's seals are not the files sealed"));
         }
-        let sealed = files
-            .into_iter()
-            .zip(group.seals())
-            .map(|((name, file), s)| SealedFile {
-                file,
-                dirty: s.sync,
-                partial: self.partial_path(&name),
-                complete: self.landing.join(name.as_str()),
-            })
-            .collect();
         let job = FlushJob {
             group,
-            file: self.file.clone(),
-            sealed,
             meta: self.meta.clone(),
             base: self.base.clone(),
         };
@@ -583,17 +500,16 @@ impl DiskWorker {
     }
 }
 
-/// Opens the partial tail file of `rec` (None when it is sealed), cut back
-/// to its durable size: bytes a previous session wrote but did not make
-/// durable are not trusted. Returns it with the CRC32C of those bytes.
-fn open_tail(
-    landing: &std::path::Path,
-    rec: &SegmentRecord,
-) -> Result<Option<(Arc<File>, u32)>, DiskError> {
+/// Opens the partial tail file of `rec` in the store (nothing when it is
+/// sealed), cut back to its durable size: bytes a previous session wrote
+/// but did not make durable are not trusted. Returns the CRC32C of those
+/// bytes.
+fn open_tail(store: &mut FileStore, rec: &SegmentRecord) -> Result<Option<u32>, DiskError> {
     if rec.sealed {
         return Ok(None);
     }
-    let path = landing.join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
+    let segment = rec.segment_name()?;
+    let path = store.landing().join(segment.partial_file_name());
     if rec.size > 0 && !path.exists() {
         // Creating it would stand zeros for durable bytes (reconciliation
         // at startup would have refused the same).
@@ -602,12 +518,10 @@ fn open_tail(
             format!("the catalog records {} durable bytes of it", rec.size),
         )));
     }
-    let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
-    let len = f.metadata().map_err(io_err(&path))?.len();
+    let (f, len) = store.open(&segment)?;
     if len != rec.size {
-        f.set_len(rec.size).map_err(io_err(&path))?;
-        // The cut must be durable before new bytes land after it.
-        f.sync_all().map_err(io_err(&path))?;
+        // Durable (set_len + sync_all) before new bytes land after it.
+        store.cut(&segment, rec.size)?;
     }
     // Reconciliation checked the stored CRC at startup, and nothing
     // else writes the file; records from before drd kept one are hashed.
@@ -615,7 +529,7 @@ fn open_tail(
         Some(c) => c.crc32c,
         None => crc_prefix(&f, rec.size).map_err(io_err(&path))?,
     };
-    Ok(Some((Arc::new(f), crc)))
+    Ok(Some(crc))
 }
 
 /// The SHA-256 of a segment as it is written, computed on a thread of its
@@ -681,14 +595,11 @@ struct Flusher {
 
 /// One group to make durable: drd-core's [`Group`] (its records, its steps,
 /// its acks) and what carrying it out takes.
+///
+/// The files are the store's: the group's commands name the tail to
+/// fdatasync and the sealed segments to sync and rename.
 struct FlushJob {
     group: Box<Group>,
-    /// The tail file, if it is partial: fdatasynced when the group says so
-    /// (bytes were written to it since the last fdatasync).
-    file: Option<Arc<File>>,
-    /// Segments sealed in the group, in order: fdatasynced (if written
-    /// since the last flush) and renamed to their complete names.
-    sealed: Vec<SealedFile>,
     meta: StreamMeta,
     /// The tail's record as the session began (see `catalog_record`).
     base: Option<SegmentRecord>,
@@ -699,6 +610,8 @@ struct Syncer {
     stream: StreamName,
     landing: PathBuf,
     catalog: Arc<Catalog>,
+    /// The writing thread's store, shared: the same open files.
+    store: FileStore,
     slot: Arc<ReceiveSlot>,
     acks: mpsc::Sender<Result<pb::ReplicaMessage, Status>>,
 }
@@ -711,7 +624,7 @@ impl Syncer {
     ///    complete name is given (a rename must never make the complete
     ///    name point at bytes that are not durable).
     /// 2. the renames `.partial` → complete name, then ONE fsync of the
-    ///    landing directory (see [`Self::make_names_durable`]);
+    ///    landing directory (see `FileStore::make_names_durable`);
     /// 3. the synced catalog commit of the group's records, which begins
     ///    only after 1 and 2: a committed record never says sealed unless
     ///    the complete name is on disk, and never names a `.partial` file
@@ -743,11 +656,10 @@ impl Syncer {
         }
         let FlushJob {
             mut group,
-            file,
-            sealed,
             meta,
             base,
         } = job;
+        let mut catalog = StreamCatalog::new(self.catalog.clone(), self.stream.clone(), base, meta);
         let order = |e: Misuse| DiskError::Io {
             path: self.landing.display().to_string(),
             source: std::io::Error::other(e.to_string()),
@@ -756,29 +668,23 @@ impl Syncer {
         let mut tail = None;
         for cmd in group.start().map_err(order)? {
             match cmd {
-                Command::SyncTail { .. } => {
-                    tail = Some(
-                        file.as_ref()
-                            .ok_or_else(|| unexpected("a tail to sync, but no tail file"))?,
-                    )
-                }
+                Command::SyncTail { segment, len } => tail = Some((segment, len)),
                 other => rest.push(other),
             }
         }
         let mut acks = Vec::new();
         let (synced, committed) = std::thread::scope(|scope| {
-            let sync = tail.map(|f| {
+            let sync = tail.as_ref().map(|(segment, len)| {
+                let mut store = self.store.clone();
                 scope.spawn(move || {
                     let t0 = Instant::now();
-                    // fdatasync: the bytes and the file size (needed to
-                    // read them back) reach the disk; mtime need not.
-                    let r = f.sync_data().map(|()| t0.elapsed());
+                    // fdatasync (see `FileStore::sync`).
+                    let r = store.sync(segment, *len).map(|()| t0.elapsed());
                     self.step("fdatasync tail");
                     r
                 })
             });
-            let committed =
-                self.names_and_commit(&mut group, rest, &sealed, &meta, base.as_ref(), &mut acks);
+            let committed = self.names_and_commit(&mut group, rest, &mut catalog, &mut acks);
             // The thread fails only by panicking (a bug): propagate that panic.
             let synced = sync.map(|h| {
                 h.join()
@@ -795,19 +701,16 @@ impl Syncer {
                 // The commit may already record bytes that did not reach
                 // the disk: the group puts the record back to the last
                 // synced point before refusing (nothing here was acked).
-                let name = group
-                    .tail()
-                    .map_or(String::new(), |r| r.segment.to_string());
                 for cmd in group
                     .handle(GroupEvent::Failed(Step::TailSynced))
                     .map_err(order)?
                 {
                     if let Command::RollBack(back) = cmd {
-                        let back = catalog_record(&back, base.as_ref());
-                        self.catalog.commit(&self.stream, &[&back], &meta)?;
+                        let head = catalog.meta().chain_head();
+                        catalog.commit(std::slice::from_ref(&back), head)?;
                     }
                 }
-                return Err(io_err(&self.landing.join(name))(e));
+                return Err(e.into());
             }
             None => {}
         }
@@ -825,8 +728,9 @@ impl Syncer {
         if !group.acked() {
             return Err(order(Misuse::Unexpected("the group is not durable yet")));
         }
-        let tail = group.tail().map(|r| catalog_record(r, base.as_ref()));
+        let tail = group.tail().map(|r| catalog.record(r));
         let durable = tail.as_ref().map_or(0, SegmentRecord::end);
+        let meta = catalog.into_meta();
         {
             let mut st = self.slot.state.locked();
             st.durable = durable;
@@ -856,34 +760,39 @@ impl Syncer {
         &self,
         group: &mut Group,
         cmds: Vec<Command>,
-        sealed: &[SealedFile],
-        meta: &StreamMeta,
-        base: Option<&SegmentRecord>,
+        catalog: &mut StreamCatalog,
         acks: &mut Vec<replica::Ack>,
     ) -> Result<(), DiskError> {
         let order = |e: Misuse| DiskError::Io {
             path: self.landing.display().to_string(),
             source: std::io::Error::other(e.to_string()),
         };
+        let mut store = self.store.clone();
+        // The seals whose complete names the group gave.
+        let mut renamed: Vec<SealedSegment> = Vec::new();
         let mut queue = VecDeque::from(cmds);
         while let Some(cmd) = queue.pop_front() {
             let next = match cmd {
-                Command::MakeNamesDurable { .. } => {
-                    if let Err(e) = self.make_names_durable(sealed) {
+                // Steps 1 and 2, for a group that sealed a segment or
+                // created a `.partial` file: see `FileStore::make_names_durable`
+                // for its one directory fsync.
+                Command::MakeNamesDurable { seals } => {
+                    if let Err(e) = store.make_names_durable(&seals) {
                         group
                             .handle(GroupEvent::Failed(Step::NamesDurable))
                             .map_err(order)?;
-                        return Err(e);
+                        return Err(e.into());
                     }
+                    renamed = seals;
                     group.handle(GroupEvent::Done(Step::NamesDurable))
                 }
-                // The chain head is in `meta`, set when each seal matched.
-                Command::Commit { records, .. } => {
-                    let records: Vec<SegmentRecord> =
-                        records.iter().map(|r| catalog_record(r, base)).collect();
-                    let refs: Vec<&SegmentRecord> = records.iter().collect();
+                // The chain head is the one `meta` got when each seal matched.
+                Command::Commit {
+                    records,
+                    chain_head,
+                } => {
                     let t0 = Instant::now();
-                    let r = self.catalog.commit(&self.stream, &refs, meta);
+                    let r = catalog.commit(&records, chain_head);
                     self.step("commit");
                     tracing::trace!(
                         elapsed_us = t0.elapsed().as_micros() as u64,
@@ -892,8 +801,10 @@ impl Syncer {
                     if let Err(e) = r {
                         // The records still say partial (if the failed write
                         // did reach the disk, reconciliation finishes the
-                        // renames after checking each SHA-256).
-                        self.undo_renames(sealed);
+                        // renames after checking each SHA-256). A name not
+                        // given back is logged by the store; a restart
+                        // reconciles it.
+                        let _ = store.undo_names(&renamed);
                         group
                             .handle(GroupEvent::Failed(Step::Committed))
                             .map_err(order)?;
@@ -913,116 +824,14 @@ impl Syncer {
         Ok(())
     }
 
-    /// Steps 1 and 2 of [`Self::flush`], for a group that sealed a segment
-    /// or created a `.partial` file.
-    ///
-    /// The one directory fsync stands for what was, per segment, an fsync
-    /// of the directory when its `.partial` was created and another after
-    /// its rename: fdatasync covers a file's bytes, not its name, and this
-    /// fsync makes durable every entry created and every rename done in
-    /// the group (on failure or power loss before it, none of them is
-    /// acked or recorded; reconciliation undoes renames that reached the
-    /// disk anyway, and a `.partial` entry that did not is a file with no
-    /// record, or with one whose bytes were never acked).
-    fn make_names_durable(&self, sealed: &[SealedFile]) -> Result<(), DiskError> {
-        let t0 = Instant::now();
-        // fdatasync before the rename; see step 1 above.
-        let dirty: Vec<&SealedFile> = sealed.iter().filter(|s| s.dirty).collect();
-        self.sync_files(&dirty)?;
-        let synced_us = t0.elapsed().as_micros() as u64;
-        let mut renamed = 0;
-        let mut r = Ok(());
-        for s in sealed {
-            r = std::fs::rename(&s.partial, &s.complete).map_err(io_err(&s.complete));
-            if r.is_err() {
-                break;
-            }
-            self.step(&format!("rename {}", s.partial.display()));
-            renamed += 1;
-        }
-        let t1 = Instant::now();
-        if r.is_ok() {
-            r = fsutil::fsync_dir(&self.landing).map_err(io_err(&self.landing));
-            self.step("fsync dir");
-        }
-        if r.is_err() {
-            self.undo_renames(&sealed[..renamed]);
-            return r;
-        }
-        tracing::trace!(
-            seals = sealed.len(),
-            synced_us,
-            dir_fsync_us = t1.elapsed().as_micros() as u64,
-            "group: seals synced, renamed, directory fsynced"
-        );
-        Ok(())
-    }
-}
-
-impl Syncer {
     /// Notes a step of a flush, for the unit tests' check of their order.
     #[cfg(test)]
     fn step(&self, what: &str) {
-        tests::STEPS
-            .locked()
-            .push((self.landing.clone(), what.to_string()));
+        crate::storage::segments::steps::record(&self.landing, what);
     }
     #[cfg(not(test))]
     #[inline(always)]
     fn step(&self, _what: &str) {}
-}
-
-impl Syncer {
-    /// After a failed flush nothing of the group is recorded: gives the
-    /// renamed files back their `.partial` names, so that the next session
-    /// (which does not reconcile) finds its tail where the catalog says.
-    /// No fsync: a restart reconciles whichever names reached the disk.
-    fn undo_renames(&self, renamed: &[SealedFile]) {
-        for s in renamed.iter().rev() {
-            if let Err(e) = std::fs::rename(&s.complete, &s.partial) {
-                tracing::error!(file = %s.complete.display(), error = %e,
-                    "cannot give a segment back its .partial name after a failed flush");
-            }
-        }
-    }
-
-    /// fdatasyncs `files` on up to [`SYNC_THREADS`] threads at once, and
-    /// returns the first error. A journaling file system commits the syncs
-    /// that wait at the same time together (ext4's jbd2, XFS's log), so
-    /// the group's files cost a few journal commits instead of one each
-    /// (256 new 4 KiB files on this project's test machine: ~500 ms one
-    /// after another, 20–40 ms on 4–16 threads).
-    fn sync_files(&self, files: &[&SealedFile]) -> Result<(), DiskError> {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || -> Result<(), DiskError> {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(s) = files.get(i) else {
-                    return Ok(());
-                };
-                s.file.sync_data().map_err(io_err(&s.partial))?;
-                self.step(&format!("fdatasync {}", s.partial.display()));
-            }
-        };
-        let threads = files.len().min(SYNC_THREADS);
-        if threads <= 1 {
-            return work();
-        }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
-            let mut first = Ok(());
-            for h in handles {
-                // A thread fails only by panicking (a bug): propagate that panic.
-                let r = h
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                if first.is_ok() {
-                    first = r;
-                }
-            }
-            first
-        })
-    }
 }
 
 /// The ack of a durable position: the end of the tail or of a segment
@@ -1073,41 +882,12 @@ pub fn crc_prefix(f: &File, len: u64) -> std::io::Result<u32> {
     Ok(crc)
 }
 
-/// SHA-256 of a whole file, read from disk.
-pub fn hash_file(f: &File) -> std::io::Result<[u8; 32]> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = f.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(h.finalize().into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::replica::reconcile;
+    use crate::storage::segments::steps::of as steps;
     use std::path::Path;
-    use std::sync::Mutex;
-
-    /// Each flush step, with the landing directory it ran for (tests run
-    /// in parallel; each keeps to its own directory).
-    pub(super) static STEPS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
-
-    fn steps(landing: &Path) -> Vec<String> {
-        STEPS
-            .locked()
-            .iter()
-            .filter(|(l, _)| l == landing)
-            .map(|(_, s)| s.clone())
-            .collect()
-    }
 
     fn seg(n: u64) -> SegmentName {
         SegmentName::new(format!("0000000100000000{n:08X}")).unwrap()

@@ -132,7 +132,7 @@ fn finish_rename(landing: &Path, rec: &SegmentRecord) -> anyhow::Result<bool> {
         .metadata()
         .with_context(|| format!("cannot stat {}", partial.display()))?
         .len();
-    let digest = crate::replica::disk::hash_file(&file)
+    let digest = crate::storage::segments::hash_file(&file)
         .with_context(|| format!("cannot read {}", partial.display()))?;
     if len != rec.size || rec.sha256.as_deref() != Some(hex::encode(digest).as_str()) {
         bail!(

@@ -5,6 +5,11 @@
 //! - [`spool`]: write-once files with a content hash (wal-push's spool,
 //!   side files).
 //! - [`fsutil`]: durable directory creation and the directory fsync.
+//! - [`segments`]: a replica's landing directory (drd-core's segment store).
+//! - [`stream_catalog`]: one stream's records in the catalog (drd-core's
+//!   catalog).
 pub mod catalog;
 pub mod fsutil;
+pub mod segments;
 pub mod spool;
+pub mod stream_catalog;
