@@ -130,7 +130,8 @@ pub enum Command {
     /// Write `chunk.data` at `chunk.offset` of its segment's `.partial`
     /// file; report [`Event::Written`].
     Write(Chunk),
-    /// Compute the SHA-256 of the segment's first `size` stored bytes;
+    /// Compute the SHA-256 of the segment's stored bytes, all of them
+    /// (`size` is what the seal covers: a longer file must not match);
     /// report [`Event::Digest`].
     Digest { segment: SegmentName, size: u64 },
     /// The segment's checksum and chain matched: it is sealed in this group

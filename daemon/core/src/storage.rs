@@ -70,16 +70,18 @@ pub trait SegmentStore {
     fn size(&mut self, segment: &SegmentName, state: FileState)
         -> Result<Option<u64>, Self::Error>;
 
-    /// [`crate::replica::Command::Digest`]: the SHA-256 of the first `size`
-    /// stored bytes of the partial file (all of them if it is shorter: the
-    /// seal's checksum then does not match).
+    /// [`crate::replica::Command::Digest`]: the SHA-256 of all the stored
+    /// bytes of the partial file. `size` is what the seal covers; a file
+    /// longer than it must not match the seal's checksum (its bytes past
+    /// `size` would become part of the complete file), nor a shorter one.
     fn digest(&mut self, segment: &SegmentName, size: u64) -> Result<[u8; 32], Self::Error> {
         use sha2::{Digest, Sha256};
         const PIECE: u64 = 1 << 20;
+        let _ = size;
         let mut h = Sha256::new();
         let mut at = 0;
-        while at < size {
-            let piece = self.read(segment, FileState::Partial, at, PIECE.min(size - at))?;
+        loop {
+            let piece = self.read(segment, FileState::Partial, at, PIECE)?;
             if piece.is_empty() {
                 break;
             }
