@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod caller;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod dial;
 pub mod gauges;
 pub mod hooks;
 pub mod lag;
@@ -119,8 +121,8 @@ pub async fn run_with(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .initial_stream_window_size(Some(ops::peer::H2_STREAM_WINDOW))
-            .initial_connection_window_size(Some(ops::peer::H2_CONNECTION_WINDOW));
+            .initial_stream_window_size(Some(dial::H2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(dial::H2_CONNECTION_WINDOW));
         match (&tls, &config.tls) {
             (Some(m), Some(t)) => {
                 tracing::info!(%addr, allowed_peers = ?t.allowed_peers, "replication service listening (mTLS)");

@@ -81,7 +81,7 @@ fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Shi
 fn refused(s: tonic::Status) -> ShipError {
     let epoch = s
         .metadata()
-        .get(crate::ops::EPOCH_METADATA)
+        .get(crate::primary::wire::EPOCH_METADATA)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     match epoch {

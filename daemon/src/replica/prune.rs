@@ -30,8 +30,8 @@
 //! pass's deletions small, and the next batch waits [`BATCH_PAUSE`].
 
 use super::retention::{self, Facts, Keep, Planner, Policy, Remove};
+use crate::caller::Caller;
 use crate::node::Node;
-use crate::ops::Caller;
 use crate::storage::catalog::{AuditRecord, PruneBoundary, Role, RoleState, SegmentRecord, Txn};
 use drd_proto::{SegmentName, StreamName};
 use std::sync::Arc;
