@@ -6,18 +6,12 @@ use crate::node::Node;
 use drd_proto::pb::replication_client::ReplicationClient;
 use tonic::transport::Channel;
 
+pub use crate::dial::describe;
+
 /// A client for short node-to-node calls: every call gets a deadline.
 pub async fn connect_for_calls(
     node: &Node,
     cfg: &StreamConfig,
 ) -> Result<ReplicationClient<Channel>, String> {
     node.dialer().connect_for_calls(cfg).await
-}
-
-/// A replication client for the stream's peer with drd's message limits.
-pub async fn connect(
-    node: &Node,
-    cfg: &StreamConfig,
-) -> Result<ReplicationClient<Channel>, String> {
-    node.dialer().connect(cfg).await
 }
