@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod caller;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod dial;
 pub mod gauges;
 pub mod hooks;
 pub mod lag;
@@ -22,6 +24,7 @@ pub mod sidefiles;
 pub mod storage;
 pub mod throttle;
 pub mod unix;
+pub mod wiring;
 
 pub use drd_proto as proto;
 // What the daemon shares with its clients (drctl): drd-client, under the
@@ -33,6 +36,7 @@ pub use drd_core::{chain, receiver, roles};
 use anyhow::Context;
 use config::Config;
 use drd_proto::pb;
+use locks::LockExt;
 use node::Node;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,8 +123,8 @@ pub async fn run_with(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .initial_stream_window_size(Some(ops::peer::H2_STREAM_WINDOW))
-            .initial_connection_window_size(Some(ops::peer::H2_CONNECTION_WINDOW));
+            .initial_stream_window_size(Some(dial::H2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(dial::H2_CONNECTION_WINDOW));
         match (&tls, &config.tls) {
             (Some(m), Some(t)) => {
                 tracing::info!(%addr, allowed_peers = ?t.allowed_peers, "replication service listening (mTLS)");
@@ -194,19 +198,28 @@ pub async fn run_with(
     }
 
     for (cfg, status) in config.streams.iter().zip(node.shippers.iter()) {
-        tracker.spawn(primary::shipper::run(
-            node.clone(),
-            cfg.clone(),
-            status.clone(),
-            shutdown.clone(),
-        ));
+        // The shipper and the spool's pruning get handles, not the node.
+        // A configured stream's role entry exists from `Node::open` on, so
+        // these do not fail in practice.
+        match node.ship_context(cfg, status) {
+            Ok(ctx) => {
+                tracker.spawn(primary::shipper::run(ctx, shutdown.clone()));
+            }
+            Err(e) => {
+                let _span =
+                    tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer).entered();
+                tracing::error!(error = %e, "cannot read the stream's role; not shipping it");
+                status.state.locked().last_error = format!("cannot read the stream's role: {e:#}");
+            }
+        }
         // A spool stream's segments leave wal_dir once safe at the DR site.
-        tracker.spawn(primary::prune::run(
-            node.clone(),
-            cfg.clone(),
-            status.clone(),
-            shutdown.clone(),
-        ));
+        match node.spool_pruner(cfg, status) {
+            Ok(pruner) => {
+                tracker.spawn(primary::prune::run(pruner, shutdown.clone()));
+            }
+            Err(e) => tracing::error!(stream = %cfg.name, error = %format!("{e:#}"),
+                "cannot read the stream's role; not pruning its spool"),
+        }
         // PostgreSQL's .history/.backup files travel beside the log.
         tracker.spawn(sidefiles::deliver::run(
             node.clone(),
@@ -216,7 +229,10 @@ pub async fn run_with(
         ));
     }
     // The DR site's own retention policy for what it received.
-    tracker.spawn(replica::prune::run(node.clone(), shutdown.clone()));
+    tracker.spawn(replica::prune::run(
+        node.retention_pruner(),
+        shutdown.clone(),
+    ));
     if let Some(exporter) = metrics_exporter {
         let stop = shutdown.clone();
         tracker.spawn(async move {

@@ -254,21 +254,93 @@ impl StreamRole {
     }
 }
 
+/// Every stream's role entry at this node, by name: the configured streams
+/// and every stream the catalog holds from the start, a stream first seen
+/// over the network from its first Hello. Shared (an `Arc`) by the node and
+/// the drivers that follow or gate on roles, so they need not hold the node.
+pub struct Roles {
+    map: Mutex<BTreeMap<StreamName, Arc<StreamRole>>>,
+    /// Where a new stream's first role is recorded.
+    catalog: Arc<Catalog>,
+    /// The role each configured stream starts in (see [`default_role`]);
+    /// an unlisted stream starts as a replica.
+    initial: BTreeMap<StreamName, Role>,
+}
+
+impl Roles {
+    /// `stream`'s role entry, created on first sight: a stream first seen
+    /// over the network is received here (a replica at epoch 1 until its
+    /// primary's Hello raises it), recorded before it is used.
+    pub fn stream_role(&self, stream: &StreamName) -> anyhow::Result<Arc<StreamRole>> {
+        let mut map = self.map.locked();
+        if let Some(r) = map.get(stream) {
+            return Ok(r.clone());
+        }
+        let state = match self.catalog.role(stream)? {
+            Some(s) => s,
+            None => {
+                let role = self.initial.get(stream).copied().unwrap_or(Role::Replica);
+                let s = RoleState::new(role, 1);
+                let mut txn = Txn::default();
+                txn.role(stream, &s);
+                self.catalog.commit_txn(txn)?;
+                s
+            }
+        };
+        let r = Arc::new(StreamRole::new(stream.clone(), state));
+        map.insert(stream.clone(), r.clone());
+        Ok(r)
+    }
+
+    /// `stream`'s role and epoch here, if this node knows the stream.
+    pub fn role_of(&self, stream: &StreamName) -> Option<RoleState> {
+        self.map.locked().get(stream).map(|r| r.state())
+    }
+
+    /// Every stream's role and epoch here, by name.
+    pub fn roles(&self) -> Vec<(StreamName, RoleState)> {
+        self.map
+            .locked()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.state()))
+            .collect()
+    }
+
+    /// Every stream with a role entry or data in the catalog, by name.
+    pub fn stream_names(&self) -> Vec<StreamName> {
+        let mut names: Vec<StreamName> = self.map.locked().keys().cloned().collect();
+        if let Ok(more) = self.catalog.streams() {
+            names.extend(more);
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// How many streams this node is a replica of.
+    fn receiving(&self) -> usize {
+        self.map
+            .locked()
+            .values()
+            .filter(|r| r.state().role == Role::Replica)
+            .count()
+    }
+}
+
 /// The daemon's shared state.
 pub struct Node {
     pub config: Config,
     pub catalog: Arc<Catalog>,
-    /// Each stream's role and epoch, by name: the configured streams and
-    /// every stream the catalog holds from the start, a stream first seen
-    /// over the network from its first Hello.
-    roles: Mutex<BTreeMap<StreamName, Arc<StreamRole>>>,
+    /// Each stream's role and epoch, by name.
+    pub roles: Arc<Roles>,
     pub started: Instant,
     /// This node's certificate, key and CA (None with insecure_plaintext).
     pub tls: Option<crate::tls::TlsMaterial>,
     pub shippers: Vec<Arc<Shipper>>,
     receivers: Mutex<BTreeMap<StreamName, Arc<ReceiveSlot>>>,
-    /// The node-wide `max_bandwidth`, shared by all shipped streams.
-    pub bandwidth: crate::throttle::Throttle,
+    /// The node-wide `max_bandwidth`, shared by all shipped streams (and
+    /// held by each of their shippers).
+    pub bandwidth: Arc<crate::throttle::Throttle>,
     /// Long operations running now, for `drctl`'s progress bars.
     pub operations: crate::progress::Operations,
 }
@@ -364,11 +436,21 @@ impl Node {
                 );
             }
         }
-        let bandwidth = crate::throttle::Throttle::new(config.max_bandwidth);
+        let bandwidth = Arc::new(crate::throttle::Throttle::new(config.max_bandwidth));
+        let initial = config
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), default_role(&config, &s.name)))
+            .collect();
+        let roles = Arc::new(Roles {
+            map: Mutex::new(roles),
+            catalog: catalog.clone(),
+            initial,
+        });
         Ok(Self {
             config,
             catalog,
-            roles: Mutex::new(roles),
+            roles,
             started: Instant::now(),
             tls,
             shippers,
@@ -378,41 +460,25 @@ impl Node {
         })
     }
 
-    /// `stream`'s role entry, created on first sight: a stream first seen
-    /// over the network is received here (a replica at epoch 1 until its
-    /// primary's Hello raises it), recorded before it is used.
+    /// How this node dials a stream's peer (its TLS material).
+    pub fn dialer(&self) -> crate::dial::Dialer {
+        crate::dial::Dialer::new(self.tls.clone())
+    }
+
+    /// `stream`'s role entry, created on first sight (see
+    /// [`Roles::stream_role`]).
     pub fn stream_role(&self, stream: &StreamName) -> anyhow::Result<Arc<StreamRole>> {
-        let mut map = self.roles.locked();
-        if let Some(r) = map.get(stream) {
-            return Ok(r.clone());
-        }
-        let state = match self.catalog.role(stream)? {
-            Some(s) => s,
-            None => {
-                let s = RoleState::new(default_role(&self.config, stream), 1);
-                let mut txn = Txn::default();
-                txn.role(stream, &s);
-                self.catalog.commit_txn(txn)?;
-                s
-            }
-        };
-        let r = Arc::new(StreamRole::new(stream.clone(), state));
-        map.insert(stream.clone(), r.clone());
-        Ok(r)
+        self.roles.stream_role(stream)
     }
 
     /// `stream`'s role and epoch here, if this node knows the stream.
     pub fn role_of(&self, stream: &StreamName) -> Option<RoleState> {
-        self.roles.locked().get(stream).map(|r| r.state())
+        self.roles.role_of(stream)
     }
 
     /// Every stream's role and epoch here, by name.
     pub fn roles(&self) -> Vec<(StreamName, RoleState)> {
-        self.roles
-            .locked()
-            .iter()
-            .map(|(k, r)| (k.clone(), r.state()))
-            .collect()
+        self.roles.roles()
     }
 
     /// What the node as a whole is, for a one-line summary: the role all
@@ -486,11 +552,8 @@ impl Node {
     /// All streams this node knows (configured, shipped or received), by
     /// name.
     pub fn stream_names(&self) -> Vec<StreamName> {
-        let mut names: Vec<StreamName> = self.roles.locked().keys().cloned().collect();
+        let mut names = self.roles.stream_names();
         names.extend(self.shippers.iter().map(|s| s.stream.clone()));
-        if let Ok(more) = self.catalog.streams() {
-            names.extend(more);
-        }
         names.sort();
         names.dedup();
         names
@@ -519,13 +582,7 @@ impl Node {
     /// [`crate::config::MIN_GRANTED_WINDOW`].
     pub fn granted_window(&self) -> u64 {
         let t = &self.config.tuning;
-        let receiving = self
-            .roles
-            .locked()
-            .values()
-            .filter(|r| r.state().role == Role::Replica)
-            .count()
-            .max(1) as u64;
+        let receiving = self.roles.receiving().max(1) as u64;
         (t.receive_budget_bytes / receiving)
             .min(t.window_bytes)
             .max(crate::config::MIN_GRANTED_WINDOW)

@@ -28,14 +28,7 @@ use crate::storage::catalog::{AuditRecord, Txn};
 use drd_proto::StreamName;
 use tonic::Status;
 
-/// Who asked for an operation, for the audit log.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    /// OS user of the control-socket peer (or a node id).
-    pub user: String,
-    /// e.g. "control socket, pid 1234".
-    pub origin: String,
-}
+pub use crate::caller::Caller;
 
 /// Records a hook's result for `stream` in the audit log.
 pub fn audit_hook(node: &Node, stream: &StreamName, who: &Caller, epoch: u64, summary: &str) {
@@ -60,9 +53,7 @@ pub fn stream_name(name: &str) -> Result<StreamName, Status> {
     StreamName::new(name).map_err(Status::from)
 }
 
-/// Metadata key carrying the refusing node's epoch, so a stale primary
-/// learns it must fence itself.
-pub const EPOCH_METADATA: &str = "drd-epoch";
+pub use crate::primary::wire::EPOCH_METADATA;
 
 /// The refusal a stale primary gets: FAILED_PRECONDITION with our epoch
 /// (`state`: the stream's role here).

@@ -1,73 +1,17 @@
-//! Connections to the other site's drd: one place that builds the endpoint
-//! (timeouts, keepalives, windows, message limits) for shipping and for the
-//! node-to-node calls of failover, switchover and rejoin.
+//! The node-to-node calls' connections to the other site's drd, dialed as
+//! this node dials (see [`crate::dial`], where the endpoint is built).
 
 use crate::config::StreamConfig;
 use crate::node::Node;
 use drd_proto::pb::replication_client::ReplicationClient;
-use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// Time allowed to establish the connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline of a single node-to-node call (promote, fence, log info).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 pings keep NAT/firewall state alive and detect dead peers even
-/// when the stream is idle.
-const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// HTTP/2 flow-control windows: large enough that one stream can fill a
-/// fast link (the in-flight window, not HTTP/2, is what bounds memory).
-pub const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-
-pub use drd_client::peer::describe;
-
-/// The endpoint for a stream's peer: `https://` with mTLS (the peer must
-/// present a certificate for `peer_name`, signed by our CA), or plaintext
-/// `http://` on loopback when the node runs with insecure_plaintext.
-pub fn endpoint(node: &Node, cfg: &StreamConfig) -> Result<Endpoint, String> {
-    let mut ep = Endpoint::from_shared(cfg.peer.clone()).map_err(|e| describe(&e))?;
-    if let (Some(m), Some(name)) = (&node.tls, &cfg.peer_name) {
-        ep = ep
-            .tls_config(crate::tls::client_tls(m, name))
-            .map_err(|e| describe(&e))?;
-    }
-    Ok(ep
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(Some(H2_STREAM_WINDOW))
-        .initial_connection_window_size(Some(H2_CONNECTION_WINDOW)))
-}
-
-/// A replication client for the stream's peer with drd's message limits.
-pub async fn connect(
-    node: &Node,
-    cfg: &StreamConfig,
-) -> Result<ReplicationClient<Channel>, String> {
-    let peer = &cfg.peer;
-    let channel = endpoint(node, cfg)?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {peer}: {}", describe(&e)))?;
-    Ok(ReplicationClient::new(channel)
-        .max_decoding_message_size(drd_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(drd_proto::MAX_MESSAGE_BYTES))
-}
+pub use crate::dial::describe;
 
 /// A client for short node-to-node calls: every call gets a deadline.
 pub async fn connect_for_calls(
     node: &Node,
     cfg: &StreamConfig,
 ) -> Result<ReplicationClient<Channel>, String> {
-    let peer = &cfg.peer;
-    let channel = endpoint(node, cfg)?
-        .timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {peer}: {}", describe(&e)))?;
-    Ok(ReplicationClient::new(channel))
+    node.dialer().connect_for_calls(cfg).await
 }

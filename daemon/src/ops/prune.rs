@@ -18,10 +18,11 @@ pub async fn prune(
     who: Caller,
 ) -> Result<pb::PruneResponse, Status> {
     let stream = pick_stream(node, &req.stream).map_err(Status::invalid_argument)?;
+    let pruner = node.retention_pruner();
     let run = |dry| {
-        let (node, stream, who) = (node.clone(), stream.clone(), who.clone());
+        let (pruner, stream, who) = (pruner.clone(), stream.clone(), who.clone());
         async move {
-            prune::pass(&node, &stream, dry, who)
+            prune::pass(&pruner, &stream, dry, who)
                 .await
                 .map_err(|e| Status::internal(format!("{e:#}")))
         }

@@ -327,7 +327,11 @@ async fn check_room(
     if bytes.saturating_add(size) <= limit {
         return Ok(());
     }
-    match crate::primary::prune::pass(node, cfg, shipper, Some(size)).await {
+    let pruned = match node.spool_pruner(cfg, shipper) {
+        Ok(pruner) => crate::primary::prune::pass(&pruner, Some(size)).await,
+        Err(e) => Err(e),
+    };
+    match pruned {
         Ok(_) => {}
         Err(e) => tracing::warn!(stream = %cfg.name, error = %format!("{e:#}"),
             "spool: pruning pass failed"),

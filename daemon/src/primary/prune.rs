@@ -35,9 +35,9 @@
 //! `wal-push` fsyncs the directory anyway.
 
 use crate::config::{SourceMode, StreamConfig};
-use crate::node::{Node, Shipper};
+use crate::node::{Shipper, StreamRole};
 use crate::primary::source::{scan, SourceSegment};
-use crate::storage::catalog::{Role, SegmentRecord, Txn};
+use crate::storage::catalog::{Catalog, Role, SegmentRecord, Txn};
 use drd_proto::SegmentName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,20 @@ use tokio_util::sync::CancellationToken;
 /// is what removes segments whose `spool_retention` ran out while nothing
 /// was shipped.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything spool pruning of one stream uses, built by the composition
+/// root (`Node::spool_pruner`): the passes hold this, not the node.
+#[derive(Clone)]
+pub struct SpoolPruner {
+    pub cfg: StreamConfig,
+    /// The stream's live state: its replica's sealed acks, its spool usage.
+    pub shipper: Arc<Shipper>,
+    /// The stream's role here: only a primary prunes, and a pass holds its
+    /// transition gate.
+    pub role: Arc<StreamRole>,
+    /// This node's log of the stream, whose records a removal marks.
+    pub catalog: Arc<Catalog>,
+}
 
 /// The facts one decision depends on.
 #[derive(Clone, Copy, Debug)]
@@ -189,43 +203,41 @@ pub struct Pruned {
 ///
 /// The caller holds [`crate::node::PUSH_LOCK`], so no push
 /// publishes into the spool meanwhile.
-pub async fn pass(
-    node: &Arc<Node>,
-    cfg: &StreamConfig,
-    shipper: &Arc<Shipper>,
-    room_for: Option<u64>,
-) -> anyhow::Result<Pruned> {
-    if cfg.source != SourceMode::Spool {
+pub async fn pass(pruner: &SpoolPruner, room_for: Option<u64>) -> anyhow::Result<Pruned> {
+    if pruner.cfg.source != SourceMode::Spool {
         return Ok(Pruned::default());
     }
     // No role change (a switchover's demotion, a rejoin's cut back) while
     // records are marked: they rewrite the same records.
-    let role = node.stream_role(&cfg.name)?;
-    let _gate = role.transition.read().await;
-    let primary = role.state().role == Role::Primary;
-    let (node, cfg, shipper) = (node.clone(), cfg.clone(), shipper.clone());
-    tokio::task::spawn_blocking(move || pass_blocking(&node, &cfg, &shipper, primary, room_for))
+    let _gate = pruner.role.transition.read().await;
+    let primary = pruner.role.state().role == Role::Primary;
+    let pruner = pruner.clone();
+    tokio::task::spawn_blocking(move || pass_blocking(&pruner, primary, room_for))
         .await
         .map_err(|e| anyhow::anyhow!("prune task failed: {e}"))?
 }
 
 fn pass_blocking(
-    node: &Node,
-    cfg: &StreamConfig,
-    shipper: &Shipper,
+    pruner: &SpoolPruner,
     primary: bool,
     room_for: Option<u64>,
 ) -> anyhow::Result<Pruned> {
+    let SpoolPruner {
+        cfg,
+        shipper,
+        catalog,
+        ..
+    } = pruner;
     let stream = &cfg.name;
     let listing = scan(&cfg.wal_dir)?;
     let mut done = Pruned::default();
     if primary {
         let mut files = Vec::with_capacity(listing.len());
         for s in &listing {
-            files.push((s.clone(), node.catalog.segment(stream, &s.name)?));
+            files.push((s.clone(), catalog.segment(stream, &s.name)?));
         }
-        let meta = node.catalog.stream_meta(stream)?;
-        let tail = node.catalog.tail(stream)?;
+        let meta = catalog.stream_meta(stream)?;
+        let tail = catalog.tail(stream)?;
         let sealed_acked = shipper.push.sealed_acked.borrow().clone();
         let now_ms = crate::clock::unix_ms();
         let facts = Facts {
@@ -271,7 +283,7 @@ fn pass_blocking(
         }
         // Step 1: the marks, synced, before any unlink (see the module doc).
         if marked > 0 {
-            node.catalog.commit_txn(txn)?;
+            catalog.commit_txn(txn)?;
         }
         // Step 2: the files. No directory fsync (see the module doc).
         for (name, size, why) in remove {
@@ -318,21 +330,16 @@ fn pass_blocking(
 
 /// Prunes `cfg`'s spool after every seal the replica acks and every
 /// [`PRUNE_INTERVAL`], until `shutdown`. Does nothing for a `tail` stream.
-pub async fn run(
-    node: Arc<Node>,
-    cfg: StreamConfig,
-    shipper: Arc<Shipper>,
-    shutdown: CancellationToken,
-) {
-    if cfg.source != SourceMode::Spool {
+pub async fn run(pruner: SpoolPruner, shutdown: CancellationToken) {
+    if pruner.cfg.source != SourceMode::Spool {
         return;
     }
-    let mut acked = shipper.push.sealed_acked.subscribe();
+    let mut acked = pruner.shipper.push.sealed_acked.subscribe();
     loop {
         {
             let _one = crate::node::PUSH_LOCK.lock().await;
-            if let Err(e) = pass(&node, &cfg, &shipper, None).await {
-                tracing::warn!(stream = %cfg.name, error = %format!("{e:#}"),
+            if let Err(e) = pass(&pruner, None).await {
+                tracing::warn!(stream = %pruner.cfg.name, error = %format!("{e:#}"),
                     "spool: pruning pass failed; retrying");
             }
         }

@@ -6,15 +6,19 @@
 
 use crate::clock::unix_ms;
 use crate::config::StreamConfig;
+use crate::config::Tuning;
+use crate::dial::Dialer;
 use crate::locks::LockExt;
-use crate::node::{Node, Shipper};
+use crate::node::{Shipper, StreamRole};
 use crate::primary::index::SourceIndex;
 use crate::primary::source::{DirSource, DirWatch, SourceSegment};
-use crate::storage::catalog::{SegmentRecord, StreamMeta};
+use crate::storage::catalog::{Catalog, SegmentRecord, StreamMeta};
+use crate::throttle::Throttle;
 use bytes::Bytes;
 use drd_core::sender;
 use drd_core::storage::Source as _;
-use drd_proto::{pb, Chunk, Hello, Seal, SegmentName, ShipMsg};
+use drd_proto::{pb, Chunk, Hello, NodeId, Seal, SegmentName, ShipMsg, StreamName};
+use futures::future::BoxFuture;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -82,7 +86,7 @@ fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Shi
 fn refused(s: tonic::Status) -> ShipError {
     let epoch = s
         .metadata()
-        .get(crate::ops::EPOCH_METADATA)
+        .get(crate::primary::wire::EPOCH_METADATA)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     match epoch {
@@ -155,33 +159,63 @@ impl Backoff {
     }
 }
 
-/// Runs the shipper of one stream until `shutdown`.
-pub async fn run(
-    node: Arc<Node>,
-    cfg: StreamConfig,
-    status: Arc<Shipper>,
-    shutdown: CancellationToken,
-) {
-    let span = tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer);
-    run_stream(node, cfg, status, shutdown)
-        .instrument(span)
-        .await
+/// Everything one stream's shipper uses, built by the composition root
+/// (`Node::ship_context`): the shipper holds this, not the node.
+pub struct ShipContext {
+    pub cfg: StreamConfig,
+    /// The stream's live state, written by the shipper.
+    pub status: Arc<Shipper>,
+    /// The stream's role and epoch here: shipping follows it.
+    pub role: Arc<StreamRole>,
+    /// This node's own log of the stream (what it sealed, its counters).
+    pub catalog: Arc<Catalog>,
+    /// The node's `[tuning]`: windows, chunk size, timeouts, backoff.
+    pub tuning: Tuning,
+    /// Sent in the Hello: who ships.
+    pub node_id: NodeId,
+    /// The node-wide `max_bandwidth`, shared with the other streams.
+    pub bandwidth: Arc<Throttle>,
+    /// Dials the stream's peer (TLS material, timeouts, windows).
+    pub dialer: Dialer,
+    /// Fences this node's side of the stream when the replica reports a
+    /// newer primary.
+    pub fence: Arc<dyn Fence>,
 }
 
-async fn run_stream(
-    node: Arc<Node>,
-    cfg: StreamConfig,
-    status: Arc<Shipper>,
-    shutdown: CancellationToken,
-) {
-    let role = match node.stream_role(&cfg.name) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the stream's role; not shipping it");
-            status.state.locked().last_error = format!("cannot read the stream's role: {e:#}");
-            return;
-        }
-    };
+/// What the shipper asks of the layer above when a replica refuses it for
+/// a newer epoch: fence this node's side of the stream. That is an
+/// operation (a recorded role change, its audit record, the `fence` hook:
+/// `ops::remote::fence_self`), so the shipper calls it through this
+/// instead of importing the operations.
+pub trait Fence: Send + Sync {
+    /// Fences `stream` here for `seen_epoch`, refused by `from` for `reason`.
+    fn fence_self<'a>(
+        &'a self,
+        stream: &'a StreamName,
+        seen_epoch: u64,
+        reason: &'a str,
+        from: &'a str,
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// Runs the shipper of one stream until `shutdown`.
+pub async fn run(ctx: ShipContext, shutdown: CancellationToken) {
+    let span = tracing::info_span!("ship", stream = %ctx.cfg.name, peer = %ctx.cfg.peer);
+    run_stream(ctx, shutdown).instrument(span).await
+}
+
+async fn run_stream(ctx: ShipContext, shutdown: CancellationToken) {
+    let ShipContext {
+        cfg,
+        status,
+        role,
+        catalog,
+        tuning,
+        node_id,
+        bandwidth,
+        dialer,
+        fence,
+    } = ctx;
     let wake = Arc::new(Notify::new());
     let index = Arc::new(SourceIndex::new(&cfg.wal_dir));
     let _watch = match DirWatch::start(&cfg.wal_dir, wake.clone(), index.clone()) {
@@ -191,13 +225,17 @@ async fn run_stream(
             None
         }
     };
-    let t = &node.config.tuning;
     let mut backoff = Backoff::new(
-        Duration::from_millis(t.reconnect_min_ms),
-        Duration::from_millis(t.reconnect_max_ms),
+        Duration::from_millis(tuning.reconnect_min_ms),
+        Duration::from_millis(tuning.reconnect_max_ms),
     );
+    let rescan_interval = tuning.rescan_interval();
     let mut shipper = StreamShipper {
-        node: node.clone(),
+        catalog,
+        tuning,
+        node_id,
+        bandwidth,
+        dialer,
         granted_window: 0,
         role: role.clone(),
         cfg,
@@ -228,7 +266,7 @@ async fn run_stream(
             tokio::select! {
                 _ = shutdown.cancelled() => break 'sessions,
                 r = state_rx.changed() => if r.is_err() { break 'sessions },
-                _ = tokio::time::sleep(node.config.tuning.rescan_interval()) => {}
+                _ = tokio::time::sleep(rescan_interval) => {}
             }
         }
         // A seal record still being committed from the last session must
@@ -274,14 +312,9 @@ async fn run_stream(
                 // Fencing rewrites this stream's record: our own last seal
                 // record must land first, not after it.
                 shipper.settle_or_log().await;
-                crate::ops::remote::fence_self(
-                    &node,
-                    &shipper.cfg.name,
-                    *epoch,
-                    message,
-                    &shipper.cfg.peer,
-                )
-                .await;
+                fence
+                    .fence_self(&shipper.cfg.name, *epoch, message, &shipper.cfg.peer)
+                    .await;
                 continue;
             }
             Err(e @ ShipError::NotAssigned(_)) => {
@@ -308,7 +341,7 @@ async fn run_stream(
             tokio::select! {
                 _ = shutdown.cancelled() => break 'sessions,
                 _ = state_rx.changed() => break,
-                _ = tokio::time::sleep(left.min(node.config.tuning.rescan_interval())) => {}
+                _ = tokio::time::sleep(left.min(rescan_interval)) => {}
             }
         }
     }
@@ -318,12 +351,18 @@ async fn run_stream(
 }
 
 struct StreamShipper {
-    node: Arc<Node>,
+    /// This node's catalog: the stream's own log and counters.
+    catalog: Arc<Catalog>,
+    tuning: Tuning,
+    node_id: NodeId,
+    /// The node-wide `max_bandwidth` (the stream's own is in `status`).
+    bandwidth: Arc<Throttle>,
+    dialer: Dialer,
     /// The window the replica granted in this session's Welcome (0: none;
     /// see [`sender::Limits::new`]).
     granted_window: u64,
     /// The stream's role and epoch here.
-    role: Arc<crate::node::StreamRole>,
+    role: Arc<StreamRole>,
     cfg: StreamConfig,
     status: Arc<Shipper>,
     wake: Arc<Notify>,
@@ -372,10 +411,9 @@ impl StreamShipper {
     /// Loads the stream's record and reports the written position before any
     /// replica is reachable.
     fn init(&mut self) -> Result<(), ShipError> {
-        self.meta = self.node.catalog.stream_meta(&self.cfg.name)?;
+        self.meta = self.catalog.stream_meta(&self.cfg.name)?;
         self.anchor = None;
         self.log_end = self
-            .node
             .catalog
             .tail(&self.cfg.name)?
             .filter(|t| t.sealed)
@@ -412,12 +450,14 @@ impl StreamShipper {
     }
 
     fn idle(&self) -> Duration {
-        self.node.config.tuning.idle_timeout()
+        self.tuning.idle_timeout()
     }
 
     /// One connection: handshake, then ship until something fails.
     async fn session(&mut self) -> Result<(), ShipError> {
-        let mut client = crate::ops::peer::connect(&self.node, &self.cfg)
+        let mut client = self
+            .dialer
+            .connect(&self.cfg)
             .await
             .map_err(ShipError::Connect)?;
 
@@ -425,7 +465,7 @@ impl StreamShipper {
         let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
         let hello = ShipMsg::Hello(Hello {
             stream: self.cfg.name.clone(),
-            node_id: self.node.config.node_id.clone(),
+            node_id: self.node_id.clone(),
             epoch,
             protocol_version: drd_proto::PROTOCOL_VERSION,
             software_version: crate::version::VERSION_LINE.to_string(),
@@ -545,7 +585,6 @@ impl StreamShipper {
                 };
                 // Our own record of where this segment starts, if we have one.
                 let start = self
-                    .node
                     .catalog
                     .segment(&self.cfg.name, &first.name)?
                     .map_or(0, |r| r.start);
@@ -577,7 +616,7 @@ impl StreamShipper {
     /// not its successor, and shipping it would leave a gap. That happens
     /// only when the replica lost what it had acked, or is another one.
     fn check_not_pruned(&self, after: Option<&SegmentName>) -> Result<(), ShipError> {
-        let Some(next) = self.node.catalog.segment_after(&self.cfg.name, after)? else {
+        let Some(next) = self.catalog.segment_after(&self.cfg.name, after)? else {
             return Ok(());
         };
         if next.pruned_at_ms.is_none() {
@@ -673,7 +712,7 @@ impl StreamShipper {
         welcome: &pb::Welcome,
         epoch: u64,
     ) -> Result<(), ShipError> {
-        let t = self.node.config.tuning.clone();
+        let t = self.tuning.clone();
         // Where to resume is found once per session from full listings;
         // from then on the index answers (see primary/index.rs).
         let listing = self.scan()?;
@@ -730,7 +769,7 @@ impl StreamShipper {
             let limits =
                 sender::Limits::new(t.chunk_bytes as u64, t.window_bytes, self.granted_window);
             // max_bandwidth: this stream's limit, then the node's.
-            let cap = crate::throttle::chunk_cap(&[&self.status.bandwidth, &self.node.bandwidth]);
+            let cap = crate::throttle::chunk_cap(&[&self.status.bandwidth, &self.bandwidth]);
             let next = self
                 .sent
                 .locked()
@@ -744,7 +783,7 @@ impl StreamShipper {
                 }
                 sender::Next::Chunk { len: n, end } => {
                     self.status.bandwidth.acquire(n).await;
-                    self.node.bandwidth.acquire(n).await;
+                    self.bandwidth.acquire(n).await;
                     let t0 = Instant::now();
                     let data = self.read(cur, n).await?;
                     let read_us = t0.elapsed().as_micros() as u64;
@@ -908,7 +947,7 @@ impl StreamShipper {
         epoch: u64,
         written: u64,
     ) -> Result<(), ShipError> {
-        let t = &self.node.config.tuning;
+        let t = &self.tuning;
         let keepalive_due =
             (*last_sent + t.keepalive_interval()).saturating_duration_since(Instant::now());
         let wait = keepalive_due.min(t.rescan_interval());
@@ -1024,12 +1063,16 @@ impl StreamShipper {
         };
         self.meta.segments += 1;
         self.meta.sealed_segments += 1;
-        let (node, stream, meta) = (self.node.clone(), self.cfg.name.clone(), self.meta.clone());
+        let (catalog, stream, meta) = (
+            self.catalog.clone(),
+            self.cfg.name.clone(),
+            self.meta.clone(),
+        );
         let status = self.status.clone();
         status.state.locked().recording_seal = true;
         self.recording = Some(tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
-            let r = node.catalog.commit(&stream, &[&rec], &meta);
+            let r = catalog.commit(&stream, &[&rec], &meta);
             tracing::trace!(
                 elapsed_us = t0.elapsed().as_micros() as u64,
                 "seal: catalog commit"

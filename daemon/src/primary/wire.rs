@@ -1,9 +1,14 @@
 //! Chunks onto the wire: the stream's `compression`, applied only when the
 //! replica's Welcome says it decodes it, and the bytes that actually go out
-//! counted next to the payload bytes (`drd_shipped_wire_bytes_total`).
+//! counted next to the payload bytes (`drd_shipped_wire_bytes_total`); and
+//! the epoch a replica's refusal carries back.
 
 use crate::config::StreamConfig;
 use drd_proto::{pb, ShipMsg};
+
+/// Metadata key carrying the refusing node's epoch, so a stale primary
+/// learns it must fence itself.
+pub const EPOCH_METADATA: &str = "drd-epoch";
 
 /// `msg` as sent to the replica that answered with `welcome`, encoded with
 /// `stream`'s compression where that replica accepts it. A chunk's payload

@@ -29,11 +29,14 @@
 //! mount), which would delay replication acks: the batch bounds keep one
 //! pass's deletions small, and the next batch waits [`BATCH_PAUSE`].
 
-use super::retention::{self, Facts, Keep, Planner, Policy, Remove};
-use crate::node::Node;
-use crate::ops::Caller;
-use crate::storage::catalog::{AuditRecord, PruneBoundary, Role, RoleState, SegmentRecord, Txn};
+use super::retention::{self, Facts, Keep, Planner, Policy, Remove, Retention};
+use crate::caller::Caller;
+use crate::node::Roles;
+use crate::storage::catalog::{
+    AuditRecord, Catalog, PruneBoundary, Role, RoleState, SegmentRecord, Txn,
+};
 use drd_proto::{SegmentName, StreamName};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +54,27 @@ pub const MAX_LISTED: usize = 1_000;
 
 /// Only one pass at a time per node (the timer and `drctl prune`).
 static PRUNE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Everything the DR site's retention passes use, built by the composition
+/// root (`Node::retention_pruner`): the passes hold this, not the node.
+pub struct RetentionPruner {
+    /// The received streams' records, which a pass deletes.
+    pub catalog: Arc<Catalog>,
+    /// Every stream's role here: only a replica's copy is pruned, and a
+    /// pass holds the stream's transition gate.
+    pub roles: Arc<Roles>,
+    /// `[replica.retention]`; None without a `[replica]` section.
+    pub retention: Option<Retention>,
+    /// Where the landing files are (`data_dir`).
+    pub data_dir: PathBuf,
+}
+
+impl RetentionPruner {
+    /// `stream`'s policy here, if it has one.
+    fn policy_for(&self, stream: &StreamName) -> Option<&Policy> {
+        self.retention.as_ref()?.for_stream(stream)
+    }
+}
 
 /// One segment a pass removed (or would remove).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,15 +111,15 @@ pub struct Outcome {
 /// Plans (and unless `dry_run`, carries out one batch of) the policy for
 /// `stream`. Runs on a blocking thread.
 fn pass_blocking(
-    node: &Node,
+    pruner: &RetentionPruner,
     stream: &StreamName,
     policy: &Policy,
     dry_run: bool,
     who: &Caller,
 ) -> anyhow::Result<Outcome> {
-    let cat = &node.catalog;
+    let cat = &pruner.catalog;
     let mut state = cat.retention(stream)?;
-    let landing = node.config.landing_dir(stream);
+    let landing = crate::config::landing_dir(&pruner.data_dir, stream);
     // A crash after an earlier batch's commit left files to unlink.
     if !dry_run && !state.unlink.is_empty() {
         unlink_all(&landing, &state.unlink)?;
@@ -191,7 +215,8 @@ fn pass_blocking(
         .map(|r| r.name.clone())
         .collect();
     t.retention(stream, &state);
-    let role = node
+    let role = pruner
+        .roles
         .role_of(stream)
         .unwrap_or_else(|| RoleState::new(Role::Replica, 0));
     let kept_text = out.kept.as_ref().map_or_else(
@@ -256,19 +281,19 @@ fn unlink_all(landing: &std::path::Path, names: &[String]) -> anyhow::Result<()>
 /// the role-transition gate (no failover or rejoin rewrites records
 /// meanwhile) and the node's prune lock.
 pub async fn pass(
-    node: &Arc<Node>,
+    pruner: &Arc<RetentionPruner>,
     stream: &StreamName,
     dry_run: bool,
     who: Caller,
 ) -> anyhow::Result<Outcome> {
-    let Some(policy) = node.config.retention_for(stream).cloned() else {
+    let Some(policy) = pruner.policy_for(stream).cloned() else {
         return Ok(Outcome {
             stream: stream.to_string(),
             ..Default::default()
         });
     };
     let _one = PRUNE_LOCK.lock().await;
-    let stream_role = node.stream_role(stream)?;
+    let stream_role = pruner.roles.stream_role(stream)?;
     let _gate = stream_role.transition.read().await;
     let role = stream_role.state().role;
     if role != Role::Replica {
@@ -282,19 +307,19 @@ pub async fn pass(
             ..Default::default()
         });
     }
-    let (n, s) = (node.clone(), stream.clone());
+    let (n, s) = (pruner.clone(), stream.clone());
     let out = tokio::task::spawn_blocking(move || pass_blocking(&n, &s, &policy, dry_run, &who))
         .await
         .map_err(|e| anyhow::anyhow!("prune task failed: {e}"))??;
     if !dry_run {
-        publish(node, stream, &out);
+        publish(&pruner.catalog, stream, &out);
     }
     Ok(out)
 }
 
 /// Metrics after a pass.
-fn publish(node: &Node, stream: &StreamName, out: &Outcome) {
-    let Ok(state) = node.catalog.retention(stream) else {
+fn publish(catalog: &Catalog, stream: &StreamName, out: &Outcome) {
+    let Ok(state) = catalog.retention(stream) else {
         return;
     };
     let oldest = out.kept.as_ref().map(|(r, _)| {
@@ -311,12 +336,11 @@ fn publish(node: &Node, stream: &StreamName, out: &Outcome) {
 
 /// Applies every received stream's policy each [`PRUNE_INTERVAL`] until
 /// `shutdown`; a backlog goes batch by batch, [`BATCH_PAUSE`] apart.
-pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
-    let has_policy = node
-        .config
-        .replica
+pub async fn run(pruner: Arc<RetentionPruner>, shutdown: CancellationToken) {
+    let has_policy = pruner
+        .retention
         .as_ref()
-        .is_some_and(|r| r.retention.default.is_some() || !r.retention.streams.is_empty());
+        .is_some_and(|r| r.default.is_some() || !r.streams.is_empty());
     if !has_policy {
         return;
     }
@@ -326,11 +350,11 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     };
     loop {
         let mut more = false;
-        for stream in node.stream_names() {
-            if node.config.retention_for(&stream).is_none() {
+        for stream in pruner.roles.stream_names() {
+            if pruner.policy_for(&stream).is_none() {
                 continue;
             }
-            match pass(&node, &stream, false, who.clone()).await {
+            match pass(&pruner, &stream, false, who.clone()).await {
                 Ok(o) => more |= o.more,
                 Err(e) => tracing::warn!(%stream, error = %format!("{e:#}"),
                     "retention: pruning pass failed; retrying"),
