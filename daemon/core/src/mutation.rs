@@ -34,11 +34,14 @@ pub enum Mutation {
     /// A switchover whose demotion fails after the replica was promoted
     /// rolls back (writes resume at a second primary) instead of fencing.
     RollBackAfterPromote,
+    SkipTailRollback,
+    FlushAfterFailedFlush,
+    KeepNamesAfterFailedGroup,
 }
 
 impl Mutation {
     /// Every mutation, with its command-line name and what it breaks.
-    pub const ALL: [(Mutation, &'static str, &'static str); 11] = [
+    pub const ALL: [(Mutation, &'static str, &'static str); 14] = [
         (
             Mutation::AckBeforeDataSync,
             "ack-before-data-sync",
@@ -93,6 +96,21 @@ impl Mutation {
             Mutation::RollBackAfterPromote,
             "rollback-after-promote",
             "a failed demotion after the promotion resumes writes (invariant 4)",
+        ),
+        (
+            Mutation::SkipTailRollback,
+            "skip-tail-rollback",
+            "a failed tail fdatasync leaves the committed record claiming its bytes (invariant 1)",
+        ),
+        (
+            Mutation::FlushAfterFailedFlush,
+            "flush-after-failed-flush",
+            "a replica session flushes and acks more after a failed flush (invariant 1)",
+        ),
+        (
+            Mutation::KeepNamesAfterFailedGroup,
+            "keep-names-after-failed-group",
+            "a failed group's renames stay although its commit never recorded them (invariant 1)",
         ),
     ];
 

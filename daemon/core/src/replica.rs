@@ -165,6 +165,11 @@ pub enum Command {
     /// The tail's fdatasync failed after the commit recorded its bytes:
     /// commit this record (the last fully synced point) instead.
     RollBack(Record),
+    /// The group failed after its names were made durable and its commit
+    /// will not record them: give these segments back their `.partial`
+    /// names (the catalog still says partial; not durably: a restart
+    /// reconciles whichever names reached the disk).
+    UndoNames { seals: Vec<SealedSegment> },
     /// Send this ack.
     Ack(Ack),
 }
@@ -222,6 +227,12 @@ pub struct Session {
     pending: Option<Pending>,
     /// Refused or failed: accept nothing more.
     closing: bool,
+    /// A flush failed: flush nothing more either. What the failed group's
+    /// files hold is unknown (Linux may drop the dirty pages of a failed
+    /// writeback and report the error once), so bytes accepted after it
+    /// began may sit on a hole; the next session resumes from what the
+    /// catalog says is durable, and the primary sends them again.
+    flush_failed: bool,
     /// Bytes accepted since the last [`Event::Drained`]: a batch stops at
     /// `group_commit_bytes`, so that one flush never waits for an
     /// unbounded backlog.
@@ -261,6 +272,7 @@ impl Session {
             in_flight: None,
             pending: None,
             closing: false,
+            flush_failed: false,
             batch_bytes: 0,
             group_commit_bytes,
         }
@@ -341,6 +353,7 @@ impl Session {
                     return Err(Misuse::Unexpected("a flush failed that was not running"));
                 }
                 self.closing = true;
+                self.flush_failed = true;
                 Ok(Vec::new())
             }
         }
@@ -514,6 +527,12 @@ impl Session {
     /// Cuts the group: everything accepted so far goes to one flush.
     fn drained(&mut self) -> Vec<Command> {
         self.batch_bytes = 0;
+        if self.flush_failed
+            && !crate::mutation::active(crate::mutation::Mutation::FlushAfterFailedFlush)
+        {
+            // Nothing accepted since goes to a flush (see `flush_failed`).
+            return vec![Command::Close];
+        }
         if !self.need_ack {
             if self.closing && self.in_flight.is_none() {
                 return vec![Command::Close];
@@ -575,6 +594,7 @@ impl Session {
             steps: Flush::new(tail_sync.is_some(), !seals.is_empty() || new_entry),
             tail_pending: tail_sync.is_some(),
             names_pending: !seals.is_empty() || new_entry,
+            names_done: false,
             tail_sync,
             seals,
             records,
@@ -629,6 +649,8 @@ pub struct Group {
     /// group is not over (a failed one ends them too).
     tail_pending: bool,
     names_pending: bool,
+    /// The names step succeeded: the seals carry their complete names.
+    names_done: bool,
     /// Segments sealed in the group, in order: renamed by its names step.
     seals: Vec<SealedSegment>,
     /// What its commit writes, and the chain head after its seals.
@@ -698,6 +720,12 @@ impl Group {
                     Step::TailSynced => self.tail_pending = false,
                     Step::NamesDurable => {
                         self.names_pending = false;
+                        self.names_done = true;
+                        if self.failed {
+                            // The tail failed first: no commit will name
+                            // these files complete.
+                            self.undo_names(&mut out);
+                        }
                         self.begin_commit(&mut out);
                     }
                     Step::Committed => {
@@ -729,14 +757,31 @@ impl Group {
                     // The commit never begins: the records would name
                     // files whose names are not durable.
                     Step::NamesDurable => self.names_pending = false,
-                    Step::Committed => self.commit = Phase::Failed,
+                    Step::Committed => {
+                        self.commit = Phase::Failed;
+                        self.undo_names(&mut out);
+                    }
                 }
             }
         }
         Ok(out)
     }
 
+    fn undo_names(&mut self, out: &mut Vec<Command>) {
+        if crate::mutation::active(crate::mutation::Mutation::KeepNamesAfterFailedGroup) {
+            return;
+        }
+        if self.names_done && !self.seals.is_empty() {
+            out.push(Command::UndoNames {
+                seals: self.seals.clone(),
+            });
+        }
+    }
+
     fn roll_back(&mut self, out: &mut Vec<Command>) {
+        if crate::mutation::active(crate::mutation::Mutation::SkipTailRollback) {
+            return;
+        }
         if let Some(back) = self.rollback.take() {
             out.push(Command::RollBack(back));
         }
@@ -949,6 +994,62 @@ mod tests {
             })
             .unwrap()
             .is_empty());
+        assert!(matches!(
+            s.handle(Event::Drained).unwrap()[..],
+            [Command::Close]
+        ));
+    }
+
+    #[test]
+    fn a_failed_group_gives_its_renamed_segments_back_their_partial_names() {
+        // Commit failed after the names: undo. Tail failed before the names
+        // were done: undo when they are, and no commit.
+        for tail_fails_first in [false, true] {
+            let mut s = Session::new(1, None, 0, crate::chain::GENESIS, 1 << 20);
+            write(&mut s, chunk(1, 1, 0, 0, b"aaaa"));
+            seal_verified(&mut s, seal(1, 0, b"aaaa", &crate::chain::GENESIS), b"aaaa");
+            write(&mut s, chunk(1, 2, 4, 0, b"bb"));
+            let mut g = flush(&mut s);
+            g.start().unwrap();
+            let undo = |cmds: &[Command]| {
+                cmds.iter().any(|c| {
+                    matches!(c, Command::UndoNames { seals } if seals.len() == 1 && seals[0].segment == seg(1))
+                })
+            };
+            if tail_fails_first {
+                assert!(!undo(
+                    &g.handle(GroupEvent::Failed(Step::TailSynced)).unwrap()
+                ));
+                let cmds = g.handle(GroupEvent::Done(Step::NamesDurable)).unwrap();
+                assert!(undo(&cmds), "{cmds:?}");
+                assert!(!cmds.iter().any(|c| matches!(c, Command::Commit { .. })));
+            } else {
+                let cmds = g.handle(GroupEvent::Done(Step::NamesDurable)).unwrap();
+                assert!(cmds.iter().any(|c| matches!(c, Command::Commit { .. })));
+                assert!(undo(
+                    &g.handle(GroupEvent::Failed(Step::Committed)).unwrap()
+                ));
+                g.handle(GroupEvent::Done(Step::TailSynced)).unwrap();
+            }
+            assert!(g.over() && g.failed() && !g.acked());
+        }
+    }
+
+    #[test]
+    fn after_a_failed_flush_nothing_more_is_flushed() {
+        let mut s = Session::new(1, None, 0, crate::chain::GENESIS, 1 << 20);
+        write(&mut s, chunk(1, 1, 0, 0, b"aaaa"));
+        let mut g = flush(&mut s);
+        g.start().unwrap();
+        // Written while the flush runs: accepted, owed an ack.
+        write(&mut s, chunk(1, 1, 0, 4, b"bbbb"));
+        g.handle(GroupEvent::Done(Step::NamesDurable)).unwrap();
+        g.handle(GroupEvent::Failed(Step::TailSynced)).unwrap();
+        g.handle(GroupEvent::Done(Step::Committed)).unwrap();
+        assert!(g.over() && g.failed());
+        s.handle(Event::FlushFailed).unwrap();
+        // The tail's pages may be gone: the bytes written after the failed
+        // group are not flushed (and so never acked) by this session.
         assert!(matches!(
             s.handle(Event::Drained).unwrap()[..],
             [Command::Close]

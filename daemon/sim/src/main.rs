@@ -16,6 +16,7 @@
 //! drd-sim --seeds 500000 --start 500000 # a disjoint range
 //! drd-sim --seed 42 --trace             # replay one schedule step by step
 //! drd-sim --seed 5488 --legacy          # a seed found with 2 nodes, 1 stream
+//! drd-sim --io-faults --seeds 10000     # flush steps fail too (EIO)
 //! drd-sim --mutate ack-before-data-sync --seeds 2000   # must find violations
 //! drd-sim --list-mutations
 //! ```
@@ -30,7 +31,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
-use world::{Outcome, World, FAULTS};
+use world::{Outcome, World, FAULTS, IO_ERRORS};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +69,12 @@ struct Args {
     /// seeds have it anyway), for replaying seeds found then.
     #[arg(long)]
     legacy: bool,
+    /// Also fail flush steps (EIO): the tail's fdatasync (its unsynced
+    /// pages may be dropped), a sealed file's fdatasync before its rename,
+    /// the catalog commit. Off by default: the soaked schedules stay as
+    /// they were.
+    #[arg(long)]
+    io_faults: bool,
 }
 
 #[derive(Default)]
@@ -76,6 +83,7 @@ struct Totals {
     sim_us: u64,
     events: u64,
     faults: [u64; FAULTS.len()],
+    io_errors: [u64; IO_ERRORS.len()],
     failovers: u64,
     switchovers: u64,
     switchovers_rolled_back: u64,
@@ -104,6 +112,7 @@ impl Totals {
             sim_us: o.sim_us,
             events: o.events,
             faults: o.faults,
+            io_errors: o.io_errors,
             failovers: o.failovers,
             switchovers: o.switchovers,
             switchovers_rolled_back: o.switchovers_rolled_back,
@@ -137,6 +146,9 @@ impl Totals {
         self.sim_us += l.sim_us;
         self.events += l.events;
         for (a, b) in self.faults.iter_mut().zip(l.faults) {
+            *a += b;
+        }
+        for (a, b) in self.io_errors.iter_mut().zip(l.io_errors) {
             *a += b;
         }
         self.failovers += l.failovers;
@@ -180,10 +192,10 @@ fn main() -> ExitCode {
     };
     if let Some(seed) = args.seed {
         mutation::plant(planted);
-        let o = World::new(seed, args.trace, args.legacy).run();
+        let o = World::new(seed, args.trace, args.legacy, args.io_faults).run();
         let mut t = Totals::default();
         t.add(seed, &o);
-        print_table(&t, planted, 0.0);
+        print_table(&t, planted, args.io_faults, 0.0);
         for v in &o.violations {
             println!("violation: {v}");
         }
@@ -217,7 +229,7 @@ fn main() -> ExitCode {
                     if seed >= end {
                         break;
                     }
-                    let o = World::new(seed, false, args.legacy).run();
+                    let o = World::new(seed, false, args.legacy, args.io_faults).run();
                     local.add(seed, &o);
                     if !o.violations.is_empty() && args.stop_at_first {
                         stop.store(true, Ordering::Relaxed);
@@ -240,11 +252,13 @@ fn main() -> ExitCode {
     }
     #[allow(clippy::unwrap_used)]
     let t = totals.into_inner().unwrap();
-    print_table(&t, planted, t0.elapsed().as_secs_f64());
+    print_table(&t, planted, args.io_faults, t0.elapsed().as_secs_f64());
     for (seed, v) in &t.violating {
         println!("violation at seed {seed}: {v}");
         println!(
-            "  replay: drd-sim --seed {seed} --trace{}",
+            "  replay: drd-sim --seed {seed} --trace{}{}{}",
+            if args.legacy { " --legacy" } else { "" },
+            if args.io_faults { " --io-faults" } else { "" },
             planted
                 .map(|m| format!(" --mutate {}", m.name()))
                 .unwrap_or_default()
@@ -258,7 +272,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
+fn print_table(t: &Totals, planted: Option<Mutation>, io_faults: bool, secs: f64) {
     let row = |k: &str, v: String| println!("  {k:<36} {v:>14}");
     println!(
         "drd-sim summary{}",
@@ -278,6 +292,13 @@ fn print_table(t: &Totals, planted: Option<Mutation>, secs: f64) {
     row("faults", total.to_string());
     for (name, n) in FAULTS.iter().zip(t.faults) {
         row(&format!("  {name}"), n.to_string());
+    }
+    if io_faults {
+        let total: u64 = t.io_errors.iter().sum();
+        row("I/O errors (--io-faults)", total.to_string());
+        for (name, n) in IO_ERRORS.iter().zip(t.io_errors) {
+            row(&format!("  {name}"), n.to_string());
+        }
     }
     // Each line counts operations that ended that way; the indented
     // lines split the line above them.

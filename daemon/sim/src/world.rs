@@ -136,8 +136,20 @@ pub struct Outcome {
     /// whose checksum did not match after bit rot): lag cannot reach 0
     /// without an operator, so liveness is not required of it.
     pub stalled_on_detected_corruption: bool,
+    /// `--io-faults`: flush steps that failed, by [`IO_ERRORS`].
+    pub io_errors: [u64; IO_ERRORS.len()],
     pub violations: Vec<String>,
 }
+
+/// The flush steps `--io-faults` fails (EIO), in the summary's order.
+pub const IO_ERRORS: [&str; 3] = [
+    "tail fdatasync failed",
+    "seal fdatasync failed (before its rename)",
+    "catalog commit failed",
+];
+
+/// With `--io-faults`, the chance that one flush step fails.
+const IO_ERROR_P: f64 = 0.02;
 
 fn name_of(idx: u64) -> SegmentName {
     #[allow(clippy::expect_used)] // 24 hex digits are always a valid name
@@ -476,6 +488,10 @@ pub struct World {
     /// a quarantine): seeded apart, so that `rng`'s sequence, and with it
     /// every older schedule, stays as it was.
     aux: SmallRng,
+    /// `--io-faults`: the draws of failed fdatasyncs and commits, seeded
+    /// apart from `rng` (None: the flushes never fail, as in the soaked
+    /// schedules).
+    io: Option<SmallRng>,
     now: Us,
     seq: u64,
     queue: BinaryHeap<Reverse<(Us, u64, usize)>>,
@@ -533,7 +549,7 @@ struct Switchover {
 }
 
 impl World {
-    pub fn new(seed: u64, trace: bool, legacy: bool) -> Self {
+    pub fn new(seed: u64, trace: bool, legacy: bool, io_faults: bool) -> Self {
         let shape = Shape::of(seed, legacy);
         let mk = |role| Node {
             up: true,
@@ -561,6 +577,7 @@ impl World {
         let mut w = World {
             rng: SmallRng::seed_from_u64(seed),
             aux: SmallRng::seed_from_u64(seed ^ 0x5eed_a0c5_0000_0001),
+            io: io_faults.then(|| SmallRng::seed_from_u64(seed ^ 0x10e5_f0a1_0000_0003)),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -1802,6 +1819,13 @@ impl World {
     }
 
     fn flush_step(&mut self, node: usize, job_id: u64, step: Step) {
+        let healed = self.healed;
+        if let Some(io) = self.io.as_mut().filter(|_| !healed) {
+            if io.random_bool(IO_ERROR_P) {
+                self.flush_step_fails(node, job_id, step);
+                return;
+            }
+        }
         let n = &mut self.nodes[node];
         let Some(r) = n.recv.as_mut() else { return };
         let Some(j) = r.job.as_mut().filter(|j| j.id == job_id) else {
@@ -1838,6 +1862,12 @@ impl World {
                 return;
             }
         };
+        self.after_flush_step(node, job_id, cmds);
+    }
+
+    /// Carries out what a flush step's outcome asks for: the commit once
+    /// the names are durable, a rollback of the tail's record, the acks.
+    pub(super) fn after_flush_step(&mut self, node: usize, job_id: u64, cmds: Vec<Command>) {
         let mut acks = Vec::new();
         let mut commit = None;
         for cmd in cmds {
@@ -1847,6 +1877,34 @@ impl World {
                     chain_head,
                 } => commit = Some((records, chain_head)),
                 Command::Ack(a) => acks.push(a),
+                // The tail's fdatasync failed after the commit recorded its
+                // bytes: the last fully synced point goes back (the
+                // daemon's Syncer commits it at once, as here).
+                Command::RollBack(back) => {
+                    let n = &mut self.nodes[node];
+                    let Some(r) = n.recv.as_mut() else { return };
+                    let head = r.job.as_ref().map_or(n.cat.chain_head, |j| j.chain_head);
+                    let mut cat = SlotCatalog {
+                        cat: &mut n.cat,
+                        base: r.base.as_ref(),
+                    };
+                    let Ok(()) = cat.commit(std::slice::from_ref(&back), head);
+                    self.log(|| {
+                        format!(
+                            "slot {node}: tail record rolled back to {} bytes",
+                            back.size
+                        )
+                    });
+                }
+                // The group failed after its renames: give the names back.
+                Command::UndoNames { seals } => {
+                    if let Err(e) = self.nodes[node].disk.landing().undo_names(&seals) {
+                        self.violation(format!(
+                            "slot {node}: undo of a failed group's renames: {e}"
+                        ));
+                        return;
+                    }
+                }
                 other => {
                     self.violation(format!("slot {node}: {other:?} after a flush step"));
                     return;
@@ -1880,6 +1938,7 @@ impl World {
             }
         }
         for a in acks {
+            self.log(|| format!("slot {node} acks {} durable", a.durable));
             let n = &mut self.nodes[node];
             n.acked_max = n.acked_max.max(a.durable);
             self.send_msg(

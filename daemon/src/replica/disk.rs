@@ -28,9 +28,7 @@ use crate::storage::catalog::{Catalog, SegmentRecord, StreamMeta};
 use crate::storage::segments::{FileStore, StoreError};
 use crate::storage::stream_catalog::{core_record, StreamCatalog};
 use drd_core::durability::Step;
-use drd_core::replica::{
-    self, Command, Event, Group, GroupEvent, Misuse, Record, SealedSegment, Session,
-};
+use drd_core::replica::{self, Command, Event, Group, GroupEvent, Misuse, Record, Session};
 use drd_core::storage::{Catalog as _, SegmentStore as _};
 use drd_proto::pb;
 use drd_proto::{Chunk, Seal, SegmentName, ShipMsg, StreamName};
@@ -768,8 +766,6 @@ impl Syncer {
             source: std::io::Error::other(e.to_string()),
         };
         let mut store = self.store.clone();
-        // The seals whose complete names the group gave.
-        let mut renamed: Vec<SealedSegment> = Vec::new();
         let mut queue = VecDeque::from(cmds);
         while let Some(cmd) = queue.pop_front() {
             let next = match cmd {
@@ -783,7 +779,6 @@ impl Syncer {
                             .map_err(order)?;
                         return Err(e.into());
                     }
-                    renamed = seals;
                     group.handle(GroupEvent::Done(Step::NamesDurable))
                 }
                 // The chain head is the one `meta` got when each seal matched.
@@ -804,10 +799,14 @@ impl Syncer {
                         // renames after checking each SHA-256). A name not
                         // given back is logged by the store; a restart
                         // reconciles it.
-                        let _ = store.undo_names(&renamed);
-                        group
+                        for cmd in group
                             .handle(GroupEvent::Failed(Step::Committed))
-                            .map_err(order)?;
+                            .map_err(order)?
+                        {
+                            if let Command::UndoNames { seals } = cmd {
+                                let _ = store.undo_names(&seals);
+                            }
+                        }
                         return Err(e.into());
                     }
                     group.handle(GroupEvent::Done(Step::Committed))

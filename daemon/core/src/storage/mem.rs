@@ -247,26 +247,19 @@ impl MemDisk {
         self.durable_names = self.names.clone();
         self.journal.clear();
         for f in self.files.values_mut() {
-            let unsynced = f.data.len() - f.synced;
-            if unsynced == 0 {
-                continue;
-            }
-            // Of the unsynced bytes, a random number of sectors reached the
-            // disk, each holding the new bytes or zeros.
-            let sectors = unsynced.div_ceil(SECTOR);
-            let kept = rng.upto(sectors);
-            let end = (f.synced + kept * SECTOR).min(f.data.len());
-            for s in 0..kept {
-                if rng.chance(0.25) {
-                    let a = f.synced + s * SECTOR;
-                    let b = (a + SECTOR).min(end);
-                    f.data[a..b].fill(0);
-                }
-            }
-            f.data.truncate(end);
-            f.synced = end;
+            tear(f, rng);
         }
         self.full = false;
+    }
+
+    /// An fdatasync of `path` failed (EIO): the kernel may have dropped the
+    /// dirty pages of the failed writeback, so what was not synced is lost
+    /// or torn, as at a power cut of that one file; a later read sees
+    /// what is left.
+    pub fn lose_unsynced(&mut self, path: &str, rng: &mut dyn Entropy) {
+        if let Some(f) = self.file_mut(path) {
+            tear(f, rng);
+        }
     }
 
     /// Flips one bit of the file at `path`, at rest (synced bytes too).
@@ -277,6 +270,27 @@ impl MemDisk {
             }
         }
     }
+}
+
+/// What survives of a file's unsynced bytes when they are lost: a random
+/// number of sectors reached the disk, each holding the new bytes or zeros.
+fn tear(f: &mut File, rng: &mut dyn Entropy) {
+    let unsynced = f.data.len() - f.synced;
+    if unsynced == 0 {
+        return;
+    }
+    let sectors = unsynced.div_ceil(SECTOR);
+    let kept = rng.upto(sectors);
+    let end = (f.synced + kept * SECTOR).min(f.data.len());
+    for s in 0..kept {
+        if rng.chance(0.25) {
+            let a = f.synced + s * SECTOR;
+            let b = (a + SECTOR).min(end);
+            f.data[a..b].fill(0);
+        }
+    }
+    f.data.truncate(end);
+    f.synced = end;
 }
 
 impl MemDisk {

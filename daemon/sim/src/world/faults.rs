@@ -158,6 +158,68 @@ impl World {
     /// An old session's traffic arrives again at the replica (a middlebox
     /// replaying it, or a stale primary's process that never died): the
     /// epoch checks must refuse it when its epoch is lower.
+    /// `--io-faults`: a flush step fails with EIO instead of completing.
+    ///
+    /// - The tail's fdatasync: the dirty pages of the failed writeback may
+    ///   be dropped, so its unsynced bytes are lost or torn now, not only
+    ///   at a power cut (Linux marks them clean after the error).
+    /// - A sealed file's fdatasync before its rename: nothing is renamed
+    ///   and the directory is not synced; that file's unsynced bytes may be
+    ///   lost the same way.
+    /// - The catalog commit: nothing of it is written (drd-core then has
+    ///   the renames undone, not durably, as the daemon does).
+    ///
+    /// The group then reports the failure to drd-core, which acks nothing
+    /// of it and asks for a rollback of the tail's record if the commit
+    /// had recorded bytes the failed fdatasync did not make durable.
+    pub(super) fn flush_step_fails(&mut self, node: usize, job_id: u64, step: Step) {
+        let n = &mut self.nodes[node];
+        let Some(r) = n.recv.as_mut() else { return };
+        let Some(j) = r.job.as_mut().filter(|j| j.id == job_id) else {
+            return;
+        };
+        let which = match step {
+            Step::TailSynced => {
+                if let Some((segment, _)) = &j.tail {
+                    let path = format!(
+                        "{}/{}",
+                        drd_core::storage::mem::LANDING,
+                        segment.partial_file_name()
+                    );
+                    n.disk.lose_unsynced(&path, &mut Draws(&mut self.rng));
+                }
+                0
+            }
+            Step::NamesDurable => {
+                if let Some(s) = j.renames.iter().find(|s| s.sync) {
+                    let path = format!(
+                        "{}/{}",
+                        drd_core::storage::mem::LANDING,
+                        s.segment.partial_file_name()
+                    );
+                    n.disk.lose_unsynced(&path, &mut Draws(&mut self.rng));
+                }
+                1
+            }
+            // drd-core then asks for the renames to be undone.
+            Step::Committed => {
+                j.commit_started = false;
+                2
+            }
+        };
+        self.out.io_errors[which] += 1;
+        self.log(|| format!("slot {node}: flush step {step:?} fails (EIO)"));
+        let Some(j) = self.nodes[node].recv.as_mut().and_then(|r| r.job.as_mut()) else {
+            return;
+        };
+        match j.group.handle(GroupEvent::Failed(step)) {
+            Ok(cmds) => self.after_flush_step(node, job_id, cmds),
+            Err(e) => {
+                self.misuse(node, e);
+            }
+        }
+    }
+
     fn replay_old_session(&mut self, to: usize) {
         let history = &self.history[stream_of(to)];
         if history.len() < 2 {
