@@ -144,7 +144,7 @@ pub struct Outcome {
 /// The flush steps `--io-faults` fails (EIO), in the summary's order.
 pub const IO_ERRORS: [&str; 3] = [
     "tail fdatasync failed",
-    "seal fdatasync failed (before its rename)",
+    "seal fdatasync failed (pre-rename)",
     "catalog commit failed",
 ];
 

@@ -6,7 +6,6 @@
 use crate::primary::index::{ignored, is_read_only, SourceIndex};
 use drd_proto::SegmentName;
 use notify::{RecursiveMode, Watcher};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -58,19 +57,7 @@ impl drd_core::storage::Source for DirSource<'_> {
         };
         let f = std::fs::File::open(&path).map_err(err)?;
         // Fewer bytes where the segment ends now (an active one may grow).
-        let len = len.min(f.metadata().map_err(err)?.len().saturating_sub(offset));
-        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(err(e)),
-            }
-        }
-        buf.truncate(got);
-        Ok(buf)
+        crate::storage::fsutil::read_range(&f, offset, len).map_err(err)
     }
 }
 

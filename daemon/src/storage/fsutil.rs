@@ -5,6 +5,25 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
+/// Bytes `offset..offset + len` of `f`, fewer where it ends (pread, retried
+/// when interrupted).
+pub fn read_range(f: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = len.min(f.metadata()?.len().saturating_sub(offset));
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
 /// fsyncs a directory so that entries created, renamed or removed in it
 /// survive a power loss (a file's own fsync does not cover its name).
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {

@@ -226,7 +226,7 @@ impl SegmentStore for FileStore {
     ) -> Result<Vec<u8>, StoreError> {
         let path = self.path(segment, state);
         let f = File::open(&path).map_err(io_err(&path))?;
-        read_upto(&f, offset, len).map_err(io_err(&path))
+        fsutil::read_range(&f, offset, len).map_err(io_err(&path))
     }
 
     fn size(&mut self, segment: &SegmentName, state: FileState) -> Result<Option<u64>, StoreError> {
@@ -360,32 +360,13 @@ impl SegmentStore for FileStore {
     }
 }
 
-/// Bytes `offset..offset + len` of `f`, fewer where it ends.
-fn read_upto(f: &File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    let len = len.min(f.metadata()?.len().saturating_sub(offset));
-    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(got);
-    Ok(buf)
-}
-
-/// SHA-256 of the first `size` bytes of a file (all of it if shorter),
-/// read from disk.
-fn hash_prefix(f: &File, size: u64) -> std::io::Result<[u8; 32]> {
+/// SHA-256 of a whole file, read from disk.
+pub fn hash_file(f: &File) -> std::io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; HASH_PIECE];
     let mut off = 0u64;
-    while off < size {
-        let want = (size - off).min(buf.len() as u64) as usize;
-        let n = f.read_at(&mut buf[..want], off)?;
+    loop {
+        let n = f.read_at(&mut buf, off)?;
         if n == 0 {
             break;
         }
@@ -393,11 +374,6 @@ fn hash_prefix(f: &File, size: u64) -> std::io::Result<[u8; 32]> {
         off += n as u64;
     }
     Ok(h.finalize().into())
-}
-
-/// SHA-256 of a whole file, read from disk.
-pub fn hash_file(f: &File) -> std::io::Result<[u8; 32]> {
-    hash_prefix(f, u64::MAX)
 }
 
 /// The flush steps the store and the disk worker did, for the unit tests'
