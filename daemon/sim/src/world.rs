@@ -49,7 +49,7 @@ use drd_core::rejoin::{self, Outcome as RjOutcome};
 use drd_core::replica::{self, Command, Event, GroupEvent, SealedSegment};
 use drd_core::roles::{self, Role, RoleState};
 use drd_core::sender::{self, Cursor, Next, ReplicaEnd, Resume, SourceView};
-use drd_core::storage::mem::{Entropy, Landing, MemDisk, MemError};
+use drd_core::storage::mem::{landing_path, Entropy, Landing, MemDisk, MemError};
 use drd_core::storage::{Catalog as _, FileState, SegmentStore, Source};
 use drd_core::switchover::{self, OnFailure, Step as SwStep};
 use drd_core::tail::PartialCheck;
@@ -2324,11 +2324,12 @@ fn wal(idx: u64) -> String {
 }
 
 fn land(idx: u64, partial: bool) -> String {
-    if partial {
-        format!("land/{idx:024X}.partial")
+    let state = if partial {
+        FileState::Partial
     } else {
-        format!("land/{idx:024X}")
-    }
+        FileState::Complete
+    };
+    landing_path(&name_of(idx), state)
 }
 
 /// A refusal's reason for a failed write of the landing directory.

@@ -305,7 +305,9 @@ impl MemDisk {
     }
 }
 
-fn landing_path(segment: &SegmentName, state: FileState) -> String {
+/// The path on a [`MemDisk`] of a segment's file in the landing directory
+/// (for what works on the disk itself: faults, checks).
+pub fn landing_path(segment: &SegmentName, state: FileState) -> String {
     match state {
         FileState::Partial => format!("{LANDING}/{}", segment.partial_file_name()),
         FileState::Complete => format!("{LANDING}/{segment}"),

@@ -181,22 +181,14 @@ impl World {
         let which = match step {
             Step::TailSynced => {
                 if let Some((segment, _)) = &j.tail {
-                    let path = format!(
-                        "{}/{}",
-                        drd_core::storage::mem::LANDING,
-                        segment.partial_file_name()
-                    );
+                    let path = landing_path(segment, FileState::Partial);
                     n.disk.lose_unsynced(&path, &mut Draws(&mut self.rng));
                 }
                 0
             }
             Step::NamesDurable => {
                 if let Some(s) = j.renames.iter().find(|s| s.sync) {
-                    let path = format!(
-                        "{}/{}",
-                        drd_core::storage::mem::LANDING,
-                        s.segment.partial_file_name()
-                    );
+                    let path = landing_path(&s.segment, FileState::Partial);
                     n.disk.lose_unsynced(&path, &mut Draws(&mut self.rng));
                 }
                 1
