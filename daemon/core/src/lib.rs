@@ -32,6 +32,7 @@ pub mod failover;
 pub mod fork;
 pub mod handshake;
 pub mod mutation;
+pub mod pg;
 pub mod receiver;
 pub mod rejoin;
 pub mod replica;

@@ -2,6 +2,7 @@
 //! shipper, and spool retention.
 
 pub mod index;
+pub mod pgstream;
 pub mod prune;
 pub mod shipper;
 pub mod source;

@@ -1,0 +1,1 @@
+//! A PostgreSQL client connection (replication or ordinary): startup, authentication, simple queries, CopyBoth.

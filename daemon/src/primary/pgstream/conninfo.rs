@@ -1,0 +1,1 @@
+//! The libpq connection string subset drd understands.
