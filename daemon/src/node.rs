@@ -83,6 +83,11 @@ pub struct Shipper {
     pub bandwidth: crate::throttle::Throttle,
     /// The durable position, published on every ack (`WatchDurable`).
     pub durable: tokio::sync::watch::Sender<u64>,
+    /// The same durable point as (segment, bytes of it durable), from the
+    /// same acks: a `source = "postgres"` stream maps it to an LSN.
+    pub durable_at: tokio::sync::watch::Sender<Option<(String, u64)>>,
+    /// A `source = "postgres"` stream's database side, for status.
+    pub pg: Mutex<crate::primary::pgstream::PgState>,
     /// A `source = "spool"` stream: `spool` is kept up to date.
     pub is_spool: bool,
     /// What the spool holds (pruning passes and `wal-push` update it).
@@ -103,6 +108,16 @@ impl Shipper {
         st.rate.record(position, now);
         drop(st);
         self.durable.send_replace(position);
+    }
+
+    /// A `source = "postgres"` stream's database end of WAL as last heard
+    /// (zero for other streams), for the chunks and keepalives.
+    pub fn source_lsn(&self) -> drd_proto::SourceLsn {
+        let pg = self.pg.locked();
+        drd_proto::SourceLsn {
+            timeline: pg.timeline,
+            lsn: pg.server_end.0,
+        }
     }
 
     pub fn view(&self, now: Instant) -> StreamView {
@@ -416,7 +431,9 @@ impl Node {
                     push: Default::default(),
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
                     durable: tokio::sync::watch::Sender::new(0),
-                    is_spool: s.source == crate::config::SourceMode::Spool,
+                    durable_at: tokio::sync::watch::Sender::new(None),
+                    pg: Mutex::default(),
+                    is_spool: s.source.drd_owned(),
                     spool: Mutex::new(SpoolUsage {
                         limit_bytes: s.spool_max_bytes,
                         retention_seconds: s.spool_retention.as_secs_f64(),
