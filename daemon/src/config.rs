@@ -387,6 +387,16 @@ pub enum SyncMode {
 }
 
 impl SyncMode {
+    /// The mode in effect for a stream configured with `self`, given its
+    /// role state here (an operator's `drctl mode` overrides the config).
+    pub fn in_effect(self, state: &crate::storage::catalog::RoleState) -> SyncMode {
+        match &state.mode_override {
+            Some(o) if o.sync => SyncMode::Sync,
+            Some(_) => SyncMode::Async,
+            None => self,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SyncMode::Async => "async",

@@ -21,6 +21,7 @@
 
 pub mod conn;
 pub mod conninfo;
+pub mod monitor;
 pub mod writer;
 
 use crate::config::{PostgresSource, StreamConfig, SyncMode, Tuning};
@@ -83,6 +84,12 @@ pub struct PgState {
     /// The mode in effect.
     pub mode: String,
     pub slot: String,
+    /// From the monitoring connection: WAL the slot holds back in the
+    /// database's pg_wal, and the slot's `wal_status` ("" before a poll).
+    pub slot_retained_bytes: u64,
+    pub slot_wal_status: String,
+    /// The slot was invalidated, or the WAL drd needs is gone.
+    pub slot_lost: bool,
     pub last_error: String,
 }
 
@@ -122,6 +129,16 @@ pub async fn run(ctx: PgContext, shutdown: CancellationToken) {
 
 async fn run_stream(ctx: PgContext, shutdown: CancellationToken) {
     ctx.status.pg.locked().slot = ctx.source.slot.clone();
+    let ctx = Arc::new(ctx);
+    let monitor = {
+        let (ctx, stop) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move { monitor::run(&ctx, stop).await })
+    };
+    sessions(&ctx, &shutdown).await;
+    let _ = monitor.await;
+}
+
+async fn sessions(ctx: &PgContext, shutdown: &CancellationToken) {
     let mut role_rx = ctx.role.subscribe();
     let min = Duration::from_millis(ctx.tuning.reconnect_min_ms);
     let mut delay = min;
@@ -138,7 +155,7 @@ async fn run_stream(ctx: PgContext, shutdown: CancellationToken) {
             }
         }
         let started = Instant::now();
-        let r = session(&ctx, &shutdown).await;
+        let r = session(ctx, shutdown).await;
         ctx.status.pg.locked().connected = false;
         match r {
             Ok(Ended::Shutdown) => return,
@@ -148,6 +165,9 @@ async fn run_stream(ctx: PgContext, shutdown: CancellationToken) {
             }
             Err(e) => {
                 let slow = matches!(e, PgStreamError::Cluster(_) | PgStreamError::Gap(_));
+                if matches!(e, PgStreamError::Gap(_)) {
+                    ctx.status.pg.locked().slot_lost = true;
+                }
                 if slow {
                     tracing::error!(error = %e, "cannot stream from PostgreSQL");
                 } else {
@@ -473,7 +493,7 @@ async fn stream(
     tx: tokio::sync::mpsc::Sender<writer::Cmd>,
     mut progress: tokio::sync::watch::Receiver<writer::Progress>,
 ) -> Result<Ended, PgStreamError> {
-    let mode = mode_of(ctx.cfg.mode);
+    let mode = mode_of(ctx.cfg.mode.in_effect(&ctx.role.state()));
     let mut fb = Feedback::new(mode, tli);
     let mut expected = start;
     let mut acks = ctx.status.durable_at.subscribe();
@@ -495,9 +515,16 @@ async fn stream(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             r = role_rx.changed() => {
-                if r.is_err() || role_rx.borrow().role != Role::Primary {
+                let st = role_rx.borrow_and_update().clone();
+                if r.is_err() || st.role != Role::Primary {
                     tracing::warn!("no longer the stream's primary; stopped streaming from PostgreSQL");
                     return Ok(Ended::RoleChanged);
+                }
+                // `drctl mode`: in force from the next status update on.
+                let mode = mode_of(ctx.cfg.mode.in_effect(&st));
+                if mode != fb.mode() {
+                    fb.set_mode(mode);
+                    ctx.status.pg.locked().mode = mode_name(mode).into();
                 }
             }
             ev = reader.next() => match ev? {
