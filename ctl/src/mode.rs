@@ -71,7 +71,10 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &ModeArgs) -> anyhow::Result
             o.user,
             o.reason
         ),
-        None => println!("{}: mode {} (as configured; override removed)", r.stream, r.mode),
+        None => println!(
+            "{}: mode {} (as configured; override removed)",
+            r.stream, r.mode
+        ),
     }
     if r.mode == "async" && r.configured == "sync" {
         println!(

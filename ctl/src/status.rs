@@ -151,7 +151,11 @@ pub fn pg_line(t: &pb::StreamStatus, pg: &pb::PgStreamStatus) -> String {
     let mut line = format!(
         "postgres {}: {}, timeline {}, server {}, written {}, flush→pg {} ({}), DR {}, slot {}",
         t.name,
-        if pg.connected { "connected" } else { "DISCONNECTED" },
+        if pg.connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
         pg.timeline,
         lsn(pg.server_end_lsn),
         lsn(pg.written_lsn),

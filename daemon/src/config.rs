@@ -624,17 +624,13 @@ impl Config {
             };
             let spool_retention = match s.spool_retention.as_deref() {
                 None => Duration::ZERO,
-                Some(_) if !source.drd_owned() => {
-                    return Err(spool_only("spool_retention"))
-                }
+                Some(_) if !source.drd_owned() => return Err(spool_only("spool_retention")),
                 Some(t) => crate::units::parse_duration(t)
                     .map_err(|e| anyhow::anyhow!("key `stream[{i}].spool_retention`: {e}"))?,
             };
             let spool_max_bytes = match s.spool_max_bytes.as_deref() {
                 None => DEFAULT_SPOOL_MAX_BYTES,
-                Some(_) if !source.drd_owned() => {
-                    return Err(spool_only("spool_max_bytes"))
-                }
+                Some(_) if !source.drd_owned() => return Err(spool_only("spool_max_bytes")),
                 Some(t) => {
                     let b = crate::units::parse_size(t)
                         .map_err(|e| anyhow::anyhow!("key `stream[{i}].spool_max_bytes`: {e}"))?;

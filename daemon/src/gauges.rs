@@ -130,8 +130,13 @@ fn pg_gauges(stream: &str, pg: &crate::primary::pgstream::PgState) {
     if !pg.slot_wal_status.is_empty() {
         g(PG_SLOT_RETAINED_BYTES, pg.slot_retained_bytes as f64);
         for status in ["reserved", "extended", "unreserved", "lost"] {
-            gauge!(PG_SLOT_WAL_STATUS, "stream" => stream.to_string(), "status" => status)
-                .set(if pg.slot_wal_status == status { 1.0 } else { 0.0 });
+            gauge!(PG_SLOT_WAL_STATUS, "stream" => stream.to_string(), "status" => status).set(
+                if pg.slot_wal_status == status {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
         }
     }
 }

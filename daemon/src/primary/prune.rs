@@ -34,7 +34,7 @@
 //! record says pruned, which the next pass removes again; and the next
 //! `wal-push` fsyncs the directory anyway.
 
-use crate::config::{SourceMode, StreamConfig};
+use crate::config::StreamConfig;
 use crate::node::{Shipper, StreamRole};
 use crate::primary::source::{scan, SourceSegment};
 use crate::storage::catalog::{Catalog, Role, SegmentRecord, Txn};

@@ -311,8 +311,7 @@ async fn histories(
                 let content = col(&row, "content")?.as_bytes().to_vec();
                 let (dir, n, c) = (ctx.side_dir.clone(), name.clone(), content.clone());
                 tokio::task::spawn_blocking(move || {
-                    crate::storage::fsutil::create_dir_durable(&dir)
-                        .map_err(|e| e.to_string())?;
+                    crate::storage::fsutil::create_dir_durable(&dir).map_err(|e| e.to_string())?;
                     crate::storage::spool::write_once(&dir, &n, &c).map_err(|e| e.to_string())
                 })
                 .await
@@ -449,7 +448,10 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
     let (reader, copy_writer) = match conn.copy_both(&sql).await {
         Ok(Started::Copy(r, w)) => (r, w),
         Ok(Started::Rows(rows)) => {
-            tracing::info!(?rows, "timeline {tli} ends where drd starts; following the next");
+            tracing::info!(
+                ?rows,
+                "timeline {tli} ends where drd starts; following the next"
+            );
             return Ok(Ended::Timeline);
         }
         Err(e) if e.sqlstate() == Some("58P01") => {
@@ -468,7 +470,18 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
         start,
     );
     let writer::Handle { tx, progress, join } = w;
-    let r = stream(ctx, shutdown, seg, tli, start, reader, copy_writer, tx, progress).await;
+    let r = stream(
+        ctx,
+        shutdown,
+        seg,
+        tli,
+        start,
+        reader,
+        copy_writer,
+        tx,
+        progress,
+    )
+    .await;
     // The writer syncs what it has and stops once its queue is closed; the
     // next session reads the files only after that.
     let w = join
