@@ -39,12 +39,26 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &FetchArgs) -> anyhow::Resul
         }
         Err(s) => bail!("wal-fetch {}: {}", a.name, s.message()),
     };
-    copy_verified(Path::new(&r.path), &a.dest, r.size, &r.sha256)?;
+    if r.pad_to > 0 {
+        eprintln!(
+            "drctl: {} is the last segment before a failover: its {} verified bytes, zero-filled \
+             to {} bytes (replay ends at the first zero)",
+            a.name, r.size, r.pad_to
+        );
+    }
+    copy_verified(Path::new(&r.path), &a.dest, r.size, &r.sha256, r.pad_to)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies `size` bytes of `src` to `dest` atomically, checking the SHA-256.
-fn copy_verified(src: &Path, dest: &Path, size: u64, sha256: &str) -> anyhow::Result<()> {
+/// Copies `size` bytes of `src` to `dest` atomically, checking the SHA-256;
+/// with `pad_to` > `size`, zeros follow up to `pad_to` bytes.
+fn copy_verified(
+    src: &Path,
+    dest: &Path,
+    size: u64,
+    sha256: &str,
+    pad_to: u64,
+) -> anyhow::Result<()> {
     let dir = dest
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -82,6 +96,16 @@ fn copy_verified(src: &Path, dest: &Path, size: u64, sha256: &str) -> anyhow::Re
                 "{} does not match its recorded SHA-256 ({got} vs {sha256}): the stored copy is damaged; run `drctl verify`",
                 src.display()
             );
+        }
+        if pad_to > size {
+            // Real zeros, not a hole: the file is read like any segment.
+            let zeros = vec![0u8; buf.len()];
+            let mut left = pad_to - size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                out.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
         }
         // The restored file must be on disk before PostgreSQL is told so.
         out.sync_all()?;

@@ -60,6 +60,10 @@ pub struct HookEnv<'a> {
     pub epoch: u64,
     pub role: &'a str,
     pub fork_position: Option<u64>,
+    /// `DRD_FORK_LSN` and `DRD_FORK_TIMELINE`: for a WAL stream, where the
+    /// log ends in PostgreSQL's terms — the promote hook waits until the
+    /// database has replayed that far before it promotes it.
+    pub fork_lsn: Option<(u32, u64)>,
     /// What "at most once" counts when it is not the epoch change: one
     /// switchover attempt for `pre_switchover` / `abort_switchover`, which
     /// run before the epoch changes (a failed switchover may be tried again
@@ -102,6 +106,18 @@ pub async fn run(
         .env(
             "DRD_FORK_POSITION",
             env.fork_position.map(|p| p.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "DRD_FORK_LSN",
+            env.fork_lsn
+                .map(|(_, l)| crate::display::lsn(l))
+                .unwrap_or_default(),
+        )
+        .env(
+            "DRD_FORK_TIMELINE",
+            env.fork_lsn
+                .map(|(t, _)| t.to_string())
+                .unwrap_or_default(),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -208,6 +224,9 @@ async fn run_configured_with(
             epoch,
             role,
             fork_position,
+            fork_lsn: fork_position
+                .and_then(|_| crate::ops::failover::wal_end(node, stream))
+                .map(|(t, l)| (t, l.0)),
             attempt,
         },
     )
@@ -226,6 +245,7 @@ mod tests {
             epoch: 7,
             role: "primary",
             fork_position: Some(42),
+            fork_lsn: None,
             attempt: None,
         }
     }

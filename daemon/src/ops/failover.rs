@@ -437,17 +437,15 @@ async fn fence_old_primary(
 /// WAL stream: its last segment's timeline and the LSN after its last
 /// durable byte. The segment size comes from the segment's first page.
 pub fn wal_end(node: &Node, stream: &StreamName) -> Option<(u32, drd_core::pg::lsn::Lsn)> {
-    use std::os::unix::fs::FileExt;
     let tail = node.catalog.tail(stream).ok()??;
     let landing = crate::config::landing_dir(&node.config.data_dir, stream);
     let name = drd_proto::SegmentName::new(tail.name.clone()).ok()?;
     // Sealed: under its name; the tail: NAME.partial until it is sealed.
-    let f = std::fs::File::open(landing.join(name.as_str()))
-        .or_else(|_| std::fs::File::open(landing.join(name.partial_file_name())))
-        .ok()?;
-    let mut first = [0u8; drd_core::pg::header::LONG_HEADER_LEN];
-    f.read_exact_at(&mut first, 0).ok()?;
-    let h = drd_core::pg::header::parse(&first).ok()?;
-    let seg = drd_core::pg::lsn::SegSize::new(u64::from(h.seg_size)).ok()?;
+    let path = [name.as_str().to_string(), name.partial_file_name()]
+        .into_iter()
+        .map(|n| landing.join(n))
+        .find(|p| p.exists())?;
+    let size = crate::ops::fetch::wal_segment_size(&path)?;
+    let seg = drd_core::pg::lsn::SegSize::new(size).ok()?;
     seg.lsn_in(&tail.name, tail.size)
 }

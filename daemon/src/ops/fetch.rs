@@ -75,10 +75,30 @@ pub fn fetch_segment(
             "segment {seg} is in the catalog but its file is missing"
         ))
     })?;
+    // The log's last segment, closed at a failover inside the segment: the
+    // promoted database must replay every commit in it, and PostgreSQL
+    // restores only whole segments ("wrong size" otherwise).
+    let pad_to = if rec.fork {
+        wal_segment_size(&path).filter(|s| *s > rec.size).unwrap_or(0)
+    } else {
+        0
+    };
     Ok(pb::FetchSegmentResponse {
         path: path.display().to_string(),
         size: rec.size,
         sha256: rec.sha256.unwrap_or_default(),
         fork: rec.fork,
+        pad_to,
     })
+}
+
+/// The WAL segment size a PostgreSQL segment file declares in its first
+/// page (None: not a WAL segment, or too short to say).
+pub fn wal_segment_size(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let mut first = [0u8; drd_core::pg::header::LONG_HEADER_LEN];
+    f.read_exact_at(&mut first, 0).ok()?;
+    let h = drd_core::pg::header::parse(&first).ok()?;
+    Some(u64::from(h.seg_size))
 }

@@ -123,6 +123,7 @@ pub fn fetch(
             size,
             sha256,
             fork: false,
+            pad_to: 0,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(Status::not_found(format!("{name} of {stream} is not here")))
