@@ -13,13 +13,18 @@
 //! `--fleet-rate-mb N` (8), `--fleet-seconds N` (15),
 //! `--fleet-noisy-streams N` (100; 0 skips the noisy-neighbour run),
 //! `--fleet-noisy-backlog-mib N` (1024), `--fleet-receive-budget-mib N` (dr1's
-//! `tuning.receive_budget_bytes`; default: drd's).
+//! `tuning.receive_budget_bytes`; default: drd's), `--pg-seconds N` (30 per
+//! pgbench run), `--pg-catchup-mib N` (1024). `--only pg` runs the
+//! PostgreSQL part alone: it shares nothing with the ceiling and catch-up,
+//! which every other selection runs.
 //! Not part of `cargo test`: performance is measured here, not asserted.
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
 #[path = "../bench/fleet.rs"]
 mod fleet;
+#[path = "../bench/pg.rs"]
+mod pg;
 #[path = "../bench/pgwal.rs"]
 mod pgwal;
 #[path = "../bench/procs.rs"]
@@ -54,16 +59,27 @@ struct Opts {
     /// The fleet part's stream counts, backlog, rate and length, and its
     /// noisy-neighbour run.
     fleet: fleet::Opts,
+    /// The PostgreSQL part's run length and catch-up size.
+    pg: pg::Opts,
     /// Parts to run (all when empty): ceiling and catch-up always run.
     only: Vec<String>,
 }
 
-/// Parts that `--only` can pick (the ceiling and catch-up always run).
-const PARTS: [&str; 7] = ["rsync", "lag", "sync", "failover", "zstd", "seals", "fleet"];
+/// Parts that `--only` can pick (the ceiling and catch-up run with all but
+/// `pg` alone).
+const PARTS: [&str; 8] = [
+    "rsync", "lag", "sync", "failover", "zstd", "seals", "fleet", "pg",
+];
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+
+    /// Whether the ceiling and catch-up run: always, unless `--only` names
+    /// nothing but the PostgreSQL part, which uses neither.
+    fn wants_core(&self) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p != "pg")
     }
 
     fn parse() -> anyhow::Result<Self> {
@@ -76,6 +92,7 @@ impl Opts {
             seals_small: seals::SMALL.1,
             seals_large: seals::LARGE.1,
             fleet: fleet::Opts::default(),
+            pg: pg::Opts::default(),
             only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -106,6 +123,8 @@ impl Opts {
                 "--fleet-noisy-streams" => o.fleet.noisy_streams = val()?.parse()?,
                 "--fleet-noisy-backlog-mib" => o.fleet.noisy_backlog_mib = val()?.parse()?,
                 "--fleet-receive-budget-mib" => o.fleet.receive_budget_mib = Some(val()?.parse()?),
+                "--pg-seconds" => o.pg.seconds = val()?.parse()?,
+                "--pg-catchup-mib" => o.pg.catchup_mib = val()?.parse()?,
                 "--only" => {
                     o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
                     if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -122,8 +141,10 @@ impl Opts {
                          [--fleet-streams 1,10,100] [--fleet-backlog-mib N] [--fleet-rate-mb N] [--fleet-seconds N]\n\
                          [--fleet-noisy-streams 100 (0: skip)] [--fleet-noisy-backlog-mib 1024]\n\
                          [--fleet-receive-budget-mib N (dr1's tuning.receive_budget_bytes)]\n\
-                         [--only rsync,lag,sync,failover,zstd,seals,fleet]\n\
-                         (--only: the parts to run besides the ceiling and catch-up; default all)\n\
+                         [--pg-seconds 30 (each pgbench run)] [--pg-catchup-mib 1024 (WAL for the catch-up)]\n\
+                         [--only rsync,lag,sync,failover,zstd,seals,fleet,pg]\n\
+                         (--only: the parts to run besides the ceiling and catch-up; default all;\n\
+                         --only pg alone skips the ceiling and catch-up, which it does not use)\n\
                          Build first: {}",
                         procs::BUILD_CMD
                     );
@@ -133,6 +154,9 @@ impl Opts {
             }
         }
         o.fleet.check()?;
+        if o.pg.seconds == 0 {
+            bail!("--pg-seconds must be at least 1");
+        }
         if o.backlog_mib < 16 || !o.backlog_mib.is_multiple_of(16) {
             bail!("--backlog-mib must be a positive multiple of 16");
         }
@@ -250,6 +274,16 @@ async fn run() -> anyhow::Result<()> {
         bins.drd.display(),
         bins.drctl.display()
     );
+    if !o.wants_core() {
+        let f = pg::measure(&bins, &o.pg).await?;
+        print_pg(&f, &o.pg, pg::rows(&f));
+        println!(
+            "- load average at the end: {}; total run time {:.0} s.",
+            sh("cut -d' ' -f1-3 /proc/loadavg"),
+            wall.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
 
     // The backlog, written once, used by the ceiling, rsync and drd.
     let segs = o.backlog_mib / 16;
@@ -356,6 +390,11 @@ async fn run() -> anyhow::Result<()> {
         )
     } else {
         (Vec::new(), None)
+    };
+    let pgf = if o.wants("pg") {
+        Some(pg::measure(&bins, &o.pg).await?)
+    } else {
+        None
     };
     let load_end = sh("cut -d' ' -f1-3 /proc/loadavg");
 
@@ -541,6 +580,7 @@ async fn run() -> anyhow::Result<()> {
     rows.extend(seals::rows(&sl));
     rows.extend(fleet::rows(&fl, ceiling.mb_per_s()));
     rows.extend(fleet::noisy_rows(noisy.as_ref(), &fl, ceiling.mb_per_s()));
+    rows.extend(pgf.as_ref().map(pg::rows).unwrap_or_default());
 
     println!();
     println!("{}", stats::markdown(&rows));
@@ -600,9 +640,32 @@ async fn run() -> anyhow::Result<()> {
         .iter()
         .chain(&fleet::noisy_notes(noisy.as_ref()))
         .for_each(|n| println!("{n}"));
+    if let Some(f) = &pgf {
+        print_pg(f, &o.pg, Vec::new());
+    }
     println!(
         "- load average at the end: {load_end}; total run time {:.0} s.",
         wall.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The PostgreSQL part's table, its targets, `rows` (its summary rows, when
+/// it ran alone) and its notes.
+fn print_pg(f: &pg::Figures, o: &pg::Opts, rows: Vec<stats::Row>) {
+    println!();
+    println!("## PostgreSQL (pgbench; drd source = \"postgres\")");
+    println!();
+    println!("{}", pg::table(f));
+    for v in pg::verdicts(f) {
+        println!("{v}");
+    }
+    if !rows.is_empty() {
+        println!();
+        println!("{}", stats::markdown(&rows));
+    }
+    println!();
+    for n in pg::notes(f, o) {
+        println!("{n}");
+    }
 }
