@@ -7,3 +7,4 @@ pub mod header;
 pub mod history;
 pub mod lsn;
 pub mod msg;
+pub mod records;
