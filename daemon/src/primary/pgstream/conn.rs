@@ -651,6 +651,15 @@ impl Connection {
             match self.read_msg("authentication").await? {
                 M::AuthenticationOk => break,
                 M::ErrorResponse(body) => return Err(server_error(&body)),
+                M::AuthenticationCleartextPassword | M::AuthenticationMd5Password(_)
+                    if ci.channel_binding() == ChannelBinding::Require =>
+                {
+                    return Err(PgError::Auth(format!(
+                        "channel_binding=require, but {target} asks for a password \
+                         (pg_hba.conf method md5 or password), which cannot bind the channel: \
+                         use scram-sha-256 in pg_hba.conf"
+                    )));
+                }
                 M::AuthenticationCleartextPassword => {
                     if !self.session.tls {
                         return Err(PgError::Auth(format!(
@@ -680,7 +689,8 @@ impl Connection {
                         mechanisms.push(m.to_string());
                     }
                     let pw = password()?;
-                    self.scram(ci, &mechanisms, &pw, end_point.as_deref()).await?;
+                    self.scram(ci, &mechanisms, &pw, end_point.as_deref())
+                        .await?;
                 }
                 M::AuthenticationSaslContinue(_) | M::AuthenticationSaslFinal(_) => {
                     return Err(PgError::Protocol("SASL message out of order".into()))
@@ -1161,12 +1171,11 @@ fn tls_config(ci: &Conninfo) -> Result<rustls::ClientConfig, PgError> {
                 PgError::Tls(format!("cannot read sslrootcert {}: {e}", path.display()))
             })?;
             for cert in certs {
-                let cert = cert.map_err(|e| {
-                    PgError::Tls(format!("sslrootcert {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    PgError::Tls(format!("sslrootcert {}: {e}", path.display()))
-                })?;
+                let cert =
+                    cert.map_err(|e| PgError::Tls(format!("sslrootcert {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| PgError::Tls(format!("sslrootcert {}: {e}", path.display())))?;
             }
             if roots.is_empty() {
                 return Err(PgError::Tls(format!(
@@ -1174,10 +1183,12 @@ fn tls_config(ci: &Conninfo) -> Result<rustls::ClientConfig, PgError> {
                     path.display()
                 )));
             }
-            let webpki =
-                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| PgError::Tls(format!("sslrootcert {}: {e}", path.display())))?;
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| PgError::Tls(format!("sslrootcert {}: {e}", path.display())))?;
             if ci.sslmode() == SslMode::VerifyFull {
                 webpki
             } else {
@@ -1361,7 +1372,9 @@ fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
@@ -1418,8 +1431,14 @@ mod tests {
 
     #[test]
     fn der_walk() {
-        assert_eq!(der_next(&[0x30, 0x02, 1, 2, 9]), Some((0x30, &[1u8, 2][..], &[9u8][..])));
-        assert_eq!(der_next(&[0x30, 0x81, 0x01, 7]), Some((0x30, &[7u8][..], &[][..])));
+        assert_eq!(
+            der_next(&[0x30, 0x02, 1, 2, 9]),
+            Some((0x30, &[1u8, 2][..], &[9u8][..]))
+        );
+        assert_eq!(
+            der_next(&[0x30, 0x81, 0x01, 7]),
+            Some((0x30, &[7u8][..], &[][..]))
+        );
         assert_eq!(der_next(&[0x30, 0x03, 1]), None);
         assert_eq!(end_point_hash(&[0x30, 0x00]), None);
     }

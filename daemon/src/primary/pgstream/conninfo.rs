@@ -325,7 +325,12 @@ impl Conninfo {
             .enumerate()
             .map(|(i, host)| Target {
                 host: host.clone(),
-                port: self.ports.get(i).or(self.ports.first()).copied().unwrap_or(DEFAULT_PORT),
+                port: self
+                    .ports
+                    .get(i)
+                    .or(self.ports.first())
+                    .copied()
+                    .unwrap_or(DEFAULT_PORT),
             })
             .collect()
     }
@@ -423,10 +428,7 @@ impl Conninfo {
         };
         let (host, default_dir) = match &target.host {
             Host::Tcp(h) => (h.clone(), false),
-            Host::Unix(d) => (
-                d.display().to_string(),
-                d == Path::new(DEFAULT_SOCKET_DIR),
-            ),
+            Host::Unix(d) => (d.display().to_string(), d == Path::new(DEFAULT_SOCKET_DIR)),
         };
         pgpass_lookup(&text, &host, default_dir, target.port, dbname, &self.user)
     }
@@ -571,9 +573,7 @@ impl Raw {
             Some(s) => SslMode::parse(s).ok_or_else(|| {
                 invalid(
                     "sslmode",
-                    format!(
-                        "`{s}` is not one of disable, prefer, require, verify-ca, verify-full"
-                    ),
+                    format!("`{s}` is not one of disable, prefer, require, verify-ca, verify-full"),
                 )
             })?,
         };
@@ -702,7 +702,9 @@ fn split_pairs(s: &str) -> Result<Vec<(String, String)>, ConninfoError> {
             }));
         }
         if !KEYS.contains(&key.as_str())
-            && out.last().is_some_and(|(k, _): &(String, String)| k == "password")
+            && out
+                .last()
+                .is_some_and(|(k, _): &(String, String)| k == "password")
         {
             return Err(ConninfoError::Syntax(after_value(out.last())));
         }
@@ -754,7 +756,11 @@ fn after_value(prev: Option<&(String, String)>) -> String {
 
 /// Quotes a value for `Display` when it needs it.
 fn quote(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
         return v.to_string();
     }
     let mut s = String::from("'");
@@ -875,10 +881,9 @@ mod tests {
 
     #[test]
     fn quoting_and_escapes() {
-        let ci = parse(
-            r"  application_name = 'drd at \'verona\' \\ x'  user=a\ b dbname=''  host=db1 ",
-        )
-        .unwrap();
+        let ci =
+            parse(r"  application_name = 'drd at \'verona\' \\ x'  user=a\ b dbname=''  host=db1 ")
+                .unwrap();
         assert_eq!(ci.application_name(), r"drd at 'verona' \ x");
         assert_eq!(ci.user(), "a b");
         assert_eq!(ci.dbname(), None, "an empty value is the default");
@@ -915,7 +920,9 @@ mod tests {
         assert!(parse("host=a,,b").is_err());
         assert!(parse("port=0").is_err());
         assert!(parse("port=x").unwrap_err().to_string().contains("`x`"));
-        let d = parse("host=a,b port=1,2 user=drd dbname=app").unwrap().describe();
+        let d = parse("host=a,b port=1,2 user=drd dbname=app")
+            .unwrap()
+            .describe();
         assert_eq!(d, "a:1,b:2 as user drd (database app)");
     }
 
@@ -940,7 +947,10 @@ mod tests {
         assert!(e.to_string().contains("sslrootcert"), "{e}");
         assert!(parse("sslcert=/c").is_err());
         assert!(parse("sslkey=/k").is_err());
-        assert!(parse("sslcert=/c sslkey=/k").unwrap().client_cert().is_some());
+        assert!(parse("sslcert=/c sslkey=/k")
+            .unwrap()
+            .client_cert()
+            .is_some());
         assert_eq!(
             parse("connect_timeout=1").unwrap().connect_timeout(),
             Some(Duration::from_secs(2))
@@ -985,10 +995,12 @@ mod tests {
                     db1:*:*:u:any:with:colons\n\
                     localhost:5432:*:u:local\n\
                     /tmp/s:*:*:*:sock\n";
-        let look = |h: &str, dd: bool, p: u16, d: &str, u: &str| {
-            pgpass_lookup(text, h, dd, p, d, u)
-        };
-        assert_eq!(look("db1", false, 5433, "x", "u").as_deref(), Some("port5433"));
+        let look =
+            |h: &str, dd: bool, p: u16, d: &str, u: &str| pgpass_lookup(text, h, dd, p, d, u);
+        assert_eq!(
+            look("db1", false, 5433, "x", "u").as_deref(),
+            Some("port5433")
+        );
         assert_eq!(
             look("db1", false, 5432, "replication", "u").as_deref(),
             Some("repl:pw")
@@ -1002,7 +1014,10 @@ mod tests {
             look(DEFAULT_SOCKET_DIR, true, 5432, "x", "u").as_deref(),
             Some("local")
         );
-        assert_eq!(look("/tmp/s", false, 5432, "x", "z").as_deref(), Some("sock"));
+        assert_eq!(
+            look("/tmp/s", false, 5432, "x", "z").as_deref(),
+            Some("sock")
+        );
         assert_eq!(look("/elsewhere", false, 5432, "x", "u"), None);
     }
 

@@ -1,0 +1,681 @@
+//! drd's PostgreSQL client connection (`drd::primary::pgstream::conn`)
+//! against a real PostgreSQL: trust over the Unix socket in replication
+//! mode, simple queries and their errors, a physical replication slot
+//! streamed with CopyBoth and moved by a status update built by hand,
+//! SCRAM-SHA-256 / MD5 / clear-text passwords over TCP, and TLS with an
+//! rcgen certificate (verify-full, require, SCRAM-SHA-256-PLUS).
+//!
+//! PostgreSQL refuses to run as root: as root (CI) the server programs run
+//! as the `postgres` OS user (`runuser`) in directories it owns. Without
+//! PostgreSQL the tests fail, or skip when `DRD_TESTS_ALLOW_SKIP=1` (see
+//! `drd_tests::require`).
+
+use drd::primary::pgstream::conn::{AuthMethod, Connection, CopyEvent, Kind, PgError, Started};
+use drd::primary::pgstream::conninfo::{Conninfo, Env};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `initdb --wal-segsize=1`: 1 MiB segments.
+const SEGMENT: u64 = 1 << 20;
+/// The password of the test roles.
+const SECRET: &str = "s3cret-pw";
+
+// ---- a PostgreSQL cluster for the test (until tests/src/pg.rs) ----
+
+/// The PostgreSQL installation and who runs it.
+#[derive(Clone)]
+struct Postgres {
+    bin: PathBuf,
+    /// (user, uid, gid) the server runs as when this process is root.
+    run_as: Option<(String, u32, u32)>,
+}
+
+fn os_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+fn find_postgres() -> Result<Postgres, String> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let v = e.file_name().to_str()?.parse().ok()?;
+                    let bin = e.path().join("bin");
+                    bin.join("initdb").exists().then_some((v, bin))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    let Some((_, bin)) = found.pop() else {
+        return Err("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)".into());
+    };
+    let euid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    let run_as = if euid == 0 {
+        let (uid, gid) = os_user("postgres")
+            .ok_or("running as root, PostgreSQL refuses root, and there is no `postgres` user")?;
+        Some(("postgres".to_string(), uid, gid))
+    } else {
+        None
+    };
+    Ok(Postgres { bin, run_as })
+}
+
+fn require_postgres() -> Option<Postgres> {
+    match find_postgres() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            drd_tests::require::missing(
+                &why,
+                "Install Debian's `postgresql` package and run the tests as root (or with sudo)",
+            );
+            None
+        }
+    }
+}
+
+impl Postgres {
+    fn run(&self, prog: &str, cwd: &Path, args: &[&str]) {
+        let exe = self.bin.join(prog);
+        let mut c = match &self.run_as {
+            Some((user, _, _)) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let out = c
+            .current_dir(cwd)
+            .env_remove("PGDATA")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{prog} {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn give(&self, path: &Path) {
+        if let Some((_, uid, gid)) = &self.run_as {
+            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
+        }
+    }
+}
+
+/// One cluster in a temp dir, listening on 127.0.0.1:`port` and on a Unix
+/// socket in `dir`; stopped when dropped.
+struct Cluster {
+    pg: Postgres,
+    /// Owned by the server's user: data dir, socket, log, TLS files.
+    dir: PathBuf,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// initdb with 1 MiB segments; `conf` is appended to postgresql.conf,
+    /// `hba` replaces pg_hba.conf; `setup` may write files into the dir
+    /// (as root) before the server starts.
+    fn start(pg: &Postgres, conf: &str, hba: &str, setup: impl FnOnce(&Path)) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("drd-pgconn-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = root.path().join("pg");
+        std::fs::create_dir(&dir).unwrap();
+        pg.give(&dir);
+        let data = dir.join("data");
+        let d = data.to_str().unwrap();
+        pg.run(
+            "initdb",
+            &dir,
+            &[
+                "-D",
+                d,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--wal-segsize=1",
+                "-N",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        );
+        let port = drd_tests::free_port();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(
+            f,
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             max_wal_senders = 4\nshared_buffers = 16MB\nfsync = off\n{conf}",
+            dir.display()
+        )
+        .unwrap();
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        setup(&dir);
+        let log = dir.join("log");
+        pg.run(
+            "pg_ctl",
+            &dir,
+            &[
+                "-D",
+                d,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        Cluster {
+            pg: pg.clone(),
+            dir,
+            port,
+            _root: root,
+        }
+    }
+
+    /// A conninfo to the Unix socket, plus `extra`.
+    fn socket(&self, extra: &str) -> Conninfo {
+        conninfo(&format!(
+            "host={} port={} {extra}",
+            self.dir.display(),
+            self.port
+        ))
+    }
+
+    /// A conninfo to 127.0.0.1, plus `extra`.
+    fn tcp(&self, extra: &str) -> Conninfo {
+        conninfo(&format!("host=127.0.0.1 port={} {extra}", self.port))
+    }
+
+    /// An ordinary superuser connection over the socket.
+    async fn admin(&self) -> Connection {
+        Connection::connect(&self.socket("user=postgres"), Kind::Database)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let _ = std::panic::catch_unwind(|| {
+                self.pg.run(
+                    "pg_ctl",
+                    &self.dir,
+                    &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+                )
+            });
+        }
+    }
+}
+
+/// Parses with a fixed environment: no `~/.pgpass` of the machine's.
+fn conninfo(s: &str) -> Conninfo {
+    let env = Env {
+        user: Some("postgres".into()),
+        home: None,
+        pgpassfile: None,
+    };
+    Conninfo::parse_with_env(s, &env).unwrap()
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+fn fmt_lsn(l: u64) -> String {
+    format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// A standby status update, by hand: `r`, write, flush, apply, clock
+/// (µs since 2000-01-01), reply-requested.
+fn status_update(write: u64, flush: u64) -> Vec<u8> {
+    const PG_EPOCH_UNIX_S: u64 = 946_684_800;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let clock = (now.as_micros() as i64) - (PG_EPOCH_UNIX_S as i64) * 1_000_000;
+    let mut m = vec![b'r'];
+    m.extend_from_slice(&write.to_be_bytes());
+    m.extend_from_slice(&flush.to_be_bytes());
+    m.extend_from_slice(&0u64.to_be_bytes());
+    m.extend_from_slice(&clock.to_be_bytes());
+    m.push(0);
+    assert_eq!(m.len(), 34);
+    m
+}
+
+async fn restart_lsn(db: &mut Connection, slot: &str) -> u64 {
+    let rows = db
+        .query(&format!(
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .await
+        .unwrap();
+    parse_lsn(rows[0].get("restart_lsn").unwrap())
+}
+
+const TRUST_HBA: &str = "local all all trust\nlocal replication all trust\n";
+
+#[tokio::test]
+async fn trust_over_the_socket_queries_and_a_streamed_slot() {
+    let Some(pg) = require_postgres() else {
+        return;
+    };
+    let cluster = Cluster::start(&pg, "", TRUST_HBA, |_| {});
+
+    // Replication mode over the Unix socket, trust.
+    let mut repl = Connection::connect(&cluster.socket("user=postgres"), Kind::Replication)
+        .await
+        .unwrap();
+    assert!(!repl.is_tls());
+    assert_eq!(repl.auth_method(), AuthMethod::None);
+    assert!(repl.parameter("server_version").unwrap().starts_with("15"));
+    assert!(repl.backend_pid() > 0);
+    let id = repl.query("IDENTIFY_SYSTEM").await.unwrap();
+    assert_eq!(id.len(), 1);
+    let sysid = id[0].get("systemid").unwrap();
+    assert!(sysid.parse::<u64>().is_ok(), "{sysid}");
+    assert_eq!(id[0].get("timeline"), Some("1"));
+    let xlogpos = parse_lsn(id[0].get("xlogpos").unwrap());
+    assert_eq!(id[0].get("dbname"), None, "NULL for a physical walsender");
+    assert_eq!(id[0].columns()[0], "systemid");
+    let seg = repl.query("SHOW wal_segment_size").await.unwrap();
+    assert_eq!(seg[0].get_idx(0), Some("1MB"));
+    assert_eq!(seg[0].get("wal_segment_size"), Some("1MB"));
+    assert_eq!(seg[0].get_idx(1), None);
+
+    // An ordinary connection: rows, NULL, the last result set, errors that
+    // leave the connection usable.
+    let mut db = cluster.admin().await;
+    let rows = db
+        .query("SELECT 1 AS one; SELECT 'a b' AS s, NULL::text AS n UNION ALL SELECT 'c', 'd'")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get("s"), Some("a b"));
+    assert_eq!(rows[0].get("n"), None);
+    assert_eq!(rows[0].values()[1], None);
+    assert_eq!(rows[1].get("n"), Some("d"));
+    assert!(db
+        .query("CREATE TABLE t (id int)")
+        .await
+        .unwrap()
+        .is_empty());
+    let e = db.query("SELECT * FROM nope").await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42P01"), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("ERROR:  relation \"nope\" does not exist (SQLSTATE 42P01)"),
+        "{shown}"
+    );
+    assert_eq!(db.query("SELECT 2").await.unwrap()[0].get_idx(0), Some("2"));
+    assert!(db.query("").await.unwrap().is_empty());
+
+    // A slot; a second create of it is 42710.
+    let created = repl
+        .query("CREATE_REPLICATION_SLOT \"t\" PHYSICAL RESERVE_WAL")
+        .await
+        .unwrap();
+    assert_eq!(created[0].get("slot_name"), Some("t"));
+    let dup = repl
+        .query("CREATE_REPLICATION_SLOT \"t\" PHYSICAL RESERVE_WAL")
+        .await
+        .unwrap_err();
+    assert_eq!(dup.sqlstate(), Some("42710"), "{dup}");
+    assert!(matches!(dup, PgError::Server { .. }));
+    let before = restart_lsn(&mut db, "t").await;
+
+    // A slot that does not exist: the server's error, no COPY.
+    let other = Connection::connect(&cluster.socket("user=postgres"), Kind::Replication)
+        .await
+        .unwrap();
+    match other
+        .copy_both("START_REPLICATION SLOT \"nope\" PHYSICAL 0/1000000 TIMELINE 1")
+        .await
+    {
+        Err(e) => assert_eq!(e.sqlstate(), Some("42704"), "{e}"),
+        Ok(_) => panic!("START_REPLICATION on a missing slot started"),
+    }
+
+    // Stream from the segment start of xlogpos.
+    let start = xlogpos & !(SEGMENT - 1);
+    let sql = format!(
+        "START_REPLICATION SLOT \"t\" PHYSICAL {} TIMELINE 1",
+        fmt_lsn(start)
+    );
+    let (mut reader, mut writer) = match repl.copy_both(&sql).await.unwrap() {
+        Started::Copy(r, w) => (r, w),
+        Started::Rows(rows) => panic!("a result set instead of COPY: {rows:?}"),
+    };
+    // Three segments' worth (each switch pads the rest of its segment):
+    // many CopyData messages of up to 128 KiB.
+    for _ in 0..3 {
+        db.query("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    let target = start + 3 * SEGMENT;
+    // Every read that has to wait is cancelled (a yield races it), often
+    // with half a message buffered; next() is cancel-safe, so nothing is
+    // lost and the WAL arrives contiguous.
+    let mut expected = start;
+    let mut wal_messages = 0;
+    let mut cancelled = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while expected < target {
+        assert!(
+            Instant::now() < deadline,
+            "WAL up to {} only, in 30 s",
+            fmt_lsn(expected)
+        );
+        let ev = tokio::select! {
+            ev = reader.next() => ev.unwrap(),
+            _ = tokio::task::yield_now() => { cancelled += 1; continue }
+        };
+        let CopyEvent::Data(p) = ev else {
+            panic!("the server ended the COPY");
+        };
+        match p[0] {
+            b'w' => {
+                let at = be_u64(&p, 1);
+                assert_eq!(at, expected, "WAL contiguous");
+                expected = at + (p.len() - 25) as u64;
+                wal_messages += 1;
+            }
+            b'k' => assert_eq!(p.len(), 18),
+            other => panic!("unknown payload {other}"),
+        }
+    }
+    eprintln!(
+        "{wal_messages} WAL messages up to {}, {cancelled} reads cancelled",
+        fmt_lsn(expected)
+    );
+    assert!(wal_messages > 3, "{wal_messages}");
+    assert!(expected > before);
+    writer
+        .send(&status_update(expected, expected))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let moved = loop {
+        let now = restart_lsn(&mut db, "t").await;
+        if now > before {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restart_lsn stayed at {}",
+            fmt_lsn(now)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        moved <= expected,
+        "{} > {}",
+        fmt_lsn(moved),
+        fmt_lsn(expected)
+    );
+
+    // drd ends the COPY: CopyDone both ways, the command's end, and the
+    // same session takes the next command.
+    writer.done().await.unwrap();
+    writer.done().await.unwrap();
+    loop {
+        match reader.next().await.unwrap() {
+            CopyEvent::Data(_) => {}
+            CopyEvent::ServerDone => break,
+        }
+    }
+    assert!(reader.next().await.is_err(), "next after ServerDone");
+    let rows = reader.finish().await.unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    let mut repl = reader.into_connection(writer).unwrap();
+    let id2 = repl.query("IDENTIFY_SYSTEM").await.unwrap();
+    assert_eq!(id2[0].get("systemid"), Some(sysid));
+    repl.close().await;
+
+    // read-write wanted: a read-only session is skipped, and with a second
+    // host the next one is used.
+    db.query("CREATE ROLE ro LOGIN; ALTER ROLE ro SET default_transaction_read_only = on")
+        .await
+        .unwrap();
+    let ro = cluster.socket("user=ro target_session_attrs=read-write");
+    match Connection::connect(&ro, Kind::Database).await {
+        Err(e @ PgError::ReadOnly { .. }) => assert!(e.to_string().contains("read-only")),
+        r => panic!("expected ReadOnly, got {r:?}"),
+    }
+    let closed = drd_tests::free_port();
+    let multi = conninfo(&format!(
+        "host=127.0.0.1,{dir} port={closed},{port} user=postgres target_session_attrs=read-write",
+        dir = cluster.dir.display(),
+        port = cluster.port
+    ));
+    let c = Connection::connect(&multi, Kind::Database).await.unwrap();
+    assert_eq!(c.target().port, cluster.port);
+    match Connection::connect(&cluster.tcp("user=postgres port=1"), Kind::Database).await {
+        Err(e @ PgError::Connect { .. }) => assert!(e.to_string().contains("127.0.0.1:1")),
+        r => panic!("expected Connect, got {r:?}"),
+    }
+    // channel_binding=require cannot be met over a Unix socket.
+    let cb = cluster.socket("user=postgres channel_binding=require");
+    assert!(matches!(
+        Connection::connect(&cb, Kind::Database).await,
+        Err(PgError::Auth(_))
+    ));
+}
+
+/// A CA and a server certificate it signs for localhost and 127.0.0.1
+/// (PEM): (ca, cert, key).
+fn make_certs() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "drd test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn passwords_and_tls() {
+    let Some(pg) = require_postgres() else {
+        return;
+    };
+    let (ca, cert, key) = make_certs();
+    let (other_ca, _, _) = make_certs();
+    let hba = "local all all trust\n\
+               local replication all trust\n\
+               host replication drd 127.0.0.0/8 scram-sha-256\n\
+               host all drd 127.0.0.0/8 scram-sha-256\n\
+               host all drdmd5 127.0.0.0/8 md5\n\
+               host all drdclear 127.0.0.0/8 password\n";
+    let pg2 = pg.clone();
+    let cluster = Cluster::start(
+        &pg,
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+         listen_addresses = '127.0.0.1,127.0.0.2'\n",
+        hba,
+        move |dir| {
+            for (name, text) in [("server.crt", &cert), ("server.key", &key)] {
+                let p = dir.join("data").join(name);
+                std::fs::write(&p, text).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                pg2.give(&p);
+            }
+        },
+    );
+    let ca_file = cluster.dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let other_ca_file = cluster.dir.join("other-ca.crt");
+    std::fs::write(&other_ca_file, &other_ca).unwrap();
+    let mut admin = cluster.admin().await;
+    admin
+        .query(&format!(
+            "CREATE ROLE drd LOGIN REPLICATION PASSWORD '{SECRET}'; \
+             SET password_encryption = 'md5'; \
+             CREATE ROLE drdmd5 LOGIN PASSWORD '{SECRET}'; \
+             CREATE ROLE drdclear LOGIN PASSWORD '{SECRET}'"
+        ))
+        .await
+        .unwrap();
+
+    // SCRAM-SHA-256 over plain TCP, replication mode.
+    let plain = cluster.tcp(&format!("user=drd password={SECRET} sslmode=disable"));
+    let mut c = Connection::connect(&plain, Kind::Replication)
+        .await
+        .unwrap();
+    assert_eq!(c.auth_method(), AuthMethod::ScramSha256);
+    assert!(!c.is_tls());
+    assert_eq!(c.query("IDENTIFY_SYSTEM").await.unwrap().len(), 1);
+
+    // A wrong password: the server's refusal, without the password.
+    let wrong = cluster.tcp("user=drd password=wrong-pw sslmode=disable");
+    let e = Connection::connect(&wrong, Kind::Replication)
+        .await
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("28P01"), "{e}");
+    assert!(
+        e.to_string().contains("password authentication failed"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("wrong-pw"));
+    // No password at all: drd says what to configure.
+    let none = cluster.tcp("user=drd sslmode=disable");
+    match Connection::connect(&none, Kind::Replication).await {
+        Err(PgError::Auth(m)) => assert!(m.contains("passfile"), "{m}"),
+        r => panic!("expected Auth, got {r:?}"),
+    }
+    // The password from a passfile (`replication` matches a replication
+    // connection's database field).
+    let passfile = cluster.dir.join("pgpass");
+    std::fs::write(
+        &passfile,
+        format!("127.0.0.1:{}:replication:drd:{SECRET}\n", cluster.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pf = cluster.tcp(&format!(
+        "user=drd sslmode=disable passfile={}",
+        passfile.display()
+    ));
+    Connection::connect(&pf, Kind::Replication).await.unwrap();
+
+    // MD5.
+    let md5 = cluster.tcp(&format!("user=drdmd5 password={SECRET} sslmode=disable"));
+    let c = Connection::connect(&md5, Kind::Database).await.unwrap();
+    assert_eq!(c.auth_method(), AuthMethod::Md5);
+
+    // A clear-text password: refused without TLS, sent over TLS.
+    let clear = cluster.tcp(&format!("user=drdclear password={SECRET} sslmode=disable"));
+    match Connection::connect(&clear, Kind::Database).await {
+        Err(PgError::Auth(m)) => assert!(m.contains("clear text"), "{m}"),
+        r => panic!("expected Auth, got {r:?}"),
+    }
+    let clear_tls = cluster.tcp(&format!("user=drdclear password={SECRET} sslmode=require"));
+    let c = Connection::connect(&clear_tls, Kind::Database)
+        .await
+        .unwrap();
+    assert_eq!(c.auth_method(), AuthMethod::Password);
+    assert!(c.is_tls());
+
+    // verify-full against the CA, by name and by address, with channel
+    // binding required: SCRAM-SHA-256-PLUS.
+    for host in ["localhost", "127.0.0.1"] {
+        let ci = conninfo(&format!(
+            "host={host} port={} user=drd password={SECRET} sslmode=verify-full \
+             sslrootcert={} channel_binding=require",
+            cluster.port,
+            ca_file.display()
+        ));
+        let mut c = Connection::connect(&ci, Kind::Replication).await.unwrap();
+        assert!(c.is_tls());
+        assert_eq!(c.auth_method(), AuthMethod::ScramSha256Plus);
+        assert_eq!(c.query("SHOW ssl").await.unwrap()[0].get_idx(0), Some("on"));
+    }
+    // Another CA: the certificate is refused.
+    let bad = cluster.tcp(&format!(
+        "user=drd password={SECRET} sslmode=verify-full sslrootcert={}",
+        other_ca_file.display()
+    ));
+    match Connection::connect(&bad, Kind::Replication).await {
+        Err(PgError::Tls(m)) => assert!(m.contains("certificate"), "{m}"),
+        r => panic!("expected Tls, got {r:?}"),
+    }
+    // The certificate does not name 127.0.0.2: verify-full refuses it,
+    // verify-ca checks the chain only.
+    let other_name = |mode: &str| {
+        conninfo(&format!(
+            "host=127.0.0.2 port={} user=drd password={SECRET} sslmode={mode} sslrootcert={}",
+            cluster.port,
+            ca_file.display()
+        ))
+    };
+    match Connection::connect(&other_name("verify-full"), Kind::Replication).await {
+        Err(PgError::Tls(m)) => assert!(m.contains("not valid for"), "{m}"),
+        r => panic!("expected Tls, got {r:?}"),
+    }
+    Connection::connect(&other_name("verify-ca"), Kind::Replication)
+        .await
+        .unwrap();
+    // require without a root certificate accepts the certificate, and still
+    // binds the channel; prefer (the default) uses TLS when offered.
+    let req = cluster.tcp(&format!(
+        "user=drd password={SECRET} sslmode=require channel_binding=require"
+    ));
+    let c = Connection::connect(&req, Kind::Replication).await.unwrap();
+    assert_eq!(c.auth_method(), AuthMethod::ScramSha256Plus);
+    let pref = cluster.tcp(&format!("user=drd password={SECRET}"));
+    let c = Connection::connect(&pref, Kind::Replication).await.unwrap();
+    assert!(c.is_tls());
+    assert_eq!(c.auth_method(), AuthMethod::ScramSha256Plus);
+    // channel_binding=disable over TLS: plain SCRAM.
+    let nocb = cluster.tcp(&format!(
+        "user=drd password={SECRET} channel_binding=disable"
+    ));
+    let c = Connection::connect(&nocb, Kind::Replication).await.unwrap();
+    assert!(c.is_tls());
+    assert_eq!(c.auth_method(), AuthMethod::ScramSha256);
+    // channel_binding=require and a method that cannot bind: drd refuses
+    // before it sends anything derived from the password.
+    let cb_md5 = cluster.tcp(&format!(
+        "user=drdmd5 password={SECRET} sslmode=require channel_binding=require"
+    ));
+    match Connection::connect(&cb_md5, Kind::Database).await {
+        Err(PgError::Auth(m)) => assert!(m.contains("channel_binding=require"), "{m}"),
+        r => panic!("expected Auth, got {r:?}"),
+    }
+}
