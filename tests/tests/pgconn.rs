@@ -447,12 +447,7 @@ async fn trust_over_the_socket_queries_and_a_streamed_slot() {
     // same session takes the next command.
     writer.done().await.unwrap();
     writer.done().await.unwrap();
-    loop {
-        match reader.next().await.unwrap() {
-            CopyEvent::Data(_) => {}
-            CopyEvent::ServerDone => break,
-        }
-    }
+    while let CopyEvent::Data(_) = reader.next().await.unwrap() {}
     assert!(reader.next().await.is_err(), "next after ServerDone");
     let rows = reader.finish().await.unwrap();
     assert!(rows.is_empty(), "{rows:?}");

@@ -127,7 +127,8 @@ impl fmt::Display for Target {
 pub enum SslMode {
     /// Never TLS.
     Disable,
-    /// TLS if the server offers it, else plain (the default).
+    /// TLS if the server offers it, else plain (the default). Unlike
+    /// libpq, a failed TLS handshake is an error, not a retry without TLS.
     Prefer,
     /// TLS or fail. The certificate is checked against `sslrootcert` when
     /// one is given (libpq then behaves as `verify-ca`), else not at all.
