@@ -15,6 +15,7 @@ mod certs;
 mod docs;
 mod fetch;
 mod lag;
+mod mode;
 mod progress;
 mod prune;
 mod push;
@@ -85,6 +86,9 @@ enum Cmd {
     Pause(roles::ReasonArgs),
     /// Restart shipping a stream after `drctl pause`.
     Resume(roles::ReasonArgs),
+    /// Override a stream's sync/async mode at its primary, audited (e.g.
+    /// async while the DR link is down); the configured mode removes it.
+    Mode(mode::ModeArgs),
     /// The audit log: role and epoch changes and operator actions.
     History(roles::HistoryArgs),
     /// Copy a complete, verified segment (or a .history/.backup file) to DEST (PostgreSQL's restore_command: `drctl wal-fetch %f %p`).
@@ -172,6 +176,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rejoin(a) => roles::rejoin(&mut client, a, no_progress).await,
         Cmd::Pause(a) => roles::pause(&mut client, a, true).await,
         Cmd::Resume(a) => roles::pause(&mut client, a, false).await,
+        Cmd::Mode(a) => mode::run(&mut client, a).await,
         Cmd::History(a) => roles::history(&mut client, a).await,
         Cmd::WalFetch(a) => fetch::run(&mut client, a).await,
         Cmd::WalPush(a) => push::run(&mut client, a).await,

@@ -12,7 +12,7 @@ use crate::{print_json, progress, time};
 use anyhow::Context;
 use clap::Args;
 use drd_client::config::DataLoss;
-use drd_client::display::{bytes, table};
+use drd_client::display::{bytes, lsn, table};
 use drd_proto::pb;
 use drd_proto::pb::control_client::ControlClient;
 use serde_json::json;
@@ -221,6 +221,10 @@ fn failover_json(r: &pb::FailoverResponse) -> serde_json::Value {
         "old_primary": r.old_primary, "old_primary_reached": r.old_primary_reached,
         "known_loss_bytes": r.known_loss_bytes, "primary_looks_alive": r.primary_looks_alive,
         "hook_report": r.hook_report, "plan": r.plan, "warnings": r.warnings,
+        "durable_lsn": (r.durable_lsn != 0).then(|| lsn(r.durable_lsn)),
+        "durable_timeline": r.durable_timeline,
+        "primary_last_lsn": (r.primary_last_lsn != 0).then(|| lsn(r.primary_last_lsn)),
+        "primary_last_timeline": r.primary_last_timeline,
     })
 }
 
@@ -310,6 +314,37 @@ pub async fn failover(
             bytes(r.possible_loss_bytes),
             r.possible_loss_seconds
         );
+        if r.durable_lsn != 0 {
+            println!(
+                "  WAL at the DR site      up to LSN {} on timeline {}",
+                lsn(r.durable_lsn),
+                r.durable_timeline
+            );
+            if r.primary_last_lsn == 0 {
+                println!("  primary's database      end of WAL never reported (not a source = \"postgres\" stream)");
+            } else if r.primary_last_timeline == r.durable_timeline
+                && r.primary_last_lsn > r.durable_lsn
+            {
+                println!(
+                    "  may be lost             LSN {} .. {} on timeline {} ({} bytes, at least)",
+                    lsn(r.durable_lsn),
+                    lsn(r.primary_last_lsn),
+                    r.durable_timeline,
+                    r.primary_last_lsn - r.durable_lsn
+                );
+            } else if r.primary_last_timeline == r.durable_timeline {
+                println!(
+                    "  primary's database      last reported LSN {}: nothing beyond the DR copy is known",
+                    lsn(r.primary_last_lsn)
+                );
+            } else {
+                println!(
+                    "  primary's database      last reported LSN {} on timeline {}",
+                    lsn(r.primary_last_lsn),
+                    r.primary_last_timeline
+                );
+            }
+        }
         println!(
             "  old primary             {}{}",
             if r.old_primary.is_empty() {

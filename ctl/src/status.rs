@@ -126,7 +126,61 @@ fn print_human(s: &pb::StatusResponse, summary: &str) {
         if let Some(sp) = &t.spool {
             println!("{}", spool_line(&t.name, sp));
         }
+        if let Some(pg) = &t.postgres {
+            println!("{}", pg_line(t, pg));
+        }
+        if let Some(o) = &t.mode_override {
+            println!(
+                "MODE {}: {} (override of the configured mode) since {} by {}: {:?}. \
+                 `drctl mode {} <configured mode> --reason …` removes it.",
+                t.name,
+                o.mode,
+                display::unix_ms_utc(o.at_ms),
+                o.user,
+                o.reason,
+                t.name
+            );
+        }
     }
+}
+
+/// `postgres ehr-prod: connected, timeline 3, server 0/5A000128, flush→pg
+/// 0/59FFF000 (sync), DR 0/59FFF000, slot drd_rochester reserved, retains 12.0 MiB`.
+pub fn pg_line(t: &pb::StreamStatus, pg: &pb::PgStreamStatus) -> String {
+    let lsn = display::lsn;
+    let mut line = format!(
+        "postgres {}: {}, timeline {}, server {}, written {}, flush→pg {} ({}), DR {}, slot {}",
+        t.name,
+        if pg.connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        pg.timeline,
+        lsn(pg.server_end_lsn),
+        lsn(pg.written_lsn),
+        lsn(pg.reported_flush_lsn),
+        if t.mode.is_empty() { "?" } else { &t.mode },
+        lsn(pg.dr_durable_lsn),
+        pg.slot,
+    );
+    if !pg.slot_wal_status.is_empty() {
+        line.push_str(&format!(
+            " {}, retains {}",
+            pg.slot_wal_status,
+            bytes(pg.slot_retained_bytes)
+        ));
+    }
+    if pg.slot_wal_status == "lost" {
+        line.push_str(
+            "\nSLOT LOST: PostgreSQL invalidated the slot; WAL it held never reached drd. \
+             Rebuild the DR standby from a new base backup.",
+        );
+    }
+    if !pg.last_error.is_empty() {
+        line.push_str(&format!("\n  last database error: {}", pg.last_error));
+    }
+    line
 }
 
 /// `spool ehr-prod: 12 segments, 192.0 MiB of 16.0 GiB (1.2 %), retention 1h, 40 pruned`.
@@ -217,6 +271,28 @@ pub fn status_json(s: &pb::StatusResponse, summary: &str) -> serde_json::Value {
                 "pruned_segments": sp.pruned_segments,
                 "pruned_bytes": sp.pruned_bytes,
                 "refused_pushes": sp.refused_pushes,
+            })),
+            "mode": t.mode,
+            "mode_override": t.mode_override.as_ref().map(|o| json!({
+                "mode": o.mode, "at_ms": o.at_ms, "user": o.user, "reason": o.reason,
+            })),
+            // source = "postgres" streams at the primary only; null otherwise.
+            "postgres": t.postgres.as_ref().map(|pg| json!({
+                "connected": pg.connected,
+                "system_id": pg.system_id,
+                "timeline": pg.timeline,
+                "server_end_lsn": display::lsn(pg.server_end_lsn),
+                "server_end_at_ms": pg.server_end_at_ms,
+                "written_lsn": display::lsn(pg.written_lsn),
+                "local_durable_lsn": display::lsn(pg.local_durable_lsn),
+                "reported_write_lsn": display::lsn(pg.reported_write_lsn),
+                "reported_flush_lsn": display::lsn(pg.reported_flush_lsn),
+                "dr_durable_lsn": display::lsn(pg.dr_durable_lsn),
+                "dr_durable_timeline": pg.dr_durable_timeline,
+                "slot": pg.slot,
+                "slot_retained_bytes": pg.slot_retained_bytes,
+                "slot_wal_status": pg.slot_wal_status,
+                "last_error": pg.last_error,
             })),
             "protocol_mismatch": t.peer_protocol_version != 0
                 && t.peer_protocol_version

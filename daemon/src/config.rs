@@ -130,6 +130,11 @@ struct RawStream {
     compression_level: Option<i32>,
     spool_retention: Option<String>,
     spool_max_bytes: Option<String>,
+    /// `source = "postgres"`: the libpq connection string of the database.
+    postgres: Option<String>,
+    /// `source = "postgres"`: the physical replication slot drd streams
+    /// through.
+    slot: Option<String>,
 }
 
 /// Tuning numbers. Each has a default that suits a DR link with a local SSD;
@@ -295,6 +300,46 @@ pub struct StreamConfig {
     /// `wal-push` that would pass it is refused, and PostgreSQL keeps the
     /// segment in pg_wal and retries. Spool streams only.
     pub spool_max_bytes: u64,
+    /// `source = "postgres"`: where and how drd streams the database's WAL.
+    pub postgres: Option<PostgresSource>,
+}
+
+/// A `source = "postgres"` stream's database side.
+#[derive(Clone, Debug)]
+pub struct PostgresSource {
+    /// `postgres`: the libpq connection string (validated; its password,
+    /// if any, never appears in logs or errors).
+    pub conninfo: crate::primary::pgstream::conninfo::Conninfo,
+    /// `slot`: the physical replication slot, created if missing.
+    pub slot: String,
+}
+
+/// Checks a replication slot name as PostgreSQL does
+/// (ReplicationSlotValidateName): 1 to 63 of lower-case letters, digits
+/// and underscores.
+pub fn check_slot_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!(
+            "{name:?} must be 1 to 63 characters long (PostgreSQL's NAMEDATALEN)"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}: a replication slot name has only lower-case letters, \
+             digits and underscores"
+        ));
+    }
+    Ok(())
+}
+
+/// A directory that is (or sits in) a PostgreSQL data directory's
+/// `pg_wal`: drd must never write its own files there.
+fn looks_like_pg_wal(dir: &std::path::Path) -> bool {
+    dir.file_name().is_some_and(|n| n == "pg_wal")
+        || dir.parent().is_some_and(|p| p.join("PG_VERSION").exists())
 }
 
 /// Default of `stream.spool_max_bytes`: 16 GiB, a thousand 16 MiB segments —
@@ -317,6 +362,18 @@ pub enum SourceMode {
     /// file at a time (atomic rename): every segment is sealed as soon as
     /// it has been shipped.
     Spool,
+    /// drd streams the database's WAL over PostgreSQL's replication
+    /// protocol and writes it into `wal_dir` itself, append-only: like
+    /// `Tail`, the newest segment grows and is sealed once a newer one
+    /// exists; like `Spool`, the directory is drd's own and pruned.
+    Postgres,
+}
+
+impl SourceMode {
+    /// drd writes `wal_dir` (and so may prune it); the database does not.
+    pub fn drd_owned(self) -> bool {
+        matches!(self, SourceMode::Spool | SourceMode::Postgres)
+    }
 }
 
 /// When `drctl wal-push` reports success.
@@ -330,6 +387,16 @@ pub enum SyncMode {
 }
 
 impl SyncMode {
+    /// The mode in effect for a stream configured with `self`, given its
+    /// role state here (an operator's `drctl mode` overrides the config).
+    pub fn in_effect(self, state: &crate::storage::catalog::RoleState) -> SyncMode {
+        match &state.mode_override {
+            Some(o) if o.sync => SyncMode::Sync,
+            Some(_) => SyncMode::Async,
+            None => self,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SyncMode::Async => "async",
@@ -446,9 +513,11 @@ impl Config {
             let source = match s.source.as_deref() {
                 None | Some("tail") => SourceMode::Tail,
                 Some("spool") => SourceMode::Spool,
+                Some("postgres") => SourceMode::Postgres,
                 Some(other) => bail!(
                     "key `stream[{i}].source`: {other:?} must be \"tail\" (drd reads the database's \
-                     WAL directory) or \"spool\" (drctl wal-push fills it)"
+                     WAL directory), \"spool\" (drctl wal-push fills it) or \"postgres\" (drd \
+                     streams the WAL from PostgreSQL through a replication slot)"
                 ),
             };
             let mode = match s.mode.as_deref() {
@@ -458,10 +527,51 @@ impl Config {
                     bail!("key `stream[{i}].mode`: {other:?} must be \"async\" or \"sync\"")
                 }
             };
-            if mode == SyncMode::Sync && source != SourceMode::Spool {
+            if mode == SyncMode::Sync && !source.drd_owned() {
                 bail!(
-                    "key `stream[{i}].mode`: \"sync\" applies to drctl wal-push, which needs \
-                     `source = \"spool\"`"
+                    "key `stream[{i}].mode`: \"sync\" needs `source = \"postgres\"` (COMMIT \
+                     waits for the DR site) or `source = \"spool\"` (drctl wal-push waits)"
+                );
+            }
+            if s.sync_timeout_seconds.is_some() && source == SourceMode::Postgres {
+                bail!(
+                    "key `stream[{i}].sync_timeout_seconds`: applies to drctl wal-push; with \
+                     `source = \"postgres\"` PostgreSQL decides how long a COMMIT waits \
+                     (synchronous_standby_names). Remove the key"
+                );
+            }
+            let postgres = match (source, s.postgres, s.slot) {
+                (SourceMode::Postgres, Some(conninfo), Some(slot)) => {
+                    let conninfo = conninfo
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("key `stream[{i}].postgres`: {e}"))?;
+                    check_slot_name(&slot)
+                        .map_err(|e| anyhow::anyhow!("key `stream[{i}].slot`: {e}"))?;
+                    Some(PostgresSource { conninfo, slot })
+                }
+                (SourceMode::Postgres, None, _) => bail!(
+                    "key `stream[{i}].postgres`: a `source = \"postgres\"` stream needs the \
+                     database's connection string, e.g. \
+                     \"host=/var/run/postgresql port=5432 user=drd application_name=drd\""
+                ),
+                (SourceMode::Postgres, Some(_), None) => bail!(
+                    "key `stream[{i}].slot`: a `source = \"postgres\"` stream needs the name of \
+                     its physical replication slot, e.g. \"drd_rochester\" (created if missing)"
+                ),
+                (_, Some(_), _) => bail!(
+                    "key `stream[{i}].postgres`: applies only to a `source = \"postgres\"` stream"
+                ),
+                (_, None, Some(_)) => bail!(
+                    "key `stream[{i}].slot`: applies only to a `source = \"postgres\"` stream"
+                ),
+                (_, None, None) => None,
+            };
+            if source == SourceMode::Postgres && looks_like_pg_wal(&s.wal_dir) {
+                bail!(
+                    "key `stream[{i}].wal_dir`: {:?} looks like a PostgreSQL data directory's \
+                     pg_wal; a `source = \"postgres\"` stream writes its own copy of the WAL \
+                     there — give it a directory of its own, e.g. /var/lib/drd/wal/<stream>",
+                    s.wal_dir
                 );
             }
             let sync_timeout_seconds = s
@@ -508,22 +618,19 @@ impl Config {
                      (filled by drctl wal-push); this stream reads the database's own WAL \
                      directory (source = \"tail\"), whose files drd never removes — PostgreSQL \
                      recycles them (wal_keep_size, max_slot_wal_keep_size). Remove the key, or \
-                     set source = \"spool\" and point archive_command at drctl wal-push"
+                     set source = \"spool\" (archive_command = drctl wal-push) or \
+                     source = \"postgres\" (drd streams into its own wal_dir)"
                 )
             };
             let spool_retention = match s.spool_retention.as_deref() {
                 None => Duration::ZERO,
-                Some(_) if source != SourceMode::Spool => {
-                    return Err(spool_only("spool_retention"))
-                }
+                Some(_) if !source.drd_owned() => return Err(spool_only("spool_retention")),
                 Some(t) => crate::units::parse_duration(t)
                     .map_err(|e| anyhow::anyhow!("key `stream[{i}].spool_retention`: {e}"))?,
             };
             let spool_max_bytes = match s.spool_max_bytes.as_deref() {
                 None => DEFAULT_SPOOL_MAX_BYTES,
-                Some(_) if source != SourceMode::Spool => {
-                    return Err(spool_only("spool_max_bytes"))
-                }
+                Some(_) if !source.drd_owned() => return Err(spool_only("spool_max_bytes")),
                 Some(t) => {
                     let b = crate::units::parse_size(t)
                         .map_err(|e| anyhow::anyhow!("key `stream[{i}].spool_max_bytes`: {e}"))?;
@@ -561,6 +668,7 @@ impl Config {
                 compression,
                 spool_retention,
                 spool_max_bytes,
+                postgres,
             });
         }
         if replica.is_none() && streams.is_empty() {

@@ -76,6 +76,16 @@ pub fn sample_status(node: &Node) {
             gauge!(SPOOL_LIMIT_BYTES, "stream" => stream.clone()).set(sp.limit_bytes as f64);
             gauge!(SPOOL_FULL, "stream" => stream.clone()).set(if sp.full { 1.0 } else { 0.0 });
         }
+        if let Some(pg) = &v.postgres {
+            pg_gauges(&stream, pg);
+        }
+        if v.direction == "shipping" {
+            gauge!(MODE_OVERRIDDEN, "stream" => stream.clone()).set(if v.mode_override.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+        }
         counter!(RECONNECTS, "stream" => stream).absolute(v.reconnects);
     }
 }
@@ -100,6 +110,33 @@ fn sample_catalog(node: &Node) {
                 gauge!(STORED_BYTES, "stream" => stream.to_string()).set(bytes as f64);
             }
             Err(e) => tracing::debug!(%stream, error = %e, "cannot read the catalog for metrics"),
+        }
+    }
+}
+
+/// A `source = "postgres"` stream's database side.
+fn pg_gauges(stream: &str, pg: &crate::primary::pgstream::PgState) {
+    let g = |name: &'static str, v: f64| gauge!(name, "stream" => stream.to_string()).set(v);
+    g(PG_CONNECTED, if pg.connected { 1.0 } else { 0.0 });
+    g(PG_TIMELINE, f64::from(pg.timeline));
+    g(PG_SERVER_LSN, pg.server_end.0 as f64);
+    g(PG_RECEIVED_LSN, pg.written.0 as f64);
+    g(PG_REPORTED_FLUSH_LSN, pg.reported_flush.0 as f64);
+    g(
+        PG_UNCONFIRMED_BYTES,
+        pg.server_end.saturating_sub(pg.reported_flush) as f64,
+    );
+    g(PG_SLOT_LOST, if pg.slot_lost { 1.0 } else { 0.0 });
+    if !pg.slot_wal_status.is_empty() {
+        g(PG_SLOT_RETAINED_BYTES, pg.slot_retained_bytes as f64);
+        for status in ["reserved", "extended", "unreserved", "lost"] {
+            gauge!(PG_SLOT_WAL_STATUS, "stream" => stream.to_string(), "status" => status).set(
+                if pg.slot_wal_status == status {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
         }
     }
 }

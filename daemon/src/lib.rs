@@ -220,6 +220,15 @@ pub async fn run_with(
             Err(e) => tracing::error!(stream = %cfg.name, error = %format!("{e:#}"),
                 "cannot read the stream's role; not pruning its spool"),
         }
+        // A `source = "postgres"` stream's WAL comes from the database.
+        match node.pg_context(cfg, status) {
+            Ok(Some(ctx)) => {
+                tracker.spawn(primary::pgstream::run(ctx, shutdown.clone()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(stream = %cfg.name, error = %format!("{e:#}"),
+                "cannot read the stream's role; not streaming from PostgreSQL"),
+        }
         // PostgreSQL's .history/.backup files travel beside the log.
         tracker.spawn(sidefiles::deliver::run(
             node.clone(),

@@ -45,6 +45,17 @@ pub const SPOOL_FULL: &str = "drd_spool_full";
 pub const SPOOL_PRUNED_SEGMENTS: &str = "drd_spool_pruned_segments_total";
 pub const SPOOL_PRUNED_BYTES: &str = "drd_spool_pruned_bytes_total";
 pub const SPOOL_REFUSED: &str = "drd_spool_refused_pushes_total";
+// Per `source = "postgres"` stream, at the primary.
+pub const PG_CONNECTED: &str = "drd_pg_connected";
+pub const PG_TIMELINE: &str = "drd_pg_timeline";
+pub const PG_SERVER_LSN: &str = "drd_pg_server_flush_lsn";
+pub const PG_RECEIVED_LSN: &str = "drd_pg_received_lsn";
+pub const PG_REPORTED_FLUSH_LSN: &str = "drd_pg_reported_flush_lsn";
+pub const PG_UNCONFIRMED_BYTES: &str = "drd_pg_unconfirmed_bytes";
+pub const PG_SLOT_RETAINED_BYTES: &str = "drd_pg_slot_retained_bytes";
+pub const PG_SLOT_WAL_STATUS: &str = "drd_pg_slot_wal_status";
+pub const PG_SLOT_LOST: &str = "drd_pg_slot_lost";
+pub const MODE_OVERRIDDEN: &str = "drd_mode_overridden";
 // Per received stream with a retention policy, at the DR site.
 pub const RETENTION_PRUNED_SEGMENTS: &str = "drd_retention_pruned_segments_total";
 pub const RETENTION_PRUNED_BYTES: &str = "drd_retention_pruned_bytes_total";
@@ -235,6 +246,50 @@ fn describe() {
         RPO_BUDGET_SECONDS,
         Unit::Seconds,
         "Configured rpo_budget in seconds (absent unless rpo_budget is a time)."
+    );
+    describe_gauge!(
+        PG_CONNECTED,
+        "1 while drd streams WAL from the stream's PostgreSQL (source = \"postgres\")."
+    );
+    describe_gauge!(PG_TIMELINE, "The PostgreSQL timeline being streamed.");
+    describe_gauge!(
+        PG_SERVER_LSN,
+        "PostgreSQL's end of WAL (flush LSN, as a number) in its latest message to drd."
+    );
+    describe_gauge!(
+        PG_RECEIVED_LSN,
+        "LSN up to which drd has written the stream's WAL into its wal_dir."
+    );
+    describe_gauge!(
+        PG_REPORTED_FLUSH_LSN,
+        "The flush LSN drd last reported to PostgreSQL (sync mode: what the DR replica holds)."
+    );
+    describe_gauge!(
+        PG_UNCONFIRMED_BYTES,
+        Unit::Bytes,
+        "PostgreSQL's end of WAL minus the flush LSN drd reported: in sync mode, WAL whose \
+         commits wait for the DR site."
+    );
+    describe_gauge!(
+        PG_SLOT_RETAINED_BYTES,
+        Unit::Bytes,
+        "WAL the stream's replication slot holds back in the database's pg_wal (current LSN \
+         minus the slot's restart_lsn): grows while drd or the DR link stalls."
+    );
+    describe_gauge!(
+        PG_SLOT_WAL_STATUS,
+        "1 for the slot's current wal_status (label status: reserved, extended, unreserved, \
+         lost), 0 for the others. unreserved: PostgreSQL will remove WAL the slot needs at the \
+         next checkpoint (max_slot_wal_keep_size)."
+    );
+    describe_gauge!(
+        PG_SLOT_LOST,
+        "1 when PostgreSQL invalidated the stream's slot or no longer has the WAL drd needs: the \
+         DR copy has a gap until the DR standby is rebuilt from a new base backup."
+    );
+    describe_gauge!(
+        MODE_OVERRIDDEN,
+        "1 while drctl mode overrides the stream's configured sync/async mode."
     );
     describe_gauge!(BUILD_INFO, "Always 1; label version is drd's version.");
 }

@@ -46,6 +46,12 @@ pub struct StreamView {
     pub role: Option<Role>,
     pub epoch: u64,
     pub fenced_reason: String,
+    /// The mode in effect here and the operator's override, if any (a
+    /// stream this node ships).
+    pub mode: String,
+    pub mode_override: Option<drd_core::roles::ModeOverride>,
+    /// A `source = "postgres"` stream at its primary: the database side.
+    pub postgres: Option<crate::primary::pgstream::PgState>,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -83,8 +89,17 @@ pub struct Shipper {
     pub bandwidth: crate::throttle::Throttle,
     /// The durable position, published on every ack (`WatchDurable`).
     pub durable: tokio::sync::watch::Sender<u64>,
+    /// The same durable point as (segment, bytes of it durable), from the
+    /// same acks: a `source = "postgres"` stream maps it to an LSN.
+    pub durable_at: tokio::sync::watch::Sender<Option<(String, u64)>>,
+    /// A `source = "postgres"` stream's database side, for status.
+    pub pg: Mutex<crate::primary::pgstream::PgState>,
     /// A `source = "spool"` stream: `spool` is kept up to date.
     pub is_spool: bool,
+    /// The configured `mode` (`drctl mode` may override it).
+    pub mode: crate::config::SyncMode,
+    /// A `source = "postgres"` stream: `pg` is kept up to date.
+    pub is_postgres: bool,
     /// What the spool holds (pruning passes and `wal-push` update it).
     pub spool: Mutex<SpoolUsage>,
 }
@@ -103,6 +118,16 @@ impl Shipper {
         st.rate.record(position, now);
         drop(st);
         self.durable.send_replace(position);
+    }
+
+    /// A `source = "postgres"` stream's database end of WAL as last heard
+    /// (zero for other streams), for the chunks and keepalives.
+    pub fn source_lsn(&self) -> drd_proto::SourceLsn {
+        let pg = self.pg.locked();
+        drd_proto::SourceLsn {
+            timeline: pg.timeline,
+            lsn: pg.server_end.0,
+        }
     }
 
     pub fn view(&self, now: Instant) -> StreamView {
@@ -130,6 +155,8 @@ impl Shipper {
             peer_protocol_version: s.peer_protocol_version,
             peer_software_version: s.peer_software_version.clone(),
             spool: self.is_spool.then(|| self.spool_usage().clone()),
+            mode: self.mode.as_str().into(),
+            postgres: self.is_postgres.then(|| self.pg.locked().clone()),
             ..Default::default()
         }
     }
@@ -416,7 +443,11 @@ impl Node {
                     push: Default::default(),
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),
                     durable: tokio::sync::watch::Sender::new(0),
-                    is_spool: s.source == crate::config::SourceMode::Spool,
+                    durable_at: tokio::sync::watch::Sender::new(None),
+                    pg: Mutex::default(),
+                    is_spool: s.source.drd_owned(),
+                    mode: s.mode,
+                    is_postgres: s.source == crate::config::SourceMode::Postgres,
                     spool: Mutex::new(SpoolUsage {
                         limit_bytes: s.spool_max_bytes,
                         retention_seconds: s.spool_retention.as_secs_f64(),
@@ -628,6 +659,8 @@ impl Node {
                 match self.shipper(&stream) {
                     Some(s) => StreamView {
                         paused: state.paused,
+                        mode: s.mode.in_effect(&state).as_str().into(),
+                        mode_override: state.mode_override.clone(),
                         ..s.view(now)
                     },
                     None => self.catalog_view(&stream, "shipping", now),

@@ -6,6 +6,7 @@
 
 use crate::config::StreamConfig;
 use crate::node::{Node, Shipper};
+use crate::primary::pgstream::PgContext;
 use crate::primary::prune::SpoolPruner;
 use crate::primary::shipper::{Fence, ShipContext};
 use crate::replica::prune::RetentionPruner;
@@ -46,6 +47,27 @@ impl Node {
             role: self.stream_role(&cfg.name)?,
             catalog: self.catalog.clone(),
         })
+    }
+
+    /// The handle `cfg`'s database session runs with, for a
+    /// `source = "postgres"` stream (None for any other).
+    pub fn pg_context(
+        &self,
+        cfg: &StreamConfig,
+        shipper: &Arc<Shipper>,
+    ) -> anyhow::Result<Option<PgContext>> {
+        let Some(source) = cfg.postgres.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(PgContext {
+            cfg: cfg.clone(),
+            source,
+            status: shipper.clone(),
+            role: self.stream_role(&cfg.name)?,
+            catalog: self.catalog.clone(),
+            side_dir: crate::sidefiles::side_dir(&self.config.data_dir, &cfg.name),
+            tuning: self.config.tuning.clone(),
+        }))
     }
 
     /// The handle the DR site's retention passes run with.

@@ -286,6 +286,17 @@ pub struct Chunk {
     pub data: Bytes,
     pub source_position: u64,
     pub written_at_ms: u64,
+    /// The source database's end of WAL as the primary last heard it
+    /// (`source = "postgres"`; zero otherwise).
+    pub source_lsn: SourceLsn,
+}
+
+/// A PostgreSQL LSN with its timeline, as a primary reports its database's
+/// end of WAL (all zero: unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SourceLsn {
+    pub timeline: u32,
+    pub lsn: u64,
 }
 
 impl Chunk {
@@ -407,7 +418,11 @@ pub enum ShipMsg {
     Hello(Hello),
     Chunk(Chunk),
     Seal(Seal),
-    Keepalive { epoch: Epoch, source_position: u64 },
+    Keepalive {
+        epoch: Epoch,
+        source_position: u64,
+        source_lsn: SourceLsn,
+    },
 }
 
 fn check_epoch(epoch: u64) -> Result<Epoch, ProtocolError> {
@@ -473,6 +488,10 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                     data,
                     source_position: c.source_position,
                     written_at_ms: c.written_at_ms,
+                    source_lsn: SourceLsn {
+                        timeline: c.source_timeline,
+                        lsn: c.source_lsn,
+                    },
                 }))
             }
             Msg::Seal(s) => {
@@ -503,6 +522,10 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
             Msg::Keepalive(k) => Ok(ShipMsg::Keepalive {
                 epoch: check_epoch(k.epoch)?,
                 source_position: k.source_position,
+                source_lsn: SourceLsn {
+                    timeline: k.source_timeline,
+                    lsn: k.source_lsn,
+                },
             }),
         }
     }
@@ -612,6 +635,8 @@ impl ShipMsg {
                                 source_position: c.source_position,
                                 written_at_ms: c.written_at_ms,
                                 compression: pb::Compression::Zstd as i32,
+                                source_lsn: c.source_lsn.lsn,
+                                source_timeline: c.source_lsn.timeline,
                             })),
                         }
                     }
@@ -646,6 +671,8 @@ impl From<ShipMsg> for pb::ShipMessage {
                 written_at_ms: c.written_at_ms,
                 compression: pb::Compression::None as i32,
                 uncompressed_length: 0,
+                source_lsn: c.source_lsn.lsn,
+                source_timeline: c.source_lsn.timeline,
             }),
             ShipMsg::Seal(s) => Msg::Seal(pb::Seal {
                 epoch: s.epoch,
@@ -659,9 +686,12 @@ impl From<ShipMsg> for pb::ShipMessage {
             ShipMsg::Keepalive {
                 epoch,
                 source_position,
+                source_lsn,
             } => Msg::Keepalive(pb::Keepalive {
                 epoch,
                 source_position,
+                source_lsn: source_lsn.lsn,
+                source_timeline: source_lsn.timeline,
             }),
         };
         pb::ShipMessage { msg: Some(msg) }
@@ -745,6 +775,7 @@ mod tests {
             data: Bytes::from_static(b"x"),
             source_position: 0,
             written_at_ms: 0,
+            source_lsn: Default::default(),
         };
         assert_eq!(c.end_position(), u64::MAX, "saturates, never wraps");
     }
@@ -787,6 +818,7 @@ mod tests {
             data: Bytes::from_static(b"hello"),
             source_position: 5,
             written_at_ms: 0,
+            source_lsn: Default::default(),
         })
         .into();
         assert!(ShipMsg::try_from(good.clone()).is_ok());
@@ -809,6 +841,7 @@ mod tests {
             data: Bytes::from(data),
             source_position: 99 << 20,
             written_at_ms: 1_700_000_000_000,
+            source_lsn: Default::default(),
         }
     }
 

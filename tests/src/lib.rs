@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod fleet;
+pub mod pg;
 pub mod proxy;
 pub mod require;
 

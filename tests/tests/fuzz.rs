@@ -1,6 +1,7 @@
 //! Runs the cargo-fuzz targets in `fuzz/` for a bounded time (CI's short
 //! run; set DRD_FUZZ_SECONDS for a longer one): the replica's message
-//! handling and name validation must not crash or break their properties.
+//! handling, name validation and the decoding of PostgreSQL's CopyData
+//! payloads must not crash or break their properties.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,7 +27,7 @@ fn fuzz_targets_run_briefly_without_a_crash() {
     // A target dir of its own: the outer `cargo test` holds its own dir's lock.
     let exe = std::env::current_exe().unwrap();
     let target_root = exe.ancestors().nth(3).unwrap().join("fuzz");
-    for target in ["replica_messages", "names"] {
+    for target in ["replica_messages", "names", "pg_copydata"] {
         let out = Command::new("cargo")
             .current_dir(&fuzz_dir)
             .env("CARGO_TARGET_DIR", &target_root)

@@ -18,14 +18,14 @@
 //! PostgreSQL the test fails in CI (`CI=true`) and is skipped, with the
 //! reason printed, elsewhere.
 
+use drd_tests::pg::{
+    require_postgres, segment_end_lsn, Cluster, ClusterOptions, Loader, LoaderOptions,
+};
 use drd_tests::*;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `initdb --wal-segsize=1`: 1 MiB segments keep the test quick.
@@ -33,372 +33,6 @@ const PG_SEGMENT: u64 = 1 << 20;
 /// The loader asks for a segment switch after this many transactions, so
 /// segments get archived while it runs.
 const ROWS_PER_SWITCH: u64 = 40;
-
-/// The PostgreSQL installation and who runs it.
-#[derive(Clone)]
-struct Postgres {
-    bin: PathBuf,
-    /// The OS user PostgreSQL runs as when this process is root.
-    run_as: Option<(String, u32, u32)>,
-}
-
-fn euid() -> u32 {
-    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
-}
-
-/// (uid, gid) of an OS user, from /etc/passwd.
-fn os_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-fn find_postgres() -> Result<Postgres, String> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let v = e.file_name().to_str()?.parse().ok()?;
-                    let bin = e.path().join("bin");
-                    bin.join("initdb").exists().then_some((v, bin))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    let bin = match found.pop() {
-        Some((_, b)) => b,
-        None => {
-            let out = Command::new("pg_config").arg("--bindir").output();
-            match out {
-                Ok(o) if o.status.success() => {
-                    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-                }
-                _ => {
-                    return Err(
-                        "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb, \
-                         no pg_config)"
-                            .into(),
-                    )
-                }
-            }
-        }
-    };
-    for prog in ["initdb", "pg_ctl", "pg_basebackup", "psql"] {
-        if !bin.join(prog).exists() {
-            return Err(format!("{} is missing", bin.join(prog).display()));
-        }
-    }
-    let run_as = if euid() == 0 {
-        let (uid, gid) = os_user("postgres").ok_or(
-            "running as root, and PostgreSQL refuses root, but there is no `postgres` OS user",
-        )?;
-        Some(("postgres".to_string(), uid, gid))
-    } else {
-        None
-    };
-    Ok(Postgres { bin, run_as })
-}
-
-/// PostgreSQL, or None (skip) only when skipping was asked for (see
-/// `drd_tests::require`).
-fn require_postgres() -> Option<Postgres> {
-    match find_postgres() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            drd_tests::require::missing(
-                &why,
-                "Install Debian's `postgresql` package and run the tests as root (or with sudo)",
-            );
-            None
-        }
-    }
-}
-
-impl Postgres {
-    /// A PostgreSQL program, run as the cluster owner, in `cwd` (which that
-    /// user must be able to enter: initdb and pg_ctl look at it).
-    fn cmd(&self, prog: &str, cwd: &Path) -> Command {
-        let exe = self.bin.join(prog);
-        let mut c = match &self.run_as {
-            Some((user, _, _)) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        c.current_dir(cwd).env_remove("PGDATA");
-        c
-    }
-
-    fn run(&self, prog: &str, cwd: &Path, args: &[&str]) -> String {
-        let out = self
-            .cmd(prog, cwd)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-        assert!(
-            out.status.success(),
-            "{prog} {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Gives a path to the cluster owner.
-    fn give(&self, path: &Path) {
-        if let Some((_, uid, gid)) = &self.run_as {
-            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
-        }
-    }
-
-    /// psql as a client over loopback TCP (trust authentication).
-    fn psql(&self, port: u16) -> Command {
-        let mut c = Command::new(self.bin.join("psql"));
-        c.args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-        ])
-        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"]);
-        c
-    }
-
-    fn try_sql(&self, port: u16, query: &str) -> Result<String, String> {
-        let out = self
-            .psql(port)
-            .args(["-c", query])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn sql(&self, port: u16, query: &str) -> String {
-        self.try_sql(port, query)
-            .unwrap_or_else(|e| panic!("SQL {query:?} on port {port} failed: {e}"))
-    }
-}
-
-/// One PostgreSQL cluster; stopped (immediately) when dropped, so a failed
-/// test leaves no server behind.
-struct Cluster {
-    pg: Postgres,
-    name: &'static str,
-    data: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Cluster {
-    fn new(pg: &Postgres, pgdir: &Path, name: &'static str) -> Self {
-        Self {
-            pg: pg.clone(),
-            name,
-            data: pgdir.join(name),
-            port: free_port(),
-            log: pgdir.join(format!("{name}.log")),
-        }
-    }
-
-    /// Appends settings to postgresql.conf (later lines win).
-    fn configure(&self, lines: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.data.join("postgresql.conf"))
-            .unwrap();
-        writeln!(f, "\n# drd test\n{lines}").unwrap();
-    }
-
-    fn start(&self) {
-        let dir = self.data.parent().unwrap();
-        let (data, log) = (self.data.to_str().unwrap(), self.log.to_str().unwrap());
-        let out = self
-            .pg
-            .cmd("pg_ctl", dir)
-            .args(["-D", data, "-l", log, "-w", "-t", "60", "start"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{} did not start:\n{}\n--- log ---\n{}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-    }
-
-    fn sql(&self, query: &str) -> String {
-        self.pg.sql(self.port, query)
-    }
-
-    fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// kill -9 of the postmaster and every process below it, at once.
-    fn kill9(&self) -> usize {
-        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
-        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-        let mut all = vec![postmaster];
-        let parents = process_parents();
-        let mut i = 0;
-        while i < all.len() {
-            let p = all[i];
-            all.extend(parents.iter().filter(|(_, pp)| **pp == p).map(|(c, _)| *c));
-            i += 1;
-        }
-        let pids: Vec<String> = all.iter().map(u32::to_string).collect();
-        let _ = Command::new("kill").arg("-9").args(&pids).status();
-        all.len()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if self.data.join("postmaster.pid").exists() {
-            let _ = self
-                .pg
-                .cmd("pg_ctl", self.data.parent().unwrap())
-                .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// pid → parent pid of every process.
-fn process_parents() -> BTreeMap<u32, u32> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid …"; comm may contain spaces.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            out.insert(pid, ppid);
-        }
-    }
-    out
-}
-
-/// `X/Y` → a 64-bit LSN.
-fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-/// The LSN just past the end of a segment (timeline ignored).
-fn segment_end_lsn(name: &str) -> u64 {
-    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
-    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
-    (log * (0x1_0000_0000 / PG_SEGMENT) + seg + 1) * PG_SEGMENT
-}
-
-/// One transaction per row, each followed by a receipt: the row's id and
-/// `pg_current_wal_insert_lsn()` read after its commit returned — an upper
-/// bound of the commit record's end. A segment switch every
-/// `ROWS_PER_SWITCH` rows gets segments archived while it runs.
-struct Loader {
-    child: Child,
-    writer: std::thread::JoinHandle<()>,
-    reader: std::thread::JoinHandle<Vec<(u64, u64)>>,
-    seen: Arc<AtomicU64>,
-}
-
-impl Loader {
-    fn start(pg: &Postgres, port: u16, errors: &Path) -> Self {
-        let mut child = pg
-            .psql(port)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(errors).unwrap()))
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let writer = std::thread::spawn(move || {
-            // Bounded; the kill ends it long before.
-            for i in 1..=1_000_000u64 {
-                let mut sql = format!(
-                    "INSERT INTO t(id) VALUES ({i});\nSELECT {i}, pg_current_wal_insert_lsn();\n"
-                );
-                if i % ROWS_PER_SWITCH == 0 {
-                    sql.push_str("SELECT 0, pg_switch_wal();\n");
-                }
-                if stdin.write_all(sql.as_bytes()).is_err() {
-                    return; // psql is gone: the server was killed
-                }
-            }
-        });
-        let seen = Arc::new(AtomicU64::new(0));
-        let counter = seen.clone();
-        let reader = std::thread::spawn(move || {
-            let mut receipts = Vec::new();
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Some((id, lsn)) = line.split_once('|') else {
-                    continue;
-                };
-                if let (Ok(id), Some(lsn)) = (id.parse::<u64>(), parse_lsn(lsn)) {
-                    if id > 0 {
-                        receipts.push((id, lsn));
-                        counter.store(id, Ordering::Relaxed);
-                    }
-                }
-            }
-            receipts
-        });
-        Self {
-            child,
-            writer,
-            reader,
-            seen,
-        }
-    }
-
-    /// Rows acknowledged so far (psql's output arrives in blocks).
-    fn acknowledged(&self) -> u64 {
-        self.seen.load(Ordering::Relaxed)
-    }
-
-    /// Waits for psql to exit after losing its server; the receipts.
-    fn finish(mut self, within: Duration) -> Vec<(u64, u64)> {
-        let deadline = Instant::now() + within;
-        while !self.reader.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.writer.join();
-        self.reader.join().unwrap()
-    }
-}
 
 /// Complete (sealed, verified) segments in a landing directory, with SHA-256.
 fn sealed_segments(landing: &Path) -> BTreeMap<String, String> {
@@ -457,7 +91,7 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
     chmod(&drctl_bin, 0o755);
     let pgdir = r.join("pg");
     std::fs::create_dir_all(&pgdir).unwrap();
-    pg.give(&pgdir);
+    pg.give(&pgdir).unwrap();
 
     // Two sites, mTLS between them, spool sources; Verona archives in sync
     // mode, Rochester (whose database archives only after a promotion, while
@@ -467,8 +101,7 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
     let (a_spool, b_spool) = (r.join("verona-spool"), r.join("rochester-spool"));
     std::fs::create_dir_all(&a_spool).unwrap();
     std::fs::create_dir_all(&b_spool).unwrap();
-    let primary = Cluster::new(&pg, &pgdir, "primary");
-    let standby = Cluster::new(&pg, &pgdir, "standby");
+    let standby_data = pgdir.join("standby");
     let hook = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -494,7 +127,7 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
     );
     let promote = format!(
         "PGDATA='{}' PGBIN='{}' sh '{}'",
-        standby.data.display(),
+        standby_data.display(),
         pg.bin.display(),
         hook.display()
     );
@@ -535,38 +168,33 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
         b.socket.display().to_string(),
         drctl_bin.display().to_string(),
     );
-    let data = primary.data.to_str().unwrap();
-    pg.run(
-        "initdb",
+    let primary = Cluster::init(
+        &pg,
         &pgdir,
-        &[
-            "-D",
-            data,
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--wal-segsize=1",
-            "-N",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ],
-    );
-    primary.configure(&format!(
-        "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-         archive_mode = on\narchive_command = '{drctl_path} --socket {a_sock} wal-push %p'\n\
-         max_wal_senders = 4\nshared_buffers = 16MB\nlog_line_prefix = '%m [%p] '\n",
-        primary.port,
-        pgdir.display()
-    ));
-    primary.start();
-    primary.sql("CREATE TABLE t (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())");
-    primary.sql("SELECT pg_switch_wal()");
+        "primary",
+        &ClusterOptions {
+            wal_segment_mib: 1,
+            conf: format!(
+                "archive_mode = on\narchive_command = '{drctl_path} --socket {a_sock} wal-push %p'\n\
+                 max_wal_senders = 4\nshared_buffers = 16MB\nlog_line_prefix = '%m [%p] '\n"
+            ),
+            tcp: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    primary.start().unwrap();
+    primary
+        .psql("CREATE TABLE t (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+        .unwrap();
+    primary.psql("SELECT pg_switch_wal()").unwrap();
     let first = wait_for(
         "a first segment archived",
         Duration::from_secs(60),
         || async {
-            let w = primary.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+            let w = primary
+                .psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+                .unwrap();
             (!w.is_empty()).then_some(w)
         },
     )
@@ -614,24 +242,8 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
     assert!(err.contains("not a file PostgreSQL archives"), "{err}");
 
     // The DR standby: a base backup that restores through drctl wal-fetch.
-    pg.run(
-        "pg_basebackup",
-        &pgdir,
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-D",
-            standby.data.to_str().unwrap(),
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-        ],
-    );
+    let standby = Cluster::basebackup_from(&primary, &pgdir, "standby", &[]).unwrap();
+    assert_eq!(standby.data, standby_data);
     let backup_label = wait_for(
         "the .backup file at Rochester",
         Duration::from_secs(30),
@@ -646,21 +258,30 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
         sha256_file(&side_dir(&b).join(&backup_label)).unwrap(),
         sha256_file(&side_dir(&a).join(&backup_label)).unwrap()
     );
-    standby.configure(&format!(
-        "port = {}\nrestore_command = '{drctl_path} --socket {b_sock} wal-fetch %f %p'\n\
-         archive_command = '{drctl_path} --socket {b_sock} wal-push %p'\n\
-         wal_retrieve_retry_interval = '200ms'\nrecovery_target_timeline = 'latest'\n",
-        standby.port
-    ));
+    standby
+        .configure(&format!(
+            "restore_command = '{drctl_path} --socket {b_sock} wal-fetch %f %p'\n\
+             archive_command = '{drctl_path} --socket {b_sock} wal-push %p'\n\
+             wal_retrieve_retry_interval = '200ms'\nrecovery_target_timeline = 'latest'\n"
+        ))
+        .unwrap();
     let signal = standby.data.join("standby.signal");
     std::fs::write(&signal, b"").unwrap();
-    pg.give(&signal);
-    standby.start();
-    assert_eq!(standby.sql("SELECT pg_is_in_recovery()"), "t");
+    pg.give(&signal).unwrap();
+    standby.start().unwrap();
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "t");
     phase(t0, &format!("standby up ({backup_label} at Rochester)"));
 
     // Load, until a good number of segments went through drd.
-    let loader = Loader::start(&pg, primary.port, &r.join("loader.err"));
+    let loader = Loader::start(
+        &primary,
+        &LoaderOptions {
+            switch_every: Some(ROWS_PER_SWITCH),
+            ..LoaderOptions::default()
+        },
+        &r.join("loader.err"),
+    )
+    .unwrap();
     let sealed_at_start = sealed_segments(&landing(&b)).len();
     wait_for(
         "segments archived under load",
@@ -671,10 +292,12 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
         },
     )
     .await;
-    let archived = primary.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-    let killed = primary.kill9();
+    let archived = primary
+        .psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        .unwrap();
+    let killed = primary.kill9().unwrap();
     a.kill9();
-    let receipts = loader.finish(Duration::from_secs(30));
+    let receipts = loader.finish(Duration::from_secs(30)).receipts;
     phase(
         t0,
         &format!(
@@ -737,27 +360,23 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
     wait_for(
         "the DR database promoted",
         Duration::from_secs(60),
-        || async {
-            (pg.try_sql(standby.port, "SELECT pg_is_in_recovery()")
-                .ok()?
-                == "f")
-                .then_some(())
-        },
+        || async { (standby.psql("SELECT pg_is_in_recovery()").ok()? == "f").then_some(()) },
     )
     .await;
     phase(t0, &format!("failed over; last sealed segment {last}"));
 
     // Every transaction whose commit lies in a segment sealed at Rochester.
-    let boundary = segment_end_lsn(&last);
+    let boundary = segment_end_lsn(&last, PG_SEGMENT).unwrap();
     let at_dr: HashSet<u64> = standby
-        .sql("SELECT id FROM t")
+        .psql("SELECT id FROM t")
+        .unwrap()
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
     let required: Vec<u64> = receipts
         .iter()
-        .filter(|(_, lsn)| *lsn <= boundary)
-        .map(|(id, _)| *id)
+        .filter(|r| r.after_lsn <= boundary)
+        .map(|r| r.id)
         .collect();
     let missing: Vec<u64> = required
         .iter()
@@ -780,8 +399,10 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
     assert!(missing.is_empty(), "lost at the DR site: {missing:?}");
 
     // The DR database takes writes; its new timeline is archived at Rochester.
-    standby.sql("INSERT INTO t(id) SELECT g FROM generate_series(10000001, 10000100) g");
-    standby.sql("SELECT pg_switch_wal()");
+    standby
+        .psql("INSERT INTO t(id) SELECT g FROM generate_series(10000001, 10000100) g")
+        .unwrap();
+    standby.psql("SELECT pg_switch_wal()").unwrap();
     let tl2 = wait_for(
         "timeline 2 archived at Rochester",
         Duration::from_secs(60),
@@ -898,4 +519,88 @@ fn deploy_examples_parse() {
         }
     }
     assert_eq!(n, 2);
+}
+
+/// The shared harness (`drd_tests::pg`) against a real server: a
+/// four-connection Loader's ids and receipts, a standby from
+/// `Cluster::basebackup_from` that replays past the last receipt, and its
+/// promotion.
+#[test]
+fn harness_loader_receipts_and_a_promoted_standby() {
+    let Some(pg) = require_postgres() else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("drd-pgh-")
+        .tempdir()
+        .unwrap();
+    chmod(root.path(), 0o755);
+    let pgdir = root.path().join("pg");
+    let primary = Cluster::init(
+        &pg,
+        &pgdir,
+        "primary",
+        &ClusterOptions {
+            wal_segment_mib: 1,
+            conf: "max_wal_senders = 4\n".into(),
+            hba: "local all all trust".into(),
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    primary.start().unwrap();
+    primary
+        .psql("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+    let opts = LoaderOptions {
+        conns: 4,
+        ..LoaderOptions::default()
+    };
+    let loader = Loader::start(&primary, &opts, &root.path().join("loader.err")).unwrap();
+    let t = Instant::now();
+    while loader.acknowledged() < 200 {
+        assert!(t.elapsed() < Duration::from_secs(60), "loader too slow");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let load = loader.finish(Duration::from_secs(10));
+    let present: Vec<u64> = primary
+        .psql("SELECT id FROM t ORDER BY id")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let acked: Vec<u64> = load.receipts.iter().map(|r| r.id).collect();
+    // A clean stop: every row sent was answered, and is there.
+    assert_eq!(load.attempted, acked);
+    assert_eq!(present, acked);
+    for k in 1..=4 {
+        let mine: Vec<u64> = acked.iter().copied().filter(|id| id % 4 == k % 4).collect();
+        let want: Vec<u64> = (0..mine.len() as u64).map(|i| k + 4 * i).collect();
+        assert_eq!(mine, want, "session {k}'s ids");
+    }
+    assert!(load.receipts.iter().all(|r| r.before_lsn < r.after_lsn));
+    let last = load.receipts.iter().map(|r| r.after_lsn).max().unwrap();
+
+    let standby = Cluster::basebackup_from(&primary, &pgdir, "standby", &["-R"]).unwrap();
+    standby.start().unwrap();
+    let t = Instant::now();
+    while standby.replay_lsn().unwrap().is_none_or(|l| l < last) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "standby not replaying"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM t").unwrap(),
+        acked.len().to_string()
+    );
+    standby.promote().unwrap();
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    assert!(primary.kill9().unwrap() >= 5);
+    println!(
+        "{} rows over 4 sessions; standby replayed to {}, promoted",
+        acked.len(),
+        drd_tests::pg::format_lsn(last)
+    );
 }

@@ -25,6 +25,11 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A PostgreSQL LSN as PostgreSQL prints it: `0x1_6B37_4D848` → `16/B374D848`.
+pub fn lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
 pub fn rate(bytes_per_second: f64) -> String {
     format!("{}/s", bytes(bytes_per_second.max(0.0) as u64))
 }

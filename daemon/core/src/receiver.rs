@@ -284,6 +284,7 @@ mod tests {
             data: Bytes::from(vec![7u8; len]),
             source_position: 0,
             written_at_ms: 0,
+            source_lsn: Default::default(),
         }
     }
 

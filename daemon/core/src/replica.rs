@@ -833,6 +833,7 @@ mod tests {
             data: Bytes::copy_from_slice(data),
             source_position: 0,
             written_at_ms: 0,
+            source_lsn: Default::default(),
         }
     }
 

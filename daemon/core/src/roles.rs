@@ -52,6 +52,21 @@ pub struct RoleState {
     /// Never stored: a crash mid-switchover ends the hold.
     #[serde(skip, default)]
     pub shipping_held: bool,
+    /// An operator's `drctl mode` of this stream here, in place of its
+    /// configured `mode` (survives restarts; a role change clears it, with
+    /// the role change's own audit record).
+    #[serde(default)]
+    pub mode_override: Option<ModeOverride>,
+}
+
+/// `drctl mode STREAM sync|async --reason …`: who set which mode, when, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeOverride {
+    /// true: sync; false: async.
+    pub sync: bool,
+    pub at_ms: u64,
+    pub user: String,
+    pub reason: String,
 }
 
 impl RoleState {
@@ -62,6 +77,7 @@ impl RoleState {
             paused: false,
             fenced_reason: None,
             shipping_held: false,
+            mode_override: None,
         }
     }
 }
@@ -111,6 +127,7 @@ pub fn promote(s: &RoleState) -> Result<RoleState, RoleError> {
         paused: false,
         fenced_reason: None,
         shipping_held: false,
+        mode_override: None,
     })
 }
 
@@ -142,6 +159,7 @@ pub fn demote(s: &RoleState, new_epoch: Epoch) -> Result<RoleState, RoleError> {
         paused: s.paused,
         fenced_reason: None,
         shipping_held: false,
+        mode_override: None,
     })
 }
 
@@ -159,6 +177,7 @@ pub fn fence(s: &RoleState, seen_epoch: Epoch, reason: &str) -> Option<RoleState
             paused: s.paused,
             fenced_reason: Some(reason.to_string()),
             shipping_held: false,
+            mode_override: None,
         }),
         Role::Replica if seen_epoch > s.epoch => Some(RoleState {
             epoch: seen_epoch,
@@ -184,6 +203,7 @@ pub fn rejoin(s: &RoleState, primary_epoch: Epoch) -> Result<RoleState, RoleErro
         paused: s.paused,
         fenced_reason: None,
         shipping_held: false,
+        mode_override: None,
     })
 }
 

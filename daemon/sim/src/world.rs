@@ -1267,6 +1267,7 @@ impl World {
                         data: bytes,
                         source_position: self.canon[stream_of(node)].len() as u64,
                         written_at_ms: self.now / MS,
+                        source_lsn: Default::default(),
                     };
                     if let Some(s) = self.nodes[node].send.as_mut() {
                         s.session.sent_chunk(end);

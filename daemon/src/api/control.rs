@@ -51,6 +51,25 @@ impl From<StreamView> for pb::StreamStatus {
             role: v.role.map_or(pb::Role::Unspecified, pb_role) as i32,
             epoch: v.epoch,
             fenced_reason: v.fenced_reason,
+            mode: v.mode,
+            mode_override: v.mode_override.as_ref().map(ops::mode::to_pb),
+            postgres: v.postgres.map(|p| pb::PgStreamStatus {
+                connected: p.connected,
+                system_id: p.system_id,
+                timeline: p.timeline,
+                server_end_lsn: p.server_end.0,
+                server_end_at_ms: p.server_end_at_ms,
+                written_lsn: p.written.0,
+                local_durable_lsn: p.local_durable.0,
+                reported_write_lsn: p.reported_write.0,
+                reported_flush_lsn: p.reported_flush.0,
+                dr_durable_lsn: p.dr_durable.map_or(0, |d| d.1 .0),
+                dr_durable_timeline: p.dr_durable.map_or(0, |d| d.0),
+                slot: p.slot,
+                slot_retained_bytes: p.slot_retained_bytes,
+                slot_wal_status: p.slot_wal_status,
+                last_error: p.last_error,
+            }),
         }
     }
 }
@@ -222,6 +241,16 @@ impl Control for ControlService {
     ) -> Result<Response<pb::PauseResponse>, Status> {
         let who = caller(&request);
         ops::pause::pause(&self.node, request.into_inner(), who)
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_mode(
+        &self,
+        request: Request<pb::SetModeRequest>,
+    ) -> Result<Response<pb::SetModeResponse>, Status> {
+        let who = caller(&request);
+        ops::mode::set_mode(&self.node, request.into_inner(), who)
             .await
             .map(Response::new)
     }

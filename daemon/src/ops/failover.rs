@@ -165,6 +165,12 @@ pub async fn failover(
     r.possible_loss_seconds = view.lag_seconds;
     r.old_primary = meta.last_primary.clone().unwrap_or_default();
     r.primary_looks_alive = view.connected;
+    if let Some((tli, lsn)) = wal_end(node, &stream) {
+        r.durable_timeline = tli;
+        r.durable_lsn = lsn.0;
+    }
+    r.primary_last_timeline = meta.source_timeline;
+    r.primary_last_lsn = meta.source_lsn;
     let peer_cfg = node
         .config
         .streams
@@ -425,4 +431,23 @@ async fn fence_old_primary(
         Ok(Err(s)) => FenceAnswer::NotReached(s.message().to_string()),
         Err(_) => FenceAnswer::Unknown(no_answer()),
     }
+}
+
+/// Where the stream's log ends here in PostgreSQL's terms, when it is a
+/// WAL stream: its last segment's timeline and the LSN after its last
+/// durable byte. The segment size comes from the segment's first page.
+pub fn wal_end(node: &Node, stream: &StreamName) -> Option<(u32, drd_core::pg::lsn::Lsn)> {
+    use std::os::unix::fs::FileExt;
+    let tail = node.catalog.tail(stream).ok()??;
+    let landing = crate::config::landing_dir(&node.config.data_dir, stream);
+    let name = drd_proto::SegmentName::new(tail.name.clone()).ok()?;
+    // Sealed: under its name; the tail: NAME.partial until it is sealed.
+    let f = std::fs::File::open(landing.join(name.as_str()))
+        .or_else(|_| std::fs::File::open(landing.join(name.partial_file_name())))
+        .ok()?;
+    let mut first = [0u8; drd_core::pg::header::LONG_HEADER_LEN];
+    f.read_exact_at(&mut first, 0).ok()?;
+    let h = drd_core::pg::header::parse(&first).ok()?;
+    let seg = drd_core::pg::lsn::SegSize::new(u64::from(h.seg_size)).ok()?;
+    seg.lsn_in(&tail.name, tail.size)
 }

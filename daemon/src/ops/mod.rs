@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod fork;
 pub mod history;
 pub mod logcmp;
+pub mod mode;
 pub mod pause;
 pub mod peer;
 pub mod prune;

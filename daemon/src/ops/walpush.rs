@@ -224,11 +224,16 @@ pub async fn wal_push(
     tracing::info!(stream = %cfg.name, %name, kind = kind.as_str(), size = published.size,
         already_present = published.already_present, user = %who.user, "wal-push: stored");
 
+    // `drctl mode` may have overridden the configured mode.
+    let mode = node
+        .roles
+        .role_of(&cfg.name)
+        .map_or(cfg.mode, |st| cfg.mode.in_effect(&st));
     let mut r = pb::WalPushResponse {
         stream: cfg.name.to_string(),
         kind: kind.as_str().into(),
         already_present: published.already_present,
-        mode: cfg.mode.as_str().into(),
+        mode: mode.as_str().into(),
         replica_confirmed: false,
         sha256: published.sha256,
         path: published.path.display().to_string(),
@@ -236,7 +241,7 @@ pub async fn wal_push(
     if kind.is_shipped_side_file() {
         shipper.push.wake.notify_one();
     }
-    if cfg.mode == SyncMode::Async || kind == WalFileKind::Partial {
+    if mode == SyncMode::Async || kind == WalFileKind::Partial {
         // `.partial` files stay here: PostgreSQL never restores them.
         return Ok(r);
     }

@@ -34,7 +34,7 @@
 //! record says pruned, which the next pass removes again; and the next
 //! `wal-push` fsyncs the directory anyway.
 
-use crate::config::{SourceMode, StreamConfig};
+use crate::config::StreamConfig;
 use crate::node::{Shipper, StreamRole};
 use crate::primary::source::{scan, SourceSegment};
 use crate::storage::catalog::{Catalog, Role, SegmentRecord, Txn};
@@ -204,7 +204,7 @@ pub struct Pruned {
 /// The caller holds [`crate::node::PUSH_LOCK`], so no push
 /// publishes into the spool meanwhile.
 pub async fn pass(pruner: &SpoolPruner, room_for: Option<u64>) -> anyhow::Result<Pruned> {
-    if pruner.cfg.source != SourceMode::Spool {
+    if !pruner.cfg.source.drd_owned() {
         return Ok(Pruned::default());
     }
     // No role change (a switchover's demotion, a rejoin's cut back) while
@@ -331,7 +331,7 @@ fn pass_blocking(
 /// Prunes `cfg`'s spool after every seal the replica acks and every
 /// [`PRUNE_INTERVAL`], until `shutdown`. Does nothing for a `tail` stream.
 pub async fn run(pruner: SpoolPruner, shutdown: CancellationToken) {
-    if pruner.cfg.source != SourceMode::Spool {
+    if !pruner.cfg.source.drd_owned() {
         return;
     }
     let mut acked = pruner.shipper.push.sealed_acked.subscribe();

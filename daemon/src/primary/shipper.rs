@@ -518,6 +518,12 @@ impl StreamShipper {
         }
         self.status.durable.send_replace(welcome.durable_position);
         self.status.state.locked().durable = welcome.durable_position;
+        if !welcome.last_segment.is_empty() {
+            self.status.durable_at.send_replace(Some((
+                welcome.last_segment.clone(),
+                welcome.last_segment_size,
+            )));
+        }
         if welcome.last_segment_sealed {
             self.status.push.note_sealed(&welcome.last_segment);
         }
@@ -542,6 +548,11 @@ impl StreamShipper {
                     .on_ack(a.durable_position, a.sealed, &a.segment)
                     .map_err(|e| ShipError::Refused(e.to_string()))?;
                 status.set_durable(a.durable_position, Instant::now());
+                if !a.segment.is_empty() {
+                    status
+                        .durable_at
+                        .send_replace(Some((a.segment.clone(), a.segment_size)));
+                }
                 tracing::trace!(durable = a.durable_position, "ack");
                 if a.sealed {
                     // Durable and verified at the replica: sync wal-push waits for this.
@@ -799,6 +810,7 @@ impl StreamShipper {
                         data,
                         source_position: written,
                         written_at_ms: unix_ms(),
+                        source_lsn: self.status.source_lsn(),
                     });
                     let t0 = Instant::now();
                     // Before the send: its ack can only come after it.
@@ -970,6 +982,7 @@ impl StreamShipper {
             let ka = ShipMsg::Keepalive {
                 epoch,
                 source_position: written,
+                source_lsn: self.status.source_lsn(),
             };
             tx.send(ka.into()).await.map_err(|_| ShipError::Closed)?;
             *last_sent = Instant::now();

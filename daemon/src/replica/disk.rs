@@ -290,10 +290,12 @@ impl DiskWorker {
             ShipMsg::Keepalive {
                 epoch,
                 source_position,
+                source_lsn,
             } => {
                 let cmds = self.session.handle(Event::Keepalive { epoch })?;
                 self.carry_out(cmds)?;
                 self.note_source(source_position);
+                self.note_source_lsn(source_lsn);
                 Ok(Applied::Nothing)
             }
             // The session handles Hello; a second one is a protocol error
@@ -306,18 +308,28 @@ impl DiskWorker {
         self.meta.source_position = self.meta.source_position.max(pos);
     }
 
+    fn note_source_lsn(&mut self, at: drd_proto::SourceLsn) {
+        let m = &mut self.meta;
+        if (at.timeline, at.lsn) > (m.source_timeline, m.source_lsn) {
+            m.source_timeline = at.timeline;
+            m.source_lsn = at.lsn;
+        }
+    }
+
     fn apply_chunk(&mut self, c: Chunk) -> Result<u64, DiskError> {
         let len = c.data.len() as u64;
         // Every byte that arrives counts as received, accepted or not.
         self.meta.network_bytes += len;
         crate::metrics::chunk_received(self.stream.as_str(), len);
         let source_position = c.source_position;
+        let source_lsn = c.source_lsn;
         let cmds = self.session.handle(Event::Chunk {
             chunk: c,
             now_ms: unix_ms(),
         })?;
         self.carry_out(cmds)?;
         self.note_source(source_position);
+        self.note_source_lsn(source_lsn);
         Ok(len)
     }
 
@@ -909,6 +921,7 @@ mod tests {
                 data: bytes::Bytes::from(data.clone()),
                 source_position: 0,
                 written_at_ms: 0,
+                source_lsn: Default::default(),
             }));
             if n > sealed {
                 break;

@@ -187,6 +187,12 @@ pub struct StreamMeta {
     pub last_primary: Option<String>,
     /// Highest source position the primary reported.
     pub source_position: u64,
+    /// A `source = "postgres"` stream: the highest (timeline, LSN) of its
+    /// database's end of WAL that the primary reported (zero: none).
+    #[serde(default)]
+    pub source_timeline: u32,
+    #[serde(default)]
+    pub source_lsn: u64,
     /// Unix ms at which the durable position last moved.
     #[serde(default)]
     pub durable_at_ms: u64,
