@@ -5,17 +5,15 @@
 //! SCRAM-SHA-256 / MD5 / clear-text passwords over TCP, and TLS with an
 //! rcgen certificate (verify-full, require, SCRAM-SHA-256-PLUS).
 //!
-//! PostgreSQL refuses to run as root: as root (CI) the server programs run
-//! as the `postgres` OS user (`runuser`) in directories it owns. Without
-//! PostgreSQL the tests fail, or skip when `DRD_TESTS_ALLOW_SKIP=1` (see
-//! `drd_tests::require`).
+//! The clusters come from `drd_tests::pg` (as root, the server runs as the
+//! `postgres` OS user); the client side is drd's code only, no psql.
+//! Without PostgreSQL the tests fail, or skip when `DRD_TESTS_ALLOW_SKIP=1`
+//! (see `drd_tests::require`).
 
 use drd::primary::pgstream::conn::{AuthMethod, Connection, CopyEvent, Kind, PgError, Started};
 use drd::primary::pgstream::conninfo::{Conninfo, Env};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use drd_tests::pg::{format_lsn as fmt_lsn, require_postgres, Cluster, ClusterOptions, Postgres};
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 /// `initdb --wal-segsize=1`: 1 MiB segments.
@@ -23,172 +21,36 @@ const SEGMENT: u64 = 1 << 20;
 /// The password of the test roles.
 const SECRET: &str = "s3cret-pw";
 
-// ---- a PostgreSQL cluster for the test (until tests/src/pg.rs) ----
-
-/// The PostgreSQL installation and who runs it.
-#[derive(Clone)]
-struct Postgres {
-    bin: PathBuf,
-    /// (user, uid, gid) the server runs as when this process is root.
-    run_as: Option<(String, u32, u32)>,
-}
-
-fn os_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-fn find_postgres() -> Result<Postgres, String> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let v = e.file_name().to_str()?.parse().ok()?;
-                    let bin = e.path().join("bin");
-                    bin.join("initdb").exists().then_some((v, bin))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    let Some((_, bin)) = found.pop() else {
-        return Err("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)".into());
-    };
-    let euid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
-    let run_as = if euid == 0 {
-        let (uid, gid) = os_user("postgres")
-            .ok_or("running as root, PostgreSQL refuses root, and there is no `postgres` user")?;
-        Some(("postgres".to_string(), uid, gid))
-    } else {
-        None
-    };
-    Ok(Postgres { bin, run_as })
-}
-
-fn require_postgres() -> Option<Postgres> {
-    match find_postgres() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            drd_tests::require::missing(
-                &why,
-                "Install Debian's `postgresql` package and run the tests as root (or with sudo)",
-            );
-            None
-        }
-    }
-}
-
-impl Postgres {
-    fn run(&self, prog: &str, cwd: &Path, args: &[&str]) {
-        let exe = self.bin.join(prog);
-        let mut c = match &self.run_as {
-            Some((user, _, _)) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        let out = c
-            .current_dir(cwd)
-            .env_remove("PGDATA")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{prog} {args:?}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn give(&self, path: &Path) {
-        if let Some((_, uid, gid)) = &self.run_as {
-            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).unwrap();
-        }
-    }
-}
-
-/// One cluster in a temp dir, listening on 127.0.0.1:`port` and on a Unix
-/// socket in `dir`; stopped when dropped.
-struct Cluster {
-    pg: Postgres,
-    /// Owned by the server's user: data dir, socket, log, TLS files.
-    dir: PathBuf,
-    port: u16,
+/// A cluster from `drd_tests::pg` with 1 MiB segments, a Unix socket and
+/// loopback TCP, in a temp dir it owns; `conf` and `hba` are added to the
+/// harness's (hba lines go first, before initdb's trust lines); `setup`
+/// may put files into the data directory before the server starts.
+struct Test {
+    cluster: Cluster,
+    /// Holds the cluster's directory; removed after the cluster stopped.
     _root: tempfile::TempDir,
 }
 
-impl Cluster {
-    /// initdb with 1 MiB segments; `conf` is appended to postgresql.conf,
-    /// `hba` replaces pg_hba.conf; `setup` may write files into the dir
-    /// (as root) before the server starts.
-    fn start(pg: &Postgres, conf: &str, hba: &str, setup: impl FnOnce(&Path)) -> Cluster {
+impl Test {
+    fn start(pg: &Postgres, conf: &str, hba: &str, setup: impl FnOnce(&Cluster)) -> Test {
         let root = tempfile::Builder::new()
             .prefix("drd-pgconn-")
             .tempdir()
             .unwrap();
+        // The server's user must reach its directory.
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dir = root.path().join("pg");
-        std::fs::create_dir(&dir).unwrap();
-        pg.give(&dir);
-        let data = dir.join("data");
-        let d = data.to_str().unwrap();
-        pg.run(
-            "initdb",
-            &dir,
-            &[
-                "-D",
-                d,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--wal-segsize=1",
-                "-N",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-        );
-        let port = drd_tests::free_port();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap();
-        writeln!(
-            f,
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             max_wal_senders = 4\nshared_buffers = 16MB\nfsync = off\n{conf}",
-            dir.display()
-        )
-        .unwrap();
-        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
-        setup(&dir);
-        let log = dir.join("log");
-        pg.run(
-            "pg_ctl",
-            &dir,
-            &[
-                "-D",
-                d,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
-        Cluster {
-            pg: pg.clone(),
-            dir,
-            port,
+        let opts = ClusterOptions {
+            wal_segment_mib: 1,
+            conf: format!("max_wal_senders = 4\nshared_buffers = 16MB\nfsync = off\n{conf}"),
+            hba: hba.to_string(),
+            socket_dir: None,
+            tcp: true,
+        };
+        let cluster = Cluster::init(pg, &root.path().join("pg"), "db", &opts).unwrap();
+        setup(&cluster);
+        cluster.start().unwrap();
+        Test {
+            cluster,
             _root: root,
         }
     }
@@ -197,14 +59,17 @@ impl Cluster {
     fn socket(&self, extra: &str) -> Conninfo {
         conninfo(&format!(
             "host={} port={} {extra}",
-            self.dir.display(),
-            self.port
+            self.cluster.socket_dir.display(),
+            self.cluster.port
         ))
     }
 
     /// A conninfo to 127.0.0.1, plus `extra`.
     fn tcp(&self, extra: &str) -> Conninfo {
-        conninfo(&format!("host=127.0.0.1 port={} {extra}", self.port))
+        conninfo(&format!(
+            "host=127.0.0.1 port={} {extra}",
+            self.cluster.port
+        ))
     }
 
     /// An ordinary superuser connection over the socket.
@@ -212,21 +77,6 @@ impl Cluster {
         Connection::connect(&self.socket("user=postgres"), Kind::Database)
             .await
             .unwrap()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        if data.join("postmaster.pid").exists() {
-            let _ = std::panic::catch_unwind(|| {
-                self.pg.run(
-                    "pg_ctl",
-                    &self.dir,
-                    &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
-                )
-            });
-        }
     }
 }
 
@@ -241,12 +91,7 @@ fn conninfo(s: &str) -> Conninfo {
 }
 
 fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s.split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
-fn fmt_lsn(l: u64) -> String {
-    format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
+    drd_tests::pg::parse_lsn(s).unwrap()
 }
 
 fn be_u64(b: &[u8], at: usize) -> u64 {
@@ -281,17 +126,15 @@ async fn restart_lsn(db: &mut Connection, slot: &str) -> u64 {
     parse_lsn(rows[0].get("restart_lsn").unwrap())
 }
 
-const TRUST_HBA: &str = "local all all trust\nlocal replication all trust\n";
-
 #[tokio::test]
 async fn trust_over_the_socket_queries_and_a_streamed_slot() {
     let Some(pg) = require_postgres() else {
         return;
     };
-    let cluster = Cluster::start(&pg, "", TRUST_HBA, |_| {});
+    let t = Test::start(&pg, "", "", |_| {});
 
     // Replication mode over the Unix socket, trust.
-    let mut repl = Connection::connect(&cluster.socket("user=postgres"), Kind::Replication)
+    let mut repl = Connection::connect(&t.socket("user=postgres"), Kind::Replication)
         .await
         .unwrap();
     assert!(!repl.is_tls());
@@ -313,7 +156,7 @@ async fn trust_over_the_socket_queries_and_a_streamed_slot() {
 
     // An ordinary connection: rows, NULL, the last result set, errors that
     // leave the connection usable.
-    let mut db = cluster.admin().await;
+    let mut db = t.admin().await;
     let rows = db
         .query("SELECT 1 AS one; SELECT 'a b' AS s, NULL::text AS n UNION ALL SELECT 'c', 'd'")
         .await
@@ -353,7 +196,7 @@ async fn trust_over_the_socket_queries_and_a_streamed_slot() {
     let before = restart_lsn(&mut db, "t").await;
 
     // A slot that does not exist: the server's error, no COPY.
-    let other = Connection::connect(&cluster.socket("user=postgres"), Kind::Replication)
+    let other = Connection::connect(&t.socket("user=postgres"), Kind::Replication)
         .await
         .unwrap();
     match other
@@ -461,7 +304,7 @@ async fn trust_over_the_socket_queries_and_a_streamed_slot() {
     db.query("CREATE ROLE ro LOGIN; ALTER ROLE ro SET default_transaction_read_only = on")
         .await
         .unwrap();
-    let ro = cluster.socket("user=ro target_session_attrs=read-write");
+    let ro = t.socket("user=ro target_session_attrs=read-write");
     match Connection::connect(&ro, Kind::Database).await {
         Err(e @ PgError::ReadOnly { .. }) => assert!(e.to_string().contains("read-only")),
         r => panic!("expected ReadOnly, got {r:?}"),
@@ -469,17 +312,17 @@ async fn trust_over_the_socket_queries_and_a_streamed_slot() {
     let closed = drd_tests::free_port();
     let multi = conninfo(&format!(
         "host=127.0.0.1,{dir} port={closed},{port} user=postgres target_session_attrs=read-write",
-        dir = cluster.dir.display(),
-        port = cluster.port
+        dir = t.cluster.socket_dir.display(),
+        port = t.cluster.port
     ));
     let c = Connection::connect(&multi, Kind::Database).await.unwrap();
-    assert_eq!(c.target().port, cluster.port);
-    match Connection::connect(&cluster.tcp("user=postgres port=1"), Kind::Database).await {
+    assert_eq!(c.target().port, t.cluster.port);
+    match Connection::connect(&t.tcp("user=postgres port=1"), Kind::Database).await {
         Err(e @ PgError::Connect { .. }) => assert!(e.to_string().contains("127.0.0.1:1")),
         r => panic!("expected Connect, got {r:?}"),
     }
     // channel_binding=require cannot be met over a Unix socket.
-    let cb = cluster.socket("user=postgres channel_binding=require");
+    let cb = t.socket("user=postgres channel_binding=require");
     assert!(matches!(
         Connection::connect(&cb, Kind::Database).await,
         Err(PgError::Auth(_))
@@ -512,32 +355,30 @@ async fn passwords_and_tls() {
     };
     let (ca, cert, key) = make_certs();
     let (other_ca, _, _) = make_certs();
-    let hba = "local all all trust\n\
-               local replication all trust\n\
-               host replication drd 127.0.0.0/8 scram-sha-256\n\
+    // Before initdb's trust lines: these users must give passwords.
+    let hba = "host replication drd 127.0.0.0/8 scram-sha-256\n\
                host all drd 127.0.0.0/8 scram-sha-256\n\
                host all drdmd5 127.0.0.0/8 md5\n\
                host all drdclear 127.0.0.0/8 password\n";
-    let pg2 = pg.clone();
-    let cluster = Cluster::start(
+    let t = Test::start(
         &pg,
         "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
          listen_addresses = '127.0.0.1,127.0.0.2'\n",
         hba,
-        move |dir| {
+        |c| {
             for (name, text) in [("server.crt", &cert), ("server.key", &key)] {
-                let p = dir.join("data").join(name);
+                let p = c.data.join(name);
                 std::fs::write(&p, text).unwrap();
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-                pg2.give(&p);
+                c.pg.give(&p).unwrap();
             }
         },
     );
-    let ca_file = cluster.dir.join("ca.crt");
+    let ca_file = t.cluster.socket_dir.join("ca.crt");
     std::fs::write(&ca_file, &ca).unwrap();
-    let other_ca_file = cluster.dir.join("other-ca.crt");
+    let other_ca_file = t.cluster.socket_dir.join("other-ca.crt");
     std::fs::write(&other_ca_file, &other_ca).unwrap();
-    let mut admin = cluster.admin().await;
+    let mut admin = t.admin().await;
     admin
         .query(&format!(
             "CREATE ROLE drd LOGIN REPLICATION PASSWORD '{SECRET}'; \
@@ -549,7 +390,7 @@ async fn passwords_and_tls() {
         .unwrap();
 
     // SCRAM-SHA-256 over plain TCP, replication mode.
-    let plain = cluster.tcp(&format!("user=drd password={SECRET} sslmode=disable"));
+    let plain = t.tcp(&format!("user=drd password={SECRET} sslmode=disable"));
     let mut c = Connection::connect(&plain, Kind::Replication)
         .await
         .unwrap();
@@ -558,7 +399,7 @@ async fn passwords_and_tls() {
     assert_eq!(c.query("IDENTIFY_SYSTEM").await.unwrap().len(), 1);
 
     // A wrong password: the server's refusal, without the password.
-    let wrong = cluster.tcp("user=drd password=wrong-pw sslmode=disable");
+    let wrong = t.tcp("user=drd password=wrong-pw sslmode=disable");
     let e = Connection::connect(&wrong, Kind::Replication)
         .await
         .unwrap_err();
@@ -569,38 +410,38 @@ async fn passwords_and_tls() {
     );
     assert!(!e.to_string().contains("wrong-pw"));
     // No password at all: drd says what to configure.
-    let none = cluster.tcp("user=drd sslmode=disable");
+    let none = t.tcp("user=drd sslmode=disable");
     match Connection::connect(&none, Kind::Replication).await {
         Err(PgError::Auth(m)) => assert!(m.contains("passfile"), "{m}"),
         r => panic!("expected Auth, got {r:?}"),
     }
     // The password from a passfile (`replication` matches a replication
     // connection's database field).
-    let passfile = cluster.dir.join("pgpass");
+    let passfile = t.cluster.socket_dir.join("pgpass");
     std::fs::write(
         &passfile,
-        format!("127.0.0.1:{}:replication:drd:{SECRET}\n", cluster.port),
+        format!("127.0.0.1:{}:replication:drd:{SECRET}\n", t.cluster.port),
     )
     .unwrap();
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let pf = cluster.tcp(&format!(
+    let pf = t.tcp(&format!(
         "user=drd sslmode=disable passfile={}",
         passfile.display()
     ));
     Connection::connect(&pf, Kind::Replication).await.unwrap();
 
     // MD5.
-    let md5 = cluster.tcp(&format!("user=drdmd5 password={SECRET} sslmode=disable"));
+    let md5 = t.tcp(&format!("user=drdmd5 password={SECRET} sslmode=disable"));
     let c = Connection::connect(&md5, Kind::Database).await.unwrap();
     assert_eq!(c.auth_method(), AuthMethod::Md5);
 
     // A clear-text password: refused without TLS, sent over TLS.
-    let clear = cluster.tcp(&format!("user=drdclear password={SECRET} sslmode=disable"));
+    let clear = t.tcp(&format!("user=drdclear password={SECRET} sslmode=disable"));
     match Connection::connect(&clear, Kind::Database).await {
         Err(PgError::Auth(m)) => assert!(m.contains("clear text"), "{m}"),
         r => panic!("expected Auth, got {r:?}"),
     }
-    let clear_tls = cluster.tcp(&format!("user=drdclear password={SECRET} sslmode=require"));
+    let clear_tls = t.tcp(&format!("user=drdclear password={SECRET} sslmode=require"));
     let c = Connection::connect(&clear_tls, Kind::Database)
         .await
         .unwrap();
@@ -613,7 +454,7 @@ async fn passwords_and_tls() {
         let ci = conninfo(&format!(
             "host={host} port={} user=drd password={SECRET} sslmode=verify-full \
              sslrootcert={} channel_binding=require",
-            cluster.port,
+            t.cluster.port,
             ca_file.display()
         ));
         let mut c = Connection::connect(&ci, Kind::Replication).await.unwrap();
@@ -622,7 +463,7 @@ async fn passwords_and_tls() {
         assert_eq!(c.query("SHOW ssl").await.unwrap()[0].get_idx(0), Some("on"));
     }
     // Another CA: the certificate is refused.
-    let bad = cluster.tcp(&format!(
+    let bad = t.tcp(&format!(
         "user=drd password={SECRET} sslmode=verify-full sslrootcert={}",
         other_ca_file.display()
     ));
@@ -635,7 +476,7 @@ async fn passwords_and_tls() {
     let other_name = |mode: &str| {
         conninfo(&format!(
             "host=127.0.0.2 port={} user=drd password={SECRET} sslmode={mode} sslrootcert={}",
-            cluster.port,
+            t.cluster.port,
             ca_file.display()
         ))
     };
@@ -648,17 +489,17 @@ async fn passwords_and_tls() {
         .unwrap();
     // require without a root certificate accepts the certificate, and still
     // binds the channel; prefer (the default) uses TLS when offered.
-    let req = cluster.tcp(&format!(
+    let req = t.tcp(&format!(
         "user=drd password={SECRET} sslmode=require channel_binding=require"
     ));
     let c = Connection::connect(&req, Kind::Replication).await.unwrap();
     assert_eq!(c.auth_method(), AuthMethod::ScramSha256Plus);
-    let pref = cluster.tcp(&format!("user=drd password={SECRET}"));
+    let pref = t.tcp(&format!("user=drd password={SECRET}"));
     let c = Connection::connect(&pref, Kind::Replication).await.unwrap();
     assert!(c.is_tls());
     assert_eq!(c.auth_method(), AuthMethod::ScramSha256Plus);
     // channel_binding=disable over TLS: plain SCRAM.
-    let nocb = cluster.tcp(&format!(
+    let nocb = t.tcp(&format!(
         "user=drd password={SECRET} channel_binding=disable"
     ));
     let c = Connection::connect(&nocb, Kind::Replication).await.unwrap();
@@ -666,7 +507,7 @@ async fn passwords_and_tls() {
     assert_eq!(c.auth_method(), AuthMethod::ScramSha256);
     // channel_binding=require and a method that cannot bind: drd refuses
     // before it sends anything derived from the password.
-    let cb_md5 = cluster.tcp(&format!(
+    let cb_md5 = t.tcp(&format!(
         "user=drdmd5 password={SECRET} sslmode=require channel_binding=require"
     ));
     match Connection::connect(&cb_md5, Kind::Database).await {
