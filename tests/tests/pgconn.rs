@@ -166,6 +166,15 @@ async fn trust_over_the_socket_queries_and_a_streamed_slot() {
     assert_eq!(rows[0].get("n"), None);
     assert_eq!(rows[0].values()[1], None);
     assert_eq!(rows[1].get("n"), Some("d"));
+    // A command without rows after a result set leaves it the last one; an
+    // empty result set is one.
+    let rows = db
+        .query("SELECT 7 AS x; CREATE TEMP TABLE z (i int)")
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get("x"), Some("7"));
+    let rows = db.query("SELECT 1; SELECT 1 WHERE false").await.unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
     assert!(db
         .query("CREATE TABLE t (id int)")
         .await
@@ -514,4 +523,119 @@ async fn passwords_and_tls() {
         Err(PgError::Auth(m)) => assert!(m.contains("channel_binding=require"), "{m}"),
         r => panic!("expected Auth, got {r:?}"),
     }
+}
+
+/// The end of an old timeline, both ways the server tells it: started
+/// exactly at the switch point, a result set instead of a COPY; started
+/// before it, WAL up to the switch point, the server's CopyDone, and after
+/// drd's CopyDone the result set naming the next timeline — on a session
+/// that then takes the next command.
+#[tokio::test]
+async fn end_of_an_old_timeline() {
+    let Some(pg) = require_postgres() else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("drd-pgconn-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pgdir = root.path().join("pg");
+    let opts = ClusterOptions {
+        wal_segment_mib: 1,
+        // The standby keeps timeline 1's last segment after promotion.
+        conf: "shared_buffers = 16MB\nfsync = off\nwal_keep_size = 64MB\n".into(),
+        ..ClusterOptions::default()
+    };
+    let primary = Cluster::init(&pg, &pgdir, "primary", &opts).unwrap();
+    primary.start().unwrap();
+    let standby = Cluster::basebackup_from(&primary, &pgdir, "standby", &["-R"]).unwrap();
+    standby.start().unwrap();
+    // WAL the standby streams, so the switch point falls inside a segment.
+    primary
+        .psql("CREATE TABLE x AS SELECT generate_series(1, 5000) AS i")
+        .unwrap();
+    let end = primary.lsn("pg_current_wal_lsn()").unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standby.replay_lsn().unwrap().unwrap_or(0) < end {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay to {}",
+            fmt_lsn(end)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(primary);
+    standby.promote().unwrap();
+    let ci = conninfo(&standby.conninfo());
+    let mut repl = Connection::connect(&ci, Kind::Replication).await.unwrap();
+    let id = repl.query("IDENTIFY_SYSTEM").await.unwrap();
+    assert_eq!(id[0].get("timeline"), Some("2"));
+    let hist = repl.query("TIMELINE_HISTORY 2").await.unwrap();
+    assert_eq!(hist[0].get("filename"), Some("00000002.history"));
+    let content = hist[0].get("content").unwrap();
+    let switch = parse_lsn(content.split('\t').nth(1).unwrap());
+    repl.close().await;
+
+    // Exactly at the switch point: a result set.
+    let repl = Connection::connect(&ci, Kind::Replication).await.unwrap();
+    let at_switch = format!("START_REPLICATION PHYSICAL {} TIMELINE 1", fmt_lsn(switch));
+    match repl.copy_both(&at_switch).await.unwrap() {
+        Started::Rows(rows) => {
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0].get_idx(0), Some("2"), "{rows:?}");
+            assert_eq!(rows[0].get_idx(1).map(parse_lsn), Some(switch), "{rows:?}");
+        }
+        Started::Copy(..) => panic!("a COPY from the end of timeline 1"),
+    }
+
+    // From the start of the segment of timeline 1's last byte: WAL up to
+    // the switch point, then the server's CopyDone.
+    let repl = Connection::connect(&ci, Kind::Replication).await.unwrap();
+    let seg_start = (switch - 1) & !(SEGMENT - 1);
+    let before = format!(
+        "START_REPLICATION PHYSICAL {} TIMELINE 1",
+        fmt_lsn(seg_start)
+    );
+    let (mut reader, mut writer) = match repl.copy_both(&before).await.unwrap() {
+        Started::Copy(r, w) => (r, w),
+        Started::Rows(rows) => panic!("a result set instead of COPY: {rows:?}"),
+    };
+    let mut expected = seg_start;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), reader.next())
+            .await
+            .expect("the end of timeline 1 within 30 s")
+            .unwrap();
+        match ev {
+            CopyEvent::Data(p) if p[0] == b'w' => {
+                assert_eq!(be_u64(&p, 1), expected, "WAL contiguous");
+                expected += (p.len() - 25) as u64;
+            }
+            CopyEvent::Data(_) => {}
+            CopyEvent::ServerDone => break,
+        }
+    }
+    eprintln!(
+        "timeline 1 streamed from {} to its switch point {}",
+        fmt_lsn(seg_start),
+        fmt_lsn(switch)
+    );
+    assert_eq!(
+        fmt_lsn(expected),
+        fmt_lsn(switch),
+        "timeline 1's WAL, all of it"
+    );
+    writer.done().await.unwrap();
+    let rows = reader.finish().await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].get("next_tli"), Some("2"), "{rows:?}");
+    assert_eq!(
+        rows[0].get("next_tli_startpos").map(parse_lsn),
+        Some(switch)
+    );
+    let mut repl = reader.into_connection(writer).unwrap();
+    let id = repl.query("IDENTIFY_SYSTEM").await.unwrap();
+    assert_eq!(id[0].get("timeline"), Some("2"));
 }

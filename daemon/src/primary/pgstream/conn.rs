@@ -352,9 +352,10 @@ fn server_error(body: &backend::ErrorResponseBody) -> PgError {
     }
 }
 
-/// What arrives after a simple query: result sets, each ended by
-/// CommandComplete, then ReadyForQuery. Keeps the last result set's rows
-/// and the first error.
+/// What arrives after a simple query: result sets (RowDescription,
+/// DataRows, CommandComplete) and commands without one (CommandComplete
+/// only), then ReadyForQuery. Keeps the last result set's rows and the
+/// first error.
 #[derive(Default)]
 struct Results {
     /// The current result set's columns, after RowDescription.
@@ -416,11 +417,15 @@ impl Results {
                     values,
                 });
             }
+            // A command without a result set leaves the last one alone:
+            // the walsender ends START_REPLICATION's result set with two
+            // CommandCompletes (START_STREAMING, then START_REPLICATION).
             M::CommandComplete(_) => {
-                self.last = std::mem::take(&mut self.rows);
-                self.columns = None;
+                if self.columns.take().is_some() {
+                    self.last = std::mem::take(&mut self.rows);
+                }
             }
-            M::EmptyQueryResponse => self.last.clear(),
+            M::EmptyQueryResponse => {}
             M::ErrorResponse(body) => {
                 if self.error.is_none() {
                     self.error = Some(server_error(&body));
@@ -818,8 +823,8 @@ impl Connection {
     }
 
     /// Runs `sql` with the simple query protocol and returns the rows of
-    /// the last result set (text format; empty for a command without
-    /// rows). An ErrorResponse becomes [`PgError::Server`] once the server
+    /// the last result set (text format): of the last statement that
+    /// returns rows, empty when none does. An ErrorResponse becomes [`PgError::Server`] once the server
     /// is ready again, so the connection stays usable. Not cancel-safe: a
     /// cancelled query leaves the connection in an unknown state; drop it.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Row>, PgError> {
