@@ -352,9 +352,10 @@ fn server_error(body: &backend::ErrorResponseBody) -> PgError {
     }
 }
 
-/// What arrives after a simple query: result sets, each ended by
-/// CommandComplete, then ReadyForQuery. Keeps the last result set's rows
-/// and the first error.
+/// What arrives after a simple query: result sets (RowDescription,
+/// DataRows, CommandComplete) and commands without one (CommandComplete
+/// only), then ReadyForQuery. Keeps the last result set's rows and the
+/// first error.
 #[derive(Default)]
 struct Results {
     /// The current result set's columns, after RowDescription.
@@ -416,11 +417,15 @@ impl Results {
                     values,
                 });
             }
+            // A command without a result set leaves the last one alone:
+            // the walsender ends START_REPLICATION's result set with two
+            // CommandCompletes (START_STREAMING, then START_REPLICATION).
             M::CommandComplete(_) => {
-                self.last = std::mem::take(&mut self.rows);
-                self.columns = None;
+                if self.columns.take().is_some() {
+                    self.last = std::mem::take(&mut self.rows);
+                }
             }
-            M::EmptyQueryResponse => self.last.clear(),
+            M::EmptyQueryResponse => {}
             M::ErrorResponse(body) => {
                 if self.error.is_none() {
                     self.error = Some(server_error(&body));
@@ -594,11 +599,12 @@ impl Connection {
         self.send().await
     }
 
-    /// Writes and flushes `wbuf`.
+    /// Writes and flushes `wbuf`, which is empty afterwards either way.
     async fn send(&mut self) -> Result<(), PgError> {
-        self.io.write_all(&self.wbuf).await?;
-        self.io.flush().await?;
+        let r = self.io.write_all(&self.wbuf).await;
         self.wbuf.clear();
+        r?;
+        self.io.flush().await?;
         Ok(())
     }
 
@@ -651,6 +657,15 @@ impl Connection {
             match self.read_msg("authentication").await? {
                 M::AuthenticationOk => break,
                 M::ErrorResponse(body) => return Err(server_error(&body)),
+                M::AuthenticationCleartextPassword | M::AuthenticationMd5Password(_)
+                    if ci.channel_binding() == ChannelBinding::Require =>
+                {
+                    return Err(PgError::Auth(format!(
+                        "channel_binding=require, but {target} asks for a password \
+                         (pg_hba.conf method md5 or password), which cannot bind the channel: \
+                         use scram-sha-256 in pg_hba.conf"
+                    )));
+                }
                 M::AuthenticationCleartextPassword => {
                     if !self.session.tls {
                         return Err(PgError::Auth(format!(
@@ -808,8 +823,8 @@ impl Connection {
     }
 
     /// Runs `sql` with the simple query protocol and returns the rows of
-    /// the last result set (text format; empty for a command without
-    /// rows). An ErrorResponse becomes [`PgError::Server`] once the server
+    /// the last result set (text format): of the last statement that
+    /// returns rows, empty when none does. An ErrorResponse becomes [`PgError::Server`] once the server
     /// is ready again, so the connection stays usable. Not cancel-safe: a
     /// cancelled query leaves the connection in an unknown state; drop it.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Row>, PgError> {
@@ -902,6 +917,9 @@ impl Connection {
 }
 
 /// What `START_REPLICATION` started.
+// One value per replication session, taken apart at once: its size does
+// not matter, and unboxed halves keep `Started::Copy(reader, writer)` plain.
+#[allow(clippy::large_enum_variant)]
 pub enum Started {
     /// CopyBothResponse: WAL flows from the reader; status updates go
     /// through the writer.
@@ -1418,6 +1436,56 @@ mod tests {
         );
         assert_eq!(e.sqlstate(), Some("42710"));
         assert_eq!(PgError::Closed.sqlstate(), None);
+    }
+
+    /// The driver runs these inside spawned tasks.
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let ci: Conninfo = "host=/nonexistent".parse().unwrap();
+        let connect = Connection::connect(&ci, Kind::Replication);
+        send(&connect);
+        fn halves(r: &mut CopyReader, w: &mut CopyWriter) {
+            send(&r.next());
+            send(&r.finish());
+            send(&w.send(b"r"));
+        }
+        let _ = halves;
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_hash() {
+        // Certificate { tbs: SEQUENCE {}, AlgorithmIdentifier { OID } }.
+        let cert = |oid: &[u8]| {
+            let mut alg = vec![0x06, u8::try_from(oid.len()).unwrap()];
+            alg.extend_from_slice(oid);
+            let mut body = vec![0x30, 0x00, 0x30, u8::try_from(alg.len()).unwrap()];
+            body.extend_from_slice(&alg);
+            let mut c = vec![0x30, u8::try_from(body.len()).unwrap()];
+            c.extend_from_slice(&body);
+            c
+        };
+        let rsa = |last: u8| cert(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, last]);
+        let ecdsa = |tail: &[u8]| {
+            let mut o = vec![0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+            o.extend_from_slice(tail);
+            cert(&o)
+        };
+        let len = |der: Vec<u8>| end_point_hash(&der).map(|h| h.len());
+        assert_eq!(len(rsa(0x05)), Some(32), "sha1WithRSA hashes with SHA-256");
+        assert_eq!(len(rsa(0x0b)), Some(32));
+        assert_eq!(len(rsa(0x0c)), Some(48));
+        assert_eq!(len(rsa(0x0d)), Some(64));
+        assert_eq!(len(rsa(0x0a)), None, "RSA-PSS: no single hash");
+        assert_eq!(len(ecdsa(&[0x03, 0x02])), Some(32));
+        assert_eq!(len(ecdsa(&[0x03, 0x03])), Some(48));
+        assert_eq!(len(cert(&[0x2b, 0x65, 0x70])), None, "Ed25519");
+        use sha2::Digest;
+        let der = ecdsa(&[0x03, 0x02]);
+        assert_eq!(
+            end_point_hash(&der).unwrap(),
+            sha2::Sha256::digest(&der).to_vec()
+        );
     }
 
     #[test]

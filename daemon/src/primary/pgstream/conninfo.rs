@@ -122,12 +122,14 @@ impl fmt::Display for Target {
 }
 
 /// libpq's `sslmode` (without `allow`, which only makes sense for servers
-/// that require TLS and refuse to say so).
+/// that require TLS and refuse to say so). Ignored for Unix sockets, as in
+/// libpq: they never use TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     /// Never TLS.
     Disable,
-    /// TLS if the server offers it, else plain (the default).
+    /// TLS if the server offers it, else plain (the default). Unlike
+    /// libpq, a failed TLS handshake is an error, not a retry without TLS.
     Prefer,
     /// TLS or fail. The certificate is checked against `sslrootcert` when
     /// one is given (libpq then behaves as `verify-ca`), else not at all.
@@ -420,7 +422,9 @@ impl Conninfo {
         }
         let path = self.passfile.as_deref()?;
         let text = match read_passfile(path) {
-            Ok(t) => t,
+            Ok(Some(t)) => t,
+            // A passfile that is not there is not an error (libpq's rule).
+            Ok(None) => return None,
             Err(why) => {
                 tracing::warn!("passfile {}: {why}; not using it", path.display());
                 return None;
@@ -434,18 +438,24 @@ impl Conninfo {
     }
 }
 
-/// Reads a passfile, refusing one others can read (as libpq does: a
-/// password file anyone can read is not a secret).
-fn read_passfile(path: &Path) -> Result<String, String> {
+/// Reads a passfile (`None` if there is none), refusing one others can
+/// read (as libpq does: a password file anyone can read is not a secret).
+fn read_passfile(path: &Path) -> Result<Option<String>, String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err("group or others can read it; chmod 0600 it".into());
     }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// The password of the first line of a `~/.pgpass`-format text that
@@ -1053,6 +1063,7 @@ mod tests {
         };
         let ci3 = Conninfo::parse_with_env("host=h", &env2).unwrap();
         assert_eq!(ci3.passfile(), Some(Path::new("/nonexistent/pgpass")));
+        assert_eq!(ci3.password_for(&ci3.targets()[0], "db"), None);
         let ci4 = Conninfo::parse_with_env("host=h passfile=/p", &env2).unwrap();
         assert_eq!(ci4.passfile(), Some(Path::new("/p")));
     }
