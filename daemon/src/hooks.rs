@@ -115,9 +115,7 @@ pub async fn run(
         )
         .env(
             "DRD_FORK_TIMELINE",
-            env.fork_lsn
-                .map(|(t, _)| t.to_string())
-                .unwrap_or_default(),
+            env.fork_lsn.map(|(t, _)| t.to_string()).unwrap_or_default(),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -225,7 +223,7 @@ async fn run_configured_with(
             role,
             fork_position,
             fork_lsn: fork_position
-                .and_then(|_| crate::ops::failover::wal_end(node, stream))
+                .and_then(|_| crate::ops::failover::replay_end(node, stream))
                 .map(|(t, l)| (t, l.0)),
             attempt,
         },

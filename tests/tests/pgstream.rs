@@ -21,8 +21,8 @@
 //! elsewhere.
 
 use drd_tests::pg::{
-    format_lsn, parse_lsn, require_postgres, Cluster, ClusterOptions, Load, Loader,
-    LoaderOptions, Postgres,
+    format_lsn, parse_lsn, require_postgres, Cluster, ClusterOptions, Load, Loader, LoaderOptions,
+    Postgres,
 };
 use drd_tests::*;
 use std::collections::BTreeSet;
@@ -197,7 +197,7 @@ impl Sites {
 
     /// Verona's `postgres` status (drctl status --json).
     fn pg_status(&self) -> serde_json::Value {
-        let j = drctl_json(&self.a.socket, &["status", "--json"], 0);
+        let j = drctl_json(&self.a.socket, &["status"], 0);
         j["streams"][0]["postgres"].clone()
     }
 
@@ -218,8 +218,8 @@ impl Sites {
     /// WAL after the backup's start is in drd), restoring through drctl
     /// wal-fetch at Rochester.
     fn standby(&self) -> Cluster {
-        let standby = Cluster::basebackup_from(&self.primary, &self.root.join("pg"), "standby", &[])
-            .unwrap();
+        let standby =
+            Cluster::basebackup_from(&self.primary, &self.root.join("pg"), "standby", &[]).unwrap();
         assert_eq!(standby.data, self.standby_data);
         standby
             .configure(&format!(
@@ -366,8 +366,14 @@ async fn sync_mode_loses_no_acknowledged_commit() {
             missing.len()
         );
         assert!(acked.len() >= 200, "too few commits to prove anything");
-        assert!(missing.is_empty(), "seed {seed}: acknowledged but lost: {missing:?}");
-        assert!(invented.is_empty(), "seed {seed}: never inserted: {invented:?}");
+        assert!(
+            missing.is_empty(),
+            "seed {seed}: acknowledged but lost: {missing:?}"
+        );
+        assert!(
+            invented.is_empty(),
+            "seed {seed}: never inserted: {invented:?}"
+        );
         // The DR copy ends past every acknowledged commit's start.
         let durable = lsn_field(&rep["durable_lsn"]).expect("failover names the DR copy's LSN");
         let last_before = load.receipts.iter().map(|r| r.before_lsn).max().unwrap();
@@ -379,6 +385,14 @@ async fn sync_mode_loses_no_acknowledged_commit() {
         );
     }
 }
+
+/// How far past the primary's last reported LSN a lost async commit may
+/// begin. The report is a lower bound: in async mode PostgreSQL acknowledges
+/// a commit once it is flushed locally, and its walsender sends the WAL to
+/// drd a moment later; commits acknowledged in that moment before the kill
+/// never reached drd, so drd cannot have reported them. Eight sessions with
+/// a commit in flight each write a few hundred bytes of WAL apiece.
+const IN_FLIGHT: u64 = 16 << 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_loss_is_within_the_reported_lag() {
@@ -415,16 +429,30 @@ async fn async_mode_loss_is_within_the_reported_lag() {
                 format_lsn(durable)
             );
             // ... and every lost commit began inside the range the failover
-            // reported as possibly lost.
+            // reported as possibly lost, but for the last moment's commits
+            // (see IN_FLIGHT).
             assert!(
-                r.before_lsn < primary_last,
-                "seed {seed}: row {} began at {}, past the primary's last reported {}: \
-                 the loss is not covered by the reported lag",
+                r.before_lsn < primary_last + IN_FLIGHT,
+                "seed {seed}: row {} began at {}, past the primary's last reported {} and the \
+                 {IN_FLIGHT}-byte allowance: the loss is not covered by the reported lag",
                 r.id,
                 format_lsn(r.before_lsn),
                 format_lsn(primary_last)
             );
         }
+        let beyond = lost.iter().filter(|r| r.before_lsn >= primary_last).count();
+        let lost_wal = lost
+            .iter()
+            .map(|r| r.after_lsn)
+            .max()
+            .map_or(0, |a| a.saturating_sub(durable));
+        println!(
+            "seed {seed}: the failover reported {} bytes as possibly lost; the lost rows' WAL \
+             spans at most {lost_wal} bytes past the DR copy; {beyond} of {} lost rows began \
+             after the last LSN the primary reported",
+            primary_last.saturating_sub(durable),
+            lost.len()
+        );
     }
 }
 
@@ -488,7 +516,10 @@ async fn a_trickle_reaches_the_dr_site_within_a_second() {
             delays.last().unwrap()
         );
         // The last few samples may not have been followed by a DR sample yet.
-        assert!(covered + 3 >= samples.len(), "{mode}: DR copy stopped following");
+        assert!(
+            covered + 3 >= samples.len(),
+            "{mode}: DR copy stopped following"
+        );
         assert!(
             *delays.last().unwrap() < Duration::from_secs(1),
             "{mode}: the DR copy lagged by more than a second"

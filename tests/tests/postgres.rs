@@ -513,12 +513,19 @@ fn deploy_examples_parse() {
             let text = std::fs::read_to_string(e.path()).unwrap();
             let c = drd::config::Config::parse(&text)
                 .unwrap_or_else(|err| panic!("{}: {err:#}", e.path().display()));
-            assert_eq!(c.streams[0].source, drd::config::SourceMode::Spool);
+            let streaming = e.path().to_string_lossy().contains("streaming");
+            let want = if streaming {
+                drd::config::SourceMode::Postgres
+            } else {
+                drd::config::SourceMode::Spool
+            };
+            assert_eq!(c.streams[0].source, want, "{}", e.path().display());
+            assert_eq!(c.streams[0].postgres.is_some(), streaming);
             assert_eq!(c.control_socket_group.as_deref(), Some("postgres"));
             n += 1;
         }
     }
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }
 
 /// The shared harness (`drd_tests::pg`) against a real server: a

@@ -449,3 +449,26 @@ pub fn wal_end(node: &Node, stream: &StreamName) -> Option<(u32, drd_core::pg::l
     let seg = drd_core::pg::lsn::SegSize::new(size).ok()?;
     seg.lsn_in(&tail.name, tail.size)
 }
+
+/// Where a database replaying the stream's log here stops: the end of the
+/// last complete WAL record in its last segment, as
+/// `pg_last_wal_replay_lsn()` reports it once replay got there (None: not a
+/// WAL stream, or no record completes in that segment — nothing to wait for).
+pub fn replay_end(node: &Node, stream: &StreamName) -> Option<(u32, drd_core::pg::lsn::Lsn)> {
+    let tail = node.catalog.tail(stream).ok()??;
+    let rec = node
+        .catalog
+        .segment(
+            stream,
+            &drd_proto::SegmentName::new(tail.name.clone()).ok()?,
+        )
+        .ok()??;
+    let path = crate::ops::fork::segment_path(node, stream, &rec)?;
+    let seg = drd_core::pg::lsn::SegSize::new(crate::ops::fetch::wal_segment_size(&path)?).ok()?;
+    let (tli, start) = seg.lsn_in(&tail.name, 0)?;
+    // Only the verified prefix: zeros after it would read as WAL.
+    let prefix =
+        crate::storage::fsutil::read_range(&std::fs::File::open(&path).ok()?, 0, tail.size).ok()?;
+    let end = drd_core::pg::records::replay_end(&prefix, start, seg).ok()?;
+    (end.lsn > start).then_some((tli, end.lsn))
+}

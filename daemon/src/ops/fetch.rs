@@ -79,7 +79,9 @@ pub fn fetch_segment(
     // promoted database must replay every commit in it, and PostgreSQL
     // restores only whole segments ("wrong size" otherwise).
     let pad_to = if rec.fork {
-        wal_segment_size(&path).filter(|s| *s > rec.size).unwrap_or(0)
+        wal_segment_size(&path)
+            .filter(|s| *s > rec.size)
+            .unwrap_or(0)
     } else {
         0
     };

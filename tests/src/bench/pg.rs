@@ -509,20 +509,15 @@ async fn catch_up(
     Result<CatchUp, String>,
     Option<(u64, u64)>,
 ) {
-    // drd streaming, then paused: its slot holds the WAL written next.
+    // drd streaming, then stopped (kill -9, as in an outage): its slot
+    // holds the WAL written next. (`drctl pause` stops shipping only: drd
+    // keeps receiving from PostgreSQL, so it would not fall behind.)
     let drd = match DrdPair::start(bins, c, "async").await {
-        Ok(d) => {
-            let paused = block(|| wait_streaming(c, DRD_APP, false)).and_then(|()| {
-                let (code, out, err) = bins.drctl(
-                    &d.primary.socket,
-                    &["pause", "--reason", "drd-bench catch-up"],
-                );
-                if code != 0 {
-                    bail!("drctl pause exited {code}: {out}{err}");
-                }
-                Ok(())
+        Ok(mut d) => {
+            let stopped = block(|| wait_streaming(c, DRD_APP, false)).map(|()| {
+                d.primary.kill9();
             });
-            paused.map(|()| d).map_err(err_line)
+            stopped.map(|()| d).map_err(err_line)
         }
         Err(e) => Err(e),
     };
@@ -571,9 +566,9 @@ async fn catch_up(
     // output is deleted until both ran (a delete on this disk stalls the
     // fsyncs that follow it).
     let drd_result = match drd {
-        Ok(d) => {
+        Ok(mut d) => {
             drop_caches();
-            let r = drd_catch_up(bins, &d, end).await;
+            let r = drd_catch_up(bins, &mut d, end).await;
             drop(d);
             r.map(|secs| CatchUp {
                 bytes: end - start,
@@ -613,25 +608,20 @@ fn generate_wal(c: &Cluster, start: u64, bytes: u64) -> anyhow::Result<()> {
     }
 }
 
-/// `drctl resume` at the primary drd; seconds until the DR drd's durable
-/// LSN (`durable_lsn` in its `drctl status --json`) reaches `end`.
-async fn drd_catch_up(bins: &Bins, d: &DrdPair, end: u64) -> anyhow::Result<f64> {
+/// Restarts the primary drd; seconds until the DR drd holds WAL up to
+/// `end` durably (the primary's `postgres.dr_durable_lsn`, from the DR
+/// drd's acks).
+async fn drd_catch_up(bins: &Bins, d: &mut DrdPair, end: u64) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let (code, out, err) = bins.drctl(&d.primary.socket, &["resume", "--reason", "drd-bench"]);
-    if code != 0 {
-        bail!("drctl resume exited {code}: {out}{err}");
-    }
+    d.primary = Proc::start_ready(bins, &d._pair.primary).await?;
     loop {
-        let (code, out, err) = bins.drctl(&d.replica.socket, &["status", "--json"]);
-        if code != 0 {
-            bail!("drctl status at the DR drd exited {code}: {err}");
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).context("drctl status --json")?;
-        let durable = find_key(&v, "durable_lsn").and_then(|x| match x {
-            serde_json::Value::String(s) => drd_tests::pg::parse_lsn(s),
-            serde_json::Value::Number(n) => n.as_u64(),
-            _ => None,
-        });
+        let durable = d
+            .primary
+            .stream()
+            .await
+            .ok()
+            .and_then(|s| s.postgres)
+            .map(|p| p.dr_durable_lsn);
         if durable.is_some_and(|l| l >= end) {
             return Ok(t.elapsed().as_secs_f64());
         }
@@ -643,17 +633,6 @@ async fn drd_catch_up(bins: &Bins, d: &DrdPair, end: u64) -> anyhow::Result<f64>
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The first value under `key` anywhere in `v`.
-fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
-    match v {
-        serde_json::Value::Object(m) => m
-            .get(key)
-            .or_else(|| m.values().find_map(|x| find_key(x, key))),
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
-        _ => None,
     }
 }
 
@@ -869,10 +848,10 @@ pub fn notes(f: &Figures, o: &Opts) -> Vec<String> {
         out.push(format!("- pg {}: {}", c.name, c.setup));
     }
     out.push(format!(
-        "- pg catch-up: drd streaming from slot {SLOT}, paused with `drctl pause`; \
+        "- pg catch-up: drd streaming from slot {SLOT}, then its primary drd killed -9; \
          pg_copy_physical_replication_slot('{SLOT}', '{COPY_SLOT}') (without drd: a new slot) gives \
          pg_receivewal the same start; ≥ {} MiB of WAL from repeated `pgbench -i`; end = \
-         pg_current_wal_flush_lsn(). drd: `drctl resume` until the DR drd's durable_lsn ≥ end; \
+         pg_current_wal_flush_lsn(). drd: restarted, until the DR drd has the WAL to end durably; \
          pg_receivewal -S {COPY_SLOT} -E end -n. Both from the segment holding the slot's restart_lsn; \
          page cache dropped before each when root.",
         o.catchup_mib

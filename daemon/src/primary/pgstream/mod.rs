@@ -454,13 +454,7 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
             );
             return Ok(Ended::Timeline);
         }
-        Err(e) if e.sqlstate() == Some("58P01") => {
-            return Err(PgStreamError::Gap(format!(
-                "PostgreSQL no longer has the WAL drd needs from {start} on timeline {tli} \
-                 ({e}); the DR copy has a gap: rebuild the DR standby from a new base backup"
-            )))
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(gap_or(e)),
     };
     let w = writer::start(
         ctx.cfg.wal_dir.clone(),
@@ -540,7 +534,7 @@ async fn stream(
                     ctx.status.pg.locked().mode = mode_name(mode).into();
                 }
             }
-            ev = reader.next() => match ev? {
+            ev = reader.next() => match ev.map_err(gap_or)? {
                 CopyEvent::Data(payload) => {
                     match msg::decode(&payload).map_err(|e| PgStreamError::Protocol(e.to_string()))? {
                         msg::ServerMsg::XLogData { start: at, end, data, .. } => {
@@ -613,6 +607,19 @@ async fn stream(
         pg.written = p.written;
         pg.local_durable = p.durable;
         pg.dr_durable = dr_of(&acks.borrow());
+    }
+}
+
+/// "requested WAL segment … has already been removed" (58P01) is a gap in
+/// what drd can get, not a broken connection.
+fn gap_or(e: PgError) -> PgStreamError {
+    if e.sqlstate() == Some("58P01") {
+        PgStreamError::Gap(format!(
+            "PostgreSQL no longer has the WAL drd needs ({e}); the DR copy has a gap: rebuild \
+             the DR standby from a new base backup"
+        ))
+    } else {
+        e.into()
     }
 }
 
