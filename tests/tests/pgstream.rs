@@ -80,6 +80,9 @@ struct Sites {
     a: Daemon,
     b: Daemon,
     primary: Cluster,
+    /// A local streaming standby of the primary (`Sites::with_local_standby`)
+    /// that drd's conninfo lists as a second host.
+    local: Option<Cluster>,
     standby_data: PathBuf,
     drctl: String,
 }
@@ -88,6 +91,17 @@ impl Sites {
     /// Both drds and the primary database, drd connected (so the slot
     /// exists and retains WAL); the DR standby is made by [`Sites::standby`].
     async fn new(pg: &Postgres, mode: &str) -> Sites {
+        Self::build(pg, mode, false).await
+    }
+
+    /// With a local HA standby `local` (streaming from the primary through a
+    /// slot of its own, and holding drd's slot too, as the deploy docs ask);
+    /// drd's conninfo names both, `target_session_attrs=read-write`.
+    async fn with_local_standby(pg: &Postgres, mode: &str) -> Sites {
+        Self::build(pg, mode, true).await
+    }
+
+    async fn build(pg: &Postgres, mode: &str, local_standby: bool) -> Sites {
         let root = tempfile::Builder::new()
             .prefix("drd-pgstream-")
             .tempdir()
@@ -120,6 +134,26 @@ impl Sites {
         )
         .unwrap();
         primary.start().unwrap();
+        let local = local_standby.then(|| {
+            let b = Cluster::basebackup_from(&primary, &pgdir, "local", &["-R", "-C", "-S", "local"])
+                .unwrap();
+            b.start().unwrap();
+            // PostgreSQL 15 does not copy slots to standbys: drd's slot is
+            // made on the standby too, so that it holds WAL for drd once
+            // promoted.
+            b.psql(&format!("SELECT pg_create_physical_replication_slot('{SLOT}', true)"))
+                .unwrap();
+            b
+        });
+        let conninfo = match &local {
+            None => primary.conninfo(),
+            Some(b) => format!(
+                "host={d},{d} port={},{} user=postgres target_session_attrs=read-write",
+                primary.port,
+                b.port,
+                d = primary.socket_dir.display()
+            ),
+        };
 
         let certs = make_certs(&r);
         let (a_port, b_port) = (free_port(), free_port());
@@ -144,7 +178,7 @@ impl Sites {
                  postgres = \"{} application_name=drd\"\nslot = \"{SLOT}\"\n\
                  wal_dir = \"{}\"\nmode = \"{mode}\"\npeer = \"https://127.0.0.1:{b_port}\"\n\
                  peer_name = \"{REPLICA_ID}\"\n{tuning}{}",
-                primary.conninfo(),
+                conninfo,
                 wal.display(),
                 tls_section(&certs, PRIMARY_ID)
             ),
@@ -188,6 +222,7 @@ impl Sites {
             a,
             b,
             primary,
+            local,
             standby_data,
             drctl: drctl_bin.display().to_string(),
         };
@@ -526,4 +561,85 @@ async fn a_trickle_reaches_the_dr_site_within_a_second() {
         );
         phase(t0, &format!("{mode} trickle measured"));
     }
+}
+
+/// Segment files of timeline `tli` sealed at Rochester.
+fn sealed_on(d: &Daemon, tli: u32) -> Vec<String> {
+    let prefix = format!("{tli:08X}");
+    dir_digests(&d.data_dir().join("streams").join(STREAM).join("segments"))
+        .into_keys()
+        .filter(|n| n.len() == 24 && n.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_local_standby_is_followed() {
+    let Some(pg) = require_postgres() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let sites = Sites::with_local_standby(&pg, "async").await;
+    let local = sites.local.as_ref().unwrap();
+    let a = &sites.primary;
+    a.psql("CREATE TABLE t (id bigint PRIMARY KEY)").unwrap();
+    let dr = sites.standby();
+    a.psql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
+        .unwrap();
+    a.psql("SELECT pg_switch_wal()").unwrap();
+    phase(t0, "primary, local standby, DR standby up");
+
+    // A planned local switch: the primary stops cleanly (the local standby
+    // has everything), the local standby is promoted to timeline 2.
+    a.stop().unwrap();
+    local.promote().unwrap();
+    assert_eq!(local.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    local
+        .psql("INSERT INTO t SELECT g FROM generate_series(1001, 2000) g")
+        .unwrap();
+    // Complete the segment holding the new rows, and start the next one, so
+    // that Rochester seals it and the DR standby can restore it.
+    local.psql("SELECT pg_switch_wal()").unwrap();
+    local.psql("INSERT INTO t VALUES (2001)").unwrap();
+    local.psql("SELECT pg_switch_wal()").unwrap();
+    phase(t0, "local standby promoted to timeline 2 and written to");
+
+    // drd followed by itself: the history file and timeline 2's segments
+    // are at Rochester, and the DR standby replays the rows written there.
+    let side = sites.b.data_dir().join("streams").join(STREAM).join("files");
+    wait_for(
+        "00000002.history and timeline 2 segments at Rochester",
+        Duration::from_secs(60),
+        || async {
+            (side.join("00000002.history").exists() && sealed_on(&sites.b, 2).len() >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+    let history = std::fs::read_to_string(side.join("00000002.history")).unwrap();
+    assert!(history.starts_with("1\t"), "{history:?}");
+    wait_for(
+        "the DR standby at the rows written on timeline 2",
+        Duration::from_secs(60),
+        || async {
+            let max = dr.psql("SELECT coalesce(max(id), 0) FROM t").ok()?;
+            (max.parse::<u64>().ok()? >= 2000).then_some(())
+        },
+    )
+    .await;
+    let replayed = dr.psql("SELECT pg_last_wal_replay_lsn()").unwrap();
+    let log = sites.a.log_text();
+    assert!(
+        log.contains("following timeline 2"),
+        "drd's log names the switch:\n{log}"
+    );
+    let j = sites.pg_status();
+    assert_eq!(j["timeline"], 2, "{j}");
+    phase(
+        t0,
+        &format!(
+            "followed: {} timeline 2 segments at Rochester, the DR standby at row 2000 \
+             (replayed to {replayed})",
+            sealed_on(&sites.b, 2).len()
+        ),
+    );
 }

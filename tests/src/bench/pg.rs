@@ -381,7 +381,8 @@ fn pg_standby_run(
 struct DrdPair {
     // Field order is drop order: the daemons stop before their directory goes.
     primary: Proc,
-    replica: Proc,
+    /// Runs for as long as the pair does (nothing asks it anything).
+    _replica: Proc,
     /// Their directories, certificates and configs.
     _pair: drd_tests::Pair,
 }
@@ -418,7 +419,7 @@ impl DrdPair {
         match start.await {
             Ok((primary, replica)) => Ok(Self {
                 primary,
-                replica,
+                _replica: replica,
                 _pair: pair,
             }),
             Err(e) => Err(format!("drd: failed to start: {}", err_line(e))),
