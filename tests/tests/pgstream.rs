@@ -135,14 +135,17 @@ impl Sites {
         .unwrap();
         primary.start().unwrap();
         let local = local_standby.then(|| {
-            let b = Cluster::basebackup_from(&primary, &pgdir, "local", &["-R", "-C", "-S", "local"])
-                .unwrap();
+            let b =
+                Cluster::basebackup_from(&primary, &pgdir, "local", &["-R", "-C", "-S", "local"])
+                    .unwrap();
             b.start().unwrap();
             // PostgreSQL 15 does not copy slots to standbys: drd's slot is
             // made on the standby too, so that it holds WAL for drd once
             // promoted.
-            b.psql(&format!("SELECT pg_create_physical_replication_slot('{SLOT}', true)"))
-                .unwrap();
+            b.psql(&format!(
+                "SELECT pg_create_physical_replication_slot('{SLOT}', true)"
+            ))
+            .unwrap();
             b
         });
         let conninfo = match &local {
@@ -605,7 +608,12 @@ async fn a_promoted_local_standby_is_followed() {
 
     // drd followed by itself: the history file and timeline 2's segments
     // are at Rochester, and the DR standby replays the rows written there.
-    let side = sites.b.data_dir().join("streams").join(STREAM).join("files");
+    let side = sites
+        .b
+        .data_dir()
+        .join("streams")
+        .join(STREAM)
+        .join("files");
     wait_for(
         "00000002.history and timeline 2 segments at Rochester",
         Duration::from_secs(60),
