@@ -15,18 +15,22 @@
 //! - Bytes are written with `pwrite` and published as *written* at once:
 //!   the shipper may read them while the local `fdatasync` runs, so the
 //!   local fsync is never on the commit path of a sync stream.
-//! - `fdatasync` runs when the channel runs dry (group commit), after
-//!   `group_commit_bytes`, and when a segment is complete; only then are the
-//!   bytes published as *locally durable*.
+//! - `fdatasync` runs on a thread of its own ([`Syncer`]) whenever the
+//!   channel runs dry or `group_commit_bytes` were written, so that the
+//!   writer goes on writing — and the shipper shipping — while it runs: a
+//!   commit that arrives during a local fdatasync is not held back by it
+//!   (in sync mode its COMMIT waits for the DR site, not for this disk).
+//!   When a segment is complete the writer fdatasyncs it itself before it
+//!   opens the next. Only synced bytes are published as *locally durable*.
 //!
 //! # Resuming
 //!
 //! A session starts at the beginning of the segment its log ends in. Bytes
-//! already in the file are compared with what PostgreSQL sends instead of
-//! written; they differ only after a power loss took bytes that were never
-//! fdatasync'd, and are rewritten then (with a warning). Verified bytes are
-//! fdatasync'd before they count as durable: the page cache may hold them
-//! from a process that crashed before its own fdatasync.
+//! already in the file are compared with what PostgreSQL sends (they differ
+//! only after a power loss took bytes that were never fdatasync'd: a
+//! warning says so) and written again either way, then fdatasync'd before
+//! they count as durable: the page cache may hold them from a process that
+//! crashed before its own fdatasync, or clean after a failed one.
 
 use crate::primary::pgstream::PgStreamError;
 use bytes::Bytes;
@@ -35,6 +39,7 @@ use drd_core::pg::lsn::{Lsn, SegSize};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{mpsc, watch};
 
 /// WAL messages queued between the socket and the writer: at most 128 KiB
@@ -78,6 +83,7 @@ pub fn start(
         written: start,
         durable: start,
     });
+    let progress = Arc::new(ptx);
     let w = Writer {
         dir: wal_dir,
         seg,
@@ -87,7 +93,8 @@ pub fn start(
         end: start,
         durable: start,
         unsynced: 0,
-        progress: ptx,
+        syncer: Syncer::start(progress.clone()),
+        progress,
         rewrote: false,
     };
     let join = tokio::task::spawn_blocking(move || w.run(rx));
@@ -101,7 +108,7 @@ pub fn start(
 struct Open {
     name: String,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     tli: u32,
     segno: u64,
     /// Bytes in the file (what an earlier process left, or what we wrote).
@@ -117,9 +124,10 @@ struct Writer {
     /// The next LSN to write.
     end: Lsn,
     durable: Lsn,
-    /// Bytes written or verified since the last fdatasync.
+    /// Bytes written or verified since the last fdatasync was asked for.
     unsynced: u64,
-    progress: watch::Sender<Progress>,
+    syncer: Syncer,
+    progress: Arc<watch::Sender<Progress>>,
     /// A mismatch was rewritten in the current file (warned once per file).
     rewrote: bool,
 }
@@ -134,26 +142,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PgStreamError + '_ {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) -> Result<(), PgStreamError> {
         let r = self.serve(&mut rx);
+        let stopped = self.syncer.stop();
         // Whatever ended the session, what was written is made durable
         // (and published) before the next session looks at the files.
         let s = self.sync();
-        r.and(s)
+        r.and(stopped).and(s)
     }
 
     fn serve(&mut self, rx: &mut mpsc::Receiver<Cmd>) -> Result<(), PgStreamError> {
         while let Some(cmd) = rx.blocking_recv() {
+            self.syncer.check()?;
             self.handle(cmd)?;
-            // Group commit: take what else is queued, then one fdatasync.
+            // Group commit: take what else is queued, then one fdatasync
+            // (on the syncer's thread).
             loop {
                 match rx.try_recv() {
                     Ok(cmd) => self.handle(cmd)?,
                     Err(_) => break,
                 }
                 if self.unsynced >= self.group_commit_bytes {
-                    self.sync()?;
+                    self.ask_sync()?;
                 }
             }
-            self.sync()?;
+            self.ask_sync()?;
         }
         Ok(())
     }
@@ -214,7 +225,7 @@ impl Writer {
             .create_new(true)
             .open(&path)
         {
-            Ok(f) => Some(f),
+            Ok(f) => Some(Arc::new(f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
             Err(e) => return Err(io(&path)(e)),
         };
@@ -238,6 +249,7 @@ impl Writer {
                     .open(&path)
                     .map_err(io(&path))?;
                 let len = f.metadata().map_err(io(&path))?.len();
+                let f = Arc::new(f);
                 if len > self.seg.bytes() {
                     return Err(PgStreamError::Local(format!(
                         "{} holds {len} bytes, more than a {}-byte segment: not a WAL segment \
@@ -287,33 +299,46 @@ impl Writer {
         };
         let n = data.len() as u64;
         let overlap = f.len.saturating_sub(off).min(n);
-        let mut from = 0u64;
-        if overlap > 0 {
+        if overlap > 0 && !self.rewrote {
             let mut have = vec![0u8; overlap as usize];
             f.file.read_exact_at(&mut have, off).map_err(io(&f.path))?;
-            if have[..] == data[..overlap as usize] {
-                from = overlap;
-            } else if !self.rewrote {
+            if have[..] != data[..overlap as usize] {
                 self.rewrote = true;
                 tracing::warn!(segment = %f.name, offset = off,
                     "bytes of the local copy differ from what PostgreSQL sends (they were not \
                      durable before a crash); rewriting them from PostgreSQL");
             }
         }
-        if from < n {
-            f.file
-                .write_all_at(&data[from as usize..], off + from)
-                .map_err(io(&f.path))?;
-        }
+        // Always written, even where the bytes match: after a failed
+        // fdatasync the page cache may hold them clean yet not on disk, and
+        // only a write makes the next fdatasync cover them.
+        f.file.write_all_at(data, off).map_err(io(&f.path))?;
         f.len = f.len.max(off + n);
         self.unsynced += n;
         Ok(())
     }
 
-    /// fdatasync of the open file: every byte before `end` is durable (the
-    /// earlier files were synced when they were completed or switched).
+    /// Asks the syncer for an fdatasync covering every byte before `end`
+    /// (or syncs here, if its thread could not be started).
+    fn ask_sync(&mut self) -> Result<(), PgStreamError> {
+        if self.unsynced == 0 {
+            return Ok(());
+        }
+        if self.syncer.thread.is_none() {
+            return self.sync();
+        }
+        if let Some(f) = &self.file {
+            self.syncer.ask(f.file.clone(), f.path.clone(), self.end);
+        }
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    /// fdatasync of the open file here and now: every byte before `end` is
+    /// durable (the earlier files were synced when they were completed or
+    /// switched).
     fn sync(&mut self) -> Result<(), PgStreamError> {
-        if self.unsynced == 0 && self.durable == self.end {
+        if self.unsynced == 0 && self.durable == self.end && self.syncer.idle() {
             return Ok(());
         }
         if let Some(f) = &self.file {
@@ -323,15 +348,119 @@ impl Writer {
         }
         self.unsynced = 0;
         self.durable = self.end;
-        self.publish();
+        publish_durable(&self.progress, self.end);
         Ok(())
     }
 
     fn publish(&self) {
-        self.progress.send_replace(Progress {
-            written: self.end,
-            durable: self.durable,
-        });
+        let end = self.end;
+        self.progress.send_modify(|p| p.written = end);
+    }
+}
+
+/// Raises the published durable point (never lowers it: the syncer may
+/// finish an older request after the writer synced further itself).
+fn publish_durable(progress: &watch::Sender<Progress>, end: Lsn) {
+    progress.send_if_modified(|p| {
+        let raise = end > p.durable;
+        if raise {
+            p.durable = end;
+        }
+        raise
+    });
+}
+
+/// The writer's fdatasync thread: takes the latest request (older ones are
+/// covered by it: one fdatasync syncs everything written to the file
+/// before it), syncs, publishes.
+struct Syncer {
+    shared: Arc<(Mutex<SyncState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    want: Option<(Arc<File>, PathBuf, Lsn)>,
+    busy: bool,
+    stop: bool,
+    error: Option<String>,
+}
+
+impl Syncer {
+    fn start(progress: Arc<watch::Sender<Progress>>) -> Self {
+        let shared = Arc::new((Mutex::new(SyncState::default()), Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("drd-pg-sync".into())
+            .spawn(move || Self::serve(&s, &progress))
+            .ok();
+        Self { shared, thread }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn serve(shared: &(Mutex<SyncState>, Condvar), progress: &watch::Sender<Progress>) {
+        let (m, cv) = shared;
+        let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let Some((file, path, end)) = st.want.take() else {
+                if st.stop {
+                    return;
+                }
+                st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            st.busy = true;
+            drop(st);
+            // The durability point of the stream's local copy (see the
+            // module doc): in async mode what drd reports as flushed.
+            let r = file.sync_data();
+            st = m.lock().unwrap_or_else(|e| e.into_inner());
+            st.busy = false;
+            match r {
+                Ok(()) => publish_durable(progress, end),
+                Err(e) => {
+                    st.error
+                        .get_or_insert_with(|| format!("{}: fdatasync: {e}", path.display()));
+                }
+            }
+            cv.notify_all();
+        }
+    }
+
+    /// A request to sync `file` up to `end`, replacing an older one.
+    fn ask(&self, file: Arc<File>, path: PathBuf, end: Lsn) {
+        let mut st = self.lock();
+        st.want = Some((file, path, end));
+        drop(st);
+        self.shared.1.notify_all();
+    }
+
+    /// Nothing asked and nothing running.
+    fn idle(&self) -> bool {
+        let st = self.lock();
+        st.want.is_none() && !st.busy
+    }
+
+    /// A failed fdatasync ends the session: nothing after it may count
+    /// as durable.
+    fn check(&self) -> Result<(), PgStreamError> {
+        match &self.lock().error {
+            Some(e) => Err(PgStreamError::Local(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets the thread finish what was asked, and stops it.
+    fn stop(&mut self) -> Result<(), PgStreamError> {
+        self.lock().stop = true;
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.check()
     }
 }
 
