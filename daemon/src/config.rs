@@ -1277,8 +1277,12 @@ peer = "http://127.0.0.1:7601"
 
     #[test]
     fn slot_names_follow_postgres_rules() {
-        let with_slot =
-            |slot: &str| pg_stream("/w", &format!("postgres = \"host=/tmp\"\nslot = \"{slot}\""));
+        let with_slot = |slot: &str| {
+            pg_stream(
+                "/w",
+                &format!("postgres = \"host=/tmp\"\nslot = \"{slot}\""),
+            )
+        };
         assert!(Config::parse(&with_slot("drd_1")).is_ok());
         assert!(Config::parse(&with_slot(&"a".repeat(63))).is_ok());
         for (bad, why) in [
@@ -1288,7 +1292,10 @@ peer = "http://127.0.0.1:7601"
             ("", "1 to 63"),
         ] {
             let e = err(&with_slot(bad));
-            assert!(e.contains("key `stream[0].slot`") && e.contains(why), "{bad:?}: {e}");
+            assert!(
+                e.contains("key `stream[0].slot`") && e.contains(why),
+                "{bad:?}: {e}"
+            );
         }
         let e = err(&with_slot(&"a".repeat(64)));
         assert!(
@@ -1311,7 +1318,10 @@ peer = "http://127.0.0.1:7601"
                 &format!("postgres = \"{ci}\"\nslot = \"drd_rochester\""),
             ));
             assert!(e.contains("key `stream[0].postgres`"), "{ci:?}: {e}");
-            assert!(!e.contains(secret), "{ci:?}: the error shows the password: {e}");
+            assert!(
+                !e.contains(secret),
+                "{ci:?}: the error shows the password: {e}"
+            );
         }
         // A well-formed one with a password parses, and does not show it.
         let c = Config::parse(&pg_stream(
@@ -1342,7 +1352,10 @@ peer = "http://127.0.0.1:7601"
 
     #[test]
     fn postgres_streams_take_spool_keys_but_not_sync_timeout() {
-        let e = err(&pg_stream("/w", &format!("{PG_KEYS}\nsync_timeout_seconds = 5")));
+        let e = err(&pg_stream(
+            "/w",
+            &format!("{PG_KEYS}\nsync_timeout_seconds = 5"),
+        ));
         assert!(
             e.contains("key `stream[0].sync_timeout_seconds`")
                 && e.contains("synchronous_standby_names"),

@@ -280,7 +280,10 @@ async fn drctl_mode_drops_sync_to_async_audited_and_back() {
 
     // Refusals, while the COMMIT waits.
     let (code, _, err) = mode(&sites.a.socket, &[STREAM, "async"]);
-    assert_eq!(code, 2, "no --reason is a usage error (drctl's exit 2): {err}");
+    assert_eq!(
+        code, 2,
+        "no --reason is a usage error (drctl's exit 2): {err}"
+    );
     assert!(err.contains("--reason"), "{err}");
     for empty in ["", "   "] {
         let (code, out, err) = mode(&sites.a.socket, &[STREAM, "async", "--reason", empty]);
@@ -294,7 +297,10 @@ async fn drctl_mode_drops_sync_to_async_audited_and_back() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no stream named lab"), "{err}");
     assert_blocked(&blocked, "after the refused mode changes", &sites);
-    assert_eq!(sites.stream_json()["mode_override"], serde_json::Value::Null);
+    assert_eq!(
+        sites.stream_json()["mode_override"],
+        serde_json::Value::Null
+    );
 
     // The audited way out: async, with a reason.
     let t = Instant::now();
@@ -584,7 +590,13 @@ async fn pg_gauges_and_alerts_agree() {
     wait_metric(&sites, &s("drd_pg_connected"), 1.0, Duration::from_secs(10)).await;
     wait_metric(&sites, &s("drd_pg_timeline"), 1.0, Duration::from_secs(10)).await;
     wait_metric(&sites, &s("drd_pg_slot_lost"), 0.0, Duration::from_secs(10)).await;
-    wait_metric(&sites, &s("drd_mode_overridden"), 0.0, Duration::from_secs(10)).await;
+    wait_metric(
+        &sites,
+        &s("drd_mode_overridden"),
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
     // The slot monitor polls right away, then every 10 s.
     wait_metric(
         &sites,
