@@ -1222,4 +1222,169 @@ peer = "http://127.0.0.1:7601"
         let e = err(&set.replace("\"4GiB\"", "\"0\""));
         assert!(e.contains("greater than 0"), "{e}");
     }
+
+    /// A `source = "postgres"` stream (issue 22) with `extra` keys, at a
+    /// primary whose wal_dir is `wal_dir`.
+    fn pg_stream(wal_dir: &str, extra: &str) -> String {
+        format!(
+            "initial_role = \"primary\"\n{}\
+             source = \"postgres\"\n{extra}\n",
+            GOOD.replace("/var/lib/postgresql/wal", wal_dir)
+        )
+    }
+
+    const PG_KEYS: &str =
+        "postgres = \"host=/var/run/postgresql port=5432 user=drd application_name=drd\"\n\
+         slot = \"drd_rochester\"";
+
+    #[test]
+    fn a_postgres_stream_needs_a_conninfo_and_a_slot() {
+        let c = Config::parse(&pg_stream("/var/lib/drd/wal/ehr-prod", PG_KEYS)).unwrap();
+        let s = &c.streams[0];
+        assert_eq!(s.source, SourceMode::Postgres);
+        assert_eq!(s.mode, SyncMode::Async);
+        let pg = s.postgres.as_ref().unwrap();
+        assert_eq!(pg.slot, "drd_rochester");
+        let e = err(&pg_stream("/w", "slot = \"drd_rochester\""));
+        assert!(
+            e.contains("key `stream[0].postgres`") && e.contains("connection string"),
+            "{e}"
+        );
+        let e = err(&pg_stream("/w", "postgres = \"host=/tmp\""));
+        assert!(
+            e.contains("key `stream[0].slot`") && e.contains("replication slot"),
+            "{e}"
+        );
+        let e = err(&pg_stream("/w", ""));
+        assert!(e.contains("key `stream[0].postgres`"), "{e}");
+    }
+
+    #[test]
+    fn postgres_and_slot_apply_only_to_postgres_streams() {
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        for source in ["", "source = \"tail\"\n", "source = \"spool\"\n"] {
+            for key in ["postgres = \"host=/tmp\"", "slot = \"drd_rochester\""] {
+                let e = err(&format!("{g}{source}{key}\n"));
+                let name = key.split(' ').next().unwrap();
+                assert!(
+                    e.contains(&format!("key `stream[0].{name}`"))
+                        && e.contains("applies only to a `source = \"postgres\"` stream"),
+                    "{source:?} {key:?}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        let with_slot = |slot: &str| {
+            pg_stream(
+                "/w",
+                &format!("postgres = \"host=/tmp\"\nslot = \"{slot}\""),
+            )
+        };
+        assert!(Config::parse(&with_slot("drd_1")).is_ok());
+        assert!(Config::parse(&with_slot(&"a".repeat(63))).is_ok());
+        for (bad, why) in [
+            ("Drd_rochester", "lower-case"),
+            ("drd-rochester", "lower-case"),
+            ("drd rochester", "lower-case"),
+            ("", "1 to 63"),
+        ] {
+            let e = err(&with_slot(bad));
+            assert!(
+                e.contains("key `stream[0].slot`") && e.contains(why),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = err(&with_slot(&"a".repeat(64)));
+        assert!(
+            e.contains("key `stream[0].slot`") && e.contains("1 to 63"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_conninfo_is_refused_without_its_password() {
+        let secret = "s3cr3t-Hunter2";
+        for ci in [
+            format!("host=/tmp password={secret} bogus_key=1"),
+            format!("host=/tmp port=notaport password={secret}"),
+            format!("host=/tmp password='{secret}"),
+            format!("host /tmp password={secret}"),
+        ] {
+            let e = err(&pg_stream(
+                "/w",
+                &format!("postgres = \"{ci}\"\nslot = \"drd_rochester\""),
+            ));
+            assert!(e.contains("key `stream[0].postgres`"), "{ci:?}: {e}");
+            assert!(
+                !e.contains(secret),
+                "{ci:?}: the error shows the password: {e}"
+            );
+        }
+        // A well-formed one with a password parses, and does not show it.
+        let c = Config::parse(&pg_stream(
+            "/w",
+            &format!("postgres = \"host=/tmp password={secret}\"\nslot = \"drd_rochester\""),
+        ))
+        .unwrap();
+        let pg = c.streams[0].postgres.as_ref().unwrap();
+        assert!(pg.conninfo.has_password());
+        assert!(!format!("{pg:?}").contains(secret), "{pg:?}");
+    }
+
+    #[test]
+    fn sync_mode_needs_a_drd_owned_source() {
+        let c = Config::parse(&pg_stream("/w", &format!("{PG_KEYS}\nmode = \"sync\""))).unwrap();
+        assert_eq!(c.streams[0].mode, SyncMode::Sync);
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        let c = Config::parse(&format!("{g}source = \"spool\"\nmode = \"sync\"\n")).unwrap();
+        assert_eq!(c.streams[0].mode, SyncMode::Sync);
+        for tail in ["", "source = \"tail\"\n"] {
+            let e = err(&format!("{g}{tail}mode = \"sync\"\n"));
+            assert!(
+                e.contains("key `stream[0].mode`") && e.contains("source = \"postgres\""),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_streams_take_spool_keys_but_not_sync_timeout() {
+        let e = err(&pg_stream(
+            "/w",
+            &format!("{PG_KEYS}\nsync_timeout_seconds = 5"),
+        ));
+        assert!(
+            e.contains("key `stream[0].sync_timeout_seconds`")
+                && e.contains("synchronous_standby_names"),
+            "{e}"
+        );
+        let c = Config::parse(&pg_stream(
+            "/w",
+            &format!("{PG_KEYS}\nspool_retention = \"2h\"\nspool_max_bytes = \"8GiB\""),
+        ))
+        .unwrap();
+        assert_eq!(c.streams[0].spool_retention, Duration::from_secs(7200));
+        assert_eq!(c.streams[0].spool_max_bytes, 8 << 30);
+    }
+
+    #[test]
+    fn a_postgres_stream_never_writes_into_pg_wal() {
+        let e = err(&pg_stream("/var/lib/postgresql/15/main/pg_wal", PG_KEYS));
+        assert!(
+            e.contains("key `stream[0].wal_dir`") && e.contains("pg_wal"),
+            "{e}"
+        );
+        // A directory inside a data directory (next to PG_VERSION).
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("PG_VERSION"), "15\n").unwrap();
+        let inside = data.path().join("drd-wal");
+        let e = err(&pg_stream(inside.to_str().unwrap(), PG_KEYS));
+        assert!(e.contains("key `stream[0].wal_dir`"), "{e}");
+        // A tail stream reads pg_wal (that is what it is for).
+        let g = format!("initial_role = \"primary\"\n{GOOD}");
+        assert!(Config::parse(&g.replace("/var/lib/postgresql/wal", "/pg/main/pg_wal")).is_ok());
+    }
 }
