@@ -171,7 +171,7 @@ pub fn pg_line(t: &pb::StreamStatus, pg: &pb::PgStreamStatus) -> String {
             bytes(pg.slot_retained_bytes)
         ));
     }
-    if pg.slot_wal_status == "lost" {
+    if pg.slot_wal_status == "lost" || pg.slot_lost {
         line.push_str(
             "\nSLOT LOST: PostgreSQL invalidated the slot; WAL it held never reached drd. \
              Rebuild the DR standby from a new base backup.",
@@ -292,6 +292,7 @@ pub fn status_json(s: &pb::StatusResponse, summary: &str) -> serde_json::Value {
                 "slot": pg.slot,
                 "slot_retained_bytes": pg.slot_retained_bytes,
                 "slot_wal_status": pg.slot_wal_status,
+                "slot_lost": pg.slot_lost,
                 "last_error": pg.last_error,
             })),
             "protocol_mismatch": t.peer_protocol_version != 0

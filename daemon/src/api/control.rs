@@ -69,6 +69,7 @@ impl From<StreamView> for pb::StreamStatus {
                 slot_retained_bytes: p.slot_retained_bytes,
                 slot_wal_status: p.slot_wal_status,
                 last_error: p.last_error,
+                slot_lost: p.slot_lost,
             }),
         }
     }

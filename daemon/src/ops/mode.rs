@@ -74,6 +74,15 @@ pub async fn set_mode(
         )));
     }
     let before = cfg.mode.in_effect(&state);
+    if before == want && state.mode_override.is_none() {
+        // Nothing to change, and nothing to audit.
+        return Ok(pb::SetModeResponse {
+            stream: stream.to_string(),
+            mode: want.as_str().into(),
+            configured: cfg.mode.as_str().into(),
+            r#override: None,
+        });
+    }
     let next_override = (want != cfg.mode).then(|| ModeOverride {
         sync: want == SyncMode::Sync,
         at_ms: crate::clock::unix_ms(),

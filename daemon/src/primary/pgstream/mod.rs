@@ -229,11 +229,15 @@ async fn segment_size(conn: &mut Connection) -> Result<SegSize, PgStreamError> {
         .map_err(|e| PgStreamError::Protocol(format!("wal_segment_size {v:?}: {e}")))
 }
 
-/// The slot's restart point, creating the slot if it is missing.
+/// The slot's restart point, creating the slot if it is missing — only for
+/// a stream that holds no WAL yet: a new slot retains WAL from now on, so
+/// for a stream with a log it would hide a gap (and, if the WAL drd needs
+/// is gone, hold WAL forever for a drd that cannot use it).
 async fn slot(
     conn: &mut Connection,
     name: &str,
     describe: &str,
+    log_end: Option<&(u32, Lsn, String)>,
 ) -> Result<Option<(u32, Lsn)>, PgStreamError> {
     let read = format!("READ_REPLICATION_SLOT \"{name}\"");
     let row = one_row(conn.query(&read).await?, "READ_REPLICATION_SLOT")?;
@@ -246,25 +250,32 @@ async fn slot(
             )))
         }
         None => {
+            if let Some((tli, at, _)) = log_end {
+                return Err(PgStreamError::Cluster(format!(
+                    "replication slot \"{name}\" does not exist on {describe}, and drd's copy \
+                     of the WAL already ends at {at} on timeline {tli}: drd does not create it \
+                     now, since a new slot would keep only WAL from now on. If this server \
+                     still has the WAL from {at} on (a promoted standby, say), create the slot \
+                     (SELECT pg_create_physical_replication_slot('{name}', true)) and drd \
+                     continues; otherwise give the stream a fresh wal_dir and the DR site a \
+                     new base backup"
+                )));
+            }
             let create = format!("CREATE_REPLICATION_SLOT \"{name}\" PHYSICAL RESERVE_WAL");
             match conn.query(&create).await {
-                Ok(rows) => {
-                    let at = rows
-                        .first()
-                        .and_then(|r| r.get("consistent_point"))
-                        .unwrap_or("?")
-                        .to_string();
-                    tracing::warn!(slot = name, restart_lsn = %at, database = describe,
-                        "created physical replication slot \"{name}\"; it retains WAL in the \
-                         database's pg_wal until drd confirms it — bound it with \
-                         max_slot_wal_keep_size");
-                }
+                Ok(_) => {}
                 // Created meanwhile by another session: that is fine.
                 Err(e) if e.sqlstate() == Some("42710") => {}
                 Err(e) => return Err(e.into()),
             }
             let row = one_row(conn.query(&read).await?, "READ_REPLICATION_SLOT")?;
-            return restart_of(&row, name);
+            let restart = restart_of(&row, name)?;
+            tracing::warn!(slot = name, restart_lsn = %restart.map_or("?".into(), |r| r.1.to_string()),
+                database = describe,
+                "created physical replication slot \"{name}\"; it retains WAL in the \
+                 database's pg_wal until drd confirms it — bound it with \
+                 max_slot_wal_keep_size");
+            return Ok(restart);
         }
     }
     restart_of(&row, name)
@@ -279,7 +290,7 @@ fn restart_of(row: &Row, name: &str) -> Result<Option<(u32, Lsn)>, PgStreamError
         _ => Err(PgStreamError::Gap(format!(
             "replication slot \"{name}\" has no restart point: PostgreSQL invalidated it \
              (max_slot_wal_keep_size) and the WAL it held is gone; the DR copy has a gap. \
-             Rebuild the DR standby from a new base backup, then drop and recreate the slot"
+             Start the stream over: see \"The slot\" in deploy/postgresql/README.md"
         ))),
     }
 }
@@ -383,7 +394,7 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
             }
         }
     }
-    let restart = slot(&mut conn, &src.slot, &describe).await?;
+    let restart = slot(&mut conn, &src.slot, &describe, end.as_ref()).await?;
     let (tli, start) = match &end {
         None => {
             // A fresh stream: from the slot's restart point (what the slot
@@ -438,6 +449,8 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
         pg.server_end = id.flush;
         pg.server_end_at_ms = crate::clock::unix_ms();
         pg.last_error.clear();
+        // The slot has a restart point again (recreated by an operator).
+        pg.slot_lost = false;
     }
     tracing::info!(database = %describe, timeline = tli, start = %start, server_flush = %id.flush,
         "streaming WAL from PostgreSQL");

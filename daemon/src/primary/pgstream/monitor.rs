@@ -92,14 +92,18 @@ pub async fn run(ctx: &PgContext, shutdown: CancellationToken) {
             tracing::error!(slot = %ctx.source.slot,
                 "PostgreSQL invalidated replication slot \"{}\" (max_slot_wal_keep_size): WAL it \
                  held never reached drd and the DR copy has a gap. Rebuild the DR standby from a \
-                 new base backup, then drop and recreate the slot", ctx.source.slot);
+                 new base backup: see \"The slot\" in deploy/postgresql/README.md", ctx.source.slot);
         }
         if status == "unreserved" && pg.slot_wal_status != "unreserved" {
             tracing::warn!(slot = %ctx.source.slot, retained_bytes = retained,
                 "the slot's WAL is past max_slot_wal_keep_size: PostgreSQL removes it at the next \
                  checkpoint unless drd catches up");
         }
-        pg.slot_lost = pg.slot_lost || status == "lost";
+        // Set by the session too, on a gap it met; a slot that is back
+        // (recreated) and streaming clears it there.
+        if status == "lost" {
+            pg.slot_lost = true;
+        }
         pg.slot_wal_status = status;
         pg.slot_retained_bytes = retained;
     }
