@@ -7,6 +7,7 @@
 pub mod chaos;
 pub mod fleet;
 pub mod pg;
+pub mod pgsites;
 pub mod proxy;
 pub mod require;
 

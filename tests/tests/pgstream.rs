@@ -21,21 +21,12 @@
 //! elsewhere.
 
 use drd_tests::pg::{
-    format_lsn, parse_lsn, require_postgres, Cluster, ClusterOptions, Load, Loader, LoaderOptions,
-    Postgres,
+    format_lsn, parse_lsn, require_postgres, Cluster, Load, Loader, LoaderOptions, Postgres,
 };
-use drd_tests::*;
+use drd_tests::pgsites::{Sites, SitesOptions};
+use drd_tests::{dir_digests, wait_for, Daemon, STREAM};
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const SLOT: &str = "drd_rochester";
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 fn phase(t0: Instant, what: &str) {
     println!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
@@ -71,253 +62,6 @@ fn seeds(default: u64) -> Vec<u64> {
     }
 }
 
-/// Two sites: Verona streams from its PostgreSQL (`source = "postgres"`)
-/// and ships to Rochester, whose DR standby restores through drd.
-struct Sites {
-    _root: tempfile::TempDir,
-    root: PathBuf,
-    pg: Postgres,
-    a: Daemon,
-    b: Daemon,
-    primary: Cluster,
-    /// A local streaming standby of the primary (`Sites::with_local_standby`)
-    /// that drd's conninfo lists as a second host.
-    local: Option<Cluster>,
-    standby_data: PathBuf,
-    drctl: String,
-}
-
-impl Sites {
-    /// Both drds and the primary database, drd connected (so the slot
-    /// exists and retains WAL); the DR standby is made by [`Sites::standby`].
-    async fn new(pg: &Postgres, mode: &str) -> Sites {
-        Self::build(pg, mode, false).await
-    }
-
-    /// With a local HA standby `local` (streaming from the primary through a
-    /// slot of its own, and holding drd's slot too, as the deploy docs ask);
-    /// drd's conninfo names both, `target_session_attrs=read-write`.
-    async fn with_local_standby(pg: &Postgres, mode: &str) -> Sites {
-        Self::build(pg, mode, true).await
-    }
-
-    async fn build(pg: &Postgres, mode: &str, local_standby: bool) -> Sites {
-        let root = tempfile::Builder::new()
-            .prefix("drd-pgstream-")
-            .tempdir()
-            .unwrap();
-        let r = root.path().to_path_buf();
-        // The postgres user must reach the sockets and run drctl.
-        chmod(&r, 0o755);
-        let drctl_bin = r.join("bin").join("drctl");
-        std::fs::create_dir_all(drctl_bin.parent().unwrap()).unwrap();
-        std::fs::copy(bin("drctl"), &drctl_bin).unwrap();
-        chmod(&drctl_bin, 0o755);
-        let pgdir = r.join("pg");
-        std::fs::create_dir_all(&pgdir).unwrap();
-        pg.give(&pgdir).unwrap();
-
-        let ssn = if mode == "sync" { "drd" } else { "" };
-        let primary = Cluster::init(
-            pg,
-            &pgdir,
-            "primary",
-            &ClusterOptions {
-                wal_segment_mib: 1,
-                conf: format!(
-                    "max_wal_senders = 8\nmax_replication_slots = 8\nwal_sender_timeout = 10s\n\
-                     max_slot_wal_keep_size = 1GB\nshared_buffers = 16MB\n\
-                     synchronous_standby_names = '{ssn}'\nlog_line_prefix = '%m [%p] '\n"
-                ),
-                ..ClusterOptions::default()
-            },
-        )
-        .unwrap();
-        primary.start().unwrap();
-        let local = local_standby.then(|| {
-            let b =
-                Cluster::basebackup_from(&primary, &pgdir, "local", &["-R", "-C", "-S", "local"])
-                    .unwrap();
-            b.start().unwrap();
-            // PostgreSQL 15 does not copy slots to standbys: drd's slot is
-            // made on the standby too, so that it holds WAL for drd once
-            // promoted.
-            b.psql(&format!(
-                "SELECT pg_create_physical_replication_slot('{SLOT}', true)"
-            ))
-            .unwrap();
-            b
-        });
-        let conninfo = match &local {
-            None => primary.conninfo(),
-            Some(b) => format!(
-                "host={d},{d} port={},{} user=postgres target_session_attrs=read-write",
-                primary.port,
-                b.port,
-                d = primary.socket_dir.display()
-            ),
-        };
-
-        let certs = make_certs(&r);
-        let (a_port, b_port) = (free_port(), free_port());
-        let standby_data = pgdir.join("standby");
-        let hook = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .join("deploy/postgresql/promote-hook.sh");
-        let tuning = "[tuning]\nidle_timeout_ms = 4000\nkeepalive_interval_ms = 300\n\
-                      reconnect_max_ms = 1000\n";
-        let wal = r.join("verona-wal");
-        let b_spool = r.join("rochester-spool");
-        std::fs::create_dir_all(&wal).unwrap();
-        std::fs::create_dir_all(&b_spool).unwrap();
-        let mut a = Daemon::new(
-            &r,
-            "verona",
-            PRIMARY_ID,
-            &format!(
-                "initial_role = \"primary\"\n[replica]\nlisten = \"127.0.0.1:{a_port}\"\n\
-                 [[stream]]\nname = \"{STREAM}\"\nsource = \"postgres\"\n\
-                 postgres = \"{} application_name=drd\"\nslot = \"{SLOT}\"\n\
-                 wal_dir = \"{}\"\nmode = \"{mode}\"\npeer = \"https://127.0.0.1:{b_port}\"\n\
-                 peer_name = \"{REPLICA_ID}\"\n{tuning}{}",
-                conninfo,
-                wal.display(),
-                tls_section(&certs, PRIMARY_ID)
-            ),
-        );
-        let promote = format!(
-            "PGDATA='{}' PGBIN='{}' sh '{}'",
-            standby_data.display(),
-            pg.bin.display(),
-            hook.display()
-        );
-        let mut b = Daemon::new(
-            &r,
-            "rochester",
-            REPLICA_ID,
-            &format!(
-                "initial_role = \"replica\"\n[replica]\nlisten = \"127.0.0.1:{b_port}\"\n\
-                 [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\nsource = \"spool\"\n\
-                 peer = \"https://127.0.0.1:{a_port}\"\npeer_name = \"{PRIMARY_ID}\"\n{tuning}\
-                 [hooks]\npromote = \"{promote}\"\ntimeout_seconds = 150\n{}",
-                b_spool.display(),
-                tls_section(&certs, REPLICA_ID)
-            ),
-        );
-        for d in [&a, &b] {
-            chmod(&d.dir, 0o755);
-            if let Some((user, _, _)) = &pg.run_as {
-                // Daemon::new writes [control] last: this key lands in it.
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&d.config)
-                    .unwrap();
-                writeln!(f, "socket_group = \"{user}\"").unwrap();
-            }
-        }
-        b.start_ready().await;
-        a.start_ready().await;
-        let sites = Sites {
-            _root: root,
-            root: r,
-            pg: pg.clone(),
-            a,
-            b,
-            primary,
-            local,
-            standby_data,
-            drctl: drctl_bin.display().to_string(),
-        };
-        sites.wait_streaming().await;
-        sites
-    }
-
-    /// Verona's `postgres` status (drctl status --json).
-    fn pg_status(&self) -> serde_json::Value {
-        let j = drctl_json(&self.a.socket, &["status"], 0);
-        j["streams"][0]["postgres"].clone()
-    }
-
-    async fn wait_streaming(&self) {
-        wait_for(
-            "Verona streaming from PostgreSQL",
-            Duration::from_secs(30),
-            || async {
-                let s = self.a.stream().await.ok()?;
-                let pg = s.postgres?;
-                (pg.connected && s.connected).then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// The DR standby: a base backup taken after drd's slot exists (so all
-    /// WAL after the backup's start is in drd), restoring through drctl
-    /// wal-fetch at Rochester.
-    fn standby(&self) -> Cluster {
-        let standby =
-            Cluster::basebackup_from(&self.primary, &self.root.join("pg"), "standby", &[]).unwrap();
-        assert_eq!(standby.data, self.standby_data);
-        standby
-            .configure(&format!(
-                "restore_command = '{} --socket {} wal-fetch %f %p'\n\
-                 wal_retrieve_retry_interval = '200ms'\nrecovery_target_timeline = 'latest'\n\
-                 synchronous_standby_names = ''\n",
-                self.drctl,
-                self.b.socket.display()
-            ))
-            .unwrap();
-        let signal = standby.data.join("standby.signal");
-        std::fs::write(&signal, b"").unwrap();
-        self.pg.give(&signal).unwrap();
-        standby.start().unwrap();
-        assert_eq!(standby.psql("SELECT pg_is_in_recovery()").unwrap(), "t");
-        standby
-    }
-
-    /// kill -9 of the primary's PostgreSQL and of Verona's drd, in one
-    /// `kill` (PostgreSQL's processes first in its argv).
-    fn kill_primary_site(&mut self) -> usize {
-        let mut pids = self.primary.pids().unwrap();
-        let n = pids.len();
-        pids.push(self.a.pid());
-        let status = std::process::Command::new("kill")
-            .arg("-9")
-            .args(pids.iter().map(|p| p.to_string()))
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -9 {pids:?}");
-        self.a.kill9();
-        n
-    }
-
-    /// `drctl failover --yes` at Rochester, whose hook promotes the standby.
-    async fn fail_over(&self, standby: &Cluster) -> serde_json::Value {
-        let rep = drctl_json(
-            &self.b.socket,
-            &["failover", "--yes", "--reason", "Verona down: killed -9"],
-            0,
-        );
-        assert!(
-            rep["hook_report"]
-                .as_str()
-                .unwrap_or("")
-                .contains("promote hook: succeeded"),
-            "{rep}\n--- drd ---\n{}\n--- standby ---\n{}",
-            self.b.log_text(),
-            standby.log_tail()
-        );
-        wait_for(
-            "the DR database promoted",
-            Duration::from_secs(60),
-            || async { (standby.psql("SELECT pg_is_in_recovery()").ok()? == "f").then_some(()) },
-        )
-        .await;
-        rep
-    }
-}
-
 fn ids_at(c: &Cluster) -> BTreeSet<u64> {
     c.psql("SELECT id FROM t")
         .unwrap()
@@ -339,7 +83,7 @@ async fn run_once(
     t0: Instant,
 ) -> (Load, BTreeSet<u64>, serde_json::Value) {
     let mut rng = Rng::new(seed);
-    let mut sites = Sites::new(pg, mode).await;
+    let mut sites = Sites::new(pg, &SitesOptions::mode(mode)).await;
     sites
         .primary
         .psql("CREATE TABLE t (id bigint PRIMARY KEY, pad text DEFAULT repeat('x', 200))")
@@ -501,7 +245,7 @@ async fn a_trickle_reaches_the_dr_site_within_a_second() {
     };
     let t0 = Instant::now();
     for mode in ["async", "sync"] {
-        let sites = Sites::new(&pg, mode).await;
+        let sites = Sites::new(&pg, &SitesOptions::mode(mode)).await;
         sites
             .primary
             .psql("CREATE TABLE t (id bigint PRIMARY KEY)")
@@ -581,7 +325,14 @@ async fn a_promoted_local_standby_is_followed() {
         return;
     };
     let t0 = Instant::now();
-    let sites = Sites::with_local_standby(&pg, "async").await;
+    let sites = Sites::new(
+        &pg,
+        &SitesOptions {
+            local_standby: true,
+            ..SitesOptions::mode("async")
+        },
+    )
+    .await;
     let local = sites.local.as_ref().unwrap();
     let a = &sites.primary;
     a.psql("CREATE TABLE t (id bigint PRIMARY KEY)").unwrap();

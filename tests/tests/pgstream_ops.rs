@@ -9,15 +9,12 @@
 //! Without PostgreSQL the tests fail in CI (`CI=true`) and are skipped, with
 //! the reason printed, elsewhere (as `tests/pgstream.rs`).
 
-use drd_tests::pg::{require_postgres, run_output, Cluster, ClusterOptions, Postgres};
+use drd_tests::pg::{require_postgres, run_output, Cluster};
+use drd_tests::pgsites::{Sites, SitesOptions, SLOT};
 use drd_tests::*;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-const SLOT: &str = "drd_rochester";
 
 /// How long a COMMIT that waits for the DR site is watched before the test
 /// calls it blocked.
@@ -26,156 +23,8 @@ const BLOCKED: Duration = Duration::from_secs(3);
 /// How long a COMMIT that must not wait (or no longer waits) may take.
 const RETURNS_WITHIN: Duration = Duration::from_secs(15);
 
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 fn phase(t0: Instant, what: &str) {
     println!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
-}
-
-/// Verona streams from its PostgreSQL (`source = "postgres"`) and ships to
-/// Rochester (a spool replica); Verona's metrics are served on
-/// `metrics_port`.
-struct Sites {
-    _root: tempfile::TempDir,
-    root: PathBuf,
-    a: Daemon,
-    b: Daemon,
-    primary: Cluster,
-    metrics_port: u16,
-    certs: PathBuf,
-}
-
-impl Sites {
-    /// Both drds and the primary database (`pg_conf` appended to its
-    /// postgresql.conf), drd streaming and connected to Rochester.
-    async fn new(pg: &Postgres, mode: &str, pg_conf: &str) -> Sites {
-        let root = tempfile::Builder::new()
-            .prefix("drd-pgops-")
-            .tempdir()
-            .unwrap();
-        let r = root.path().to_path_buf();
-        // The postgres user must reach the sockets.
-        chmod(&r, 0o755);
-        let pgdir = r.join("pg");
-        std::fs::create_dir_all(&pgdir).unwrap();
-        pg.give(&pgdir).unwrap();
-
-        let ssn = if mode == "sync" { "drd" } else { "" };
-        let primary = Cluster::init(
-            pg,
-            &pgdir,
-            "primary",
-            &ClusterOptions {
-                wal_segment_mib: 1,
-                conf: format!(
-                    "max_wal_senders = 8\nmax_replication_slots = 8\nwal_sender_timeout = 10s\n\
-                     max_slot_wal_keep_size = 1GB\nshared_buffers = 16MB\n\
-                     synchronous_standby_names = '{ssn}'\nlog_line_prefix = '%m [%p] '\n{pg_conf}\n"
-                ),
-                ..ClusterOptions::default()
-            },
-        )
-        .unwrap();
-        primary.start().unwrap();
-
-        let certs = make_certs(&r);
-        let (a_port, b_port, metrics_port) = (free_port(), free_port(), free_port());
-        let tuning = "[tuning]\nidle_timeout_ms = 4000\nkeepalive_interval_ms = 300\n\
-                      reconnect_max_ms = 1000\n";
-        let wal = r.join("verona-wal");
-        let b_spool = r.join("rochester-spool");
-        std::fs::create_dir_all(&wal).unwrap();
-        std::fs::create_dir_all(&b_spool).unwrap();
-        let mut a = Daemon::new(
-            &r,
-            "verona",
-            PRIMARY_ID,
-            &format!(
-                "initial_role = \"primary\"\n[replica]\nlisten = \"127.0.0.1:{a_port}\"\n\
-                 [[stream]]\nname = \"{STREAM}\"\nsource = \"postgres\"\n\
-                 postgres = \"{} application_name=drd\"\nslot = \"{SLOT}\"\n\
-                 wal_dir = \"{}\"\nmode = \"{mode}\"\npeer = \"https://127.0.0.1:{b_port}\"\n\
-                 peer_name = \"{REPLICA_ID}\"\n{tuning}\
-                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
-                primary.conninfo(),
-                wal.display(),
-                tls_section(&certs, PRIMARY_ID)
-            ),
-        );
-        let mut b = Daemon::new(
-            &r,
-            "rochester",
-            REPLICA_ID,
-            &format!(
-                "initial_role = \"replica\"\n[replica]\nlisten = \"127.0.0.1:{b_port}\"\n\
-                 [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\nsource = \"spool\"\n\
-                 peer = \"https://127.0.0.1:{a_port}\"\npeer_name = \"{PRIMARY_ID}\"\n{tuning}{}",
-                b_spool.display(),
-                tls_section(&certs, REPLICA_ID)
-            ),
-        );
-        for d in [&a, &b] {
-            chmod(&d.dir, 0o755);
-            if let Some((user, _, _)) = &pg.run_as {
-                // Daemon::new writes [control] last: this key lands in it.
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&d.config)
-                    .unwrap();
-                writeln!(f, "socket_group = \"{user}\"").unwrap();
-            }
-        }
-        b.start_ready().await;
-        a.start_ready().await;
-        let sites = Sites {
-            _root: root,
-            root: r,
-            a,
-            b,
-            primary,
-            metrics_port,
-            certs,
-        };
-        sites.wait_pg_connected(true).await;
-        sites
-    }
-
-    /// Verona's `drctl status --json`, its one stream.
-    fn stream_json(&self) -> serde_json::Value {
-        drctl_json(&self.a.socket, &["status"], 0)["streams"][0].clone()
-    }
-
-    /// Until Verona streams from PostgreSQL (and, with `peer`, is
-    /// connected to Rochester).
-    async fn wait_pg_connected(&self, peer: bool) {
-        wait_for(
-            "Verona streaming from PostgreSQL",
-            Duration::from_secs(30),
-            || async {
-                let s = self.a.stream().await.ok()?;
-                let pg = s.postgres?;
-                (pg.connected && (s.connected || !peer)).then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// Restarts Verona's drd (SIGTERM, then start).
-    async fn restart_a(&mut self) {
-        assert_eq!(self.a.terminate(), Some(0), "{}", self.a.log_text());
-        self.a.start_ready().await;
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- verona ---\n{}\n--- rochester ---\n{}\n--- postgres ---\n{}",
-            self.a.log_text(),
-            self.b.log_text(),
-            self.primary.log_tail()
-        )
-    }
 }
 
 /// `sql` in a psql session of its own, in a thread: the receiver gets its
@@ -264,7 +113,7 @@ async fn drctl_mode_drops_sync_to_async_audited_and_back() {
         return;
     };
     let t0 = Instant::now();
-    let mut sites = Sites::new(&pg, "sync", "").await;
+    let mut sites = Sites::new(&pg, &SitesOptions::mode("sync")).await;
     let p = &sites.primary;
     p.psql("CREATE TABLE t (id bigint PRIMARY KEY)").unwrap();
     let rx = psql_in_thread(p, "INSERT INTO t VALUES (1)");
@@ -370,7 +219,7 @@ async fn drctl_mode_drops_sync_to_async_audited_and_back() {
 
     // The override survives a restart: commits still do not wait.
     sites.restart_a().await;
-    sites.wait_pg_connected(false).await;
+    sites.wait_streaming(false).await;
     let rx = psql_in_thread(&sites.primary, "INSERT INTO t VALUES (3)");
     let took = assert_returns(&rx, "after the primary drd's restart", &sites);
     let s = sites.stream_json();
@@ -470,7 +319,14 @@ async fn an_invalidated_slot_is_reported() {
         return;
     };
     let t0 = Instant::now();
-    let mut sites = Sites::new(&pg, "async", "max_slot_wal_keep_size = '1MB'").await;
+    let mut sites = Sites::new(
+        &pg,
+        &SitesOptions {
+            pg_conf: "max_slot_wal_keep_size = '1MB'".into(),
+            ..SitesOptions::mode("async")
+        },
+    )
+    .await;
     let p = &sites.primary;
     p.psql("CREATE TABLE pad (id bigint, x text)").unwrap();
     p.psql("INSERT INTO pad SELECT g, repeat('y', 1000) FROM generate_series(1, 100) g")
@@ -585,7 +441,7 @@ async fn pg_gauges_and_alerts_agree() {
         return;
     };
     let t0 = Instant::now();
-    let sites = Sites::new(&pg, "async", "").await;
+    let sites = Sites::new(&pg, &SitesOptions::mode("async")).await;
     let s = |m: &str| format!("{m}{{stream=\"{STREAM}\"}}");
     wait_metric(&sites, &s("drd_pg_connected"), 1.0, Duration::from_secs(10)).await;
     wait_metric(&sites, &s("drd_pg_timeline"), 1.0, Duration::from_secs(10)).await;
