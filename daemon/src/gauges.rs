@@ -115,7 +115,7 @@ fn sample_catalog(node: &Node) {
 }
 
 /// A `source = "postgres"` stream's database side.
-fn pg_gauges(stream: &str, pg: &crate::primary::pgstream::PgState) {
+fn pg_gauges(stream: &str, pg: &crate::node::PgState) {
     let g = |name: &'static str, v: f64| gauge!(name, "stream" => stream.to_string()).set(v);
     g(PG_CONNECTED, if pg.connected { 1.0 } else { 0.0 });
     g(PG_TIMELINE, f64::from(pg.timeline));

@@ -223,7 +223,7 @@ async fn run_configured_with(
             role,
             fork_position,
             fork_lsn: fork_position
-                .and_then(|_| crate::ops::failover::replay_end(node, stream))
+                .and_then(|_| crate::walpos::replay_end(node, stream))
                 .map(|(t, l)| (t, l.0)),
             attempt,
         },

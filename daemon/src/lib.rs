@@ -24,6 +24,7 @@ pub mod sidefiles;
 pub mod storage;
 pub mod throttle;
 pub mod unix;
+pub mod walpos;
 pub mod wiring;
 
 pub use drd_proto as proto;

@@ -8,6 +8,7 @@ use crate::locks::LockExt;
 use crate::storage::catalog::{
     AuditRecord, Catalog, Role, RoleState, SegmentRecord, StreamMeta, Txn,
 };
+use drd_core::pg::lsn::Lsn;
 use drd_proto::StreamName;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -51,7 +52,39 @@ pub struct StreamView {
     pub mode: String,
     pub mode_override: Option<drd_core::roles::ModeOverride>,
     /// A `source = "postgres"` stream at its primary: the database side.
-    pub postgres: Option<crate::primary::pgstream::PgState>,
+    pub postgres: Option<PgState>,
+}
+
+/// What `drctl status` and the metrics show of a postgres stream's
+/// database side.
+#[derive(Clone, Debug, Default)]
+pub struct PgState {
+    pub connected: bool,
+    pub system_id: String,
+    /// The timeline being streamed.
+    pub timeline: u32,
+    /// PostgreSQL's end of WAL (its flush position) in its latest message.
+    pub server_end: Lsn,
+    /// When that message came (Unix ms).
+    pub server_end_at_ms: u64,
+    /// Written into `wal_dir`, and fdatasync'd there.
+    pub written: Lsn,
+    pub local_durable: Lsn,
+    /// What drd last reported to PostgreSQL.
+    pub reported_write: Lsn,
+    pub reported_flush: Lsn,
+    /// The DR replica's durable point (timeline, LSN).
+    pub dr_durable: Option<(u32, Lsn)>,
+    /// The mode in effect.
+    pub mode: String,
+    pub slot: String,
+    /// From the monitoring connection: WAL the slot holds back in the
+    /// database's pg_wal, and the slot's `wal_status` ("" before a poll).
+    pub slot_retained_bytes: u64,
+    pub slot_wal_status: String,
+    /// The slot was invalidated, or the WAL drd needs is gone.
+    pub slot_lost: bool,
+    pub last_error: String,
 }
 
 /// Live state of a stream this node ships, written by its shipper task.
@@ -93,7 +126,7 @@ pub struct Shipper {
     /// same acks: a `source = "postgres"` stream maps it to an LSN.
     pub durable_at: tokio::sync::watch::Sender<Option<(String, u64)>>,
     /// A `source = "postgres"` stream's database side, for status.
-    pub pg: Mutex<crate::primary::pgstream::PgState>,
+    pub pg: Mutex<PgState>,
     /// A `source = "spool"` stream: `spool` is kept up to date.
     pub is_spool: bool,
     /// The configured `mode` (`drctl mode` may override it).

@@ -165,7 +165,7 @@ pub async fn failover(
     r.possible_loss_seconds = view.lag_seconds;
     r.old_primary = meta.last_primary.clone().unwrap_or_default();
     r.primary_looks_alive = view.connected;
-    if let Some((tli, lsn)) = wal_end(node, &stream) {
+    if let Some((tli, lsn)) = crate::walpos::wal_end(node, &stream) {
         r.durable_timeline = tli;
         r.durable_lsn = lsn.0;
     }
@@ -431,44 +431,4 @@ async fn fence_old_primary(
         Ok(Err(s)) => FenceAnswer::NotReached(s.message().to_string()),
         Err(_) => FenceAnswer::Unknown(no_answer()),
     }
-}
-
-/// Where the stream's log ends here in PostgreSQL's terms, when it is a
-/// WAL stream: its last segment's timeline and the LSN after its last
-/// durable byte. The segment size comes from the segment's first page.
-pub fn wal_end(node: &Node, stream: &StreamName) -> Option<(u32, drd_core::pg::lsn::Lsn)> {
-    let tail = node.catalog.tail(stream).ok()??;
-    let landing = crate::config::landing_dir(&node.config.data_dir, stream);
-    let name = drd_proto::SegmentName::new(tail.name.clone()).ok()?;
-    // Sealed: under its name; the tail: NAME.partial until it is sealed.
-    let path = [name.as_str().to_string(), name.partial_file_name()]
-        .into_iter()
-        .map(|n| landing.join(n))
-        .find(|p| p.exists())?;
-    let size = crate::ops::fetch::wal_segment_size(&path)?;
-    let seg = drd_core::pg::lsn::SegSize::new(size).ok()?;
-    seg.lsn_in(&tail.name, tail.size)
-}
-
-/// Where a database replaying the stream's log here stops: the end of the
-/// last complete WAL record in its last segment, as
-/// `pg_last_wal_replay_lsn()` reports it once replay got there (None: not a
-/// WAL stream, or no record completes in that segment — nothing to wait for).
-pub fn replay_end(node: &Node, stream: &StreamName) -> Option<(u32, drd_core::pg::lsn::Lsn)> {
-    let tail = node.catalog.tail(stream).ok()??;
-    let rec = node
-        .catalog
-        .segment(
-            stream,
-            &drd_proto::SegmentName::new(tail.name.clone()).ok()?,
-        )
-        .ok()??;
-    let path = crate::ops::fork::segment_path(node, stream, &rec)?;
-    let seg = drd_core::pg::lsn::SegSize::new(crate::ops::fetch::wal_segment_size(&path)?).ok()?;
-    let (tli, start) = seg.lsn_in(&tail.name, 0)?;
-    // Only the verified prefix: zeros after it would read as WAL.
-    let prefix =
-        crate::storage::fsutil::read_range(&std::fs::File::open(&path).ok()?, 0, tail.size).ok()?;
-    let end = drd_core::pg::records::replay_end(&prefix, start, seg).ok()?;
-    (end.lsn > start).then_some((tli, end.lsn))
 }

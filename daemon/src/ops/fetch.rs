@@ -79,7 +79,7 @@ pub fn fetch_segment(
     // promoted database must replay every commit in it, and PostgreSQL
     // restores only whole segments ("wrong size" otherwise).
     let pad_to = if rec.fork {
-        wal_segment_size(&path)
+        crate::walpos::wal_segment_size(&path)
             .filter(|s| *s > rec.size)
             .unwrap_or(0)
     } else {
@@ -92,15 +92,4 @@ pub fn fetch_segment(
         fork: rec.fork,
         pad_to,
     })
-}
-
-/// The WAL segment size a PostgreSQL segment file declares in its first
-/// page (None: not a WAL segment, or too short to say).
-pub fn wal_segment_size(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).ok()?;
-    let mut first = [0u8; drd_core::pg::header::LONG_HEADER_LEN];
-    f.read_exact_at(&mut first, 0).ok()?;
-    let h = drd_core::pg::header::parse(&first).ok()?;
-    Some(u64::from(h.seg_size))
 }

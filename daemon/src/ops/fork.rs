@@ -33,17 +33,7 @@ pub fn hash_prefix(path: &Path, len: u64) -> anyhow::Result<String> {
 
 /// Where the bytes of a segment record live on this node.
 pub fn segment_path(node: &Node, stream: &StreamName, rec: &SegmentRecord) -> Option<PathBuf> {
-    if rec.in_source {
-        let cfg = node.config.streams.iter().find(|s| &s.name == stream)?;
-        return Some(cfg.wal_dir.join(&rec.name));
-    }
-    let landing = node.config.landing_dir(stream);
-    let complete = landing.join(&rec.name);
-    if complete.exists() {
-        return Some(complete);
-    }
-    let partial = landing.join(format!("{}{}", rec.name, drd_proto::PARTIAL_SUFFIX));
-    partial.exists().then_some(partial)
+    crate::walpos::segment_path(node, stream, &rec.name, rec.in_source)
 }
 
 /// Promotion: closes the received log of `stream` at its durable end.

@@ -21,8 +21,11 @@
 
 pub mod conn;
 pub mod conninfo;
+pub mod error;
 pub mod monitor;
 pub mod writer;
+
+pub use error::PgStreamError;
 
 use crate::config::{PostgresSource, StreamConfig, SyncMode, Tuning};
 use crate::locks::LockExt;
@@ -37,61 +40,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// Why a session ended badly.
-#[derive(Debug, thiserror::Error)]
-pub enum PgStreamError {
-    #[error("{0}")]
-    Pg(#[from] PgError),
-    #[error("PostgreSQL sent something drd cannot follow: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Cluster(String),
-    /// The WAL drd needs is gone from the database (an invalidated slot,
-    /// or a slot created after the WAL was recycled).
-    #[error("{0}")]
-    Gap(String),
-    #[error("drd's copy of the WAL: {0}")]
-    Local(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// What `drctl status` and the metrics show of a postgres stream's
-/// database side.
-#[derive(Clone, Debug, Default)]
-pub struct PgState {
-    pub connected: bool,
-    pub system_id: String,
-    /// The timeline being streamed.
-    pub timeline: u32,
-    /// PostgreSQL's end of WAL (its flush position) in its latest message.
-    pub server_end: Lsn,
-    /// When that message came (Unix ms).
-    pub server_end_at_ms: u64,
-    /// Written into `wal_dir`, and fdatasync'd there.
-    pub written: Lsn,
-    pub local_durable: Lsn,
-    /// What drd last reported to PostgreSQL.
-    pub reported_write: Lsn,
-    pub reported_flush: Lsn,
-    /// The DR replica's durable point (timeline, LSN).
-    pub dr_durable: Option<(u32, Lsn)>,
-    /// The mode in effect.
-    pub mode: String,
-    pub slot: String,
-    /// From the monitoring connection: WAL the slot holds back in the
-    /// database's pg_wal, and the slot's `wal_status` ("" before a poll).
-    pub slot_retained_bytes: u64,
-    pub slot_wal_status: String,
-    /// The slot was invalidated, or the WAL drd needs is gone.
-    pub slot_lost: bool,
-    pub last_error: String,
-}
 
 /// Everything one stream's database session uses, built by the
 /// composition root (`Node::pg_context`).
@@ -130,10 +78,14 @@ pub async fn run(ctx: PgContext, shutdown: CancellationToken) {
 async fn run_stream(ctx: PgContext, shutdown: CancellationToken) {
     ctx.status.pg.locked().slot = ctx.source.slot.clone();
     let ctx = Arc::new(ctx);
-    let monitor = {
-        let (ctx, stop) = (ctx.clone(), shutdown.clone());
-        tokio::spawn(async move { monitor::run(&ctx, stop).await })
-    };
+    let monitor = tokio::spawn(monitor::run(
+        monitor::SlotWatch {
+            source: ctx.source.clone(),
+            status: ctx.status.clone(),
+            role: ctx.role.clone(),
+        },
+        shutdown.clone(),
+    ));
     sessions(&ctx, &shutdown).await;
     let _ = monitor.await;
 }

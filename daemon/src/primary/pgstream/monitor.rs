@@ -6,9 +6,11 @@
 //! rules in `deploy/prometheus/drd-alerts.yml`.
 
 use super::conn::{Connection, Kind};
-use super::PgContext;
+use crate::config::PostgresSource;
 use crate::locks::LockExt;
+use crate::node::{Shipper, StreamRole};
 use crate::storage::catalog::Role;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +33,16 @@ fn slot_query(slot: &str) -> String {
     )
 }
 
+/// What the slot monitor of one stream uses.
+pub struct SlotWatch {
+    pub source: PostgresSource,
+    /// The stream's live state: the monitor fills in its `pg` slot fields.
+    pub status: Arc<Shipper>,
+    pub role: Arc<StreamRole>,
+}
+
 /// Polls until `shutdown`, while this node is the stream's primary.
-pub async fn run(ctx: &PgContext, shutdown: CancellationToken) {
+pub async fn run(ctx: SlotWatch, shutdown: CancellationToken) {
     let ci = ctx.source.conninfo.with_dbname("postgres");
     let ci = match ctx.source.conninfo.dbname() {
         Some(_) => ctx.source.conninfo.clone(),

@@ -32,7 +32,7 @@
 //! they count as durable: the page cache may hold them from a process that
 //! crashed before its own fdatasync, or clean after a failed one.
 
-use crate::primary::pgstream::PgStreamError;
+use super::error::PgStreamError;
 use bytes::Bytes;
 use drd_core::pg::header;
 use drd_core::pg::lsn::{Lsn, SegSize};
