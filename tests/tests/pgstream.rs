@@ -78,12 +78,13 @@ fn lsn_field(v: &serde_json::Value) -> Option<u64> {
 /// what the load did, what the DR database holds, and the failover report.
 async fn run_once(
     pg: &Postgres,
-    mode: &str,
+    opts: &SitesOptions,
     seed: u64,
     t0: Instant,
 ) -> (Load, BTreeSet<u64>, serde_json::Value) {
     let mut rng = Rng::new(seed);
-    let mut sites = Sites::new(pg, &SitesOptions::mode(mode)).await;
+    let mode = opts.mode.as_str();
+    let mut sites = Sites::new(pg, opts).await;
     sites
         .primary
         .psql("CREATE TABLE t (id bigint PRIMARY KEY, pad text DEFAULT repeat('x', 200))")
@@ -133,16 +134,33 @@ async fn sync_mode_loses_no_acknowledged_commit() {
         return;
     };
     let t0 = Instant::now();
-    for seed in seeds(3) {
-        let (load, present, rep) = run_once(&pg, "sync", seed, t0).await;
+    // The seeded runs with `synchronous_commit = on`, then one with
+    // `remote_write`: PostgreSQL releases such a commit on the *write*
+    // position, which drd in sync mode also reports only once the DR site
+    // has the WAL durably.
+    let runs = seeds(3)
+        .into_iter()
+        .map(|s| (s, ""))
+        .chain([(1000, "synchronous_commit = remote_write")]);
+    for (seed, pg_conf) in runs {
+        let opts = SitesOptions {
+            pg_conf: pg_conf.into(),
+            ..SitesOptions::mode("sync")
+        };
+        let (load, present, rep) = run_once(&pg, &opts, seed, t0).await;
         let acked: BTreeSet<u64> = load.receipts.iter().map(|r| r.id).collect();
         let attempted: BTreeSet<u64> = load.attempted.iter().copied().collect();
         let missing: Vec<u64> = acked.difference(&present).copied().collect();
         let extra = present.difference(&acked).count();
         let invented: Vec<u64> = present.difference(&attempted).copied().collect();
         println!(
-            "seed {seed}: acknowledged {}, present {}, extra {extra} (in flight at the kill), \
+            "seed {seed}{}: acknowledged {}, present {}, extra {extra} (in flight at the kill), \
              missing {}",
+            if pg_conf.is_empty() {
+                ""
+            } else {
+                " (remote_write)"
+            },
             acked.len(),
             present.len(),
             missing.len()
@@ -183,7 +201,7 @@ async fn async_mode_loss_is_within_the_reported_lag() {
     };
     let t0 = Instant::now();
     for seed in seeds(2) {
-        let (load, present, rep) = run_once(&pg, "async", seed, t0).await;
+        let (load, present, rep) = run_once(&pg, &SitesOptions::mode("async"), seed, t0).await;
         let durable = lsn_field(&rep["durable_lsn"]).expect("failover names the DR copy's LSN");
         let primary_last = lsn_field(&rep["primary_last_lsn"]).unwrap_or(0);
         let lost: Vec<_> = load
