@@ -27,15 +27,20 @@ pub fn segment_path(
         .find(|p| p.exists())
 }
 
-/// The WAL segment size a PostgreSQL segment file declares in its first
-/// page (None: not a WAL segment, or too short to say).
-pub fn wal_segment_size(path: &std::path::Path) -> Option<u64> {
+/// The long page header a PostgreSQL segment file starts with (None: not a
+/// WAL segment, or too short to say).
+pub fn long_header(path: &std::path::Path) -> Option<drd_core::pg::header::LongHeader> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).ok()?;
     let mut first = [0u8; drd_core::pg::header::LONG_HEADER_LEN];
     f.read_exact_at(&mut first, 0).ok()?;
-    let h = drd_core::pg::header::parse(&first).ok()?;
-    Some(u64::from(h.seg_size))
+    drd_core::pg::header::parse(&first).ok()
+}
+
+/// The WAL segment size a PostgreSQL segment file declares in its first
+/// page (None: not a WAL segment, or too short to say).
+pub fn wal_segment_size(path: &std::path::Path) -> Option<u64> {
+    long_header(path).map(|h| u64::from(h.seg_size))
 }
 
 /// Where the stream's log ends here in PostgreSQL's terms, when it is a

@@ -20,6 +20,33 @@ pub fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A copy of drctl in `root/bin` that the `postgres` OS user may run (its
+/// restore_command), `root` made traversable.
+pub fn drctl_for_postgres(root: &Path) -> PathBuf {
+    chmod(root, 0o755);
+    let drctl = root.join("bin").join("drctl");
+    std::fs::create_dir_all(drctl.parent().unwrap()).unwrap();
+    std::fs::copy(bin("drctl"), &drctl).unwrap();
+    chmod(&drctl, 0o755);
+    drctl
+}
+
+/// Lets the cluster owner reach `d`'s control socket: its directory
+/// traversable and, when PostgreSQL runs as another user, the socket given
+/// to that user's group (`control.socket_group`, the deployment mechanism).
+/// Call before the daemon starts.
+pub fn open_to_postgres(pg: &Postgres, d: &Daemon) {
+    chmod(&d.dir, 0o755);
+    if let Some((user, _, _)) = &pg.run_as {
+        // Daemon::new writes [control] last: this key lands in it.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&d.config)
+            .unwrap();
+        writeln!(f, "socket_group = \"{user}\"").unwrap();
+    }
+}
+
 /// Two sites: Verona streams from its PostgreSQL (`source = "postgres"`)
 /// and ships to Rochester, whose DR standby restores through drd.
 pub struct Sites {
@@ -81,11 +108,7 @@ impl Sites {
             .unwrap();
         let r = root.path().to_path_buf();
         // The postgres user must reach the sockets and run drctl.
-        chmod(&r, 0o755);
-        let drctl_bin = r.join("bin").join("drctl");
-        std::fs::create_dir_all(drctl_bin.parent().unwrap()).unwrap();
-        std::fs::copy(bin("drctl"), &drctl_bin).unwrap();
-        chmod(&drctl_bin, 0o755);
+        let drctl_bin = drctl_for_postgres(&r);
         let pgdir = r.join("pg");
         std::fs::create_dir_all(&pgdir).unwrap();
         pg.give(&pgdir).unwrap();
@@ -181,15 +204,7 @@ impl Sites {
             ),
         );
         for d in [&a, &b] {
-            chmod(&d.dir, 0o755);
-            if let Some((user, _, _)) = &pg.run_as {
-                // Daemon::new writes [control] last: this key lands in it.
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&d.config)
-                    .unwrap();
-                writeln!(f, "socket_group = \"{user}\"").unwrap();
-            }
+            open_to_postgres(pg, d);
         }
         b.start_ready().await;
         a.start_ready().await;

@@ -21,9 +21,9 @@
 use drd_tests::pg::{
     require_postgres, segment_end_lsn, Cluster, ClusterOptions, Loader, LoaderOptions,
 };
+use drd_tests::pgsites::{drctl_for_postgres, open_to_postgres};
 use drd_tests::*;
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -84,11 +84,7 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
         .unwrap();
     let r = root.path();
     // The postgres user must reach the sockets and run drctl.
-    chmod(r, 0o755);
-    let drctl_bin = r.join("bin").join("drctl");
-    std::fs::create_dir_all(drctl_bin.parent().unwrap()).unwrap();
-    std::fs::copy(bin("drctl"), &drctl_bin).unwrap();
-    chmod(&drctl_bin, 0o755);
+    let drctl_bin = drctl_for_postgres(r);
     let pgdir = r.join("pg");
     std::fs::create_dir_all(&pgdir).unwrap();
     pg.give(&pgdir).unwrap();
@@ -143,15 +139,7 @@ async fn postgres_archives_through_drd_and_fails_over_to_the_dr_standby() {
         ),
     );
     for d in [&a, &b] {
-        chmod(&d.dir, 0o755);
-        if let Some((user, _, _)) = &pg.run_as {
-            // Daemon::new writes [control] last: this key lands in it.
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&d.config)
-                .unwrap();
-            writeln!(f, "socket_group = \"{user}\"").unwrap();
-        }
+        open_to_postgres(&pg, d);
     }
     b.start_ready().await;
     a.start_ready().await;

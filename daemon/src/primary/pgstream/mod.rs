@@ -331,19 +331,16 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
     let seg = segment_size(&mut conn).await?;
     let end = log_end(ctx, seg)?;
     if let Some((_, _, name)) = &end {
-        let local = ctx.cfg.wal_dir.join(name);
-        if local.exists() {
-            if let Some(sysid) = writer::sysid_of(&ctx.cfg.wal_dir, name)? {
-                if sysid != id.sysid {
-                    return Err(PgStreamError::Cluster(format!(
-                        "{describe} is database system {}, but drd's copy of the WAL \
-                         ({name}) is of system {sysid}: this is another database cluster. \
-                         Point `postgres` at the right one, or give the stream a fresh \
-                         wal_dir and DR copy",
-                        id.sysid
-                    )));
-                }
-            }
+        // The segment's first page names its cluster (absent: pruned, or
+        // too short to say).
+        let theirs = crate::walpos::long_header(&ctx.cfg.wal_dir.join(name)).map(|h| h.sysid);
+        if let Some(sysid) = theirs.filter(|s| *s != id.sysid) {
+            return Err(PgStreamError::Cluster(format!(
+                "{describe} is database system {}, but drd's copy of the WAL ({name}) is of \
+                 system {sysid}: this is another database cluster. Point `postgres` at the \
+                 right one, or give the stream a fresh wal_dir and DR copy",
+                id.sysid
+            )));
         }
     }
     let restart = slot(&mut conn, &src.slot, &describe, end.as_ref()).await?;

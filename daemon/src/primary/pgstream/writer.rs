@@ -487,16 +487,3 @@ pub fn local_end(dir: &Path, seg: SegSize) -> Result<Option<(u32, Lsn, String)>,
         })?;
     Ok(Some((tli, lsn, last.name.to_string())))
 }
-
-/// The system identifier in the first page of `dir/name`, if it has one.
-pub fn sysid_of(dir: &Path, name: &str) -> Result<Option<u64>, PgStreamError> {
-    let path = dir.join(name);
-    let f = File::open(&path).map_err(io(&path))?;
-    let mut first = [0u8; header::LONG_HEADER_LEN];
-    match f.read_exact_at(&mut first, 0) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(io(&path)(e)),
-    }
-    Ok(header::parse(&first).ok().map(|h| h.sysid))
-}
