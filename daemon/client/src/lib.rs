@@ -9,6 +9,7 @@
 //!   amounts (`rpo_budget`, `--max-data-loss`);
 //! - [`certs`] and [`tls`]: a first deployment's CA and certificates, and
 //!   loading and checking them for mTLS (both ends);
+//! - [`drill`]: DR drill reports — the model, the HTML page, the signature;
 //! - [`version`]: build information and the protocol-version warning;
 //! - [`control`], [`walpush`], [`peer`], [`progress`]: the client's end of
 //!   the control API (connect, stream a `wal-push`, describe a failed
@@ -20,6 +21,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod display;
+pub mod drill;
 pub mod peer;
 pub mod progress;
 pub mod tls;
