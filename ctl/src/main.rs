@@ -13,6 +13,7 @@
 
 mod certs;
 mod docs;
+mod drill;
 mod fetch;
 mod lag;
 mod mode;
@@ -97,6 +98,10 @@ enum Cmd {
     WalPush(push::PushArgs),
     /// Re-hash every stored segment and check the hash chain; names the first bad one.
     Verify(verify::VerifyArgs),
+    /// DR drill at the DR site: restore the verified copy into a scratch
+    /// database, measure RTO and RPO, write a signed report; `drill verify
+    /// DIR` checks a report, `drill history` lists the drills.
+    Drill(drill::DrillArgs),
     /// Apply the DR site's retention policy now; --dry-run shows what it would remove and why.
     Prune(prune::PruneArgs),
     /// Certificates for a first deployment (no daemon needed).
@@ -157,6 +162,15 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Cmd::Certs(c) => return certs::run(c),
         Cmd::Completions(a) => return docs::completions(a),
         Cmd::Man(a) => return docs::man(a),
+        // Works without a daemon (an auditor's machine): it asks the local
+        // one only for what it alone knows.
+        Cmd::Drill(drill::DrillArgs {
+            cmd: Some(drill::DrillCmd::Verify(v)),
+            ..
+        }) => {
+            let ca = drill::ca_for_verify(cli.ca.as_deref(), &cli.config);
+            return drill::verify(v, ca.as_deref(), &socket).await;
+        }
         _ => {}
     }
     let no_progress = cli.no_progress;
@@ -182,6 +196,11 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Cmd::WalPush(a) => push::run(&mut client, a).await,
         Cmd::Verify(a) => verify::run(&mut client, a, no_progress).await,
         Cmd::Prune(a) => prune::run(&mut client, a).await,
+        Cmd::Drill(a) => match &a.cmd {
+            None => drill::run(&mut client, a, no_progress).await,
+            Some(drill::DrillCmd::History(h)) => drill::history(&mut client, h).await,
+            Some(drill::DrillCmd::Verify(_)) => unreachable!("handled before connecting"),
+        },
         Cmd::Certs(_) | Cmd::Completions(_) | Cmd::Man(_) => {
             unreachable!("handled before connecting")
         }

@@ -72,6 +72,21 @@ pub struct Hooks {
     pub abort_switchover: Option<String>,
     /// Longest a hook may run before it is killed and counted as failed.
     pub timeout_seconds: u64,
+    /// `drctl drill` (issue 21): builds a scratch database from the DR
+    /// copy in `$DRD_DRILL_DIR` (see deploy/drill/README.md). Drills are
+    /// refused while it is unset.
+    pub drill_restore: Option<String>,
+    /// Checks the scratch database answers (a query the operator trusts).
+    pub drill_check: Option<String>,
+    /// Stops and removes the scratch database; runs whenever the restore
+    /// started, also after a failure.
+    pub drill_teardown: Option<String>,
+    /// Longest each drill hook may run (a restore replays the WAL since
+    /// the base backup, so it is much longer than `timeout_seconds`).
+    pub drill_timeout_seconds: u64,
+    /// Where each drill's scratch directory is made (default
+    /// `{data_dir}/drill-scratch`): it must hold one restored copy.
+    pub drill_scratch_dir: Option<PathBuf>,
 }
 
 impl Default for Hooks {
@@ -83,6 +98,11 @@ impl Default for Hooks {
             pre_switchover: None,
             abort_switchover: None,
             timeout_seconds: 60,
+            drill_restore: None,
+            drill_check: None,
+            drill_teardown: None,
+            drill_timeout_seconds: 3600,
+            drill_scratch_dir: None,
         }
     }
 }
@@ -794,6 +814,14 @@ impl Config {
         };
         if raw.hooks.timeout_seconds == 0 {
             bail!("key `hooks.timeout_seconds`: must be greater than 0");
+        }
+        if raw.hooks.drill_timeout_seconds == 0 {
+            bail!("key `hooks.drill_timeout_seconds`: must be greater than 0");
+        }
+        if let Some(d) = &raw.hooks.drill_scratch_dir {
+            if !d.is_absolute() {
+                bail!("key `hooks.drill_scratch_dir`: {d:?} must be an absolute path");
+            }
         }
         if let Some(level) = &raw.log_level {
             tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {

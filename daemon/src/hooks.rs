@@ -95,6 +95,12 @@ pub async fn run(
         }
     }
     tracing::warn!(hook = name, stream = %env.stream, epoch = env.epoch, "running hook");
+    execute(name, command_for(name, command, env), timeout, env).await
+}
+
+/// `sh -c COMMAND` with the hook's environment (`DRD_*`), output piped,
+/// killed if dropped. Callers add their own variables (a drill's).
+pub fn command_for(name: &str, command: &str, env: &HookEnv<'_>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
@@ -121,6 +127,19 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `cmd` (from [`command_for`]) to its end or `timeout`, logs its
+/// output and counts it in the hook metrics. No "at most once" here: that
+/// is [`run`]'s claim, which a drill's hooks do not make (every drill runs
+/// them).
+pub async fn execute(
+    name: &str,
+    mut cmd: tokio::process::Command,
+    timeout: Duration,
+    env: &HookEnv<'_>,
+) -> HookOutcome {
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -12,6 +12,7 @@ pub mod dial;
 pub mod gauges;
 pub mod hooks;
 pub mod lag;
+pub mod laghistory;
 pub mod locks;
 pub mod metrics;
 pub mod node;
@@ -238,6 +239,9 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    // The lag history that drill reports chart, and the drill gauges.
+    ops::drill::seed_metrics(&node);
+    tracker.spawn(laghistory::run(node.clone(), shutdown.clone()));
     // The DR site's own retention policy for what it received.
     tracker.spawn(replica::prune::run(
         node.retention_pruner(),

@@ -72,6 +72,12 @@ pub const HOOK_FAILURES: &str = "drd_hook_failures_total";
 pub const RPO_BUDGET_BYTES: &str = "drd_rpo_budget_bytes";
 pub const RPO_BUDGET_SECONDS: &str = "drd_rpo_budget_seconds";
 pub const BUILD_INFO: &str = "drd_build_info";
+pub const DRILL_LAST_SUCCESS: &str = "drd_drill_last_success_timestamp_seconds";
+pub const DRILL_LAST_PASSED: &str = "drd_drill_last_passed";
+pub const DRILL_LAST_RTO: &str = "drd_drill_last_rto_seconds";
+pub const DRILL_LAST_RPO_BYTES: &str = "drd_drill_last_rpo_bytes";
+pub const DRILL_LAST_RPO_SECONDS: &str = "drd_drill_last_rpo_seconds";
+pub const DRILL_RUNS: &str = "drd_drill_runs_total";
 
 /// The exporter's HTTP server; runs until shutdown.
 pub type Exporter = metrics_exporter_prometheus::ExporterFuture;
@@ -95,6 +101,34 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<Exporter> {
 
 /// Help texts, as `# HELP` shows them.
 fn describe() {
+    describe_gauge!(
+        DRILL_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time at which the stream's last passed DR drill finished (absent: none passed)."
+    );
+    describe_gauge!(
+        DRILL_LAST_PASSED,
+        "1 if the stream's last DR drill passed, 0 if it failed."
+    );
+    describe_gauge!(
+        DRILL_LAST_RTO,
+        Unit::Seconds,
+        "Recovery time the stream's last DR drill measured (start to scratch database answering)."
+    );
+    describe_gauge!(
+        DRILL_LAST_RPO_BYTES,
+        Unit::Bytes,
+        "Bytes the DR copy lacked at the stream's last DR drill's snapshot."
+    );
+    describe_gauge!(
+        DRILL_LAST_RPO_SECONDS,
+        Unit::Seconds,
+        "Lag in seconds at the stream's last DR drill's snapshot."
+    );
+    describe_counter!(
+        DRILL_RUNS,
+        "DR drills run since drd started, by result (passed, failed)."
+    );
     describe_gauge!(
         LAG_BYTES,
         Unit::Bytes,
@@ -322,6 +356,26 @@ pub fn hook_ran(hook: &str, failed: bool) {
     counter!(HOOK_RUNS, "hook" => hook.to_owned()).increment(1);
     if failed {
         counter!(HOOK_FAILURES, "hook" => hook.to_owned()).increment(1);
+    }
+}
+
+/// The last drill of `stream` as the gauges show it: from the history at
+/// start, and after each drill (`counted`: a drill that ran now, which the
+/// runs counter counts).
+pub fn drill_result(e: &crate::storage::drills::DrillEntry, last_success_ms: Option<u64>, counted: bool) {
+    let s = e.stream.clone();
+    gauge!(DRILL_LAST_PASSED, "stream" => s.clone()).set(if e.passed { 1.0 } else { 0.0 });
+    if let Some(ms) = last_success_ms {
+        gauge!(DRILL_LAST_SUCCESS, "stream" => s.clone()).set(ms as f64 / 1000.0);
+    }
+    if let Some(rto) = e.rto_seconds {
+        gauge!(DRILL_LAST_RTO, "stream" => s.clone()).set(rto);
+    }
+    gauge!(DRILL_LAST_RPO_BYTES, "stream" => s.clone()).set(e.rpo_bytes as f64);
+    gauge!(DRILL_LAST_RPO_SECONDS, "stream" => s.clone()).set(e.rpo_seconds);
+    if counted {
+        let result = if e.passed { "passed" } else { "failed" };
+        counter!(DRILL_RUNS, "stream" => s, "result" => result).increment(1);
     }
 }
 

@@ -403,6 +403,10 @@ pub struct Node {
     pub bandwidth: Arc<crate::throttle::Throttle>,
     /// Long operations running now, for `drctl`'s progress bars.
     pub operations: crate::progress::Operations,
+    /// The received streams' lag over the last 24 h, for drill reports.
+    pub lag_history: crate::laghistory::LagHistory,
+    /// Streams with a drill running now (one at a time per stream).
+    pub drills: Mutex<BTreeSet<StreamName>>,
 }
 
 impl Node {
@@ -521,6 +525,8 @@ impl Node {
             receivers: Mutex::new(receivers),
             bandwidth,
             operations: Default::default(),
+            lag_history: Default::default(),
+            drills: Default::default(),
         })
     }
 

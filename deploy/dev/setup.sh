@@ -52,8 +52,10 @@ drd_setup() {
   # the unit (only the tool: no systemd runs here); dpkg-dev: the package
   # check builds and installs the .deb; man-db, zsh, fish: that check opens
   # the man pages and loads the completions; libnss-wrapper: daemon/tests/cli.rs
-  # looks up control.socket_group through NSS as LDAP/SSSD would serve it.
-  _drd_apt postgresql iptables systemd dpkg-dev man-db zsh fish libnss-wrapper
+  # looks up control.socket_group through NSS as LDAP/SSSD would serve it;
+  # chromium: tests/tests/drill.rs opens a drill's HTML report in a real
+  # headless browser and checks the screenshot.
+  _drd_apt postgresql iptables systemd dpkg-dev man-db zsh fish libnss-wrapper chromium
   # iptables on Debian 12 is the nft front end; the chaos suite's DROP rules
   # need the kernel's nf_tables, present on these machines.
 

@@ -66,8 +66,9 @@ pub struct Sites {
     pub standby_data: PathBuf,
     /// A drctl the `postgres` OS user may run.
     pub drctl: String,
-    /// Verona's `[metrics] listen` port.
+    /// Verona's and Rochester's `[metrics] listen` ports.
     pub metrics_port: u16,
+    pub b_metrics_port: u16,
     /// The sites' certificates (`make_certs`).
     pub certs: PathBuf,
 }
@@ -82,6 +83,8 @@ pub struct SitesOptions {
     pub pg_conf: String,
     /// Also a local HA standby of the primary, see [`Sites::local`].
     pub local_standby: bool,
+    /// Lines added to Rochester's `[hooks]` (e.g. the drill hooks).
+    pub b_hooks: String,
 }
 
 impl SitesOptions {
@@ -157,6 +160,7 @@ impl Sites {
 
         let certs = make_certs(&r);
         let (a_port, b_port, metrics_port) = (free_port(), free_port(), free_port());
+        let b_metrics_port = free_port();
         let standby_data = pgdir.join("standby");
         let hook = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
@@ -198,8 +202,10 @@ impl Sites {
                 "initial_role = \"replica\"\n[replica]\nlisten = \"127.0.0.1:{b_port}\"\n\
                  [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\nsource = \"spool\"\n\
                  peer = \"https://127.0.0.1:{a_port}\"\npeer_name = \"{PRIMARY_ID}\"\n{tuning}\
-                 [hooks]\npromote = \"{promote}\"\ntimeout_seconds = 150\n{}",
+                 [metrics]\nlisten = \"127.0.0.1:{b_metrics_port}\"\n\
+                 [hooks]\npromote = \"{promote}\"\ntimeout_seconds = 150\n{}\n{}",
                 b_spool.display(),
+                opts.b_hooks,
                 tls_section(&certs, REPLICA_ID)
             ),
         );
@@ -219,6 +225,7 @@ impl Sites {
             standby_data,
             drctl: drctl_bin.display().to_string(),
             metrics_port,
+            b_metrics_port,
             certs,
         };
         sites.wait_streaming(true).await;

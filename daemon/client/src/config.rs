@@ -53,6 +53,21 @@ pub fn control_socket(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(socket)
 }
 
+/// The CA certificate the config file at `path` names (`[tls] ca`), if
+/// any: what `drctl drill verify` checks a report's signer against.
+pub fn tls_ca(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("invalid config file {}", path.display()))?;
+    match table.get("tls").and_then(|t| t.get("ca")) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(PathBuf::from(s))),
+        Some(v) => bail!("key `tls.ca`: {v} must be a path (a string)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +88,18 @@ mod tests {
         assert!(socket_of("[control]\nsocket = \"rel/drd.sock\"\n").is_err());
         assert!(socket_of("[control]\nsocket = 3\n").is_err());
         assert!(socket_of("not toml [").is_err());
+    }
+
+    #[test]
+    fn the_ca_is_the_configured_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drd.toml");
+        std::fs::write(&path, "[tls]\nca = \"/etc/drd/ca.pem\"\n").unwrap();
+        assert_eq!(tls_ca(&path).unwrap(), Some(PathBuf::from("/etc/drd/ca.pem")));
+        std::fs::write(&path, "node_id = \"a\"\n").unwrap();
+        assert_eq!(tls_ca(&path).unwrap(), None);
+        std::fs::write(&path, "[tls]\nca = 1\n").unwrap();
+        assert!(tls_ca(&path).is_err());
     }
 
     #[test]

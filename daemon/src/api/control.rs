@@ -285,6 +285,30 @@ impl Control for ControlService {
             .map(Response::new)
     }
 
+    async fn drill(
+        &self,
+        request: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillResponse>, Status> {
+        let who = caller(&request);
+        ops::drill::drill(self.node.clone(), request.into_inner(), who)
+            .await
+            .map(Response::new)
+    }
+
+    async fn drill_history(
+        &self,
+        request: Request<pb::DrillHistoryRequest>,
+    ) -> Result<Response<pb::DrillHistoryResponse>, Status> {
+        ops::drill::history(&self.node, request.into_inner()).map(Response::new)
+    }
+
+    async fn drill_check(
+        &self,
+        request: Request<pb::DrillCheckRequest>,
+    ) -> Result<Response<pb::DrillCheckResponse>, Status> {
+        ops::drill::check(&self.node, request.into_inner()).map(Response::new)
+    }
+
     async fn fetch_segment(
         &self,
         request: Request<pb::FetchSegmentRequest>,

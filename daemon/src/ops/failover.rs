@@ -296,6 +296,11 @@ pub async fn failover(
             run.r.possible_loss_seconds,
             or_unknown(&run.r.old_primary)
         ));
+        // The range a hospital reconciles by hand, in the database's own
+        // terms where the stream is PostgreSQL's WAL (issue 21).
+        if run.r.primary_last_lsn != 0 || run.r.durable_lsn != 0 {
+            detail.push(loss_range(&run.r));
+        }
         txn.audit(AuditRecord {
             user: who.user.clone(),
             origin: who.origin.clone(),
@@ -368,6 +373,36 @@ pub async fn failover(
         run.done(Step::PromoteHook);
     }
     run.r
+}
+
+/// "may be lost: LSN A (timeline T) up to B (timeline U)".
+fn loss_range(r: &pb::FailoverResponse) -> String {
+    let lsn = |l: u64| drd_core::pg::lsn::Lsn(l).to_string();
+    if r.primary_last_lsn == 0 {
+        return format!(
+            "the DR copy ends at LSN {} (timeline {}); the primary's last written LSN is unknown",
+            lsn(r.durable_lsn),
+            r.durable_timeline
+        );
+    }
+    if (r.primary_last_timeline, r.primary_last_lsn) <= (r.durable_timeline, r.durable_lsn) {
+        return format!(
+            "no WAL lost: the DR copy ends at LSN {} (timeline {}), at or past the primary's last \
+             written LSN {} (timeline {})",
+            lsn(r.durable_lsn),
+            r.durable_timeline,
+            lsn(r.primary_last_lsn),
+            r.primary_last_timeline
+        );
+    }
+    format!(
+        "WAL that may be lost: from LSN {} (timeline {}), where the DR copy ends, up to LSN {} \
+         (timeline {}), the primary's last written position as last heard",
+        lsn(r.durable_lsn),
+        r.durable_timeline,
+        lsn(r.primary_last_lsn),
+        r.primary_last_timeline
+    )
 }
 
 fn or_unknown(s: &str) -> &str {

@@ -1,6 +1,6 @@
 //! Operations that change roles or serve operators, one module each:
 //! failover, switchover, rejoin, pause/resume, history, segment fetch,
-//! wal-push, verify, prune, and the node-to-node calls ([`remote`]). The
+//! wal-push, verify, prune, drills, and the node-to-node calls ([`remote`]). The
 //! protocol rules they apply are in [`crate::roles`]; they carry them out.
 //!
 //! This module holds only what they share — who asked ([`Caller`]), the
@@ -9,6 +9,7 @@
 //! never imports its parent's dispatcher (the control API in
 //! [`crate::api::control`] calls each one).
 
+pub mod drill;
 pub mod failover;
 pub mod fetch;
 pub mod fork;

@@ -22,6 +22,10 @@
 //! - `audit/{seq:020}` → [`AuditRecord`], append-only
 //! - `hook/{name}/{stream}/{epoch:020}` → marker: the hook ran for that
 //!   stream's epoch change
+//! - `drill/{stream}/{seq:020}` → a drill's history entry, append-only and
+//!   hash-chained ([`super::drills`])
+//! - `laghist/{stream}/{bucket_ms:020}` → a bucket of the downsampled lag
+//!   history, the last 24 h ([`crate::laghistory`])
 //!
 //! Names are validated before they get here (no `/`), so prefixes are exact.
 //! Every write that an ack depends on is synced (`WriteOptions::set_sync`).
@@ -539,6 +543,58 @@ impl Catalog {
             Some(v) => Ok(Some(decode(key.as_bytes(), &v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Stores `value` under `key` for a module that keeps its own small
+    /// records here (the drill history, the lag history), each family
+    /// under a prefix of its own. `sync`: whether the write must be on disk
+    /// before this returns (the caller says why).
+    pub fn put_record<T: Serialize>(&self, key: &str, value: &T, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.put_opt(key.as_bytes(), encode(value), &wo)?;
+        Ok(())
+    }
+
+    /// At most `limit` records under `prefix`, in key order (or reversed,
+    /// newest first for time-ordered keys), starting at `from` (a full key,
+    /// inclusive) or at the prefix's first (last) key.
+    pub fn records<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        from: Option<&str>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>> {
+        // Sorts after every key under the prefix (keys are ASCII).
+        let end = format!("{prefix}\u{10FFFF}");
+        let start = from.unwrap_or(if reverse { &end } else { prefix });
+        let dir = if reverse {
+            Direction::Reverse
+        } else {
+            Direction::Forward
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(start.as_bytes(), dir)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes every key in `[from, to)` (not synced: used for history
+    /// that may come back after a crash, which its reader tolerates).
+    pub fn delete_records(&self, from: &str, to: &str) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(from.as_bytes(), to.as_bytes());
+        self.db.write(batch)?;
+        Ok(())
     }
 
     /// `stream`'s role and epoch at this node (None: never set).

@@ -229,6 +229,34 @@ impl Report {
     }
 }
 
+/// A drill's id: the stream and its start in UTC, `ehr-20261202T071500Z`.
+pub fn drill_id(stream: &str, started_at_ms: u64) -> String {
+    let secs = i64::try_from(started_at_ms / 1000).unwrap_or(0);
+    let t = time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{stream}-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The value of `drd-drill: KEY=VALUE`, the last such line of a hook's
+/// output (how the hooks tell drd what they measured).
+pub fn hook_value(output: &str, key: &str) -> Option<String> {
+    output
+        .lines()
+        .rev()
+        .filter_map(|l| l.trim().strip_prefix("drd-drill:"))
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim().to_string())
+        .find(|v| !v.is_empty())
+}
+
 /// Keeps the last [`MAX_STEP_OUTPUT`] bytes of `s`, on a char boundary.
 pub fn clip_output(s: &str) -> String {
     if s.len() <= MAX_STEP_OUTPUT {
@@ -259,6 +287,16 @@ mod tests {
             .unwrap_err()
             .contains("format 2"));
         assert!(Report::from_json(b"{").is_err());
+    }
+
+    #[test]
+    fn ids_and_hook_values() {
+        assert_eq!(drill_id("ehr", 1_796_195_700_999), "ehr-20261202T071500Z");
+        let out = "starting\ndrd-drill: restored_lsn=0/3000060\nx\n drd-drill: version=PostgreSQL 15.8 \n";
+        assert_eq!(hook_value(out, "restored_lsn").as_deref(), Some("0/3000060"));
+        assert_eq!(hook_value(out, "version").as_deref(), Some("PostgreSQL 15.8"));
+        assert_eq!(hook_value(out, "restored"), None);
+        assert_eq!(hook_value("drd-drill: version=", "version"), None);
     }
 
     #[test]
