@@ -61,6 +61,7 @@
 #
 # Exit 0 on success, non-zero with a reason on stderr.
 set -eu
+umask 077
 
 sub="${1:-}"
 if [ -z "$sub" ]; then
@@ -73,7 +74,15 @@ case "$DRD_DRILL_DIR" in
     /*) ;;
     *) echo "drill hook: DRD_DRILL_DIR must be an absolute path: $DRD_DRILL_DIR" >&2; exit 2 ;;
 esac
-if [ "$DRD_DRILL_DIR" = / ] || [ ! -d "$DRD_DRILL_DIR" ]; then
+if [ "$DRD_DRILL_DIR" = / ]; then
+    echo "drill hook: DRD_DRILL_DIR must not be /" >&2
+    exit 2
+fi
+if [ ! -d "$DRD_DRILL_DIR" ]; then
+    if [ "$sub" = teardown ]; then
+        echo "drill hook: $DRD_DRILL_DIR is gone: nothing to tear down"
+        exit 0
+    fi
     echo "drill hook: DRD_DRILL_DIR ($DRD_DRILL_DIR) is not a directory" >&2
     exit 2
 fi
@@ -120,8 +129,9 @@ scratch_sql() {
 
 # Quotes a value for sh ('...'), for a setting PostgreSQL runs with sh.
 sh_quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
-# Quotes a value for postgresql.conf ('...', quotes doubled).
-conf_quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"; }
+# Quotes a value for postgresql.conf ('...', quotes doubled, backslashes
+# doubled: the file's strings know C-style escapes).
+conf_quote() { printf "'%s'" "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e "s/'/''/g")"; }
 
 # The server log's last lines, for a failure message.
 log_tail() {
@@ -237,7 +247,6 @@ unix_socket_directories = $(conf_quote "$RUN_DIR")
 unix_socket_permissions = 0700
 hba_file = $(conf_quote "$PGDATA/pg_hba.conf")
 ident_file = $(conf_quote "$PGDATA/pg_ident.conf")
-external_pid_file = ''
 ssl = off
 archive_mode = off
 archive_command = ''
