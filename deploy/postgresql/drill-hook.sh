@@ -193,7 +193,11 @@ do_restore() {
     # --no-sync: the copy is thrown away after the drill, and a crash during
     # it makes the drill fail, not lose data; skipping the fsync of a whole
     # database spares the disks the live standby shares.
-    if ! as_owner "$PGBIN/pg_basebackup" -d "$DRILL_SOURCE_CONNINFO" -D "$PGDATA" \
+    # client_min_messages: the standby's NOTICE "WAL archiving is not
+    # enabled; you must ensure that all required WAL segments are copied
+    # through other means" is expected here — drd is those other means.
+    if ! as_owner env PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning" \
+        "$PGBIN/pg_basebackup" -d "$DRILL_SOURCE_CONNINFO" -D "$PGDATA" \
         -X none --checkpoint=fast --no-sync "$@" \
         -l "drd drill ${DRD_DRILL_ID:-}"; then
         die "pg_basebackup from the DR standby failed (see above; check DRILL_SOURCE_CONNINFO, the role's REPLICATION attribute, pg_hba.conf and max_wal_senders on the standby)"
