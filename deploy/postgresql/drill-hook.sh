@@ -107,7 +107,9 @@ PGDATA="$DRD_DRILL_DIR/pgdata"
 RUN_DIR="$DRD_DRILL_DIR/run"            # the scratch server's socket
 TBLSPC_DIR="$DRD_DRILL_DIR/tablespaces" # tablespaces, relocated here
 LOG="$DRD_DRILL_DIR/postgresql.log"
-CONNINFO="host=$RUN_DIR port=$DRILL_PORT dbname=$DRILL_DBNAME user=$DRILL_DBUSER"
+# Quotes a value for a libpq connection string.
+ci_quote() { printf "'%s'" "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e "s/'/\\\\'/g")"; }
+CONNINFO="host=$(ci_quote "$RUN_DIR") port=$DRILL_PORT dbname=$(ci_quote "$DRILL_DBNAME") user=$(ci_quote "$DRILL_DBUSER")"
 
 say() { echo "drill hook: $*"; }
 die() { echo "drill hook: $*" >&2; exit 1; }
@@ -156,6 +158,10 @@ running() {
 
 do_restore() {
     : "${DRILL_SOURCE_CONNINFO:?set DRILL_SOURCE_CONNINFO: how pg_basebackup reaches the DR standby}"
+    socket="$RUN_DIR/.s.PGSQL.$DRILL_PORT"
+    if [ "${#socket}" -gt 107 ]; then
+        die "the scratch server's socket path $socket is longer than a Unix socket allows (107 bytes): use a shorter drill directory"
+    fi
     if [ -e "$PGDATA" ]; then
         die "$PGDATA exists already (an earlier drill not torn down?): run the teardown hook first"
     fi
