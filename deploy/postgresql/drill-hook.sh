@@ -174,11 +174,14 @@ do_restore() {
 
     # Tablespaces would be written to their original paths — the live
     # standby's. Map each to a directory inside the drill directory.
+    # (DRILL_SOURCE_CONNINFO in key=value form: dbname=postgres is added.)
     set --
-    locations="$(as_owner "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 \
+    if ! locations="$(as_owner "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 \
         -d "$DRILL_SOURCE_CONNINFO dbname=postgres" \
-        -c "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')" 2>/dev/null)" \
-        || locations=""
+        -c "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')" 2>/dev/null)"; then
+        locations=""
+        say "could not list the standby's tablespaces (no pg_hba.conf line for database postgres?): assuming none; pg_basebackup refuses if there are some"
+    fi
     n=0
     old_ifs="$IFS"
     IFS='
