@@ -22,6 +22,11 @@ pub struct FetchArgs {
     /// Stream (default: the node's only stream).
     #[arg(long, default_value = "")]
     pub stream: String,
+    /// For a DR drill's scratch database (drill-hook.sh's restore_command):
+    /// the DR site's retention does not count this fetch as read by the
+    /// live DR database.
+    #[arg(long)]
+    pub drill: bool,
 }
 
 pub async fn run(c: &mut ControlClient<Channel>, a: &FetchArgs) -> anyhow::Result<ExitCode> {
@@ -29,6 +34,7 @@ pub async fn run(c: &mut ControlClient<Channel>, a: &FetchArgs) -> anyhow::Resul
         .fetch_segment(pb::FetchSegmentRequest {
             stream: a.stream.clone(),
             segment: a.name.clone(),
+            drill: a.drill,
         })
         .await
     {

@@ -126,6 +126,9 @@ pub fn command_for(name: &str, command: &str, env: &HookEnv<'_>) -> tokio::proce
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A process group of its own, so a timeout can kill everything the
+        // hook started (a drill's pg_basebackup), not only its shell.
+        .process_group(0)
         .kill_on_drop(true);
     cmd
 }
@@ -150,12 +153,25 @@ pub async fn execute(
             };
         }
     };
+    let pgid = child.id();
     let result = tokio::time::timeout(timeout, child.wait_with_output()).await;
     let outcome = match result {
-        Err(_) => HookOutcome::Failed {
-            reason: format!("timed out after {timeout:?} and was killed"),
-            output: String::new(),
-        },
+        Err(_) => {
+            // The shell is killed on drop; its children too, through the
+            // group. (A daemon it started with setsid, such as a server
+            // `pg_ctl` started, is not in it: stopping that is the
+            // teardown hook's job.)
+            if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            HookOutcome::Failed {
+                reason: format!("timed out after {timeout:?} and was killed"),
+                output: String::new(),
+            }
+        }
         Ok(Err(e)) => HookOutcome::Failed {
             reason: format!("wait failed: {e}"),
             output: String::new(),

@@ -48,7 +48,10 @@
 #   DRILL_PORT       the scratch server's port (default 5499); it names the
 #                    socket file only — no TCP port is opened
 #   DRILL_RESTORE_COMMAND the scratch server's restore_command (default:
-#                    drctl --socket "$DRD_SOCKET" wal-fetch --stream "$DRD_STREAM" %f %p)
+#                    drctl --socket "$DRD_SOCKET" wal-fetch --drill --stream "$DRD_STREAM" %f %p;
+#                    --drill: drd's retention does not count what the scratch
+#                    server reads as read by the live DR standby — keep it
+#                    in a command of your own)
 #   DRILL_CHECK_SQL  the check query (default: SELECT 1)
 #   DRILL_DBNAME     database the check connects to (default: postgres)
 #   DRILL_DBUSER     database role the check connects as (default:
@@ -238,7 +241,7 @@ do_restore() {
         if [ -n "${DRD_SOCKET:-}" ]; then
             restore_command="$restore_command --socket $(sh_quote "$(printf '%s' "$DRD_SOCKET" | sed 's/%/%%/g')")"
         fi
-        restore_command="$restore_command wal-fetch"
+        restore_command="$restore_command wal-fetch --drill"
         if [ -n "${DRD_STREAM:-}" ]; then
             restore_command="$restore_command --stream $(sh_quote "$(printf '%s' "$DRD_STREAM" | sed 's/%/%%/g')")"
         fi
@@ -332,7 +335,9 @@ EOF
             log_tail
             die "recovery did not finish within ${DRILL_TIMEOUT}s (replayed up to ${last:-?}); DRILL_TIMEOUT raises the limit"
         fi
-        sleep 1
+        # Short: the drill's RTO ends when the check succeeds, so this
+        # loop's delay counts in it (coreutils' sleep takes fractions).
+        sleep 0.2
     done
 
     # Where replay ended. PostgreSQL 15 keeps pg_last_wal_replay_lsn() at the

@@ -698,6 +698,57 @@ pub fn check(node: &Node, req: pb::DrillCheckRequest) -> Result<pb::DrillCheckRe
     Ok(out)
 }
 
+/// Tears down what a drill left when drd stopped in the middle of one (a
+/// restart kills the hooks, not always the scratch server they started):
+/// runs `drill_teardown` for every scratch directory left, then removes it.
+pub async fn clean_leftovers(node: Arc<Node>) {
+    let base = scratch_dir(&node, "x")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return;
+    };
+    for dir in entries.filter_map(|e| Some(e.ok()?.path())) {
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(stream) = id
+            .rsplit_once('-')
+            .and_then(|(s, _)| StreamName::new(s).ok())
+        else {
+            tracing::warn!(dir = %dir.display(), "drill scratch directory with an unexpected name: left alone");
+            continue;
+        };
+        tracing::warn!(dir = %dir.display(), "a drill was cut short by a restart: tearing its scratch database down");
+        if let Some(command) = &node.config.hooks.drill_teardown {
+            let env = HookEnv {
+                node_id: node.config.node_id.as_str(),
+                stream: &stream,
+                epoch: node.role_of(&stream).map_or(0, |r| r.epoch),
+                role: "replica",
+                fork_position: None,
+                fork_lsn: None,
+                attempt: None,
+            };
+            let mut cmd = hooks::command_for("drill_teardown", command, &env);
+            cmd.env("DRD_DRILL_ID", &id)
+                .env("DRD_DRILL_DIR", &dir)
+                .env("DRD_SOCKET", &node.config.control_socket);
+            let timeout = Duration::from_secs(node.config.hooks.drill_timeout_seconds);
+            let outcome = hooks::execute("drill_teardown", cmd, timeout, &env).await;
+            if outcome.failed() {
+                tracing::error!(dir = %dir.display(), "{}: the scratch directory is kept", outcome.summary("drill_teardown"));
+                continue;
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot remove a drill's scratch directory");
+        }
+    }
+}
+
 /// Sets the drill gauges from the history when the daemon starts, so a
 /// restart does not make "no drill ever passed" out of a passed one.
 pub fn seed_metrics(node: &Node) {

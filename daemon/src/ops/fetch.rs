@@ -58,8 +58,9 @@ pub fn fetch_segment(
         )));
     }
     // The DR database has read up to here: retention may remove what is
-    // older (never this one: PostgreSQL may still be replaying it).
-    {
+    // older (never this one: PostgreSQL may still be replaying it). A
+    // drill's scratch database is not the DR database: not recorded.
+    if !req.drill {
         let _one = FETCH_LOCK.locked();
         if let Err(e) = node
             .catalog
