@@ -369,7 +369,7 @@ fn check(
             "it names no one (no DNS name, no CN), or is not X.509".into(),
         ));
     }
-    if !names.iter().any(|n| *n == seal.signer) {
+    if !names.contains(&seal.signer) {
         return Err(SealError::SignerNotInCertificate {
             signer: seal.signer.clone(),
             names,
