@@ -12,7 +12,7 @@ use futures::Stream;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, RootCertStore, ServerConfig};
+use rustls::{CertificateError, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -160,9 +160,61 @@ impl TlsMaterial {
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
         Ok(TlsAcceptor::from(server_config(self)?))
     }
+    /// This node's certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+    /// The CA certificate(s) this node trusts.
+    pub fn ca_certs(&self) -> &[CertificateDer<'static>] {
+        &self.ca_certs
+    }
+    /// The scheme [`TlsMaterial::sign`] signs with: the first of
+    /// [`SIGNING_SCHEMES`] this node's key supports.
+    pub fn signing_scheme(&self) -> Result<SignatureScheme, TlsError> {
+        Ok(self.signer()?.scheme())
+    }
+    /// Signs `msg` with this node's private key (ring), in
+    /// [`TlsMaterial::signing_scheme`]. Returns the scheme and the signature
+    /// (ECDSA signatures are ASN.1 DER, as in TLS and X.509), which the
+    /// certificate's public key verifies.
+    pub fn sign(&self, msg: &[u8]) -> Result<(SignatureScheme, Vec<u8>), TlsError> {
+        let signer = self.signer()?;
+        let sig = signer.sign(msg).map_err(|e| TlsError::BadKey {
+            path: self.files.key.clone(),
+            reason: format!("signing failed: {e}"),
+        })?;
+        Ok((signer.scheme(), sig))
+    }
+    fn signer(&self) -> Result<Box<dyn rustls::sign::Signer>, TlsError> {
+        let bad = |reason: String| TlsError::BadKey {
+            path: self.files.key.clone(),
+            reason,
+        };
+        let key = provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| bad(e.to_string()))?;
+        key.choose_scheme(SIGNING_SCHEMES).ok_or_else(|| {
+            bad(format!(
+                "its type ({:?}) has none of the signature schemes drd signs with",
+                key.algorithm()
+            ))
+        })
+    }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The signature schemes [`TlsMaterial::sign`] uses, most preferred first:
+/// one per key type ring can sign with (RSA keys sign with PSS).
+pub const SIGNING_SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::ED25519,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+];
+
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
