@@ -107,16 +107,20 @@ fn seconds(v: f64) -> String {
     format!("{:.1} s", sane(v))
 }
 
-/// A duration in ms for people: `850 ms`, `12.3 s`, `3 min 05 s`,
-/// `2 h 03 min`.
+/// A duration in ms for people: `850 ms`, `12.3 s`, `5 min`,
+/// `3 min 05 s`, `2 h 03 min`.
 fn duration(ms: u64) -> String {
     let s = ms / 1000;
     if ms < 1000 {
         format!("{ms} ms")
     } else if s < 60 {
         format!("{}.{} s", s, ms % 1000 / 100)
+    } else if s < 3600 && s.is_multiple_of(60) && ms.is_multiple_of(1000) {
+        format!("{} min", s / 60)
     } else if s < 3600 {
         format!("{} min {:02} s", s / 60, s % 60)
+    } else if s.is_multiple_of(3600) {
+        format!("{} h", s / 3600)
     } else {
         format!("{} h {:02} min", s / 3600, s / 60 % 60)
     }
@@ -658,5 +662,7 @@ mod tests {
         assert_eq!(duration(12_345), "12.3 s");
         assert_eq!(duration(185_000), "3 min 05 s");
         assert_eq!(duration(7_380_000), "2 h 03 min");
+        assert_eq!(duration(300_000), "5 min");
+        assert_eq!(duration(7_200_000), "2 h");
     }
 }
