@@ -13,6 +13,7 @@
 //! This module is the model both ends share (the daemon fills it in, drctl
 //! reads it back); it does no I/O.
 
+pub mod chart;
 pub mod html;
 pub mod seal;
 
