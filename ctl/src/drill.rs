@@ -98,7 +98,8 @@ pub async fn run(
         }
     };
     let dir = a.out.join(&r.id);
-    write_report(&dir, &r).with_context(|| format!("cannot write the report into {}", dir.display()))?;
+    write_report(&dir, &r)
+        .with_context(|| format!("cannot write the report into {}", dir.display()))?;
     let report = Report::from_json(&r.report_json).map_err(anyhow::Error::msg)?;
     if a.json {
         print_json(&json!({
@@ -174,23 +175,25 @@ fn print_summary(r: &Report, dir: &Path, stored_in: &str) {
             s.summary
         );
     }
-    println!("  report: {} (the node keeps a copy in {stored_in})", dir.display());
+    println!(
+        "  report: {} (the node keeps a copy in {stored_in})",
+        dir.display()
+    );
     println!("  check it with: drctl drill verify {}", dir.display());
 }
 
 /// `drctl drill verify DIR`: offline first (files, signature, CA), then,
 /// unless `--offline`, what the local daemon knows of the report.
-pub async fn verify(
-    a: &VerifyArgs,
-    ca: Option<&Path>,
-    socket: &Path,
-) -> anyhow::Result<ExitCode> {
+pub async fn verify(a: &VerifyArgs, ca: Option<&Path>, socket: &Path) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let read = |name: &str| std::fs::read(a.dir.join(name));
-    let sig = read(REPORT_SIG).with_context(|| format!("cannot read {}", a.dir.join(REPORT_SIG).display()))?;
+    let sig = read(REPORT_SIG)
+        .with_context(|| format!("cannot read {}", a.dir.join(REPORT_SIG).display()))?;
     let sealed = seal::Seal::from_json(&sig).map_err(|e| anyhow::anyhow!("{REPORT_SIG}: {e}"))?;
     let ca_pem = match ca {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read the CA {}", p.display()))?),
+        Some(p) => {
+            Some(std::fs::read(p).with_context(|| format!("cannot read the CA {}", p.display()))?)
+        }
         None => None,
     };
     let verified = seal::verify(&sealed, read, ca_pem.as_deref());
@@ -281,12 +284,19 @@ pub async fn verify(
                 r.stream,
                 if r.verdict.passed { "passed" } else { "FAILED" },
                 short(&r.snapshot.chain_head),
-                if r.snapshot.last_segment.is_empty() { "-" } else { &r.snapshot.last_segment }
+                if r.snapshot.last_segment.is_empty() {
+                    "-"
+                } else {
+                    &r.snapshot.last_segment
+                }
             );
         }
         println!("node:      {node_note}");
         if ok {
-            println!("VERIFIED: {} is the report the DR node signed, unchanged.", a.dir.display());
+            println!(
+                "VERIFIED: {} is the report the DR node signed, unchanged.",
+                a.dir.display()
+            );
         } else {
             println!("NOT VERIFIED:");
             for p in &problems {
@@ -294,7 +304,11 @@ pub async fn verify(
             }
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn hex_sha256(b: &[u8]) -> String {

@@ -1,6 +1,7 @@
 //! The lag history a drill report charts (issue 21): per stream this node
 //! receives, the worst lag of every minute over the last 24 hours, kept in
-//! the catalog so it survives restarts.
+//! the catalog so it survives restarts. The sampler task that feeds it is
+//! [`crate::ops::drill::record_lag`].
 //!
 //! Bounded: one bucket a minute per stream (1,440 a day, ~100 bytes each),
 //! older ones removed hourly. A sampler task reads each received stream's
@@ -87,7 +88,7 @@ impl LagHistory {
         };
         if let Some(c) = closed {
             catalog.put_record(&key(stream, c.at_ms), &c, false)?;
-            if at_ms % PRUNE_EVERY_MS == 0 {
+            if at_ms.is_multiple_of(PRUNE_EVERY_MS) {
                 let cutoff = at_ms.saturating_sub(WINDOW_MS);
                 catalog.delete_records(&prefix(stream), &key(stream, cutoff))?;
             }
@@ -119,37 +120,6 @@ impl LagHistory {
     }
 }
 
-/// Samples every stream this node receives until `cancel`.
-pub async fn run(node: std::sync::Arc<crate::node::Node>, cancel: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now_ms = crate::clock::unix_ms();
-        for v in node.stream_views() {
-            if v.direction != "receiving" {
-                continue;
-            }
-            let Ok(stream) = StreamName::new(v.name.as_str()) else {
-                continue;
-            };
-            if let Err(e) = node.lag_history.sample(
-                &node.catalog,
-                &stream,
-                v.lag_seconds,
-                v.lag_bytes,
-                v.connected,
-                now_ms,
-            ) {
-                tracing::warn!(%stream, error = %e, "cannot record the lag history");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +138,12 @@ mod tests {
         let p = h.points(&cat, &s, t0 + BUCKET_MS + 1).unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(
-            (p[0].at_ms, p[0].max_lag_seconds, p[0].max_lag_bytes, p[0].connected),
+            (
+                p[0].at_ms,
+                p[0].max_lag_seconds,
+                p[0].max_lag_bytes,
+                p[0].connected
+            ),
             (t0, 3.0, 10, false)
         );
         assert_eq!((p[1].at_ms, p[1].max_lag_seconds), (t0 + BUCKET_MS, 0.5));
@@ -181,6 +156,9 @@ mod tests {
         let p = h.points(&cat, &s, later).unwrap();
         assert!(p.iter().all(|x| x.at_ms + WINDOW_MS >= later), "{p:?}");
         let stored: Vec<(String, LagPoint)> = cat.records(&prefix(&s), None, false, 100).unwrap();
-        assert!(stored.iter().all(|(_, x)| x.at_ms >= later - WINDOW_MS), "{stored:?}");
+        assert!(
+            stored.iter().all(|(_, x)| x.at_ms >= later - WINDOW_MS),
+            "{stored:?}"
+        );
     }
 }

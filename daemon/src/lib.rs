@@ -242,7 +242,7 @@ pub async fn run_with(
     // The lag history that drill reports chart, and the drill gauges.
     ops::drill::seed_metrics(&node);
     tracker.spawn(ops::drill::clean_leftovers(node.clone()));
-    tracker.spawn(laghistory::run(node.clone(), shutdown.clone()));
+    tracker.spawn(ops::drill::record_lag(node.clone(), shutdown.clone()));
     // The DR site's own retention policy for what it received.
     tracker.spawn(replica::prune::run(
         node.retention_pruner(),

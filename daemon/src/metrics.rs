@@ -362,7 +362,11 @@ pub fn hook_ran(hook: &str, failed: bool) {
 /// The last drill of `stream` as the gauges show it: from the history at
 /// start, and after each drill (`counted`: a drill that ran now, which the
 /// runs counter counts).
-pub fn drill_result(e: &crate::storage::drills::DrillEntry, last_success_ms: Option<u64>, counted: bool) {
+pub fn drill_result(
+    e: &crate::storage::drills::DrillEntry,
+    last_success_ms: Option<u64>,
+    counted: bool,
+) {
     let s = e.stream.clone();
     gauge!(DRILL_LAST_PASSED, "stream" => s.clone()).set(if e.passed { 1.0 } else { 0.0 });
     if let Some(ms) = last_success_ms {

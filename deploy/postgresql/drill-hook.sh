@@ -322,10 +322,12 @@ EOF
     # Wait for the end of recovery: pg_is_in_recovery() false once promoted.
     last=""
     while :; do
-        state="$(scratch_sql "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()" 2>/dev/null || true)"
+        # One query a round (each is a process): the state, where replay
+        # is, and — once promoted — the new timeline.
+        state="$(scratch_sql "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), (SELECT timeline_id FROM pg_control_checkpoint())" 2>/dev/null || true)"
         case "$state" in
             f\|*) break ;;
-            t\|*) last="${state#t|}" ;;
+            t\|*) last="${state#t|}"; last="${last%%|*}" ;;
         esac
         if ! running; then
             log_tail
@@ -337,17 +339,18 @@ EOF
         fi
         # Short: the drill's RTO ends when the check succeeds, so this
         # loop's delay counts in it (coreutils' sleep takes fractions).
-        sleep 0.2
+        sleep 0.1
     done
 
     # Where replay ended. PostgreSQL 15 keeps pg_last_wal_replay_lsn() at the
     # end of the last record replayed after promotion; the log's "redo done
     # at" (the start of that record) is the fallback.
-    restored="$(scratch_sql "SELECT pg_last_wal_replay_lsn()" 2>/dev/null || true)"
+    state="${state#f|}"
+    restored="${state%%|*}"
+    timeline="${state#*|}"
     if [ -z "$restored" ]; then
         restored="$(sed -n 's/.*redo done at \([0-9A-Fa-f]*\/[0-9A-Fa-f]*\).*/\1/p' "$LOG" | tail -n 1)"
     fi
-    timeline="$(scratch_sql "SELECT timeline_id FROM pg_control_checkpoint()" 2>/dev/null || true)"
     say "recovery finished and the scratch server was promoted (timeline ${timeline:-?}) after $(( $(date +%s) - started ))s"
     if [ -z "$restored" ]; then
         die "cannot tell where replay ended (no pg_last_wal_replay_lsn(), no 'redo done at' in $LOG)"

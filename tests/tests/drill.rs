@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 /// socket and port they name) exists.
 const HOOKS_MARK: &str = "# drill hooks go here";
 
+/// Rows inserted before the drill: ~150 MiB of WAL to replay.
+const BULK_ROWS: u64 = 600_000;
+
 /// The check query the hook runs (and this test's stopwatch too).
 const CHECK_SQL: &str = "SELECT count(*) FROM drill_rows";
 
@@ -90,9 +93,20 @@ fn writer(primary: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u
         let deadline = Instant::now() + Duration::from_secs(600);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let mut c = pg.cmd("psql", &cwd);
-            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &host, "-p", &port])
-                .args(["-U", drd_tests::pg::SUPERUSER, "-d", "postgres", "-c"])
-                .arg("INSERT INTO drill_rows SELECT g, repeat('x', 200) FROM generate_series(1, 200) g");
+            c.args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &host,
+                "-p",
+                &port,
+            ])
+            .args(["-U", drd_tests::pg::SUPERUSER, "-d", "postgres", "-c"])
+            .arg(
+                "INSERT INTO drill_rows SELECT g, repeat('x', 200) FROM generate_series(1, 200) g",
+            );
             if c.output().map(|o| o.status.success()).unwrap_or(false) {
                 n += 1;
             }
@@ -116,8 +130,18 @@ fn scratch_answers(pg: &Postgres, dir: &Path, port: u16) -> bool {
     let mut c = pg.cmd("psql", dir);
     c.args(["-X", "-A", "-t", "-q", "-h"])
         .arg(dir.join("run"))
-        .args(["-p", &port.to_string(), "-U", drd_tests::pg::SUPERUSER, "-d", "postgres"])
-        .args(["-c", &format!("SELECT pg_is_in_recovery(), ({CHECK_SQL}) > 0")]);
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            drd_tests::pg::SUPERUSER,
+            "-d",
+            "postgres",
+        ])
+        .args([
+            "-c",
+            &format!("SELECT pg_is_in_recovery(), ({CHECK_SQL}) > 0"),
+        ]);
     c.output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "f|t")
         .unwrap_or(false)
@@ -143,7 +167,15 @@ async fn drill(sites: &Sites, out: &Path, port: u16) -> (i32, serde_json::Value,
     let mut cmd = Command::new(bin("drctl"));
     cmd.arg("--socket")
         .arg(&sites.b.socket)
-        .args(["drill", "--stream", STREAM, "--reason", "test drill", "--json", "--out"])
+        .args([
+            "drill",
+            "--stream",
+            STREAM,
+            "--reason",
+            "test drill",
+            "--json",
+            "--out",
+        ])
         .arg(out);
     let run = std::thread::spawn(move || cmd.output().unwrap());
     let mut seen = Watched::default();
@@ -190,7 +222,11 @@ struct Flipped {
 
 fn flip(path: &Path, at: u64) -> Flipped {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x01;
@@ -210,7 +246,10 @@ impl Drop for Flipped {
 
 fn flip_back(path: &Path, at: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at)?;
     b[0] ^= 0x01;
@@ -222,7 +261,13 @@ fn flip_back(path: &Path, at: u64) -> std::io::Result<()> {
 fn verify(sites: &Sites, dir: &Path) -> (i32, String) {
     let (code, out, err) = drctl(
         &sites.b.socket,
-        &["drill", "verify", dir.to_str().unwrap(), "--ca", sites.certs.join("ca.pem").to_str().unwrap()],
+        &[
+            "drill",
+            "verify",
+            dir.to_str().unwrap(),
+            "--ca",
+            sites.certs.join("ca.pem").to_str().unwrap(),
+        ],
     );
     (code, format!("{out}{err}"))
 }
@@ -230,9 +275,16 @@ fn verify(sites: &Sites, dir: &Path) -> (i32, String) {
 /// Opens `html` in headless Chromium: its rendered DOM and a screenshot.
 fn chromium(html: &Path, shot: &Path) -> String {
     let base = |c: &mut Command| {
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-            .args(["--user-data-dir"])
-            .arg(shot.with_extension("profile"));
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            shot.with_extension("profile").display()
+        ));
     };
     let url = format!("file://{}", html.display());
     let mut c = Command::new("chromium");
@@ -240,22 +292,34 @@ fn chromium(html: &Path, shot: &Path) -> String {
     c.arg("--window-size=1200,2000")
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&url);
-    let o = c.output().expect("chromium (Debian's package) must be installed: `bash tests/run` does");
-    assert!(o.status.success() && shot.exists(), "chromium --screenshot failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = c
+        .output()
+        .expect("chromium (Debian's package) must be installed: `bash tests/run` does");
+    assert!(
+        o.status.success() && shot.exists(),
+        "chromium --screenshot failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut c = Command::new("chromium");
     base(&mut c);
     c.arg("--dump-dom").arg(&url);
     let o = c.output().unwrap();
-    assert!(o.status.success(), "chromium --dump-dom failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "chromium --dump-dom failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// How many pixels of the screenshot have colour `rgb` (within 8 per
 /// channel: antialiasing).
 fn pixels_of(png_path: &Path, rgb: [u8; 3]) -> usize {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png_path).unwrap()));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
     let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
     let step = match info.color_type {
         png::ColorType::Rgb => 3,
@@ -295,13 +359,37 @@ async fn a_drill_restores_the_dr_copy_measures_rto_and_rpo_and_signs_its_report(
     // The drill hooks name the standby; Rochester restarts to read them.
     let config = std::fs::read_to_string(&sites.b.config).unwrap();
     assert!(config.contains(HOOKS_MARK));
-    std::fs::write(&sites.b.config, config.replace(HOOKS_MARK, &drill_hooks(&sites, &standby, port))).unwrap();
+    std::fs::write(
+        &sites.b.config,
+        config.replace(HOOKS_MARK, &drill_hooks(&sites, &standby, port)),
+    )
+    .unwrap();
     assert_eq!(sites.b.terminate(), Some(0), "{}", sites.b.log_text());
     sites.b.start_ready().await;
     sites.wait_streaming(true).await;
-    wait_for("the DR standby has the table", Duration::from_secs(60), || async {
-        (standby.psql("SELECT count(*) >= 1000 FROM drill_rows").ok()? == "t").then_some(())
-    })
+    // Some 100 MiB of WAL for the restore to replay (the standby's base
+    // backup starts at its last restartpoint, before it): a restore of
+    // seconds, not of a fraction of one, so that the RTO's comparison with
+    // this test's stopwatch means something.
+    sites
+        .primary
+        .psql(&format!(
+            "INSERT INTO drill_rows SELECT g, repeat('y', 200) FROM generate_series(1, {BULK_ROWS}) g"
+        ))
+        .unwrap();
+    // Its commit in a complete segment (the standby restores whole ones).
+    sites.primary.psql("SELECT pg_switch_wal()").unwrap();
+    wait_for(
+        "the DR standby has replayed the rows",
+        Duration::from_secs(120),
+        || async {
+            (standby
+                .psql(&format!("SELECT count(*) >= {BULK_ROWS} FROM drill_rows"))
+                .ok()?
+                == "t")
+                .then_some(())
+        },
+    )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(&sites.primary, stop.clone());
@@ -313,16 +401,47 @@ async fn a_drill_restores_the_dr_copy_measures_rto_and_rpo_and_signs_its_report(
     phase(t0, &format!("drill ended: {res}"));
     let dir = out.join(res["id"].as_str().unwrap());
     let report = read_report(&dir);
-    assert_eq!(code, 0, "the drill failed: {res}\n{report:#}\n{}", sites.b.log_text());
+    assert_eq!(
+        code,
+        0,
+        "the drill failed: {res}\n{report:#}\n{}",
+        sites.b.log_text()
+    );
     assert_eq!(report["verdict"]["passed"], true, "{report:#}");
-    let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["snapshot", "verify", "restore", "check", "teardown"]);
-    assert!(report["database_version"].as_str().unwrap().starts_with("PostgreSQL 15"), "{report:#}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["snapshot", "verify", "restore", "check", "teardown"]
+    );
+    assert!(
+        report["database_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("PostgreSQL 15"),
+        "{report:#}"
+    );
     assert!(report["verify"]["segments_checked"].as_u64().unwrap() > 0);
 
+    for s in report["steps"].as_array().unwrap() {
+        println!(
+            "  step {:<9} at {:>6} ms, {:>6} ms: {}",
+            s["name"].as_str().unwrap(),
+            s["started_after_ms"],
+            s["duration_ms"],
+            s["summary"].as_str().unwrap()
+        );
+    }
     // RTO: the report's against this test's stopwatch.
     let rto = report["rto"]["seconds"].as_f64().unwrap();
-    let watched = seen.answered_after.expect("this test never saw the scratch database answer").as_secs_f64();
+    let watched = seen
+        .answered_after
+        .expect("this test never saw the scratch database answer")
+        .as_secs_f64();
     println!("RTO: report {rto:.2} s, this test's stopwatch {watched:.2} s");
     assert!(
         (rto - watched).abs() <= 0.10 * watched,
@@ -330,36 +449,81 @@ async fn a_drill_restores_the_dr_copy_measures_rto_and_rpo_and_signs_its_report(
     );
     // RPO: within the lag this test saw (polled every ~20 ms, and the
     // snapshot is one moment of it) plus what one poll interval can add.
-    let (rpo_bytes, rpo_seconds) = (report["rpo"]["bytes"].as_u64().unwrap(), report["rpo"]["seconds"].as_f64().unwrap());
+    let (rpo_bytes, rpo_seconds) = (
+        report["rpo"]["bytes"].as_u64().unwrap(),
+        report["rpo"]["seconds"].as_f64().unwrap(),
+    );
     println!(
         "RPO: report {rpo_bytes} bytes / {rpo_seconds:.2} s; test saw at most {} bytes / {:.2} s; restored to {}",
         seen.max_lag_bytes, seen.max_lag_seconds, report["rpo"]["restored_lsn"]
     );
-    assert!(rpo_bytes <= seen.max_lag_bytes + 256 * 1024, "RPO {rpo_bytes} bytes, the test saw lag of at most {} bytes", seen.max_lag_bytes);
-    assert!(rpo_seconds <= seen.max_lag_seconds + 1.0, "RPO {rpo_seconds} s, the test saw lag of at most {} s", seen.max_lag_seconds);
-    assert!(report["rpo"]["restored_lsn"].as_str().is_some(), "{report:#}");
+    assert!(
+        rpo_bytes <= seen.max_lag_bytes + 256 * 1024,
+        "RPO {rpo_bytes} bytes, the test saw lag of at most {} bytes",
+        seen.max_lag_bytes
+    );
+    assert!(
+        rpo_seconds <= seen.max_lag_seconds + 1.0,
+        "RPO {rpo_seconds} s, the test saw lag of at most {} s",
+        seen.max_lag_seconds
+    );
+    assert!(
+        report["rpo"]["restored_lsn"].as_str().is_some(),
+        "{report:#}"
+    );
     // Replication went on: the durable position grew during the drill.
     let (first, last) = (seen.durable[0], *seen.durable.last().unwrap());
     let growths = seen.durable.windows(2).filter(|w| w[1] > w[0]).count();
-    println!("durable position during the drill: {first} -> {last} ({growths} increases over {} polls)", seen.durable.len());
-    assert!(last > first && growths >= 3, "replication stalled during the drill: {:?}", seen.durable);
+    println!(
+        "durable position during the drill: {first} -> {last} ({growths} increases over {} polls)",
+        seen.durable.len()
+    );
+    assert!(
+        last > first && growths >= 3,
+        "replication stalled during the drill: {:?}",
+        seen.durable
+    );
     // The scratch database is gone.
     assert!(seen.scratch_seen);
-    assert!(scratch_dirs(&sites).is_empty(), "scratch left: {:?}", scratch_dirs(&sites));
+    assert!(
+        scratch_dirs(&sites).is_empty(),
+        "scratch left: {:?}",
+        scratch_dirs(&sites)
+    );
     assert_eq!(report["scratch_removed"], true);
-    let leftovers = Command::new("pgrep").args(["-f", &format!("drill-scratch/{}", res["id"].as_str().unwrap())]).output().unwrap();
-    assert!(!leftovers.status.success(), "a scratch process is still running: {}", String::from_utf8_lossy(&leftovers.stdout));
+    let leftovers = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("drill-scratch/{}", res["id"].as_str().unwrap()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !leftovers.status.success(),
+        "a scratch process is still running: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
     phase(t0, "report checked");
 
     // 2. The signature: passes, fails after a one-byte edit of each file.
     let (code, text) = verify(&sites, &dir);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("VERIFIED") && text.contains("chain head"), "{text}");
-    for (name, at) in [("report.json", 40), ("report.html", 200), ("report.sig", 30)] {
+    assert!(
+        text.contains("VERIFIED") && text.contains("chain head"),
+        "{text}"
+    );
+    for (name, at) in [
+        ("report.json", 40),
+        ("report.html", 200),
+        ("report.sig", 30),
+    ] {
         let f = flip(&dir.join(name), at);
         let (code, text) = verify(&sites, &dir);
         assert_eq!(code, 1, "a one-byte edit of {name} verified: {text}");
-        println!("after editing {name}: {}", text.lines().last().unwrap_or(""));
+        println!(
+            "after editing {name}: {}",
+            text.lines().last().unwrap_or("")
+        );
         drop(f);
     }
     assert_eq!(verify(&sites, &dir).0, 0);
@@ -367,42 +531,98 @@ async fn a_drill_restores_the_dr_copy_measures_rto_and_rpo_and_signs_its_report(
     // 3. The HTML in a real browser: verdict and chart render.
     let shot = output_dir().join("report-passed.png");
     let dom = chromium(&dir.join("report.html"), &shot);
-    assert!(dom.contains("id=\"verdict\"") && dom.contains("PASSED"), "{dom}");
-    assert!(dom.contains("id=\"lag-chart\"") && dom.contains("polyline"), "no chart in the page");
-    let (blue, green) = (pixels_of(&shot, [0x1f, 0x6f, 0xeb]), pixels_of(&shot, [0x1a, 0x7f, 0x37]));
-    println!("screenshot {}: {blue} chart-line pixels, {green} verdict pixels", shot.display());
-    assert!(blue > 20, "the lag chart's line did not render ({blue} pixels)");
-    assert!(green > 500, "the green PASSED banner did not render ({green} pixels)");
+    assert!(
+        dom.contains("id=\"verdict\"") && dom.contains("PASSED"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("id=\"lag-chart\"") && dom.contains("polyline"),
+        "no chart in the page"
+    );
+    let (blue, green) = (
+        pixels_of(&shot, [0x1f, 0x6f, 0xeb]),
+        pixels_of(&shot, [0x1a, 0x7f, 0x37]),
+    );
+    println!(
+        "screenshot {}: {blue} chart-line pixels, {green} verdict pixels",
+        shot.display()
+    );
+    assert!(
+        blue > 20,
+        "the lag chart's line did not render ({blue} pixels)"
+    );
+    assert!(
+        green > 500,
+        "the green PASSED banner did not render ({green} pixels)"
+    );
 
     // 4. A copy with one segment altered at rest: the drill fails and the
     // report names the segment.
-    let victim = report["snapshot"]["last_segment"].as_str().unwrap().to_string();
-    let landing = sites.b.data_dir().join("streams").join(STREAM).join("segments");
+    let victim = report["snapshot"]["last_segment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let landing = sites
+        .b
+        .data_dir()
+        .join("streams")
+        .join(STREAM)
+        .join("segments");
     let altered = flip(&landing.join(&victim), 4096 + 100);
     let (code, res, _) = drill(&sites, &out, port).await;
     drop(altered);
     stop.store(true, Ordering::Relaxed);
     let inserts = w.join().unwrap();
-    phase(t0, &format!("second drill ended ({inserts} inserts by the writer in all): {res}"));
+    phase(
+        t0,
+        &format!("second drill ended ({inserts} inserts by the writer in all): {res}"),
+    );
     let bad = read_report(&out.join(res["id"].as_str().unwrap()));
     assert_eq!(code, 1, "a drill of a damaged copy passed: {bad:#}");
     assert_eq!(bad["verdict"]["passed"], false);
-    assert_eq!(bad["verify"]["problems"][0]["segment"], victim.as_str(), "{bad:#}");
-    assert!(bad["verdict"]["reasons"][0].as_str().unwrap().contains(&victim), "{bad:#}");
+    assert_eq!(
+        bad["verify"]["problems"][0]["segment"],
+        victim.as_str(),
+        "{bad:#}"
+    );
+    assert!(
+        bad["verdict"]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains(&victim),
+        "{bad:#}"
+    );
     let shot = output_dir().join("report-failed.png");
-    let dom = chromium(&out.join(res["id"].as_str().unwrap()).join("report.html"), &shot);
+    let dom = chromium(
+        &out.join(res["id"].as_str().unwrap()).join("report.html"),
+        &shot,
+    );
     assert!(dom.contains("FAILED") && dom.contains(&victim));
-    assert!(pixels_of(&shot, [0xcf, 0x22, 0x2e]) > 500, "no red FAILED banner");
+    assert!(
+        pixels_of(&shot, [0xcf, 0x22, 0x2e]) > 500,
+        "no red FAILED banner"
+    );
 
     // 5. The history and the gauges.
     let h = drctl_json(&sites.b.socket, &["drill", "history"], 0);
     assert_eq!(h["chain_ok"], true, "{h}");
-    let passed: Vec<bool> = h["drills"].as_array().unwrap().iter().map(|d| d["passed"].as_bool().unwrap()).collect();
+    let passed: Vec<bool> = h["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["passed"].as_bool().unwrap())
+        .collect();
     assert_eq!(passed, [false, true], "newest first: {h}");
     let text = metrics_text(sites.b_metrics_port).await;
     let label = format!("{{stream=\"{STREAM}\"}}");
-    for (name, want) in [("drd_drill_last_passed", Some(0.0)), ("drd_drill_last_success_timestamp_seconds", None)] {
-        let line = text.lines().find(|l| l.starts_with(&format!("{name}{label} "))).unwrap_or_else(|| panic!("no {name} in the metrics"));
+    for (name, want) in [
+        ("drd_drill_last_passed", Some(0.0)),
+        ("drd_drill_last_success_timestamp_seconds", None),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{label} ")))
+            .unwrap_or_else(|| panic!("no {name} in the metrics"));
         let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         if let Some(w) = want {
             assert_eq!(v, w, "{line}");

@@ -95,7 +95,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("drd.toml");
         std::fs::write(&path, "[tls]\nca = \"/etc/drd/ca.pem\"\n").unwrap();
-        assert_eq!(tls_ca(&path).unwrap(), Some(PathBuf::from("/etc/drd/ca.pem")));
+        assert_eq!(
+            tls_ca(&path).unwrap(),
+            Some(PathBuf::from("/etc/drd/ca.pem"))
+        );
         std::fs::write(&path, "node_id = \"a\"\n").unwrap();
         assert_eq!(tls_ca(&path).unwrap(), None);
         std::fs::write(&path, "[tls]\nca = 1\n").unwrap();

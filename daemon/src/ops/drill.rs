@@ -260,6 +260,21 @@ async fn run_drill(
         .lag_history
         .points(&node.catalog, stream, now_ms)
         .unwrap_or_default();
+    // The snapshot itself ends the history: the lag at the moment the RPO
+    // was measured.
+    let snap = &report.snapshot;
+    if report
+        .lag_history
+        .last()
+        .is_none_or(|l| l.at_ms < snap.taken_at_ms)
+    {
+        report.lag_history.push(drill::LagPoint {
+            at_ms: snap.taken_at_ms,
+            max_lag_seconds: snap.lag_seconds,
+            max_lag_bytes: snap.lag_bytes,
+            connected: snap.primary_connected,
+        });
+    }
 
     // 5. seal, keep, record
     progress.set_phase("writing the signed report");
@@ -305,12 +320,13 @@ fn snapshot(node: &Node, stream: &StreamName) -> Result<Snapshot, Status> {
     let last = node.catalog.last_sealed(stream).map_err(internal)?;
     let wal_end = crate::walpos::wal_end(node, stream);
     let source = (meta.source_lsn != 0).then_some((meta.source_timeline, meta.source_lsn));
+    let taken_at_ms = crate::clock::unix_ms();
     Ok(Snapshot {
-        taken_at_ms: crate::clock::unix_ms(),
+        taken_at_ms,
         durable_position: view.durable_position,
         durable_at_ms: meta.durable_at_ms,
         primary_written_position: view.written_position,
-        primary_heard_at_ms: 0,
+        primary_heard_at_ms: if view.connected { taken_at_ms } else { 0 },
         primary_connected: view.connected,
         lag_bytes: view.lag_bytes,
         lag_seconds: view.lag_seconds,
@@ -408,13 +424,17 @@ async fn restore_check_teardown(
                 HookOutcome::Succeeded { output } => {
                     (Outcome::Passed, format!("{name} hook succeeded"), output)
                 }
-                HookOutcome::Failed { reason, output } => {
-                    (Outcome::Failed, format!("{name} hook failed: {reason}"), output)
-                }
+                HookOutcome::Failed { reason, output } => (
+                    Outcome::Failed,
+                    format!("{name} hook failed: {reason}"),
+                    output,
+                ),
                 // `execute` makes no claim, so neither happens here.
-                HookOutcome::NotConfigured | HookOutcome::AlreadyRan => {
-                    (Outcome::Skipped, format!("{name} hook not run"), String::new())
-                }
+                HookOutcome::NotConfigured | HookOutcome::AlreadyRan => (
+                    Outcome::Skipped,
+                    format!("{name} hook not run"),
+                    String::new(),
+                ),
             };
             Step {
                 name: name.trim_start_matches("drill_").into(),
@@ -555,14 +575,20 @@ fn seal_and_store(node: &Node, stream: &StreamName, report: &Report) -> Result<S
         .join("drills")
         .join(stream.as_str())
         .join(&report.id);
-    write_files(&dir, &[(REPORT_JSON, &json), (REPORT_HTML, &html), (REPORT_SIG, &sig)]).map_err(
-        |e| {
-            Status::internal(format!(
-                "cannot write the drill report into {}: {e}",
-                dir.display()
-            ))
-        },
-    )?;
+    write_files(
+        &dir,
+        &[
+            (REPORT_JSON, &json),
+            (REPORT_HTML, &html),
+            (REPORT_SIG, &sig),
+        ],
+    )
+    .map_err(|e| {
+        Status::internal(format!(
+            "cannot write the drill report into {}: {e}",
+            dir.display()
+        ))
+    })?;
     Ok(Stored {
         dir,
         json,
@@ -604,7 +630,10 @@ fn history_entry(r: &Report, stored: &Stored) -> DrillEntry {
 }
 
 /// `drctl drill history`.
-pub fn history(node: &Node, req: pb::DrillHistoryRequest) -> Result<pb::DrillHistoryResponse, Status> {
+pub fn history(
+    node: &Node,
+    req: pb::DrillHistoryRequest,
+) -> Result<pb::DrillHistoryResponse, Status> {
     let internal = |e: crate::storage::catalog::CatalogError| Status::internal(e.to_string());
     let limit = match req.limit {
         0 => 100,
@@ -632,7 +661,7 @@ pub fn history(node: &Node, req: pb::DrillHistoryRequest) -> Result<pb::DrillHis
         }
         all.extend(drills::newest(&node.catalog, s, limit).map_err(internal)?);
     }
-    all.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+    all.sort_by_key(|e| std::cmp::Reverse(e.started_at_ms));
     all.truncate(limit);
     out.drills = all.into_iter().map(pb_record).collect();
     Ok(out)
@@ -663,8 +692,8 @@ fn pb_record(e: DrillEntry) -> pb::DrillRecord {
 /// `drctl drill verify`'s questions to the node that signed a report.
 pub fn check(node: &Node, req: pb::DrillCheckRequest) -> Result<pb::DrillCheckResponse, Status> {
     let internal = |e: crate::storage::catalog::CatalogError| Status::internal(e.to_string());
-    let stream =
-        StreamName::new(req.stream.as_str()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let stream = StreamName::new(req.stream.as_str())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let recorded = drills::find_report(&node.catalog, &stream, &req.report_sha256)
         .map_err(internal)?
         .is_some();
@@ -673,7 +702,8 @@ pub fn check(node: &Node, req: pb::DrillCheckRequest) -> Result<pb::DrillCheckRe
         ..Default::default()
     };
     if req.segment.is_empty() {
-        out.detail = "the report names no sealed segment (an empty log): no chain head to compare".into();
+        out.detail =
+            "the report names no sealed segment (an empty log): no chain head to compare".into();
         return Ok(out);
     }
     let seg = drd_proto::SegmentName::new(req.segment.as_str())
@@ -681,9 +711,13 @@ pub fn check(node: &Node, req: pb::DrillCheckRequest) -> Result<pb::DrillCheckRe
     match node.catalog.segment(&stream, &seg).map_err(internal)? {
         Some(r) if r.pruned_at_ms.is_none() || r.chain.is_some() => {
             out.chain_at_segment = r.chain.unwrap_or_default();
-            out.chain_matches = !out.chain_at_segment.is_empty() && out.chain_at_segment == req.chain_head;
+            out.chain_matches =
+                !out.chain_at_segment.is_empty() && out.chain_at_segment == req.chain_head;
             out.detail = if out.chain_matches {
-                format!("this node's log holds chain head {} at segment {seg}", req.chain_head)
+                format!(
+                    "this node's log holds chain head {} at segment {seg}",
+                    req.chain_head
+                )
             } else {
                 format!(
                     "this node's log holds chain value {:?} at segment {seg}, the report says {}",
@@ -692,7 +726,9 @@ pub fn check(node: &Node, req: pb::DrillCheckRequest) -> Result<pb::DrillCheckRe
             };
         }
         _ => {
-            out.detail = format!("this node no longer holds segment {seg} (pruned by retention, or never held)");
+            out.detail = format!(
+                "this node no longer holds segment {seg} (pruned by retention, or never held)"
+            );
         }
     }
     Ok(out)
@@ -745,6 +781,38 @@ pub async fn clean_leftovers(node: Arc<Node>) {
         }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot remove a drill's scratch directory");
+        }
+    }
+}
+
+/// Samples the lag of every stream this node receives into the lag
+/// history (what a drill report charts) until `cancel`.
+pub async fn record_lag(node: Arc<Node>, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(crate::laghistory::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_ms = crate::clock::unix_ms();
+        for v in node.stream_views() {
+            if v.direction != "receiving" {
+                continue;
+            }
+            let Ok(stream) = StreamName::new(v.name.as_str()) else {
+                continue;
+            };
+            if let Err(e) = node.lag_history.sample(
+                &node.catalog,
+                &stream,
+                v.lag_seconds,
+                v.lag_bytes,
+                v.connected,
+                now_ms,
+            ) {
+                tracing::warn!(%stream, error = %e, "cannot record the lag history");
+            }
         }
     }
 }

@@ -205,10 +205,7 @@ mod tests {
                 problem: None
             }
         );
-        assert_eq!(
-            find_report(&cat, &s, "sha-d2").unwrap().unwrap().id,
-            "d2"
-        );
+        assert_eq!(find_report(&cat, &s, "sha-d2").unwrap().unwrap().id, "d2");
         assert!(find_report(&cat, &s, "sha-x").unwrap().is_none());
 
         // A failed drill rewritten as passed, outside drd.
@@ -221,7 +218,10 @@ mod tests {
         // The failed drill removed instead.
         cat.delete_records(&key(&s, 2), &key(&s, 3)).unwrap();
         let c = check_chain(&cat, &s).unwrap();
-        assert!(c.problem.as_deref().unwrap_or("").contains("numbered 3"), "{c:?}");
+        assert!(
+            c.problem.as_deref().unwrap_or("").contains("numbered 3"),
+            "{c:?}"
+        );
         assert_eq!(check_chain(&cat, &other).unwrap().problem, None);
     }
 }

@@ -269,7 +269,12 @@ fn snapshot(o: &mut String, s: &Snapshot) {
         "Primary written position",
         &position(s.primary_written_position),
     );
-    row(o, "Primary heard at", &time_or_never(s.primary_heard_at_ms));
+    let heard = if s.primary_heard_at_ms == 0 {
+        "unknown (not connected at the snapshot)".to_string()
+    } else {
+        chart::utc(s.primary_heard_at_ms)
+    };
+    row(o, "Primary heard at", &heard);
     row(
         o,
         "Primary connected",

@@ -60,7 +60,7 @@ pub struct Report {
     pub rpo: Rpo,
     /// The DR site's lag over the last 24 h, oldest first, from the node's
     /// own downsampled history (one point per bucket; gaps where the
-    /// daemon was not running).
+    /// daemon was not running); the last point is the snapshot's lag.
     pub lag_history: Vec<LagPoint>,
     /// The length of one history bucket, seconds.
     pub lag_bucket_seconds: u64,
@@ -79,7 +79,8 @@ pub struct Snapshot {
     pub durable_position: u64,
     pub durable_at_ms: u64,
     /// The primary's written position as the DR node last heard it, and
-    /// when it heard it (0: never).
+    /// when: the snapshot's time while the primary is connected (its
+    /// keepalives arrive every few hundred ms), 0 when it is not.
     pub primary_written_position: u64,
     pub primary_heard_at_ms: u64,
     /// Whether the primary was connected at the snapshot.
@@ -233,8 +234,8 @@ impl Report {
 /// A drill's id: the stream and its start in UTC, `ehr-20261202T071500Z`.
 pub fn drill_id(stream: &str, started_at_ms: u64) -> String {
     let secs = i64::try_from(started_at_ms / 1000).unwrap_or(0);
-    let t = time::OffsetDateTime::from_unix_timestamp(secs)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{stream}-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         t.year(),
@@ -294,8 +295,14 @@ mod tests {
     fn ids_and_hook_values() {
         assert_eq!(drill_id("ehr", 1_796_195_700_999), "ehr-20261202T071500Z");
         let out = "starting\ndrd-drill: restored_lsn=0/3000060\nx\n drd-drill: version=PostgreSQL 15.8 \n";
-        assert_eq!(hook_value(out, "restored_lsn").as_deref(), Some("0/3000060"));
-        assert_eq!(hook_value(out, "version").as_deref(), Some("PostgreSQL 15.8"));
+        assert_eq!(
+            hook_value(out, "restored_lsn").as_deref(),
+            Some("0/3000060")
+        );
+        assert_eq!(
+            hook_value(out, "version").as_deref(),
+            Some("PostgreSQL 15.8")
+        );
         assert_eq!(hook_value(out, "restored"), None);
         assert_eq!(hook_value("drd-drill: version=", "version"), None);
     }
