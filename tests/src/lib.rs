@@ -231,6 +231,12 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// Resident file-backed pages in KiB (RssFile): mostly the program's
+    /// own code and that of its shared libraries, not memory it allocated.
+    pub fn file_rss_kib(&self) -> u64 {
+        self.proc_status_kib("RssFile")
+    }
+
     /// Resident set size in KiB (VmRSS), from /proc.
     pub fn rss_kib(&self) -> u64 {
         self.proc_status_kib("VmRSS")
