@@ -287,6 +287,36 @@ pub const REPLICA_ID: &str = "rochester-dr1";
 
 /// Certificates for both test nodes (drd's own `certs::init_dir`, what
 /// `drctl certs init` runs), so every test runs with mTLS.
+/// Flips one bit of the byte at `at` in `path`, synced (damage at rest);
+/// flipping it again undoes it.
+pub fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x10;
+    f.write_all_at(&b, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Whether any process's command line contains `needle` (read from /proc:
+/// no procps needed).
+pub fn process_running(needle: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .any(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .contains(needle)
+        })
+}
+
 pub fn make_certs(root: &Path) -> PathBuf {
     let dir = root.join("tls");
     drd::certs::init_dir(

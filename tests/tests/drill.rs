@@ -214,24 +214,14 @@ fn read_report(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
 }
 
-/// Flips one byte of `path` at `at`, then puts it back when dropped.
+/// One byte of `path` flipped at `at`, put back when dropped.
 struct Flipped {
     path: PathBuf,
     at: u64,
 }
 
 fn flip(path: &Path, at: u64) -> Flipped {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).unwrap();
-    f.sync_all().unwrap();
+    flip_byte(path, at);
     Flipped {
         path: path.to_path_buf(),
         at,
@@ -240,21 +230,8 @@ fn flip(path: &Path, at: u64) -> Flipped {
 
 impl Drop for Flipped {
     fn drop(&mut self) {
-        let _ = flip_back(&self.path, self.at);
+        flip_byte(&self.path, self.at);
     }
-}
-
-fn flip_back(path: &Path, at: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at)?;
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at)?;
-    f.sync_all()
 }
 
 /// `drctl drill verify DIR --ca CA`: exit code and output.
@@ -491,17 +468,10 @@ async fn a_drill_restores_the_dr_copy_measures_rto_and_rpo_and_signs_its_report(
         scratch_dirs(&sites)
     );
     assert_eq!(report["scratch_removed"], true);
-    let leftovers = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("drill-scratch/{}", res["id"].as_str().unwrap()),
-        ])
-        .output()
-        .unwrap();
+    let id = res["id"].as_str().unwrap();
     assert!(
-        !leftovers.status.success(),
-        "a scratch process is still running: {}",
-        String::from_utf8_lossy(&leftovers.stdout)
+        !process_running(&format!("drill-scratch/{id}")),
+        "a scratch process is still running"
     );
     phase(t0, "report checked");
 

@@ -56,20 +56,6 @@ async fn pair_with_a_partial_tail() -> Sites {
     sites
 }
 
-fn flip_byte(path: &std::path::Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x10;
-    f.write_all_at(&b, at).unwrap();
-    f.sync_all().unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_refuses_to_promote_a_partial_tail_that_rotted_at_rest() {
     let sites = pair_with_a_partial_tail().await;

@@ -101,47 +101,61 @@ pub struct ChainCheck {
     pub problem: Option<String>,
 }
 
+/// Calls `f` with each of `stream`'s entries, oldest first, a page at a
+/// time, until it returns false.
+fn for_each(
+    catalog: &Catalog,
+    stream: &StreamName,
+    mut f: impl FnMut(DrillEntry) -> bool,
+) -> Result<(), CatalogError> {
+    const PAGE: usize = 256;
+    let mut from: Option<String> = None;
+    loop {
+        let page: Vec<(String, DrillEntry)> =
+            catalog.records(&prefix(stream), from.as_deref(), false, PAGE)?;
+        let n = page.len();
+        // A page starts at the last key of the one before (inclusive).
+        for (k, e) in page.into_iter().skip(usize::from(from.is_some())) {
+            if !f(e) {
+                return Ok(());
+            }
+            from = Some(k);
+        }
+        if n < PAGE {
+            return Ok(());
+        }
+    }
+}
+
 /// Walks `stream`'s history from its first entry, checking every entry's
 /// hash, its link to the one before and that the numbering has no gap.
 pub fn check_chain(catalog: &Catalog, stream: &StreamName) -> Result<ChainCheck, CatalogError> {
     let mut check = ChainCheck::default();
     let mut prev = GENESIS.to_string();
-    let mut from: Option<String> = None;
-    loop {
-        let page: Vec<(String, DrillEntry)> =
-            catalog.records(&prefix(stream), from.as_deref(), false, 256)?;
-        let n = page.len();
-        for (k, e) in page.into_iter().skip(usize::from(from.is_some())) {
-            check.entries += 1;
-            let problem = if e.seq != check.entries {
-                Some(format!(
-                    "entry {} is numbered {}: an entry is missing before it",
-                    check.entries, e.seq
-                ))
-            } else if e.prev_hash != prev {
-                Some(format!(
-                    "entry {} does not link to the entry before it",
-                    e.seq
-                ))
-            } else if entry_hash(&e) != e.entry_hash {
-                Some(format!(
-                    "entry {}: its hash does not match its fields (changed after it was written)",
-                    e.seq
-                ))
-            } else {
-                None
-            };
-            if problem.is_some() {
-                check.problem = problem;
-                return Ok(check);
-            }
-            prev = e.entry_hash.clone();
-            from = Some(k);
-        }
-        if n < 256 {
-            return Ok(check);
-        }
-    }
+    for_each(catalog, stream, |e| {
+        check.entries += 1;
+        check.problem = if e.seq != check.entries {
+            Some(format!(
+                "entry {} is numbered {}: an entry is missing before it",
+                check.entries, e.seq
+            ))
+        } else if e.prev_hash != prev {
+            Some(format!(
+                "entry {} does not link to the entry before it",
+                e.seq
+            ))
+        } else if entry_hash(&e) != e.entry_hash {
+            Some(format!(
+                "entry {}: its hash does not match its fields (changed after it was written)",
+                e.seq
+            ))
+        } else {
+            None
+        };
+        prev = e.entry_hash;
+        check.problem.is_none()
+    })?;
+    Ok(check)
 }
 
 /// The entry whose report.json has SHA-256 `report_sha256`, if any.
@@ -150,21 +164,14 @@ pub fn find_report(
     stream: &StreamName,
     report_sha256: &str,
 ) -> Result<Option<DrillEntry>, CatalogError> {
-    let mut from: Option<String> = None;
-    loop {
-        let page: Vec<(String, DrillEntry)> =
-            catalog.records(&prefix(stream), from.as_deref(), false, 256)?;
-        let n = page.len();
-        for (k, e) in page.into_iter().skip(usize::from(from.is_some())) {
-            if e.report_sha256 == report_sha256 {
-                return Ok(Some(e));
-            }
-            from = Some(k);
+    let mut found = None;
+    for_each(catalog, stream, |e| {
+        if e.report_sha256 == report_sha256 {
+            found = Some(e);
         }
-        if n < 256 {
-            return Ok(None);
-        }
-    }
+        found.is_none()
+    })?;
+    Ok(found)
 }
 
 #[cfg(test)]
