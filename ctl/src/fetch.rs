@@ -27,6 +27,9 @@ pub struct FetchArgs {
     /// live DR database.
     #[arg(long)]
     pub drill: bool,
+    /// `--from URL [--identity FILE]`: from a bucket, without a drd.
+    #[command(flatten)]
+    pub bucket: crate::bucket::FromArgs,
 }
 
 pub async fn run(c: &mut ControlClient<Channel>, a: &FetchArgs) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,7 @@
 
 #![recursion_limit = "256"]
 
+mod bucket;
 mod certs;
 mod docs;
 mod drill;
@@ -104,6 +105,11 @@ enum Cmd {
     Drill(drill::DrillArgs),
     /// Apply the DR site's retention policy now; --dry-run shows what it would remove and why.
     Prune(prune::PruneArgs),
+    /// List a bucket's objects (`--from URL`; no daemon needed), a page at a time.
+    Ls(bucket::LsArgs),
+    /// Keys for client-side encryption of object-store targets (no daemon needed).
+    #[command(subcommand)]
+    Keys(bucket::KeysCmd),
     /// Certificates for a first deployment (no daemon needed).
     #[command(subcommand)]
     Certs(certs::CertsCmd),
@@ -160,6 +166,15 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let socket = socket_path(cli);
     match &cli.command {
         Cmd::Certs(c) => return certs::run(c),
+        Cmd::Keys(c) => return bucket::keys(c),
+        Cmd::Ls(a) => return bucket::ls(a).await,
+        // At a restore site where no drd runs: straight from the bucket.
+        Cmd::WalFetch(a) if a.bucket.from.is_some() => {
+            return Ok(bucket::wal_fetch(&a.bucket, &a.name, &a.dest).await)
+        }
+        Cmd::Verify(a) if a.bucket.from.is_some() => {
+            return bucket::verify(&a.bucket, a.json, cli.no_progress).await
+        }
         Cmd::Completions(a) => return docs::completions(a),
         Cmd::Man(a) => return docs::man(a),
         // Works without a daemon (an auditor's machine): it asks the local
@@ -201,7 +216,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Some(drill::DrillCmd::History(h)) => drill::history(&mut client, h).await,
             Some(drill::DrillCmd::Verify(_)) => unreachable!("handled before connecting"),
         },
-        Cmd::Certs(_) | Cmd::Completions(_) | Cmd::Man(_) => {
+        Cmd::Certs(_) | Cmd::Keys(_) | Cmd::Ls(_) | Cmd::Completions(_) | Cmd::Man(_) => {
             unreachable!("handled before connecting")
         }
     }

@@ -21,6 +21,9 @@ pub struct VerifyArgs {
     /// Print JSON for scripts instead of a report (no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// `--from URL [--identity FILE]`: the copy in a bucket, without a drd.
+    #[command(flatten)]
+    pub bucket: crate::bucket::FromArgs,
 }
 
 pub async fn run(

@@ -155,6 +155,21 @@ struct RawStream {
     /// `source = "postgres"`: the physical replication slot drd streams
     /// through.
     slot: Option<String>,
+    /// `[[stream.target]]`: object stores the stream's log also goes to.
+    #[serde(default)]
+    target: Vec<RawTarget>,
+}
+
+/// One `[[stream.target]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    url: String,
+    endpoint: Option<String>,
+    #[serde(default)]
+    recipients: Vec<String>,
+    encryption: Option<String>,
+    upload_interval: Option<String>,
 }
 
 /// Tuning numbers. Each has a default that suits a DR link with a local SSD;
@@ -322,7 +337,30 @@ pub struct StreamConfig {
     pub spool_max_bytes: u64,
     /// `source = "postgres"`: where and how drd streams the database's WAL.
     pub postgres: Option<PostgresSource>,
+    /// `[[stream.target]]`: object stores this node writes the stream's
+    /// log to, whatever its role (the primary ships straight to a cloud
+    /// region; a DR site tiers its copy to a bucket).
+    pub targets: Vec<TargetConfig>,
 }
+
+/// An object-store target of a stream (`[[stream.target]]`).
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    /// `s3://BUCKET/PREFIX`, `az://CONTAINER/PREFIX`, `gs://BUCKET/PREFIX`
+    /// or `file:///DIR`.
+    pub url: String,
+    /// An S3-compatible (or emulator) endpoint instead of the cloud's own.
+    pub endpoint: Option<String>,
+    /// Who can decrypt: the recipients' public keys (or plaintext, said
+    /// explicitly with `encryption = "none"`).
+    pub sealer: drd_bucket::Sealer,
+    /// The active segment's new bytes are uploaded at least this often:
+    /// the bound on the bucket's RPO while a segment grows.
+    pub upload_interval: Duration,
+}
+
+/// Default of `stream.target.upload_interval`.
+pub const DEFAULT_UPLOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A `source = "postgres"` stream's database side.
 #[derive(Clone, Debug)]
@@ -675,8 +713,39 @@ impl Config {
                     "key `stream[{i}].initial_role`: {other:?} must be \"primary\" or \"replica\""
                 ),
             };
+            let mut targets = Vec::with_capacity(s.target.len());
+            let mut urls = HashSet::new();
+            for (j, t) in s.target.into_iter().enumerate() {
+                let key = format!("stream[{i}].target[{j}]");
+                drd_bucket::store::check_url(&t.url, t.endpoint.as_deref())
+                    .map_err(|e| anyhow::anyhow!("key `{key}.url`: {e}"))?;
+                if !urls.insert(t.url.trim_end_matches('/').to_string()) {
+                    bail!("key `{key}.url`: {} is this stream's target twice", t.url);
+                }
+                let sealer =
+                    drd_bucket::Sealer::from_config(&t.recipients, t.encryption.as_deref())
+                        .map_err(|e| anyhow::anyhow!("key `{key}.recipients`: {e}"))?;
+                let upload_interval = match t.upload_interval.as_deref() {
+                    None => DEFAULT_UPLOAD_INTERVAL,
+                    Some(v) => crate::units::parse_duration(v)
+                        .map_err(|e| anyhow::anyhow!("key `{key}.upload_interval`: {e}"))?,
+                };
+                if upload_interval < Duration::from_millis(100) {
+                    bail!(
+                        "key `{key}.upload_interval`: at least 100ms (each upload is a request \
+                         the store bills; 10s is the default)"
+                    );
+                }
+                targets.push(TargetConfig {
+                    url: t.url,
+                    endpoint: t.endpoint,
+                    sealer,
+                    upload_interval,
+                });
+            }
             streams.push(StreamConfig {
                 name,
+                targets,
                 initial_role: stream_role,
                 wal_dir: s.wal_dir,
                 peer: s.peer,

@@ -23,6 +23,7 @@ pub mod progress;
 pub mod replica;
 pub mod sidefiles;
 pub mod storage;
+pub mod targets;
 pub mod throttle;
 pub mod unix;
 pub mod walpos;
@@ -230,6 +231,18 @@ pub async fn run_with(
             Ok(None) => {}
             Err(e) => tracing::error!(stream = %cfg.name, error = %format!("{e:#}"),
                 "cannot read the stream's role; not streaming from PostgreSQL"),
+        }
+        // `[[stream.target]]`: the log also goes to object stores.
+        for t in node.targets_of(&cfg.name) {
+            match node.target_context(cfg, status, &t) {
+                Ok(ctx) => {
+                    tracker.spawn(targets::run(ctx, shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(stream = %cfg.name, url = %t.url, error = %format!("{e:#}"),
+                    "cannot read the stream's role; not uploading to the target")
+                }
+            }
         }
         // PostgreSQL's .history/.backup files travel beside the log.
         tracker.spawn(sidefiles::deliver::run(

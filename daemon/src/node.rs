@@ -407,6 +407,8 @@ pub struct Node {
     pub lag_history: crate::laghistory::LagHistory,
     /// Streams with a drill running now (one at a time per stream).
     pub drills: Mutex<BTreeSet<StreamName>>,
+    /// Every stream's object-store targets, their live state.
+    pub targets: Vec<Arc<crate::targets::TargetState>>,
 }
 
 impl Node {
@@ -504,6 +506,19 @@ impl Node {
                 );
             }
         }
+        let targets = config
+            .streams
+            .iter()
+            .flat_map(|s| {
+                s.targets.iter().map(|t| {
+                    Arc::new(crate::targets::TargetState {
+                        stream: s.name.to_string(),
+                        url: t.url.clone(),
+                        ..Default::default()
+                    })
+                })
+            })
+            .collect();
         let bandwidth = Arc::new(crate::throttle::Throttle::new(config.max_bandwidth));
         let initial = config
             .streams
@@ -527,10 +542,20 @@ impl Node {
             operations: Default::default(),
             lag_history: Default::default(),
             drills: Default::default(),
+            targets,
         })
     }
 
     /// How this node dials a stream's peer (its TLS material).
+    /// The targets of `stream`, in config order.
+    pub fn targets_of(&self, stream: &StreamName) -> Vec<Arc<crate::targets::TargetState>> {
+        self.targets
+            .iter()
+            .filter(|t| t.stream == stream.as_str())
+            .cloned()
+            .collect()
+    }
+
     pub fn dialer(&self) -> crate::dial::Dialer {
         crate::dial::Dialer::new(self.tls.clone())
     }

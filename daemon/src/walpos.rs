@@ -19,7 +19,26 @@ pub fn segment_path(
         let cfg = node.config.streams.iter().find(|s| &s.name == stream)?;
         return Some(cfg.wal_dir.join(name));
     }
-    let landing = crate::config::landing_dir(&node.config.data_dir, stream);
+    landing_path(&node.config.data_dir, stream, name)
+}
+
+/// [`segment_path`] for a driver that holds the stream's config and the
+/// data directory rather than the node.
+pub fn segment_path_for(
+    data_dir: &std::path::Path,
+    cfg: &crate::config::StreamConfig,
+    name: &str,
+    in_source: bool,
+) -> Option<PathBuf> {
+    if in_source {
+        return Some(cfg.wal_dir.join(name));
+    }
+    landing_path(data_dir, &cfg.name, name)
+}
+
+/// The landing directory's file of segment `name`: sealed, or `.partial`.
+fn landing_path(data_dir: &std::path::Path, stream: &StreamName, name: &str) -> Option<PathBuf> {
+    let landing = crate::config::landing_dir(data_dir, stream);
     let name = drd_proto::SegmentName::new(name.to_string()).ok()?;
     [name.as_str().to_string(), name.partial_file_name()]
         .into_iter()

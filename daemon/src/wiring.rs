@@ -70,6 +70,31 @@ impl Node {
         }))
     }
 
+    /// The handle one object-store target's task runs with.
+    pub fn target_context(
+        &self,
+        cfg: &StreamConfig,
+        shipper: &Arc<Shipper>,
+        state: &Arc<crate::targets::TargetState>,
+    ) -> anyhow::Result<crate::targets::TargetContext> {
+        let target = cfg
+            .targets
+            .iter()
+            .find(|t| t.url == state.url)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("target {} is not configured", state.url))?;
+        Ok(crate::targets::TargetContext {
+            stream: cfg.clone(),
+            target,
+            catalog: self.catalog.clone(),
+            role: self.stream_role(&cfg.name)?,
+            shipper: shipper.clone(),
+            node_id: self.config.node_id.to_string(),
+            data_dir: self.config.data_dir.clone(),
+            state: state.clone(),
+        })
+    }
+
     /// The handle the DR site's retention passes run with.
     pub fn retention_pruner(&self) -> Arc<RetentionPruner> {
         Arc::new(RetentionPruner {
