@@ -122,6 +122,9 @@ fn print_human(s: &pb::StatusResponse, summary: &str) {
     }
     println!();
     print!("{}", display::status_table(std::slice::from_ref(s)));
+    for t in &s.targets {
+        println!("{}", target_line(t));
+    }
     for t in &s.streams {
         if let Some(sp) = &t.spool {
             println!("{}", spool_line(&t.name, sp));
@@ -227,6 +230,20 @@ pub fn status_json(s: &pb::StatusResponse, summary: &str) -> serde_json::Value {
         "protocol_version": drd_proto::announced_protocol_version(s.protocol_version),
         "uptime_seconds": s.uptime_seconds,
         "warnings": protocol_warnings(s),
+        "targets": s.targets.iter().map(|t| json!({
+            "stream": t.stream,
+            "url": t.url,
+            "state": t.state,
+            "last_segment": t.last_segment,
+            "segments": t.segments,
+            "partials": t.partials,
+            "bytes": t.bytes,
+            "requests": t.requests,
+            "retries": t.retries,
+            "lag_seconds": t.lag_seconds,
+            "last_error": t.last_error,
+            "caught_up_at_ms": t.caught_up_at_ms,
+        })).collect::<Vec<_>>(),
         "operations": s.operations.iter().map(|o| json!({
             "kind": o.kind,
             "stream": o.stream,
@@ -641,4 +658,37 @@ mod tests {
         assert!(positive_seconds("-1").is_err());
         assert!(positive_seconds("soon").is_err());
     }
+}
+
+/// One object-store target: `TARGET ehr-prod s3://…: caught up, 812
+/// segments (13.0 GiB), 4 partials, last 0000…2C, 2 retries`.
+fn target_line(t: &pb::TargetStatus) -> String {
+    let state = if t.state.is_empty() {
+        "starting"
+    } else {
+        t.state.as_str()
+    };
+    let mut line = format!(
+        "TARGET {} {}: {state}, {} segments + {} partials ({}) uploaded since start, last {}, \
+         {} requests, {} retries",
+        t.stream,
+        t.url,
+        t.segments,
+        t.partials,
+        display::bytes(t.bytes),
+        if t.last_segment.is_empty() {
+            "-"
+        } else {
+            t.last_segment.as_str()
+        },
+        t.requests,
+        t.retries
+    );
+    if t.lag_seconds > 0.0 {
+        line.push_str(&format!(", {:.0} s behind", t.lag_seconds));
+    }
+    if !t.last_error.is_empty() {
+        line.push_str(&format!("; error: {}", t.last_error));
+    }
+    line
 }

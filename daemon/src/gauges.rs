@@ -38,12 +38,44 @@ pub async fn sample(node: Arc<Node>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         sample_status(&node);
+        sample_targets(&node);
         if last_catalog.is_none_or(|t| t.elapsed() >= CATALOG_SAMPLE_INTERVAL) {
             last_catalog = Some(tokio::time::Instant::now());
             let n = node.clone();
             // A RocksDB scan: off the async threads.
             let _ = tokio::task::spawn_blocking(move || sample_catalog(&n)).await;
         }
+    }
+}
+
+/// Every object-store target's counters, lag and state.
+pub fn sample_targets(node: &Node) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::clock::unix_ms();
+    for t in &node.targets {
+        let (s, u) = (t.stream.clone(), t.url.clone());
+        let v = crate::locks::LockExt::locked(&t.inner).clone();
+        counter!(TARGET_OBJECTS, "stream" => s.clone(), "url" => u.clone(), "kind" => "segment")
+            .absolute(v.segments);
+        counter!(TARGET_OBJECTS, "stream" => s.clone(), "url" => u.clone(), "kind" => "partial")
+            .absolute(v.partials);
+        counter!(TARGET_BYTES, "stream" => s.clone(), "url" => u.clone()).absolute(v.bytes);
+        for (op, c) in [
+            ("put", &t.stats.puts),
+            ("get", &t.stats.gets),
+            ("list", &t.stats.lists),
+        ] {
+            counter!(TARGET_REQUESTS, "stream" => s.clone(), "url" => u.clone(), "op" => op)
+                .absolute(c.load(Relaxed));
+        }
+        counter!(TARGET_RETRIES, "stream" => s.clone(), "url" => u.clone())
+            .absolute(t.stats.retries.load(Relaxed));
+        counter!(TARGET_FAILURES, "stream" => s.clone(), "url" => u.clone())
+            .absolute(t.stats.failures.load(Relaxed));
+        gauge!(TARGET_LAG_SECONDS, "stream" => s.clone(), "url" => u.clone())
+            .set(t.lag_seconds(now));
+        let ok = !matches!(v.state.as_str(), "error" | "conflict");
+        gauge!(TARGET_OK, "stream" => s, "url" => u).set(if ok { 1.0 } else { 0.0 });
     }
 }
 

@@ -78,6 +78,14 @@ pub const DRILL_LAST_RTO: &str = "drd_drill_last_rto_seconds";
 pub const DRILL_LAST_RPO_BYTES: &str = "drd_drill_last_rpo_bytes";
 pub const DRILL_LAST_RPO_SECONDS: &str = "drd_drill_last_rpo_seconds";
 pub const DRILL_RUNS: &str = "drd_drill_runs_total";
+/// Object-store targets (`[[stream.target]]`), labelled stream and url.
+pub const TARGET_OBJECTS: &str = "drd_target_objects_total";
+pub const TARGET_BYTES: &str = "drd_target_uploaded_bytes_total";
+pub const TARGET_REQUESTS: &str = "drd_target_requests_total";
+pub const TARGET_RETRIES: &str = "drd_target_retries_total";
+pub const TARGET_FAILURES: &str = "drd_target_failed_requests_total";
+pub const TARGET_LAG_SECONDS: &str = "drd_target_upload_lag_seconds";
+pub const TARGET_OK: &str = "drd_target_ok";
 
 /// The exporter's HTTP server; runs until shutdown.
 pub type Exporter = metrics_exporter_prometheus::ExporterFuture;
@@ -101,6 +109,33 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<Exporter> {
 
 /// Help texts, as `# HELP` shows them.
 fn describe() {
+    describe_counter!(
+        TARGET_OBJECTS,
+        "Objects an object-store target holds from this node, by kind (segment: sealed, partial: a growing segment's new bytes)."
+    );
+    describe_counter!(
+        TARGET_BYTES,
+        Unit::Bytes,
+        "Log bytes uploaded to an object-store target."
+    );
+    describe_counter!(
+        TARGET_REQUESTS,
+        "Requests made to an object-store target, by op (put, get, list)."
+    );
+    describe_counter!(
+        TARGET_RETRIES,
+        "Object-store requests retried after a failure (with backoff and jitter)."
+    );
+    describe_counter!(
+        TARGET_FAILURES,
+        "Object-store requests that failed for good (retries exhausted, denied)."
+    );
+    describe_gauge!(
+        TARGET_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest byte durable here that the object-store target does not hold yet (0: caught up)."
+    );
+    describe_gauge!(TARGET_OK, "1 while the object-store target is caught up or uploading, 0 on an error or a refused overwrite.");
     describe_gauge!(
         DRILL_LAST_SUCCESS,
         Unit::Seconds,

@@ -73,6 +73,27 @@ pub struct TargetView {
 }
 
 impl TargetState {
+    /// What `drctl status` shows of the target.
+    pub fn status(&self) -> drd_proto::pb::TargetStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let v = self.inner.locked().clone();
+        let st = &self.stats;
+        drd_proto::pb::TargetStatus {
+            stream: self.stream.clone(),
+            url: self.url.clone(),
+            state: v.state,
+            last_segment: v.last_segment,
+            segments: v.segments,
+            partials: v.partials,
+            bytes: v.bytes,
+            requests: st.puts.load(Relaxed) + st.gets.load(Relaxed) + st.lists.load(Relaxed),
+            retries: st.retries.load(Relaxed),
+            lag_seconds: self.lag_seconds(crate::clock::unix_ms()),
+            last_error: v.last_error,
+            caught_up_at_ms: v.caught_up_at_ms,
+        }
+    }
+
     /// Seconds the bucket is behind the local log (0 when caught up).
     pub fn lag_seconds(&self, now_ms: u64) -> f64 {
         let since = self.inner.locked().behind_since_ms;

@@ -102,6 +102,7 @@ impl Node {
             roles: self.roles.clone(),
             retention: self.config.replica.as_ref().map(|r| r.retention.clone()),
             data_dir: self.config.data_dir.clone(),
+            streams: self.config.streams.clone(),
         })
     }
 }

@@ -102,30 +102,29 @@ pub async fn verify(
                 );
                 continue;
             }
-            let plaintext_ok = if rec.encryption == object::Encryption::None
-                || opener.has_identity()
-            {
-                match opener.open(&rec, payload) {
-                    Ok(plain)
-                        if plain.len() as u64 != rec.len
-                            || object::sha256_hex(&plain) != rec.sha256 =>
-                    {
-                        report.find(
+            let plaintext_ok =
+                if rec.encryption == object::Encryption::None || opener.has_identity() {
+                    match opener.open(&rec, payload) {
+                        Ok(plain)
+                            if plain.len() as u64 != rec.len
+                                || object::sha256_hex(&plain) != rec.sha256 =>
+                        {
+                            report.find(
                             key.clone(),
                             "the plaintext does not match its record (altered before encryption)"
                                 .into(),
                         );
-                        false
+                            false
+                        }
+                        Ok(_) => true,
+                        Err(e) => {
+                            report.find(key.clone(), e.to_string());
+                            false
+                        }
                     }
-                    Ok(_) => true,
-                    Err(e) => {
-                        report.find(key.clone(), e.to_string());
-                        false
-                    }
-                }
-            } else {
-                true
-            };
+                } else {
+                    true
+                };
             // The chain, recomputed from the record's digest.
             let recorded_prev = rec.prev_chain.as_deref().and_then(chain::from_hex);
             let recorded = rec.chain.as_deref().and_then(chain::from_hex);

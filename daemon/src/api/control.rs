@@ -205,6 +205,7 @@ impl Control for ControlService {
             fenced_reason,
             protocol_version: crate::version::PROTOCOL_VERSION,
             operations: self.node.operations.snapshot(),
+            targets: self.node.targets.iter().map(|t| t.status()).collect(),
         }))
     }
 

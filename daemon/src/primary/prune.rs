@@ -74,6 +74,10 @@ pub struct Facts<'a> {
     pub tail: Option<&'a str>,
     pub now_ms: u64,
     pub retention: Duration,
+    /// The stream's object-store targets: None without any, else the
+    /// newest sealed segment every one of them holds (None inside: not
+    /// the first yet). A segment no target holds yet stays.
+    pub targets_hold: Option<Option<&'a str>>,
 }
 
 /// Why a spool file stays.
@@ -97,6 +101,8 @@ pub enum Keep {
     Retention { left_ms: u64 },
     /// The record says the file is not this node's source (a landing copy).
     NotInSource,
+    /// An object-store target does not hold it yet.
+    NotInTarget,
 }
 
 /// Why a spool file goes.
@@ -147,6 +153,9 @@ pub fn plan(files: &[(SourceSegment, Option<SegmentRecord>)], f: &Facts) -> Vec<
             }
             if name == f.sealed_acked {
                 return Decision::Keep(Keep::ReplicaTail);
+            }
+            if f.targets_hold.is_some_and(|h| h.is_none_or(|h| name > h)) {
+                return Decision::Keep(Keep::NotInTarget);
             }
             let since = rec.sealed_at_ms.unwrap_or(rec.received_at_ms);
             let due = since.saturating_add(f.retention.as_millis() as u64);
@@ -240,7 +249,9 @@ fn pass_blocking(
         let tail = catalog.tail(stream)?;
         let sealed_acked = shipper.push.sealed_acked.borrow().clone();
         let now_ms = crate::clock::unix_ms();
+        let targets_hold = crate::targets::oldest_needed(catalog, cfg);
         let facts = Facts {
+            targets_hold: targets_hold.as_ref().map(|h| h.as_deref()),
             sealed_acked: &sealed_acked,
             fork: meta.fork.as_ref().map(|f| f.segment.as_str()),
             tail: tail.as_ref().map(|t| t.name.as_str()),
@@ -398,6 +409,7 @@ mod tests {
             tail: Some(tail),
             now_ms,
             retention: Duration::from_millis(retention_ms),
+            targets_hold: None,
         }
     }
 
@@ -487,6 +499,24 @@ mod tests {
         let mut d = plan(&files, &f);
         make_room(&files, &mut d, &early, 0, 600);
         assert!(removed(&d).is_empty());
+    }
+
+    #[test]
+    fn a_segment_no_target_holds_yet_stays() {
+        let (a5, t5, h2) = (name(5), name(5), name(2));
+        let files = spool();
+        let f = Facts {
+            targets_hold: Some(Some(&h2)),
+            ..facts(&a5, &t5, 5000, 0)
+        };
+        let d = plan(&files, &f);
+        assert_eq!(removed(&d), [0, 1]);
+        assert_eq!(d[2], Decision::Keep(Keep::NotInTarget));
+        let f = Facts {
+            targets_hold: Some(None),
+            ..facts(&a5, &t5, 5000, 0)
+        };
+        assert!(removed(&plan(&files, &f)).is_empty());
     }
 
     #[test]

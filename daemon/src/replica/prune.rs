@@ -67,6 +67,9 @@ pub struct RetentionPruner {
     pub retention: Option<Retention>,
     /// Where the landing files are (`data_dir`).
     pub data_dir: PathBuf,
+    /// The configured streams: what their object-store targets hold
+    /// bounds what retention removes.
+    pub streams: Vec<crate::config::StreamConfig>,
 }
 
 impl RetentionPruner {
@@ -141,7 +144,13 @@ fn pass_blocking(
         0
     };
     let now_ms = crate::clock::unix_ms();
+    let targets_hold = pruner
+        .streams
+        .iter()
+        .find(|c| &c.name == stream)
+        .and_then(|c| crate::targets::oldest_needed(cat, c));
     let facts = Facts {
+        targets_hold: targets_hold.as_ref().map(|h| h.as_deref()),
         now_ms,
         fetched: fetched.as_ref().map(|f| f.segment.as_str()),
         last_sealed: last_sealed.as_ref().map(|r| r.name.as_str()),

@@ -202,6 +202,10 @@ pub struct Facts<'a> {
     pub last_sealed: Option<&'a str>,
     /// Bytes the stream holds here before this plan (needed with `max_bytes`).
     pub stored_bytes: u64,
+    /// The stream's object-store targets at this node: None without any,
+    /// else the newest sealed segment every one of them holds (None
+    /// inside: not the first yet). What a target lacks stays.
+    pub targets_hold: Option<Option<&'a str>>,
 }
 
 /// Why a segment stays (and, pruning being in log order, every later one).
@@ -215,6 +219,8 @@ pub enum Keep {
     InSource,
     /// The DR database has not fetched it (and may still need it).
     NotFetched,
+    /// An object-store target of this node does not hold it yet.
+    NotInTarget,
     /// Sealed here less than `min_retention` ago: this long to go (ms).
     MinRetention { left_ms: u64 },
     /// Old enough to go, but within `max_retention` and `max_bytes`: it
@@ -233,6 +239,10 @@ impl std::fmt::Display for Keep {
                 f,
                 "the DR database has not fetched it yet (drctl wal-fetch); set \
                  prune_unfetched = true if this site has no standby database"
+            ),
+            Keep::NotInTarget => write!(
+                f,
+                "an object-store target does not hold it yet (drctl status shows the targets)"
             ),
             Keep::MinRetention { left_ms } => {
                 write!(f, "younger than min_retention ({} to go)", d(*left_ms))
@@ -307,6 +317,9 @@ pub fn decide(
     }
     if !policy.prune_unfetched && f.fetched.is_none_or(|fetched| name >= fetched) {
         return Err(Keep::NotFetched);
+    }
+    if f.targets_hold.is_some_and(|h| h.is_none_or(|h| name > h)) {
+        return Err(Keep::NotInTarget);
     }
     let age = age_ms(rec, f.now_ms);
     let min = policy.min_retention.as_millis() as u64;
@@ -416,6 +429,7 @@ mod tests {
             fetched,
             last_sealed: Some(last),
             stored_bytes: 1000,
+            targets_hold: None,
         }
     }
 
@@ -500,6 +514,13 @@ mod tests {
             ..facts(Some(&f10), &l10)
         };
         assert_eq!(run(&log(), &p, f), (vec![], Some(Keep::Newest)));
+        // An object-store target holding up to segment 3: 4 stays.
+        let s3 = name(3);
+        let f = Facts {
+            targets_hold: Some(Some(&s3)),
+            ..facts(Some(&f10), &l10)
+        };
+        assert_eq!(run(&log(), &p, f), (vec![1, 2, 3], Some(Keep::NotInTarget)));
     }
 
     #[test]
