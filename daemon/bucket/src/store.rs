@@ -207,6 +207,19 @@ impl Bucket {
         endpoint: Option<&str>,
         retry: RetryPolicy,
     ) -> Result<Bucket, StoreError> {
+        Self::open_with(url, endpoint, retry, &[])
+    }
+
+    /// [`Bucket::open`] with settings given as the environment variables
+    /// each cloud's tools read (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_NAME`,
+    /// …), applied on top of the process environment: for a caller that
+    /// holds them itself (a test; a tool reading a credentials vault).
+    pub fn open_with(
+        url: &str,
+        endpoint: Option<&str>,
+        retry: RetryPolicy,
+        vars: &[(String, String)],
+    ) -> Result<Bucket, StoreError> {
         check_url(url, endpoint)?;
         let u = url::Url::parse(url).map_err(|e| bad(url, e.to_string()))?;
         let client_err = |e: object_store::Error| StoreError::Client {
@@ -233,7 +246,13 @@ impl Bucket {
                 return Err(bad(url, "no bucket (container) name after the scheme"))
             }
             "s3" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                let mut b = object_store::aws::AmazonS3Builder::from_env();
+                for (k, v) in vars {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+                let mut b = b
                     .with_bucket_name(&host)
                     .with_client_options(options)
                     .with_retry(no_retry)
@@ -250,7 +269,13 @@ impl Bucket {
                 )
             }
             "az" => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env();
+                for (k, v) in vars {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+                let mut b = b
                     .with_container_name(&host)
                     .with_client_options(options)
                     .with_retry(no_retry);
@@ -263,7 +288,13 @@ impl Bucket {
                 )
             }
             "gs" => {
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env();
+                for (k, v) in vars {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v);
+                    }
+                }
+                let b = b
                     .with_bucket_name(&host)
                     .with_client_options(options)
                     .with_retry(no_retry);

@@ -510,7 +510,7 @@ mod tests {
             ..facts(&a5, &t5, 5000, 0)
         };
         let d = plan(&files, &f);
-        assert_eq!(removed(&d), [0, 1]);
+        assert_eq!(removed(&d), [1, 2]);
         assert_eq!(d[2], Decision::Keep(Keep::NotInTarget));
         let f = Facts {
             targets_hold: Some(None),
