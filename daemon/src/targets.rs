@@ -192,12 +192,15 @@ pub async fn run(ctx: TargetContext, shutdown: CancellationToken) {
         );
     }
     let mut last_partial = Instant::now() - ctx.target.upload_interval;
+    // Side files known to be in the bucket (their catalog marks, cached).
+    let mut sides_done = std::collections::BTreeSet::new();
     loop {
         let step = async {
             let wrote = upload_sealed(&ctx, &archive, &mut progress, &key).await?;
             if last_partial.elapsed() >= ctx.target.upload_interval {
                 last_partial = Instant::now();
                 upload_partial(&ctx, &archive, &mut progress, &key).await?;
+                upload_side_files(&ctx, &archive, &key, &mut sides_done).await?;
             }
             Ok::<bool, ArchiveError>(wrote)
         };
@@ -471,6 +474,48 @@ async fn upload_partial(
     v.caught_up_at_ms = unix_ms();
     v.behind_since_ms = 0;
     v.last_error.clear();
+    Ok(())
+}
+
+/// Uploads the stream's side files (`.history`, `.backup`) that the bucket
+/// does not hold yet; each is marked in the catalog once written.
+async fn upload_side_files(
+    ctx: &TargetContext,
+    archive: &Archive,
+    key: &str,
+    done: &mut std::collections::BTreeSet<String>,
+) -> Result<(), ArchiveError> {
+    let dir = crate::sidefiles::side_dir(&ctx.data_dir, &ctx.stream.name);
+    for name in crate::sidefiles::shipped_side_files(&dir) {
+        if done.contains(&name) {
+            continue;
+        }
+        let mark = format!("{key}/side/{name}");
+        let marked = ctx
+            .catalog
+            .records::<u64>(&mark, None, false, 1)
+            .map_err(internal)?
+            .into_iter()
+            .any(|(k, _)| k == mark);
+        if !marked {
+            let path = dir.join(&name);
+            let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            let epoch = ctx.role.state().epoch;
+            archive
+                .write_side(&ctx.target.sealer, &name, &bytes, epoch)
+                .await?;
+            tracing::info!(file = %name, "side file uploaded");
+            // No fsync: a lost mark makes the next pass find the same
+            // object there (Written::AlreadyThere).
+            if let Err(e) = ctx.catalog.put_record(&mark, &unix_ms(), false) {
+                tracing::warn!(error = %e, "cannot mark the side file uploaded");
+            }
+        }
+        done.insert(name);
+    }
     Ok(())
 }
 
