@@ -33,6 +33,48 @@ _drd_cargo_tool() {
   cargo install "$2" --locked --quiet
 }
 
+# Servers the tests start that come from PyPI or the npm registry rather
+# than Debian: each in a directory of its own under /opt/drd-test (a venv
+# or an npm prefix, so their dependencies cannot clash with each other or
+# with the system's), its program linked into /opt/drd-test/bin, where
+# tests/src/objstore.rs looks for it. A stamp file records what was
+# installed, so a changed version reinstalls and an unchanged one costs
+# nothing.
+_drd_test_dir=/opt/drd-test
+
+_drd_pip_tool() {
+  # $1: venv name, $2: pip requirement, $3…: programs to link.
+  local dir="$_drd_test_dir/$1" prog py
+  [ "$(cat "$dir/.drd-installed" 2>/dev/null)" = "$2" ] && return 0
+  # By its path: sudo's PATH may not find the python3 the user runs.
+  py=$(command -v python3)
+  # Debian's python3 has no ensurepip (so no venv) without python3-venv.
+  "$py" -c 'import ensurepip, venv' 2>/dev/null || _drd_apt python3-venv
+  echo "setup: installing $2 (PyPI, into $dir)" >&2
+  _drd_root rm -rf "$dir"
+  _drd_root "$py" -m venv "$dir"
+  _drd_root "$dir/bin/pip" install -q --disable-pip-version-check "$2"
+  _drd_root mkdir -p "$_drd_test_dir/bin"
+  for prog in "${@:3}"; do
+    _drd_root ln -sfn "$dir/bin/$prog" "$_drd_test_dir/bin/$prog"
+  done
+  echo "$2" | _drd_root tee "$dir/.drd-installed" >/dev/null
+}
+
+_drd_npm_tool() {
+  # $1: prefix name, $2: npm package@version, $3…: programs to link.
+  local dir="$_drd_test_dir/$1" prog
+  [ "$(cat "$dir/.drd-installed" 2>/dev/null)" = "$2" ] && return 0
+  echo "setup: installing $2 (npm registry, into $dir)" >&2
+  _drd_root rm -rf "$dir"
+  _drd_root mkdir -p "$dir" "$_drd_test_dir/bin"
+  _drd_root npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "$2" >/dev/null
+  for prog in "${@:3}"; do
+    _drd_root ln -sfn "$dir/node_modules/.bin/$prog" "$_drd_test_dir/bin/$prog"
+  done
+  echo "$2" | _drd_root tee "$dir/.drd-installed" >/dev/null
+}
+
 drd_setup() {
   # Building drd: Debian's RocksDB (see the comment on `rocksdb` in the
   # workspace Cargo.toml) and libclang for the bindings bindgen makes.
@@ -58,6 +100,15 @@ drd_setup() {
   _drd_apt postgresql iptables systemd dpkg-dev man-db zsh fish libnss-wrapper chromium
   # iptables on Debian 12 is the nft front end; the chaos suite's DROP rules
   # need the kernel's nf_tables, present on these machines.
+
+  # Object-store emulators for tests/tests/objstore_servers.rs (issue 19's
+  # S3 and Azure Blob targets), started on 127.0.0.1 by
+  # tests/src/objstore.rs: moto's S3 server (Python) and Azurite's blob
+  # service (Node; npm comes with Debian's nodejs only as its own
+  # package). No GCS emulator: see the top of tests/src/objstore.rs.
+  _drd_pip_tool moto 'moto[server]==5.2.5' moto_server
+  command -v npm >/dev/null || _drd_apt npm
+  _drd_npm_tool azurite azurite@3.35.0 azurite-blob
 
   # cargo tools: the brief fuzz run, the Debian package, the dependency
   # policy (deny.toml), lints.

@@ -5,7 +5,9 @@
 //! --workspace` builds them before any test runs.
 
 pub mod chaos;
+pub mod faultproxy;
 pub mod fleet;
+pub mod objstore;
 pub mod pg;
 pub mod pgsites;
 pub mod proxy;
