@@ -33,7 +33,7 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// container creation, readiness probes).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-const INSTALL_HINT: &str = "run `. deploy/dev/setup.sh && drd_setup test` (installs it into \
+const INSTALL_HINT: &str = "Run `. deploy/dev/setup.sh && drd_setup test` (installs it into \
                             /opt/drd-test)";
 
 /// The path of an emulator's program, or None (after [`crate::require::missing`],
