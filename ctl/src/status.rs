@@ -507,6 +507,39 @@ impl WatchBars {
     }
 }
 
+/// One object-store target: `TARGET ehr-prod s3://…: caught up, 812
+/// segments (13.0 GiB), 4 partials, last 0000…2C, 2 retries`.
+fn target_line(t: &pb::TargetStatus) -> String {
+    let state = if t.state.is_empty() {
+        "starting"
+    } else {
+        t.state.as_str()
+    };
+    let mut line = format!(
+        "TARGET {} {}: {state}, {} segments + {} partials ({}) uploaded since start, last {}, \
+         {} requests, {} retries",
+        t.stream,
+        t.url,
+        t.segments,
+        t.partials,
+        display::bytes(t.bytes),
+        if t.last_segment.is_empty() {
+            "-"
+        } else {
+            t.last_segment.as_str()
+        },
+        t.requests,
+        t.retries
+    );
+    if t.lag_seconds > 0.0 {
+        line.push_str(&format!(", {:.0} s behind", t.lag_seconds));
+    }
+    if !t.last_error.is_empty() {
+        line.push_str(&format!("; error: {}", t.last_error));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,37 +691,4 @@ mod tests {
         assert!(positive_seconds("-1").is_err());
         assert!(positive_seconds("soon").is_err());
     }
-}
-
-/// One object-store target: `TARGET ehr-prod s3://…: caught up, 812
-/// segments (13.0 GiB), 4 partials, last 0000…2C, 2 retries`.
-fn target_line(t: &pb::TargetStatus) -> String {
-    let state = if t.state.is_empty() {
-        "starting"
-    } else {
-        t.state.as_str()
-    };
-    let mut line = format!(
-        "TARGET {} {}: {state}, {} segments + {} partials ({}) uploaded since start, last {}, \
-         {} requests, {} retries",
-        t.stream,
-        t.url,
-        t.segments,
-        t.partials,
-        display::bytes(t.bytes),
-        if t.last_segment.is_empty() {
-            "-"
-        } else {
-            t.last_segment.as_str()
-        },
-        t.requests,
-        t.retries
-    );
-    if t.lag_seconds > 0.0 {
-        line.push_str(&format!(", {:.0} s behind", t.lag_seconds));
-    }
-    if !t.last_error.is_empty() {
-        line.push_str(&format!("; error: {}", t.last_error));
-    }
-    line
 }

@@ -23,6 +23,7 @@ pub mod progress;
 pub mod replica;
 pub mod sidefiles;
 pub mod storage;
+pub mod target_state;
 pub mod targets;
 pub mod throttle;
 pub mod unix;

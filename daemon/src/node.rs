@@ -408,7 +408,7 @@ pub struct Node {
     /// Streams with a drill running now (one at a time per stream).
     pub drills: Mutex<BTreeSet<StreamName>>,
     /// Every stream's object-store targets, their live state.
-    pub targets: Vec<Arc<crate::targets::TargetState>>,
+    pub targets: Vec<Arc<crate::target_state::TargetState>>,
 }
 
 impl Node {
@@ -511,7 +511,7 @@ impl Node {
             .iter()
             .flat_map(|s| {
                 s.targets.iter().map(|t| {
-                    Arc::new(crate::targets::TargetState {
+                    Arc::new(crate::target_state::TargetState {
                         stream: s.name.to_string(),
                         url: t.url.clone(),
                         ..Default::default()
@@ -548,7 +548,7 @@ impl Node {
 
     /// How this node dials a stream's peer (its TLS material).
     /// The targets of `stream`, in config order.
-    pub fn targets_of(&self, stream: &StreamName) -> Vec<Arc<crate::targets::TargetState>> {
+    pub fn targets_of(&self, stream: &StreamName) -> Vec<Arc<crate::target_state::TargetState>> {
         self.targets
             .iter()
             .filter(|t| t.stream == stream.as_str())

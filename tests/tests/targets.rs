@@ -339,7 +339,7 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
     )
     .unwrap();
     let archive = drd_bucket::Archive::new(bucket, "ehr-prod", "attacker");
-    let sealer = drd_bucket::Sealer::from_config(&[recipient.clone()], None).unwrap();
+    let sealer = drd_bucket::Sealer::from_config(std::slice::from_ref(&recipient), None).unwrap();
     let before = raw_object(&moto, &format!("seg/{}", seg_name(2))).await;
     let evil = vec![0u8; SEG];
     let err = archive

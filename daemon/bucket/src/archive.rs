@@ -81,6 +81,16 @@ pub enum Written {
     AlreadyThere,
 }
 
+/// Where an object's payload sits: its kind, segment (or side file) name,
+/// the segment's stream position and the payload's offset in it.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    kind: Kind,
+    name: &'a str,
+    start: u64,
+    offset: u64,
+}
+
 /// A sealed segment to write.
 #[derive(Debug, Clone)]
 pub struct SealedSegment<'a> {
@@ -128,22 +138,14 @@ impl Archive {
         }
     }
 
-    fn record(
-        &self,
-        kind: Kind,
-        name: &str,
-        start: u64,
-        offset: u64,
-        bytes: &[u8],
-        epoch: u64,
-        sealer: &Sealer,
-    ) -> Record {
+    /// The record of `bytes`, placed as `at` says.
+    fn record(&self, at: At<'_>, bytes: &[u8], epoch: u64, sealer: &Sealer) -> Record {
         Record {
-            kind,
+            kind: at.kind,
             stream: self.stream.clone(),
-            name: name.to_string(),
-            start,
-            offset,
+            name: at.name.to_string(),
+            start: at.start,
+            offset: at.offset,
             len: bytes.len() as u64,
             sha256: object::sha256_hex(bytes),
             prev_chain: None,
@@ -167,15 +169,13 @@ impl Archive {
         seg: &SealedSegment<'_>,
     ) -> Result<Written, ArchiveError> {
         let key = segment_key(seg.name);
-        let mut rec = self.record(
-            Kind::Segment,
-            seg.name,
-            seg.start,
-            0,
-            seg.bytes,
-            seg.epoch,
-            sealer,
-        );
+        let at = At {
+            kind: Kind::Segment,
+            name: seg.name,
+            start: seg.start,
+            offset: 0,
+        };
+        let mut rec = self.record(at, seg.bytes, seg.epoch, sealer);
         rec.prev_chain = Some(hex::encode(seg.prev_chain));
         rec.chain = Some(hex::encode(seg.chain));
         let payload = sealer.seal(seg.bytes)?;
@@ -236,7 +236,13 @@ impl Archive {
         epoch: u64,
     ) -> Result<String, ArchiveError> {
         let end = offset + bytes.len() as u64;
-        let mut rec = self.record(Kind::Partial, name, start, offset, bytes, epoch, sealer);
+        let at = At {
+            kind: Kind::Partial,
+            name,
+            start,
+            offset,
+        };
+        let mut rec = self.record(at, bytes, epoch, sealer);
         let payload = sealer.seal(bytes)?;
         let obj = Bytes::from(object::encode(&mut rec, &payload));
         // A nonce collision (one in 2^32 for the same range) just draws again.
@@ -261,7 +267,13 @@ impl Archive {
         epoch: u64,
     ) -> Result<Written, ArchiveError> {
         let key = side_key(name);
-        let mut rec = self.record(Kind::Side, name, 0, 0, bytes, epoch, sealer);
+        let at = At {
+            kind: Kind::Side,
+            name,
+            start: 0,
+            offset: 0,
+        };
+        let mut rec = self.record(at, bytes, epoch, sealer);
         let payload = sealer.seal(bytes)?;
         let obj = Bytes::from(object::encode(&mut rec, &payload));
         match self.bucket.put_new(&key, obj).await? {
