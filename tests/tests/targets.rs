@@ -623,3 +623,175 @@ async fn uploads_through_a_faulty_network_finish_with_retries_counted() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains(&format!("{} segments", N - 1)), "{stdout}");
 }
+
+/// The same path to Azure Blob, through Azurite: shipped, restored
+/// byte-identical, verified, and an overwrite refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_blob_through_azurite() {
+    let Some(azurite) = drd_tests::objstore::Azurite::start() else {
+        return;
+    };
+    azurite.create_container(BUCKET);
+    let endpoint = azurite.endpoint();
+    let url = format!("az://{BUCKET}/ehr-prod");
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, recipient) = keys_init(keydir.path(), "dr.key");
+    let mut pair = Pair::with_stream_keys("", &target_keys(&url, &endpoint, &recipient, "500ms"));
+    let env = azurite.env();
+    pair.primary.env = env.clone();
+    pair.replica.start();
+    pair.primary.start();
+    const SEG: usize = 1 << 20;
+    for n in 1..=4 {
+        std::fs::write(pair.wal.join(seg_name(n)), segment_bytes(n, SEG)).unwrap();
+    }
+    pair.wait_durable(4 * SEG as u64, Duration::from_secs(30))
+        .await;
+    wait_for(
+        "three sealed segments in the container",
+        Duration::from_secs(30),
+        || async { (listed(&env, &url, &endpoint, false).len() == 3).then_some(()) },
+    )
+    .await;
+    let key_s = key.to_str().unwrap();
+    let dest = keydir.path().join("restored");
+    for n in 1..=3 {
+        let (code, _, stderr) = drctl_from(
+            &env,
+            &[
+                "wal-fetch",
+                "--from",
+                &url,
+                "--endpoint",
+                &endpoint,
+                "--identity",
+                key_s,
+                &seg_name(n),
+                dest.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "wal-fetch {n}: {stderr}");
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            segment_bytes(n, SEG),
+            "segment {n}"
+        );
+    }
+    let (code, stdout, stderr) = drctl_from(
+        &env,
+        &[
+            "verify",
+            "--from",
+            &url,
+            "--endpoint",
+            &endpoint,
+            "--identity",
+            key_s,
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("3 segments"), "{stdout}");
+    let bucket = drd_bucket::Bucket::open_with(
+        &url,
+        Some(&endpoint),
+        drd_bucket::RetryPolicy::default(),
+        &env,
+    )
+    .unwrap();
+    let archive = drd_bucket::Archive::new(bucket, "ehr-prod", "attacker");
+    let sealer = drd_bucket::Sealer::from_config(std::slice::from_ref(&recipient), None).unwrap();
+    let evil = vec![0u8; SEG];
+    let err = archive
+        .write_segment(
+            &sealer,
+            &drd_bucket::SealedSegment {
+                name: &seg_name(1),
+                start: 0,
+                bytes: &evil,
+                prev_chain: [0; 32],
+                chain: [1; 32],
+                epoch: 9,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, drd_bucket::ArchiveError::Conflict { .. }),
+        "{err}"
+    );
+}
+
+/// A WORM bucket (S3 Object Lock, compliance mode, default retention):
+/// drd's uploads are accepted (they carry the checksum such buckets
+/// require; without it moto refuses them, as S3 does), and the bucket
+/// keeps what drd wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_lock_bucket_takes_the_uploads_and_keeps_them() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket_with_object_lock(BUCKET);
+    moto.set_default_retention(BUCKET, "COMPLIANCE", 30);
+    assert!(moto.object_lock_enabled(BUCKET));
+    let endpoint = moto.endpoint();
+    let url = format!("s3://{BUCKET}/ehr-prod");
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, recipient) = keys_init(keydir.path(), "dr.key");
+    let mut pair = Pair::with_stream_keys("", &target_keys(&url, &endpoint, &recipient, "500ms"));
+    pair.primary.env = moto.env();
+    pair.replica.start();
+    pair.primary.start();
+    const SEG: usize = 1 << 20;
+    for n in 1..=3 {
+        std::fs::write(pair.wal.join(seg_name(n)), segment_bytes(n, SEG)).unwrap();
+    }
+    pair.wait_durable(3 * SEG as u64, Duration::from_secs(30))
+        .await;
+    let env = moto.env();
+    wait_for(
+        "two sealed segments in the locked bucket",
+        Duration::from_secs(30),
+        || async { (listed(&env, &url, &endpoint, false).len() == 2).then_some(()) },
+    )
+    .await;
+    let (code, stdout, stderr) = drctl_from(
+        &env,
+        &[
+            "verify",
+            "--from",
+            &url,
+            "--endpoint",
+            &endpoint,
+            "--identity",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // The bucket keeps what drd wrote whatever a stolen credential asks:
+    // a delete only hides the object behind a marker; the locked version
+    // is still there, byte for byte.
+    use object_store::ObjectStore;
+    let admin = admin(&moto);
+    let seg1 = obj_path(&format!("seg/{}", seg_name(1)));
+    let before = admin.get(&seg1).await.unwrap();
+    let version = before.meta.version.clone();
+    let before = before.bytes().await.unwrap();
+    assert!(version.is_some(), "an Object Lock bucket keeps versions");
+    admin.delete(&seg1).await.unwrap();
+    let opts = object_store::GetOptions {
+        version: version.clone(),
+        ..Default::default()
+    };
+    let kept = admin
+        .get_opts(&seg1, opts)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept, before,
+        "the locked version {version:?} is still there"
+    );
+    let t = target_status(&pair);
+    assert!(t["retries"].as_u64().is_some(), "{t}");
+    assert_eq!(t["segments"], 2, "{t}");
+}

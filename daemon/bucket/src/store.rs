@@ -252,9 +252,18 @@ impl Bucket {
                         b = b.with_config(key, v);
                     }
                 }
+                // S3 Object Lock buckets (the WORM setup deploy/objstore
+                // recommends) refuse a put without an integrity header;
+                // with the SHA-256 checksum below, S3-compatible stores
+                // (moto) also want the SDK's algorithm header to accept it.
+                let mut headers = http::HeaderMap::new();
+                headers.insert(
+                    "x-amz-sdk-checksum-algorithm",
+                    http::HeaderValue::from_static("SHA256"),
+                );
                 let mut b = b
                     .with_bucket_name(&host)
-                    .with_client_options(options)
+                    .with_client_options(options.with_default_headers(headers))
                     .with_retry(no_retry)
                     // x-amz-checksum-sha256 on every put: the store checks
                     // what it received (and S3 Object Lock buckets require
