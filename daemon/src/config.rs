@@ -1401,6 +1401,54 @@ peer = "http://127.0.0.1:7601"
         );
     }
 
+    /// Issue 19: `[[stream.target]]`, and the refusals that name the key.
+    #[test]
+    fn stream_targets_parse_and_bad_ones_are_refused() {
+        let (_, public) = drd_bucket::crypto::generate();
+        let (secret, _) = drd_bucket::crypto::generate();
+        let with = |t: &str| format!("initial_role = \"primary\"\n{GOOD}[[stream.target]]\n{t}\n");
+        let c = Config::parse(&with(&format!(
+            "url = \"s3://hospital-dr/ehr-prod\"\nrecipients = [\"{public}\"]\nupload_interval = \"2s\""
+        )))
+        .unwrap();
+        let t = &c.streams[0].targets[0];
+        assert_eq!(t.url, "s3://hospital-dr/ehr-prod");
+        assert_eq!(t.upload_interval, Duration::from_secs(2));
+        assert_eq!(t.sealer.encryption(), drd_bucket::object::Encryption::Age);
+        let c = Config::parse(&with(
+            "url = \"file:///srv/archive\"\nencryption = \"none\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.streams[0].targets[0].upload_interval,
+            DEFAULT_UPLOAD_INTERVAL
+        );
+        for (t, says) in [
+            ("url = \"s3://b/p\"".to_string(), "encryption = \"none\""),
+            (format!("url = \"s3://b/p\"\nrecipients = [\"{secret}\"]"), "secret key"),
+            (format!("url = \"ftp://b/p\"\nrecipients = [\"{public}\"]"), "must be s3://"),
+            (
+                format!("url = \"s3://b/p\"\nendpoint = \"http://10.1.1.1:9000\"\nrecipients = [\"{public}\"]"),
+                "loopback",
+            ),
+            (
+                format!("url = \"s3://b/p\"\nrecipients = [\"{public}\"]\nupload_interval = \"10ms\""),
+                "at least 100ms",
+            ),
+            (format!("url = \"s3://b/p\"\nrecipients = [\"{public}\"]\nsecret = 1"), "unknown field"),
+        ] {
+            let e = err(&with(&t));
+            assert!(e.contains(says), "{t}: {e}");
+            assert!(e.contains("stream[0].target[0]") || says == "unknown field", "{t}: {e}");
+            assert!(!e.contains(&secret), "the error shows the secret key: {e}");
+        }
+        let twice = format!(
+            "initial_role = \"primary\"\n{GOOD}[[stream.target]]\nurl = \"file:///a\"\nencryption = \"none\"\n\
+             [[stream.target]]\nurl = \"file:///a/\"\nencryption = \"none\"\n"
+        );
+        assert!(err(&twice).contains("target twice"), "{}", err(&twice));
+    }
+
     #[test]
     fn a_malformed_conninfo_is_refused_without_its_password() {
         let secret = "s3cr3t-Hunter2";

@@ -95,9 +95,12 @@ fn unix_ms() -> u64 {
 
 /// Runs one target until shutdown.
 pub async fn run(ctx: TargetContext, shutdown: CancellationToken) {
+    use tracing::Instrument;
     let span = tracing::info_span!("target", stream = %ctx.stream.name, url = %ctx.target.url);
-    let _e = span.enter();
-    drop(_e);
+    upload(ctx, shutdown).instrument(span).await
+}
+
+async fn upload(ctx: TargetContext, shutdown: CancellationToken) {
     let bucket = match drd_bucket::Bucket::open(
         &ctx.target.url,
         ctx.target.endpoint.as_deref(),
@@ -105,7 +108,6 @@ pub async fn run(ctx: TargetContext, shutdown: CancellationToken) {
     ) {
         Ok(b) => b,
         Err(e) => {
-            let _e = span.enter();
             tracing::error!(error = %e, "cannot open the target; nothing is uploaded to it");
             let mut v = ctx.state.inner.locked();
             v.state = "error".into();
@@ -124,7 +126,6 @@ pub async fn run(ctx: TargetContext, shutdown: CancellationToken) {
         .and_then(|v| v.into_iter().next().map(|(_, p)| p))
         .unwrap_or_default();
     {
-        let _e = span.enter();
         tracing::info!(
             after = progress.sealed.as_deref().unwrap_or("(the start)"),
             encryption = ?ctx.target.sealer,
@@ -149,7 +150,6 @@ pub async fn run(ctx: TargetContext, shutdown: CancellationToken) {
             Ok(false) => POLL,
             Err(e) => {
                 let conflict = matches!(e, ArchiveError::Conflict { .. });
-                let _e = span.enter();
                 if conflict {
                     tracing::error!(error = %e, "refused to overwrite an object; uploads to \
                         this target stop until an operator resolves it");
@@ -254,11 +254,17 @@ async fn upload_sealed(
             }
         }
         if rec.pruned_at_ms.is_some() {
-            return Err(internal(format!(
-                "segment {} was removed from this node before the target had it; the bucket \
-                 has a gap there (verify --from names it)",
-                rec.name
-            )));
+            // Gone from this node's spool before the target could have it:
+            // a target configured on a stream that had pruned already (the
+            // pruning waits for configured targets). The bucket's copy
+            // starts, or has a gap, here; verify --from says so.
+            tracing::warn!(segment = %rec.name,
+                "not in the bucket: removed from this node's spool before this target was \
+                 configured; the bucket's copy continues after it");
+            progress.sealed = Some(rec.name.clone());
+            progress.chain = rec.chain.clone();
+            save(ctx, key, progress);
+            continue;
         }
         let path =
             crate::walpos::segment_path_for(&ctx.data_dir, &ctx.stream, &rec.name, rec.in_source)
@@ -291,7 +297,12 @@ async fn upload_sealed(
             chain,
             epoch: rec.epoch,
         };
-        let w = archive.write_segment(&ctx.target.sealer, &seg).await?;
+        // Encryption is CPU work (ChaCha20-Poly1305 over the segment): off
+        // the async threads; then the plaintext goes before the upload.
+        let prepared =
+            tokio::task::block_in_place(|| archive.prepare_segment(&ctx.target.sealer, &seg))?;
+        drop(bytes);
+        let w = archive.put_segment(prepared).await?;
         if w == Written::AlreadyThere {
             tracing::info!(segment = %rec.name, "already in the bucket with the same content");
         }

@@ -85,6 +85,11 @@ pub struct SitesOptions {
     pub local_standby: bool,
     /// Lines added to Rochester's `[hooks]` (e.g. the drill hooks).
     pub b_hooks: String,
+    /// Lines added at the end of Verona's `[[stream]]` (e.g. a
+    /// `[[stream.target]]`), and Verona's extra environment (the object
+    /// store's credentials).
+    pub a_stream_keys: String,
+    pub a_env: Vec<(String, String)>,
 }
 
 impl SitesOptions {
@@ -181,13 +186,15 @@ impl Sites {
                  [[stream]]\nname = \"{STREAM}\"\nsource = \"postgres\"\n\
                  postgres = \"{} application_name=drd\"\nslot = \"{SLOT}\"\n\
                  wal_dir = \"{}\"\nmode = \"{mode}\"\npeer = \"https://127.0.0.1:{b_port}\"\n\
-                 peer_name = \"{REPLICA_ID}\"\n{tuning}\
+                 peer_name = \"{REPLICA_ID}\"\n{}\n{tuning}\
                  [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
                 conninfo,
                 wal.display(),
+                opts.a_stream_keys,
                 tls_section(&certs, PRIMARY_ID)
             ),
         );
+        a.env.extend(opts.a_env.iter().cloned());
         let promote = format!(
             "PGDATA='{}' PGBIN='{}' sh '{}'",
             standby_data.display(),
@@ -277,16 +284,26 @@ impl Sites {
     /// WAL after the backup's start is in drd), restoring through drctl
     /// wal-fetch at Rochester.
     pub fn standby(&self) -> Cluster {
-        let standby =
-            Cluster::basebackup_from(&self.primary, &self.root.join("pg"), "standby", &[]).unwrap();
+        let restore = format!(
+            "{} --socket {} wal-fetch %f %p",
+            self.drctl,
+            self.b.socket.display()
+        );
+        let standby = self.standby_restoring("standby", &restore);
         assert_eq!(standby.data, self.standby_data);
         standby
+    }
+
+    /// A standby named `name` from a base backup of the primary, started,
+    /// whose `restore_command` is `restore` (e.g. from a bucket).
+    pub fn standby_restoring(&self, name: &str, restore: &str) -> Cluster {
+        let standby =
+            Cluster::basebackup_from(&self.primary, &self.root.join("pg"), name, &[]).unwrap();
+        standby
             .configure(&format!(
-                "restore_command = '{} --socket {} wal-fetch %f %p'\n\
+                "restore_command = '{restore}'\n\
                  wal_retrieve_retry_interval = '200ms'\nrecovery_target_timeline = 'latest'\n\
-                 synchronous_standby_names = ''\n",
-                self.drctl,
-                self.b.socket.display()
+                 synchronous_standby_names = ''\n"
             ))
             .unwrap();
         let signal = standby.data.join("standby.signal");

@@ -104,6 +104,13 @@ pub struct SealedSegment<'a> {
     pub epoch: u64,
 }
 
+/// A sealed segment's object, encrypted and ready to put.
+pub struct Prepared {
+    key: String,
+    rec: Record,
+    parts: Vec<Bytes>,
+}
+
 /// A restored segment (or the longest prefix of one that the bucket holds).
 #[derive(Debug)]
 pub struct Restored {
@@ -168,7 +175,18 @@ impl Archive {
         sealer: &Sealer,
         seg: &SealedSegment<'_>,
     ) -> Result<Written, ArchiveError> {
-        let key = segment_key(seg.name);
+        let prepared = self.prepare_segment(sealer, seg)?;
+        self.put_segment(prepared).await
+    }
+
+    /// The CPU half of [`Archive::write_segment`]: the record and the
+    /// encrypted payload, ready to put. Once it returns, the caller may drop
+    /// the plaintext (a segment is then held once, encrypted, not twice).
+    pub fn prepare_segment(
+        &self,
+        sealer: &Sealer,
+        seg: &SealedSegment<'_>,
+    ) -> Result<Prepared, ArchiveError> {
         let at = At {
             kind: Kind::Segment,
             name: seg.name,
@@ -178,10 +196,19 @@ impl Archive {
         let mut rec = self.record(at, seg.bytes, seg.epoch, sealer);
         rec.prev_chain = Some(hex::encode(seg.prev_chain));
         rec.chain = Some(hex::encode(seg.chain));
-        let payload = sealer.seal(seg.bytes)?;
-        let obj = Bytes::from(object::encode(&mut rec, &payload));
-        drop(payload);
-        match self.bucket.put_new(&key, obj).await? {
+        let payload = Bytes::from(sealer.seal(seg.bytes)?);
+        let head = Bytes::from(object::header(&mut rec, &payload));
+        Ok(Prepared {
+            key: segment_key(seg.name),
+            rec,
+            parts: vec![head, payload],
+        })
+    }
+
+    /// The I/O half of [`Archive::write_segment`].
+    pub async fn put_segment(&self, prepared: Prepared) -> Result<Written, ArchiveError> {
+        let Prepared { key, rec, parts } = prepared;
+        match self.bucket.put_new_parts(&key, parts).await? {
             Put::Created => Ok(Written::Created),
             Put::Exists => {
                 let found = self.bucket.get(&key).await?;

@@ -102,15 +102,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The object's bytes: header, record line, payload. `rec.payload_len` and
 /// `rec.payload_sha256` are filled in from `payload`.
 pub fn encode(rec: &mut Record, payload: &[u8]) -> Vec<u8> {
+    let mut out = header(rec, payload);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The object's first two lines for `payload` (which follows them, and is
+/// sent as a second chunk so that a segment is never copied whole).
+pub fn header(rec: &mut Record, payload: &[u8]) -> Vec<u8> {
     rec.payload_len = payload.len() as u64;
     rec.payload_sha256 = sha256_hex(payload);
     // A struct of strings and integers always serialises.
     let line = serde_json::to_vec(rec).unwrap_or_default();
-    let mut out = Vec::with_capacity(MAGIC.len() + line.len() + 1 + payload.len());
+    let mut out = Vec::with_capacity(MAGIC.len() + line.len() + 1);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&line);
     out.push(b'\n');
-    out.extend_from_slice(payload);
     out
 }
 

@@ -443,8 +443,15 @@ impl Bucket {
     /// A name already taken is `Put::Exists`, and the object there is left
     /// as it is: the caller decides whether it holds the same content.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<Put, StoreError> {
+        self.put_new_parts(key, vec![bytes]).await
+    }
+
+    /// [`Bucket::put_new`] of the concatenation of `parts` (sent as they
+    /// are, not copied into one buffer).
+    pub async fn put_new_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<Put, StoreError> {
         let path = self.path(key);
-        let len = bytes.len() as u64;
+        let len = parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let payload: PutPayload = parts.into_iter().collect();
         let r = self
             .retried("put", key, || {
                 self.stats.puts.fetch_add(1, Ordering::Relaxed);
@@ -452,8 +459,7 @@ impl Bucket {
                     mode: PutMode::Create,
                     ..Default::default()
                 };
-                self.store
-                    .put_opts(&path, PutPayload::from(bytes.clone()), opts)
+                self.store.put_opts(&path, payload.clone(), opts)
             })
             .await;
         match r {
