@@ -233,43 +233,13 @@ async fn gap_around(archive: &Archive, name: &str) -> anyhow::Result<Option<(Str
     }
 }
 
-/// Writes `bytes` (zero-filled to `pad_to`) to `dest` through a temporary
-/// file, fsynced and renamed, the directory fsynced: PostgreSQL is told the
-/// file is there only once it is on disk.
+/// Writes `bytes` (zero-filled to `pad_to`) to `dest` as restore_command
+/// must (see [`crate::fetch::write_restored`]).
 fn write_atomically(dest: &Path, bytes: &[u8], pad_to: u64) -> anyhow::Result<()> {
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.drd-tmp",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let result = (|| {
-        let mut out = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    crate::fetch::write_restored(dest, |out| {
         out.write_all(bytes)?;
-        if pad_to > bytes.len() as u64 {
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = pad_to - bytes.len() as u64;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                out.write_all(&zeros[..n])?;
-                left -= n as u64;
-            }
-        }
-        out.sync_all()?;
-        std::fs::rename(&tmp, dest)
-            .with_context(|| format!("cannot rename to {}", dest.display()))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        crate::fetch::zero_fill(out, pad_to.saturating_sub(bytes.len() as u64))
+    })
 }
 
 /// `drctl verify --from URL [--identity FILE]`: exit 0 when every object is

@@ -68,21 +68,9 @@ fn copy_verified(
     sha256: &str,
     pad_to: u64,
 ) -> anyhow::Result<()> {
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.drd-tmp",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let result = (|| {
+    write_restored(dest, |out| {
         let mut input =
             std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-        let mut out = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut left = size;
@@ -106,17 +94,45 @@ fn copy_verified(
                 src.display()
             );
         }
-        if pad_to > size {
-            // Real zeros, not a hole: the file is read like any segment.
-            let zeros = vec![0u8; buf.len()];
-            let mut left = pad_to - size;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                out.write_all(&zeros[..n])?;
-                left -= n as u64;
-            }
-        }
-        // The restored file must be on disk before PostgreSQL is told so.
+        zero_fill(out, pad_to.saturating_sub(size))
+    })
+}
+
+/// Writes `n` zero bytes: real zeros, not a hole, so that the file reads
+/// like any segment (a partial last segment padded to the segment size).
+pub fn zero_fill(out: &mut std::fs::File, n: u64) -> anyhow::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(zeros.len() as u64) as usize;
+        out.write_all(&zeros[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Creates `dest` for PostgreSQL's restore_command: `fill` writes a
+/// temporary file beside it, which is fsynced, renamed into place and its
+/// directory fsynced — the file is on disk before PostgreSQL is told it is
+/// there, and a failure leaves no partial file under the name.
+pub fn write_restored(
+    dest: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.drd-tmp",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let result = (|| {
+        let mut out = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        fill(&mut out)?;
         out.sync_all()?;
         std::fs::rename(&tmp, dest)
             .with_context(|| format!("cannot rename to {}", dest.display()))?;
