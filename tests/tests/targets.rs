@@ -74,6 +74,55 @@ fn drctl_from(moto_env: &[(String, String)], args: &[&str]) -> (i32, String, Str
     )
 }
 
+/// `drctl wal-fetch --from URL --endpoint E --identity KEY NAME DEST` at
+/// the restore site: (exit code, stderr).
+fn fetch_from(
+    env: &[(String, String)],
+    url: &str,
+    endpoint: &str,
+    key: &str,
+    name: &str,
+    dest: &Path,
+) -> (i32, String) {
+    let (code, _, stderr) = drctl_from(
+        env,
+        &[
+            "wal-fetch",
+            "--from",
+            url,
+            "--endpoint",
+            endpoint,
+            "--identity",
+            key,
+            name,
+            dest.to_str().unwrap(),
+        ],
+    );
+    (code, stderr)
+}
+
+/// `drctl verify --from URL --endpoint E --identity KEY`: (exit code,
+/// stdout, stderr).
+fn verify_from(
+    env: &[(String, String)],
+    url: &str,
+    endpoint: &str,
+    key: &str,
+) -> (i32, String, String) {
+    drctl_from(
+        env,
+        &[
+            "verify",
+            "--from",
+            url,
+            "--endpoint",
+            endpoint,
+            "--identity",
+            key,
+        ],
+    )
+}
+
 /// The keys `drctl ls --from` lists under `seg/` (every page).
 fn listed(
     env: &[(String, String)],
@@ -228,20 +277,7 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
         "growing segment restored"
     );
     for n in 1..=3 {
-        let (code, _, stderr) = drctl_from(
-            &env,
-            &[
-                "wal-fetch",
-                "--from",
-                &url,
-                "--endpoint",
-                &endpoint,
-                "--identity",
-                &key_s,
-                &seg_name(n),
-                dest.to_str().unwrap(),
-            ],
-        );
+        let (code, stderr) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(n), &dest);
         assert_eq!(code, 0, "wal-fetch {n}: {stderr}");
         assert_eq!(
             std::fs::read(&dest).unwrap(),
@@ -250,20 +286,7 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
         );
     }
     // A segment that is not there: exit 1, as restore_command must.
-    let (code, _, stderr) = drctl_from(
-        &env,
-        &[
-            "wal-fetch",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            &key_s,
-            &seg_name(9),
-            dest.to_str().unwrap(),
-        ],
-    );
+    let (code, stderr) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(9), &dest);
     assert_eq!(code, 1, "{stderr}");
 
     // No object holds the plaintext.
@@ -279,19 +302,13 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
     }
     // A wrong identity: a clear error, fatal to restore_command.
     let (wrong, _) = keys_init(keydir.path(), "other.key");
-    let (code, _, stderr) = drctl_from(
+    let (code, stderr) = fetch_from(
         &env,
-        &[
-            "wal-fetch",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            wrong.to_str().unwrap(),
-            &seg_name(2),
-            dest.to_str().unwrap(),
-        ],
+        &url,
+        &endpoint,
+        wrong.to_str().unwrap(),
+        &seg_name(2),
+        &dest,
     );
     assert_eq!(code, 126, "{stderr}");
     assert!(
@@ -377,18 +394,7 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
     let at = damaged.len() - 10;
     damaged[at] ^= 1;
     admin.put(&seg2, damaged.into()).await.unwrap();
-    let (code, stdout, _) = drctl_from(
-        &env,
-        &[
-            "verify",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            &key_s,
-        ],
-    );
+    let (code, stdout, _) = verify_from(&env, &url, &endpoint, &key_s);
     assert_eq!(code, 1, "{stdout}");
     assert!(
         stdout.contains(&format!("BAD  seg/{}", seg_name(2))),
@@ -396,38 +402,14 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
     );
     admin.put(&seg2, before.clone().into()).await.unwrap();
     admin.delete(&seg2).await.unwrap();
-    let (code, stdout, _) = drctl_from(
-        &env,
-        &[
-            "verify",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            &key_s,
-        ],
-    );
+    let (code, stdout, _) = verify_from(&env, &url, &endpoint, &key_s);
     assert_eq!(code, 1, "{stdout}");
     assert!(
         stdout.contains(&format!("BAD  seg/{}: missing", seg_name(2))),
         "{stdout}"
     );
     // restore_command stops at the gap rather than end recovery early.
-    let (code, _, stderr) = drctl_from(
-        &env,
-        &[
-            "wal-fetch",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            &key_s,
-            &seg_name(2),
-            dest.to_str().unwrap(),
-        ],
-    );
+    let (code, stderr) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(2), &dest);
     assert_eq!(code, 126, "{stderr}");
     assert!(stderr.contains("gap"), "{stderr}");
 }
@@ -521,35 +503,11 @@ async fn kill_9_mid_upload_loses_and_duplicates_nothing() {
     names.dedup();
     assert_eq!(names.len() as u64, N - 1, "no segment twice: {keys:?}");
     let key_s = key.to_str().unwrap();
-    let (code, stdout, stderr) = drctl_from(
-        &env,
-        &[
-            "verify",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            key_s,
-        ],
-    );
+    let (code, stdout, stderr) = verify_from(&env, &url, &endpoint, key_s);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let dest = keydir.path().join("restored");
     for n in 1..N {
-        let (code, _, stderr) = drctl_from(
-            &env,
-            &[
-                "wal-fetch",
-                "--from",
-                &url,
-                "--endpoint",
-                &endpoint,
-                "--identity",
-                key_s,
-                &seg_name(n),
-                dest.to_str().unwrap(),
-            ],
-        );
+        let (code, stderr) = fetch_from(&env, &url, &endpoint, key_s, &seg_name(n), &dest);
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(
             std::fs::read(&dest).unwrap(),
@@ -656,20 +614,7 @@ async fn azure_blob_through_azurite() {
     let key_s = key.to_str().unwrap();
     let dest = keydir.path().join("restored");
     for n in 1..=3 {
-        let (code, _, stderr) = drctl_from(
-            &env,
-            &[
-                "wal-fetch",
-                "--from",
-                &url,
-                "--endpoint",
-                &endpoint,
-                "--identity",
-                key_s,
-                &seg_name(n),
-                dest.to_str().unwrap(),
-            ],
-        );
+        let (code, stderr) = fetch_from(&env, &url, &endpoint, key_s, &seg_name(n), &dest);
         assert_eq!(code, 0, "wal-fetch {n}: {stderr}");
         assert_eq!(
             std::fs::read(&dest).unwrap(),
@@ -677,18 +622,7 @@ async fn azure_blob_through_azurite() {
             "segment {n}"
         );
     }
-    let (code, stdout, stderr) = drctl_from(
-        &env,
-        &[
-            "verify",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            key_s,
-        ],
-    );
+    let (code, stdout, stderr) = verify_from(&env, &url, &endpoint, key_s);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("3 segments"), "{stdout}");
     let bucket = drd_bucket::Bucket::open_with(
@@ -752,18 +686,7 @@ async fn an_object_lock_bucket_takes_the_uploads_and_keeps_them() {
         || async { (listed(&env, &url, &endpoint, false).len() == 2).then_some(()) },
     )
     .await;
-    let (code, stdout, stderr) = drctl_from(
-        &env,
-        &[
-            "verify",
-            "--from",
-            &url,
-            "--endpoint",
-            &endpoint,
-            "--identity",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (code, stdout, stderr) = verify_from(&env, &url, &endpoint, key.to_str().unwrap());
     assert_eq!(code, 0, "{stdout}{stderr}");
     // The bucket keeps what drd wrote whatever a stolen credential asks:
     // a delete only hides the object behind a marker; the locked version
