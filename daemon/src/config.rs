@@ -140,7 +140,7 @@ struct RawStream {
     /// `initial_role`).
     initial_role: Option<String>,
     wal_dir: PathBuf,
-    peer: String,
+    peer: Option<String>,
     peer_name: Option<String>,
     source: Option<String>,
     mode: Option<String>,
@@ -309,8 +309,11 @@ pub struct StreamConfig {
     /// be primary of some streams and the replica of others.
     pub initial_role: Option<crate::storage::catalog::Role>,
     pub wal_dir: PathBuf,
-    /// Replica endpoint, e.g. `https://rochester-dr1.example:7601`.
-    pub peer: String,
+    /// Replica endpoint, e.g. `https://rochester-dr1.example:7601`. None:
+    /// the stream has no DR drd, only `[[stream.target]]`s — the primary
+    /// seals its log locally (see `primary::shipper`, the local session)
+    /// and the targets are its DR copy.
+    pub peer: Option<String>,
     /// The name the peer's certificate must carry (with TLS).
     pub peer_name: Option<String>,
     /// How segments get into `wal_dir` (`source`).
@@ -434,6 +437,14 @@ impl SourceMode {
     }
 }
 
+impl StreamConfig {
+    /// The peer's endpoint for logs and messages, or a phrase saying the
+    /// stream has none.
+    pub fn peer_label(&self) -> &str {
+        self.peer.as_deref().unwrap_or("(no peer: targets only)")
+    }
+}
+
 /// When `drctl wal-push` reports success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
@@ -554,10 +565,22 @@ impl Config {
                     s.wal_dir
                 );
             }
-            check_peer(&s.peer, raw.tls.is_some())
-                .with_context(|| format!("key `stream[{i}].peer`"))?;
+            match &s.peer {
+                Some(p) => check_peer(p, raw.tls.is_some())
+                    .with_context(|| format!("key `stream[{i}].peer`"))?,
+                None if s.target.is_empty() => bail!(
+                    "key `stream[{i}].peer`: stream \"{name}\" goes nowhere: give it a `peer` \
+                     (the DR site's drd, e.g. \"https://rochester-dr1.example.org:7601\"), a \
+                     `[[stream.target]]` (an object store), or both"
+                ),
+                None if s.peer_name.is_some() => bail!(
+                    "key `stream[{i}].peer_name`: names the certificate of the `peer`, and this \
+                     stream has none; remove the key or add the peer"
+                ),
+                None => {}
+            }
             let peer_name = match (&raw.tls, s.peer_name) {
-                (Some(_), None) => bail!(
+                (Some(_), None) if s.peer.is_some() => bail!(
                     "key `stream[{i}].peer_name`: with [tls], name the node whose certificate the peer \
                      must present (e.g. \"rochester-dr1\")"
                 ),
@@ -566,7 +589,7 @@ impl Config {
                         .with_context(|| format!("key `stream[{i}].peer_name`"))?
                         .to_string(),
                 ),
-                (None, None) => None,
+                (_, None) => None,
             };
             let source = match s.source.as_deref() {
                 None | Some("tail") => SourceMode::Tail,
@@ -585,6 +608,13 @@ impl Config {
                     bail!("key `stream[{i}].mode`: {other:?} must be \"async\" or \"sync\"")
                 }
             };
+            if mode == SyncMode::Sync && s.peer.is_none() {
+                bail!(
+                    "key `stream[{i}].mode`: \"sync\" waits for the DR site's drd (the `peer`), \
+                     and this stream has none; its targets are written asynchronously (the RPO \
+                     is bounded by `upload_interval`). Use mode = \"async\" or add a peer"
+                );
+            }
             if mode == SyncMode::Sync && !source.drd_owned() {
                 bail!(
                     "key `stream[{i}].mode`: \"sync\" needs `source = \"postgres\"` (COMMIT \
@@ -1447,6 +1477,35 @@ peer = "http://127.0.0.1:7601"
              [[stream.target]]\nurl = \"file:///a/\"\nencryption = \"none\"\n"
         );
         assert!(err(&twice).contains("target twice"), "{}", err(&twice));
+    }
+
+    /// Issue 19: a stream may have targets and no peer; it must go
+    /// somewhere, `peer_name` needs a peer, and sync mode needs the peer.
+    #[test]
+    fn a_stream_with_targets_needs_no_peer() {
+        let base =
+            "insecure_plaintext = true\nnode_id = \"verona-db1\"\ndata_dir = \"/var/lib/drd\"\n\
+                    [control]\nsocket = \"/run/drd/drd.sock\"\n[[stream]]\nname = \"ehr-prod\"\n\
+                    wal_dir = \"/var/lib/drd/spool\"\nsource = \"spool\"\n";
+        let target = "[[stream.target]]\nurl = \"file:///srv/archive\"\nencryption = \"none\"\n";
+        let c = Config::parse(&format!("{base}{target}")).unwrap();
+        assert_eq!(c.streams[0].peer, None);
+        assert_eq!(c.streams[0].peer_label(), "(no peer: targets only)");
+        let e = err(base);
+        assert!(
+            e.contains("key `stream[0].peer`") && e.contains("goes nowhere"),
+            "{e}"
+        );
+        let e = err(&format!("{base}peer_name = \"rochester-dr1\"\n{target}"));
+        assert!(
+            e.contains("key `stream[0].peer_name`") && e.contains("has none"),
+            "{e}"
+        );
+        let e = err(&format!("{base}mode = \"sync\"\n{target}"));
+        assert!(
+            e.contains("key `stream[0].mode`") && e.contains("add a peer"),
+            "{e}"
+        );
     }
 
     #[test]

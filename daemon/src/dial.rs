@@ -40,7 +40,13 @@ impl Dialer {
     /// present a certificate for `peer_name`, signed by our CA), or plaintext
     /// `http://` on loopback when the node runs with insecure_plaintext.
     pub fn endpoint(&self, cfg: &StreamConfig) -> Result<Endpoint, String> {
-        let mut ep = Endpoint::from_shared(cfg.peer.clone()).map_err(|e| describe(&e))?;
+        let peer = cfg.peer.clone().ok_or_else(|| {
+            format!(
+                "stream {} has no peer (it ships only to its [[stream.target]]s)",
+                cfg.name
+            )
+        })?;
+        let mut ep = Endpoint::from_shared(peer).map_err(|e| describe(&e))?;
         if let (Some(m), Some(name)) = (&self.tls, &cfg.peer_name) {
             ep = ep
                 .tls_config(crate::tls::client_tls(m, name))
@@ -58,7 +64,7 @@ impl Dialer {
 
     /// A replication client for the stream's peer with drd's message limits.
     pub async fn connect(&self, cfg: &StreamConfig) -> Result<ReplicationClient<Channel>, String> {
-        let peer = &cfg.peer;
+        let peer = cfg.peer_label();
         let channel = self
             .endpoint(cfg)?
             .connect()
@@ -74,7 +80,7 @@ impl Dialer {
         &self,
         cfg: &StreamConfig,
     ) -> Result<ReplicationClient<Channel>, String> {
-        let peer = &cfg.peer;
+        let peer = cfg.peer_label();
         let channel = self
             .endpoint(cfg)?
             .timeout(CALL_TIMEOUT)

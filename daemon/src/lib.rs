@@ -211,7 +211,8 @@ pub async fn run_with(
             }
             Err(e) => {
                 let _span =
-                    tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer).entered();
+                    tracing::info_span!("ship", stream = %cfg.name, peer = %cfg.peer_label())
+                        .entered();
                 tracing::error!(error = %e, "cannot read the stream's role; not shipping it");
                 status.state.locked().last_error = format!("cannot read the stream's role: {e:#}");
             }
@@ -245,13 +246,16 @@ pub async fn run_with(
                 }
             }
         }
-        // PostgreSQL's .history/.backup files travel beside the log.
-        tracker.spawn(sidefiles::deliver::run(
-            node.clone(),
-            cfg.clone(),
-            status.clone(),
-            shutdown.clone(),
-        ));
+        // PostgreSQL's .history/.backup files travel beside the log (to
+        // the peer here; the targets upload them themselves).
+        if cfg.peer.is_some() {
+            tracker.spawn(sidefiles::deliver::run(
+                node.clone(),
+                cfg.clone(),
+                status.clone(),
+                shutdown.clone(),
+            ));
+        }
     }
     // The lag history that drill reports chart, and the drill gauges.
     ops::drill::seed_metrics(&node);

@@ -477,7 +477,7 @@ impl Node {
             .map(|s| {
                 Arc::new(Shipper {
                     stream: s.name.clone(),
-                    peer: s.peer.clone(),
+                    peer: s.peer_label().to_string(),
                     state: Mutex::new(ShipState::default()),
                     push: Default::default(),
                     bandwidth: crate::throttle::Throttle::new(s.max_bandwidth),

@@ -718,3 +718,164 @@ async fn an_object_lock_bucket_takes_the_uploads_and_keeps_them() {
     assert!(t["retries"].as_u64().is_some(), "{t}");
     assert_eq!(t["segments"], 2, "{t}");
 }
+
+/// A primary with no DR drd at all ("ship straight from the hospital"):
+/// two streams with only a `[[stream.target]]` each — one reading a WAL
+/// directory (its growing segment goes up as partials), one a spool filled
+/// by `drctl wal-push`, whose segments leave the spool once the bucket
+/// holds them. After a kill -9 and a restart the chain goes on from the
+/// node's own log, and `drctl verify --from` passes on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_with_no_peer_ships_to_the_bucket_alone() {
+    use drd_tests::{drctl, make_certs, tls_section, Daemon, PRIMARY_ID};
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket(BUCKET);
+    let endpoint = moto.endpoint();
+    let root = tempfile::tempdir().unwrap();
+    let (key, recipient) = keys_init(root.path(), "dr.key");
+    let key_s = key.to_str().unwrap().to_string();
+    let wal = root.path().join("wal");
+    let spool = root.path().join("spool");
+    std::fs::create_dir_all(&wal).unwrap();
+    std::fs::create_dir_all(&spool).unwrap();
+    let certs = make_certs(root.path());
+    let ehr_url = format!("s3://{BUCKET}/ehr-prod");
+    let lab_url = format!("s3://{BUCKET}/lab");
+    let mut node = Daemon::new(
+        root.path(),
+        "primary",
+        PRIMARY_ID,
+        &format!(
+            "initial_role = \"primary\"\n\
+             [[stream]]\nname = \"ehr-prod\"\nwal_dir = \"{}\"\n{}\
+             [[stream]]\nname = \"lab\"\nwal_dir = \"{}\"\nsource = \"spool\"\n{}{}",
+            wal.display(),
+            target_keys(&ehr_url, &endpoint, &recipient, "500ms"),
+            spool.display(),
+            target_keys(&lab_url, &endpoint, &recipient, "500ms"),
+            tls_section(&certs, PRIMARY_ID),
+        ),
+    );
+    node.env = moto.env();
+    node.start();
+    node.wait_ready().await;
+    let env = moto.env();
+
+    const SEG: usize = 1 << 20;
+    for n in 1..=3 {
+        std::fs::write(wal.join(seg_name(n)), segment_bytes(n, SEG)).unwrap();
+    }
+    let growing = segment_bytes(4, SEG);
+    std::fs::write(wal.join(seg_name(4)), &growing[..200_000]).unwrap();
+    let pushed = root.path().join("pushed");
+    std::fs::create_dir_all(&pushed).unwrap();
+    let lab_bytes = |n: u64| segment_bytes(100 + n, SEG);
+    for n in 1..=3 {
+        let p = pushed.join(seg_name(n));
+        std::fs::write(&p, lab_bytes(n)).unwrap();
+        let (code, out, err) = drctl(
+            &node.socket,
+            &["wal-push", "--stream", "lab", p.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "wal-push {n}: {out}{err}");
+    }
+
+    let v = drctl_json(&node.socket, &["status"], 0);
+    let peers: Vec<_> = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["peer"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        peers.iter().all(|p| p.contains("no peer")),
+        "status names no peer: {v}"
+    );
+    let dest = root.path().join("restored");
+    wait_for(
+        "ehr-prod's sealed segments and its growing one's 200000 bytes in the bucket",
+        Duration::from_secs(30),
+        || async {
+            let sealed = listed(&env, &ehr_url, &endpoint, false).len() == 3;
+            let (code, _) = fetch_from(&env, &ehr_url, &endpoint, &key_s, &seg_name(4), &dest);
+            (sealed && code == 0 && std::fs::read(&dest).unwrap().len() == 200_000).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(std::fs::read(&dest).unwrap(), growing[..200_000]);
+    // The spool: all three in the bucket, and the first two gone from the
+    // spool (the newest stays: a spool keeps its tail).
+    wait_for(
+        "lab's segments in the bucket and out of the spool",
+        Duration::from_secs(30),
+        || async {
+            let up = listed(&env, &lab_url, &endpoint, false).len() == 3;
+            let gone = (1..=2).all(|n| !spool.join(seg_name(n)).exists());
+            (up && gone).then_some(())
+        },
+    )
+    .await;
+    assert!(spool.join(seg_name(3)).exists(), "the spool's tail stays");
+    for n in 1..=3 {
+        let (code, stderr) = fetch_from(&env, &lab_url, &endpoint, &key_s, &seg_name(n), &dest);
+        assert_eq!(code, 0, "lab {n}: {stderr}");
+        assert_eq!(std::fs::read(&dest).unwrap(), lab_bytes(n), "lab {n}");
+    }
+    // Sync mode needs a DR drd: refused, naming why.
+    let (code, _, err) = drctl(&node.socket, &["mode", "lab", "sync", "--reason", "test"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("has no peer"), "{err}");
+
+    // kill -9, restart, more WAL: the chain goes on from the node's log.
+    node.kill9();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(wal.join(seg_name(4)))
+            .unwrap();
+        f.write_all(&growing[200_000..]).unwrap();
+    }
+    std::fs::write(wal.join(seg_name(5)), segment_bytes(5, 300_000)).unwrap();
+    let p = pushed.join(seg_name(4));
+    std::fs::write(&p, lab_bytes(4)).unwrap();
+    node.start();
+    node.wait_ready().await;
+    let (code, out, err) = drctl(
+        &node.socket,
+        &["wal-push", "--stream", "lab", p.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "wal-push 4: {out}{err}");
+    wait_for(
+        "the segments written across the restart in the bucket",
+        Duration::from_secs(30),
+        || async {
+            (listed(&env, &ehr_url, &endpoint, false).len() == 4
+                && listed(&env, &lab_url, &endpoint, false).len() == 4)
+                .then_some(())
+        },
+    )
+    .await;
+    let (code, stderr) = fetch_from(&env, &ehr_url, &endpoint, &key_s, &seg_name(4), &dest);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read(&dest).unwrap(), growing, "segment 4 whole");
+    for url in [&ehr_url, &lab_url] {
+        let (code, stdout, stderr) = verify_from(&env, url, &endpoint, &key_s);
+        assert_eq!(code, 0, "verify {url}: {stdout}{stderr}");
+    }
+    wait_for(
+        "both targets caught up",
+        Duration::from_secs(30),
+        || async {
+            let t = drctl_json(&node.socket, &["status"], 0);
+            let states: Vec<_> = t["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["state"].clone())
+                .collect();
+            (states.len() == 2 && states.iter().all(|s| s == "caught up")).then_some(())
+        },
+    )
+    .await;
+}

@@ -183,7 +183,7 @@ pub async fn failover(
         format!("close the log at the fork position {} (the last partial segment is kept as NAME.partial)", r.durable_position),
         format!("become primary of {stream} at epoch {} (audit log records it)", r.new_epoch),
         match &peer_cfg {
-            Some(c) => format!("tell the old primary at {} to fence itself (go on if unreachable)", c.peer),
+            Some(c) => format!("tell the old primary at {} to fence itself (go on if unreachable)", c.peer_label()),
             None => "cannot tell the old primary to fence: no [[stream]] peer configured for this stream".into(),
         },
         match &node.config.hooks.promote {

@@ -61,6 +61,12 @@ pub async fn set_mode(
              always asynchronous; sync mode needs source = \"postgres\" or \"spool\""
         )));
     }
+    if want == SyncMode::Sync && cfg.peer.is_none() {
+        return Err(Status::failed_precondition(format!(
+            "{stream} has no peer (it ships only to its [[stream.target]]s, asynchronously, \
+             within upload_interval); sync mode waits for a DR site's drd — add a `peer`"
+        )));
+    }
     let role = node
         .stream_role(&stream)
         .map_err(|e| Status::internal(format!("{e:#}")))?;

@@ -357,9 +357,9 @@ async fn check_room(
     let replica = if v.connected {
         format!("connected, {} bytes behind", v.lag_bytes)
     } else if v.last_error.is_empty() {
-        format!("not connected to {}", cfg.peer)
+        format!("not connected to {}", cfg.peer_label())
     } else {
-        format!("not connected to {}: {}", cfg.peer, v.last_error)
+        format!("not connected to {}: {}", cfg.peer_label(), v.last_error)
     };
     let why = format!(
         "spool of stream {} is full: {} holds {segments} segments, {bytes} bytes, and {name} \
@@ -459,7 +459,7 @@ fn not_confirmed(cfg: &StreamConfig, shipper: &Shipper, name: &str) -> Status {
     let why = if !v.connected {
         format!(
             "not connected to {}{}",
-            cfg.peer,
+            cfg.peer_label(),
             if v.last_error.is_empty() {
                 String::new()
             } else {

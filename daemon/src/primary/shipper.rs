@@ -200,7 +200,7 @@ pub trait Fence: Send + Sync {
 
 /// Runs the shipper of one stream until `shutdown`.
 pub async fn run(ctx: ShipContext, shutdown: CancellationToken) {
-    let span = tracing::info_span!("ship", stream = %ctx.cfg.name, peer = %ctx.cfg.peer);
+    let span = tracing::info_span!("ship", stream = %ctx.cfg.name, peer = %ctx.cfg.peer_label());
     run_stream(ctx, shutdown).instrument(span).await
 }
 
@@ -295,7 +295,7 @@ async fn run_stream(ctx: ShipContext, shutdown: CancellationToken) {
                 tracing::warn!("role or epoch changed; replication session ended");
                 Ok(())
             }
-            r = shipper.session() => r,
+            r = shipper.session_any() => r,
         };
         {
             let mut st = shipper.status.state.locked();
@@ -313,7 +313,7 @@ async fn run_stream(ctx: ShipContext, shutdown: CancellationToken) {
                 // record must land first, not after it.
                 shipper.settle_or_log().await;
                 fence
-                    .fence_self(&shipper.cfg.name, *epoch, message, &shipper.cfg.peer)
+                    .fence_self(&shipper.cfg.name, *epoch, message, shipper.cfg.peer_label())
                     .await;
                 continue;
             }
@@ -453,6 +453,101 @@ impl StreamShipper {
         self.tuning.idle_timeout()
     }
 
+    /// One session: with the DR site's drd when the stream has a peer,
+    /// else the local one.
+    async fn session_any(&mut self) -> Result<(), ShipError> {
+        if self.cfg.peer.is_some() {
+            self.session().await
+        } else {
+            self.local_session().await
+        }
+    }
+
+    /// A stream with no peer (only `[[stream.target]]`s): the ship loop
+    /// runs as it does for a replica — the same cursor, seal checks, hash
+    /// chain and catalog records, which are what the targets upload from —
+    /// but what it "sends" goes to [`local_acks`], which acks each chunk
+    /// once read and each seal at once. The bytes are already on this
+    /// node's disk (wal-push fsyncs the spool, the PostgreSQL source its
+    /// copy; a `tail` source is the database's own files), so nothing more
+    /// is made durable here; the seal's record is committed by the loop as
+    /// with a replica. The DR copy is the targets': retention waits for
+    /// them (`Keep::NotInTarget`).
+    async fn local_session(&mut self) -> Result<(), ShipError> {
+        let epoch = self.role.state().epoch;
+        let welcome = self.local_welcome(epoch)?;
+        tracing::info!(
+            durable_position = welcome.durable_position,
+            last_segment = %welcome.last_segment,
+            "no peer: sealing the stream's log here for its targets"
+        );
+        {
+            let mut st = self.status.state.locked();
+            st.connected = true;
+            st.sessions += 1;
+            st.reconnects = st.sessions - 1;
+            st.last_error.clear();
+        }
+        self.status.durable.send_replace(welcome.durable_position);
+        self.status.state.locked().durable = welcome.durable_position;
+        if !welcome.last_segment.is_empty() {
+            self.status.durable_at.send_replace(Some((
+                welcome.last_segment.clone(),
+                welcome.last_segment_size,
+            )));
+        }
+        if welcome.last_segment_sealed {
+            self.status.push.note_sealed(&welcome.last_segment);
+        }
+        *self.sent.locked() =
+            sender::Session::new(welcome.durable_position, replica_end(&welcome)?.as_ref());
+        let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
+        let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
+        let acks = local_acks(rx, self.sent.clone(), self.status.clone(), ack_tx);
+        tokio::select! {
+            r = acks => r,
+            r = self.ship(&tx, ack_rx, &welcome, epoch) => r,
+        }
+    }
+
+    /// What a replica holding exactly this node's own log would say: the
+    /// session resumes after the last sealed segment in the catalog.
+    fn local_welcome(&self, epoch: u64) -> Result<pb::Welcome, ShipError> {
+        let mut w = pb::Welcome {
+            epoch,
+            chain: crate::chain::GENESIS.to_vec(),
+            protocol_version: drd_proto::PROTOCOL_VERSION,
+            software_version: crate::version::VERSION_LINE.to_string(),
+            ..Default::default()
+        };
+        let Some(tail) = self.catalog.tail(&self.cfg.name)? else {
+            return Ok(w);
+        };
+        if !tail.sealed {
+            return Err(ShipError::Diverged(format!(
+                "this node's log of the stream ends in {}, which it holds only in part (it                  received it as a replica); a stream with no peer goes on only from a sealed                  segment. Run `drctl verify --stream {}` and see deploy/ on rejoining",
+                tail.name, self.cfg.name
+            )));
+        }
+        let chain = tail
+            .chain
+            .as_deref()
+            .and_then(crate::chain::from_hex)
+            .ok_or_else(|| {
+                ShipError::Diverged(format!(
+                    "the catalog's record of {} has no hash chain value",
+                    tail.name
+                ))
+            })?;
+        w.durable_position = tail.end();
+        w.last_segment = tail.name.clone();
+        w.last_segment_size = tail.size;
+        w.last_segment_start = tail.start;
+        w.last_segment_sealed = true;
+        w.chain = chain.to_vec();
+        Ok(w)
+    }
+
     /// One connection: handshake, then ship until something fails.
     async fn session(&mut self) -> Result<(), ShipError> {
         let mut client = self
@@ -501,7 +596,7 @@ impl StreamShipper {
             self.cfg.name.as_str(),
             drd_proto::PROTOCOL_VERSION,
             crate::version::VERSION_LINE,
-            &self.cfg.peer,
+            self.cfg.peer_label(),
             welcome.protocol_version,
             &peer_software,
         ) {
@@ -1118,6 +1213,39 @@ impl StreamShipper {
 
 /// [`StreamShipper::next_segment`]'s rule: the first segment after `after`
 /// as seen by a scan that began after another scan had seen one.
+/// The acks of a local session ([`StreamShipper::local_session`]): each
+/// chunk is acked at its end, each seal at once, checked by the same
+/// sender rules a replica's acks are.
+async fn local_acks(
+    mut rx: mpsc::Receiver<pb::ShipMessage>,
+    sent: Arc<Sent>,
+    status: Arc<Shipper>,
+    ack_tx: watch::Sender<u64>,
+) -> Result<(), ShipError> {
+    use pb::ship_message::Msg;
+    while let Some(m) = rx.recv().await {
+        let (segment, start, end, sealed) = match m.msg {
+            Some(Msg::Chunk(c)) => {
+                let end = c.offset.saturating_add(c.data.len() as u64);
+                (c.segment, c.segment_start, end, false)
+            }
+            Some(Msg::Seal(s)) => (s.segment, s.segment_start, s.size, true),
+            _ => continue,
+        };
+        let durable = start.saturating_add(end);
+        sent.locked()
+            .on_ack(durable, sealed, &segment)
+            .map_err(|e| ShipError::Diverged(e.to_string()))?;
+        status.set_durable(durable, Instant::now());
+        status.durable_at.send_replace(Some((segment.clone(), end)));
+        if sealed {
+            status.push.note_sealed(&segment);
+        }
+        ack_tx.send_replace(durable);
+    }
+    Err(ShipError::Closed)
+}
+
 fn successor<E>(
     after: Option<&SegmentName>,
     mut scan: impl FnMut() -> Result<Vec<SourceSegment>, E>,

@@ -33,7 +33,7 @@ pub async fn run(
     status: Arc<Shipper>,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("side-files", stream = %cfg.name, peer = %cfg.peer);
+    let span = tracing::info_span!("side-files", stream = %cfg.name, peer = %cfg.peer_label());
     deliver(node, cfg, status, shutdown).instrument(span).await
 }
 
