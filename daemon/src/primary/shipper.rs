@@ -481,15 +481,29 @@ impl StreamShipper {
             last_segment = %welcome.last_segment,
             "no peer: sealing the stream's log here for its targets"
         );
+        self.begin(&welcome)?;
+        let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
+        let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
+        let acks = local_acks(rx, self.sent.clone(), self.status.clone(), ack_tx);
+        tokio::select! {
+            r = acks => r,
+            r = self.ship(&tx, ack_rx, &welcome, epoch) => r,
+        }
+    }
+
+    /// A session starts (with a replica, or local): the status counts it
+    /// and takes the resume point from `welcome`, and the sender's rules
+    /// start over from it.
+    fn begin(&self, welcome: &pb::Welcome) -> Result<(), ShipError> {
         {
             let mut st = self.status.state.locked();
             st.connected = true;
             st.sessions += 1;
             st.reconnects = st.sessions - 1;
             st.last_error.clear();
+            st.durable = welcome.durable_position;
         }
         self.status.durable.send_replace(welcome.durable_position);
-        self.status.state.locked().durable = welcome.durable_position;
         if !welcome.last_segment.is_empty() {
             self.status.durable_at.send_replace(Some((
                 welcome.last_segment.clone(),
@@ -500,14 +514,8 @@ impl StreamShipper {
             self.status.push.note_sealed(&welcome.last_segment);
         }
         *self.sent.locked() =
-            sender::Session::new(welcome.durable_position, replica_end(&welcome)?.as_ref());
-        let (tx, rx) = mpsc::channel::<pb::ShipMessage>(SEND_QUEUE);
-        let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
-        let acks = local_acks(rx, self.sent.clone(), self.status.clone(), ack_tx);
-        tokio::select! {
-            r = acks => r,
-            r = self.ship(&tx, ack_rx, &welcome, epoch) => r,
-        }
+            sender::Session::new(welcome.durable_position, replica_end(welcome)?.as_ref());
+        Ok(())
     }
 
     /// What a replica holding exactly this node's own log would say: the
@@ -604,29 +612,12 @@ impl StreamShipper {
         }
         {
             let mut st = self.status.state.locked();
-            st.connected = true;
-            st.sessions += 1;
-            st.reconnects = st.sessions - 1;
-            st.last_error.clear();
             st.peer_protocol_version = welcome.protocol_version;
             st.peer_software_version = peer_software;
         }
-        self.status.durable.send_replace(welcome.durable_position);
-        self.status.state.locked().durable = welcome.durable_position;
-        if !welcome.last_segment.is_empty() {
-            self.status.durable_at.send_replace(Some((
-                welcome.last_segment.clone(),
-                welcome.last_segment_size,
-            )));
-        }
-        if welcome.last_segment_sealed {
-            self.status.push.note_sealed(&welcome.last_segment);
-        }
-
+        self.begin(&welcome)?;
         let (ack_tx, ack_rx) = watch::channel(welcome.durable_position);
         let status = self.status.clone();
-        *self.sent.locked() =
-            sender::Session::new(welcome.durable_position, replica_end(&welcome)?.as_ref());
         let sent = self.sent.clone();
         let acks = async move {
             loop {
