@@ -138,6 +138,7 @@ async fn upload(ctx: TargetContext, shutdown: CancellationToken) {
     loop {
         let step = async {
             let wrote = upload_sealed(&ctx, &archive, &mut progress, &key).await?;
+            note_growing(&ctx, &progress);
             if last_partial.elapsed() >= ctx.target.upload_interval {
                 last_partial = Instant::now();
                 upload_partial(&ctx, &archive, &mut progress, &key).await?;
@@ -269,20 +270,6 @@ async fn upload_sealed(
         let path =
             crate::walpos::segment_path_for(&ctx.data_dir, &ctx.stream, &rec.name, rec.in_source)
                 .ok_or_else(|| internal(format!("segment {}'s file is missing", rec.name)))?;
-        let size = rec.size;
-        let bytes = tokio::task::spawn_blocking(move || read_prefix(&path, size))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
-        let sha = drd_bucket::object::sha256_hex(&bytes);
-        if rec.sha256.as_deref() != Some(sha.as_str()) {
-            return Err(internal(format!(
-                "segment {} no longer matches its record here (SHA-256 {sha}, recorded {}); \
-                 not uploaded — run `drctl verify`",
-                rec.name,
-                rec.sha256.as_deref().unwrap_or("none")
-            )));
-        }
         let prev = prev_chain(ctx, &rec, progress).map_err(internal)?;
         let chain = rec
             .chain
@@ -292,16 +279,31 @@ async fn upload_sealed(
         let seg = SealedSegment {
             name: &rec.name,
             start: rec.start,
-            bytes: &bytes,
+            bytes: &[],
             prev_chain: prev,
             chain,
             epoch: rec.epoch,
         };
-        // Encryption is CPU work (ChaCha20-Poly1305 over the segment): off
-        // the async threads; then the plaintext goes before the upload.
-        let prepared =
-            tokio::task::block_in_place(|| archive.prepare_segment(&ctx.target.sealer, &seg))?;
-        drop(bytes);
+        // Reading and encrypting are blocking and CPU work (ChaCha20-Poly1305
+        // over the segment): off the async threads. The file streams through
+        // the encryption in 1 MiB pieces, so only the encrypted object is
+        // held, and the plaintext's SHA-256 is taken on the way.
+        let prepared = tokio::task::block_in_place(|| {
+            let mut f = std::fs::File::open(&path).map_err(|e| ArchiveError::Read {
+                name: rec.name.clone(),
+                why: format!("{}: {e}", path.display()),
+            })?;
+            archive.prepare_segment_from(&ctx.target.sealer, &seg, &mut f, rec.size)
+        })?;
+        if rec.sha256.as_deref() != Some(prepared.plain_sha256()) {
+            return Err(internal(format!(
+                "segment {} no longer matches its record here (SHA-256 {}, recorded {}); \
+                 not uploaded — run `drctl verify`",
+                rec.name,
+                prepared.plain_sha256(),
+                rec.sha256.as_deref().unwrap_or("none")
+            )));
+        }
         let w = archive.put_segment(prepared).await?;
         if w == Written::AlreadyThere {
             tracing::info!(segment = %rec.name, "already in the bucket with the same content");
@@ -364,6 +366,33 @@ fn growing(ctx: &TargetContext) -> anyhow::Result<Option<(String, u64, u64, Path
                 anyhow::anyhow!("the growing segment {}'s file is missing", tail.name)
             })?;
     Ok(Some((tail.name, tail.start, tail.size, path)))
+}
+
+/// Marks the target behind as soon as the growing segment holds bytes the
+/// bucket does not, so that its upload lag counts between partials too
+/// (from when this task first saw them: at most [`POLL`] late).
+fn note_growing(ctx: &TargetContext, progress: &Progress) {
+    let Ok(Some((name, _, held, _))) = growing(ctx) else {
+        return;
+    };
+    if progress
+        .sealed
+        .as_deref()
+        .is_some_and(|s| s >= name.as_str())
+    {
+        return;
+    }
+    let from = if progress.partial.as_deref() == Some(name.as_str()) {
+        progress.partial_end
+    } else {
+        0
+    };
+    if held > from {
+        let mut v = ctx.state.inner.locked();
+        if v.behind_since_ms == 0 {
+            v.behind_since_ms = unix_ms();
+        }
+    }
 }
 
 /// Uploads the growing segment's bytes that the bucket does not have yet.
@@ -468,10 +497,6 @@ async fn upload_side_files(
         done.insert(name);
     }
     Ok(())
-}
-
-fn read_prefix(path: &std::path::Path, size: u64) -> std::io::Result<Vec<u8>> {
-    read_range(path, 0, size)
 }
 
 /// Bytes `[from, to)` of the file (an error if it is shorter).

@@ -70,6 +70,8 @@ pub enum ArchiveError {
          before it was encrypted, or encrypted for another record"
     )]
     Plaintext { key: String, why: String },
+    #[error("cannot read {name} here to upload it: {why}")]
+    Read { name: String, why: String },
 }
 
 /// One write's outcome.
@@ -111,6 +113,13 @@ pub struct Prepared {
     parts: Vec<Bytes>,
 }
 
+impl Prepared {
+    /// SHA-256 (hex) of the plaintext the object holds.
+    pub fn plain_sha256(&self) -> &str {
+        &self.rec.sha256
+    }
+}
+
 /// A restored segment (or the longest prefix of one that the bucket holds).
 #[derive(Debug)]
 pub struct Restored {
@@ -147,14 +156,32 @@ impl Archive {
 
     /// The record of `bytes`, placed as `at` says.
     fn record(&self, at: At<'_>, bytes: &[u8], epoch: u64, sealer: &Sealer) -> Record {
+        self.record_for(
+            at,
+            bytes.len() as u64,
+            object::sha256_hex(bytes),
+            epoch,
+            sealer,
+        )
+    }
+
+    /// The record of `len` bytes whose SHA-256 (hex) is `sha256`.
+    fn record_for(
+        &self,
+        at: At<'_>,
+        len: u64,
+        sha256: String,
+        epoch: u64,
+        sealer: &Sealer,
+    ) -> Record {
         Record {
             kind: at.kind,
             stream: self.stream.clone(),
             name: at.name.to_string(),
             start: at.start,
             offset: at.offset,
-            len: bytes.len() as u64,
-            sha256: object::sha256_hex(bytes),
+            len,
+            sha256,
             prev_chain: None,
             chain: None,
             encryption: sealer.encryption(),
@@ -187,21 +214,46 @@ impl Archive {
         sealer: &Sealer,
         seg: &SealedSegment<'_>,
     ) -> Result<Prepared, ArchiveError> {
+        let mut src = seg.bytes;
+        self.prepare_segment_from(sealer, seg, &mut src, seg.bytes.len() as u64)
+    }
+
+    /// [`Archive::prepare_segment`] of `len` bytes read from `src` (a
+    /// segment file) instead of `seg.bytes`, which is not read: the
+    /// plaintext streams through [`Sealer::seal_from`], so only the
+    /// encrypted payload is held, and it is hashed (SHA-256) on the way.
+    /// The caller checks [`Prepared::plain_sha256`] against what it
+    /// recorded before it puts the object.
+    pub fn prepare_segment_from(
+        &self,
+        sealer: &Sealer,
+        seg: &SealedSegment<'_>,
+        src: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<Prepared, ArchiveError> {
         let at = At {
             kind: Kind::Segment,
             name: seg.name,
             start: seg.start,
             offset: 0,
         };
-        let mut rec = self.record(at, seg.bytes, seg.epoch, sealer);
+        let sealed = sealer.seal_from(src, len).map_err(|e| ArchiveError::Read {
+            name: seg.name.to_string(),
+            why: e.to_string(),
+        })?;
+        let mut rec = self.record_for(at, len, hex::encode(sealed.plain_sha256), seg.epoch, sealer);
         rec.prev_chain = Some(hex::encode(seg.prev_chain));
         rec.chain = Some(hex::encode(seg.chain));
-        let payload = Bytes::from(sealer.seal(seg.bytes)?);
-        let head = Bytes::from(object::header(&mut rec, &payload));
+        let payload_len = sealed.payload.len() as u64;
+        let head = Bytes::from(object::header_for(
+            &mut rec,
+            payload_len,
+            hex::encode(sealed.payload_sha256),
+        ));
         Ok(Prepared {
             key: segment_key(seg.name),
             rec,
-            parts: vec![head, payload],
+            parts: vec![head, Bytes::from(sealed.payload)],
         })
     }
 

@@ -110,8 +110,14 @@ pub fn encode(rec: &mut Record, payload: &[u8]) -> Vec<u8> {
 /// The object's first two lines for `payload` (which follows them, and is
 /// sent as a second chunk so that a segment is never copied whole).
 pub fn header(rec: &mut Record, payload: &[u8]) -> Vec<u8> {
-    rec.payload_len = payload.len() as u64;
-    rec.payload_sha256 = sha256_hex(payload);
+    header_for(rec, payload.len() as u64, sha256_hex(payload))
+}
+
+/// [`header`] for a payload whose length and SHA-256 (hex) are known
+/// already (hashed as it was made).
+pub fn header_for(rec: &mut Record, payload_len: u64, payload_sha256: String) -> Vec<u8> {
+    rec.payload_len = payload_len;
+    rec.payload_sha256 = payload_sha256;
     // A struct of strings and integers always serialises.
     let line = serde_json::to_vec(rec).unwrap_or_default();
     let mut out = Vec::with_capacity(MAGIC.len() + line.len() + 1);

@@ -80,6 +80,7 @@ impl Proc {
                 "DRD_LOG",
                 std::env::var("DRD_BENCH_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(d.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -14,8 +14,10 @@
 //! `--fleet-noisy-streams N` (100; 0 skips the noisy-neighbour run),
 //! `--fleet-noisy-backlog-mib N` (1024), `--fleet-receive-budget-mib N` (dr1's
 //! `tuning.receive_budget_bytes`; default: drd's), `--pg-seconds N` (30 per
-//! pgbench run), `--pg-catchup-mib N` (1024). `--only pg` runs the
-//! PostgreSQL part alone: it shares nothing with the ceiling and catch-up,
+//! pgbench run), `--pg-catchup-mib N` (1024), `--targets-backlog-mib N`
+//! (512), `--targets-grow-seconds N` (20), `--targets-grow-rate-mb N` (0.5),
+//! `--targets-interval-ms N` (1000). `--only pg`, `--only targets` or both
+//! run those parts alone: they share nothing with the ceiling and catch-up,
 //! which every other selection runs.
 //! Not part of `cargo test`: performance is measured here, not asserted.
 
@@ -35,6 +37,8 @@ mod runs;
 mod seals;
 #[path = "../bench/stats.rs"]
 mod stats;
+#[path = "../bench/targets.rs"]
+mod targets;
 #[path = "../bench/zstd.rs"]
 mod zstd;
 
@@ -61,15 +65,20 @@ struct Opts {
     fleet: fleet::Opts,
     /// The PostgreSQL part's run length and catch-up size.
     pg: pg::Opts,
+    /// The object-store part's backlog, growth run and upload interval.
+    targets: targets::Opts,
     /// Parts to run (all when empty): ceiling and catch-up always run.
     only: Vec<String>,
 }
 
 /// Parts that `--only` can pick (the ceiling and catch-up run with all but
-/// `pg` alone).
-const PARTS: [&str; 8] = [
-    "rsync", "lag", "sync", "failover", "zstd", "seals", "fleet", "pg",
+/// the standalone ones alone).
+const PARTS: [&str; 9] = [
+    "rsync", "lag", "sync", "failover", "zstd", "seals", "fleet", "pg", "targets",
 ];
+
+/// Parts that use neither the ceiling nor the catch-up.
+const STANDALONE: [&str; 2] = ["pg", "targets"];
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
@@ -77,9 +86,9 @@ impl Opts {
     }
 
     /// Whether the ceiling and catch-up run: always, unless `--only` names
-    /// nothing but the PostgreSQL part, which uses neither.
+    /// nothing but standalone parts, which use neither.
     fn wants_core(&self) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| p != "pg")
+        self.only.is_empty() || self.only.iter().any(|p| !STANDALONE.contains(&p.as_str()))
     }
 
     fn parse() -> anyhow::Result<Self> {
@@ -93,6 +102,7 @@ impl Opts {
             seals_large: seals::LARGE.1,
             fleet: fleet::Opts::default(),
             pg: pg::Opts::default(),
+            targets: targets::Opts::default(),
             only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -125,6 +135,10 @@ impl Opts {
                 "--fleet-receive-budget-mib" => o.fleet.receive_budget_mib = Some(val()?.parse()?),
                 "--pg-seconds" => o.pg.seconds = val()?.parse()?,
                 "--pg-catchup-mib" => o.pg.catchup_mib = val()?.parse()?,
+                "--targets-backlog-mib" => o.targets.backlog_mib = val()?.parse()?,
+                "--targets-grow-seconds" => o.targets.grow_seconds = val()?.parse()?,
+                "--targets-grow-rate-mb" => o.targets.grow_rate_mb = val()?.parse()?,
+                "--targets-interval-ms" => o.targets.interval_ms = val()?.parse()?,
                 "--only" => {
                     o.only = val()?.split(',').map(|p| p.trim().to_string()).collect();
                     if let Some(bad) = o.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
@@ -142,9 +156,11 @@ impl Opts {
                          [--fleet-noisy-streams 100 (0: skip)] [--fleet-noisy-backlog-mib 1024]\n\
                          [--fleet-receive-budget-mib N (dr1's tuning.receive_budget_bytes)]\n\
                          [--pg-seconds 30 (each pgbench run)] [--pg-catchup-mib 1024 (WAL for the catch-up)]\n\
-                         [--only rsync,lag,sync,failover,zstd,seals,fleet,pg]\n\
+                         [--targets-backlog-mib 512] [--targets-grow-seconds 20] [--targets-grow-rate-mb 0.5]\n\
+                         [--targets-interval-ms 1000 (the growth run's upload_interval)]\n\
+                         [--only rsync,lag,sync,failover,zstd,seals,fleet,pg,targets]\n\
                          (--only: the parts to run besides the ceiling and catch-up; default all;\n\
-                         --only pg alone skips the ceiling and catch-up, which it does not use)\n\
+                         --only pg and/or targets alone skip the ceiling and catch-up, which they do not use)\n\
                          Build first: {}",
                         procs::BUILD_CMD
                     );
@@ -154,6 +170,7 @@ impl Opts {
             }
         }
         o.fleet.check()?;
+        o.targets.check()?;
         if o.pg.seconds == 0 {
             bail!("--pg-seconds must be at least 1");
         }
@@ -275,8 +292,14 @@ async fn run() -> anyhow::Result<()> {
         bins.drctl.display()
     );
     if !o.wants_core() {
-        let f = pg::measure(&bins, &o.pg).await?;
-        print_pg(&f, &o.pg, pg::rows(&f));
+        if o.wants("targets") {
+            let f = targets::measure(&bins, &o.targets).await?;
+            print_targets(&f, &o.targets);
+        }
+        if o.wants("pg") {
+            let f = pg::measure(&bins, &o.pg).await?;
+            print_pg(&f, &o.pg, pg::rows(&f));
+        }
         println!(
             "- load average at the end: {}; total run time {:.0} s.",
             sh("cut -d' ' -f1-3 /proc/loadavg"),
@@ -393,6 +416,11 @@ async fn run() -> anyhow::Result<()> {
     };
     let pgf = if o.wants("pg") {
         Some(pg::measure(&bins, &o.pg).await?)
+    } else {
+        None
+    };
+    let tf = if o.wants("targets") {
+        Some(targets::measure(&bins, &o.targets).await?)
     } else {
         None
     };
@@ -643,6 +671,9 @@ async fn run() -> anyhow::Result<()> {
     if let Some(f) = &pgf {
         print_pg(f, &o.pg, Vec::new());
     }
+    if let Some(f) = &tf {
+        print_targets(f, &o.targets);
+    }
     println!(
         "- load average at the end: {load_end}; total run time {:.0} s.",
         wall.elapsed().as_secs_f64()
@@ -666,6 +697,17 @@ fn print_pg(f: &pg::Figures, o: &pg::Opts, rows: Vec<stats::Row>) {
     }
     println!();
     for n in pg::notes(f, o) {
+        println!("{n}");
+    }
+}
+
+/// The object-store part's table and notes.
+fn print_targets(f: &targets::Figures, o: &targets::Opts) {
+    println!();
+    println!("## Object-store targets (issue 19)");
+    println!();
+    println!("{}", stats::markdown(&targets::rows(f)));
+    for n in targets::notes(f, o) {
         println!("{n}");
     }
 }
