@@ -378,7 +378,13 @@ impl Pair {
     /// An mTLS pair whose primary's `[[stream]]` also gets `stream_keys`
     /// (e.g. `compression = "zstd"`).
     pub fn with_stream_keys(tuning: &str, stream_keys: &str) -> Self {
-        Self::build_with(tuning, true, stream_keys, None)
+        Self::build_with(tuning, true, stream_keys, "", None)
+    }
+
+    /// An mTLS pair whose DR node's `[[stream]]` has `replica_stream_keys`
+    /// added (e.g. a `[[stream.target]]`: the DR site tiers its copy).
+    pub fn with_replica_stream_keys(tuning: &str, replica_stream_keys: &str) -> Self {
+        Self::build_with(tuning, true, "", replica_stream_keys, None)
     }
 
     /// An mTLS pair like [`Pair::with_stream_keys`] whose primary reaches
@@ -386,17 +392,23 @@ impl Pair {
     pub async fn proxied(tuning: &str, stream_keys: &str) -> (Self, std::sync::Arc<proxy::Proxy>) {
         let port = free_port();
         let proxy = proxy::Proxy::start(port).await;
-        let pair = Self::build_with(tuning, true, stream_keys, Some((port, proxy.port)));
+        let pair = Self::build_with(tuning, true, stream_keys, "", Some((port, proxy.port)));
         (pair, proxy)
     }
 
     fn build(tuning: &str, tls: bool) -> Self {
-        Self::build_with(tuning, tls, "", None)
+        Self::build_with(tuning, tls, "", "", None)
     }
 
     /// `ports`: the replica's listen port and the port the primary connects
     /// to (a proxy's), when they differ.
-    fn build_with(tuning: &str, tls: bool, stream_keys: &str, ports: Option<(u16, u16)>) -> Self {
+    fn build_with(
+        tuning: &str,
+        tls: bool,
+        stream_keys: &str,
+        replica_stream_keys: &str,
+        ports: Option<(u16, u16)>,
+    ) -> Self {
         let root = tempfile::Builder::new()
             .prefix("drd-test-")
             .tempdir()
@@ -434,7 +446,7 @@ impl Pair {
             &format!(
                 "{top}initial_role = \"replica\"\n[replica]\nlisten = \"127.0.0.1:{port}\"\n\
                  [[stream]]\nname = \"{STREAM}\"\nwal_dir = \"{}\"\npeer = \"{scheme}://127.0.0.1:{}\"\n\
-                 peer_name = \"{PRIMARY_ID}\"\n{tuning}\n{sec_r}",
+                 peer_name = \"{PRIMARY_ID}\"\n{replica_stream_keys}\n{tuning}\n{sec_r}",
                 replica_wal.display(),
                 free_port()
             ),

@@ -879,3 +879,76 @@ async fn a_primary_with_no_peer_ships_to_the_bucket_alone() {
     )
     .await;
 }
+
+/// The DR site tiers its copy: the target is on the replica's stream (the
+/// primary has none). What the replica holds durable — sealed segments
+/// whole, the growing one as partials — reaches the bucket, restores
+/// byte-identical and verifies; the replica's `drctl status` shows the
+/// target, and nothing is uploaded by the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dr_site_tiers_its_copy_to_the_bucket() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket(BUCKET);
+    let endpoint = moto.endpoint();
+    let url = format!("s3://{BUCKET}/ehr-prod");
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, recipient) = keys_init(keydir.path(), "dr.key");
+    let key_s = key.to_str().unwrap().to_string();
+    let mut pair =
+        Pair::with_replica_stream_keys("", &target_keys(&url, &endpoint, &recipient, "500ms"));
+    pair.replica.env = moto.env();
+    pair.replica.start();
+    pair.primary.start();
+    pair.replica.wait_ready().await;
+    pair.primary.wait_ready().await;
+
+    const SEG: usize = 1 << 20;
+    for n in 1..=3 {
+        std::fs::write(pair.wal.join(seg_name(n)), segment_bytes(n, SEG)).unwrap();
+    }
+    let growing = segment_bytes(4, SEG);
+    std::fs::write(pair.wal.join(seg_name(4)), &growing[..250_000]).unwrap();
+    pair.wait_durable(3 * SEG as u64 + 250_000, Duration::from_secs(30))
+        .await;
+    let env = moto.env();
+    let dest = keydir.path().join("restored");
+    wait_for(
+        "the replica's sealed segments and the growing one's 250000 bytes in the bucket",
+        Duration::from_secs(30),
+        || async {
+            let sealed = listed(&env, &url, &endpoint, false).len() == 3;
+            let (code, _) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(4), &dest);
+            (sealed && code == 0 && std::fs::read(&dest).unwrap().len() == 250_000).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(std::fs::read(&dest).unwrap(), growing[..250_000]);
+    for n in 1..=3 {
+        let (code, stderr) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(n), &dest);
+        assert_eq!(code, 0, "wal-fetch {n}: {stderr}");
+        assert_eq!(std::fs::read(&dest).unwrap(), segment_bytes(n, SEG), "{n}");
+    }
+    let (code, stdout, stderr) = verify_from(&env, &url, &endpoint, &key_s);
+    assert_eq!(code, 0, "verify --from: {stdout}{stderr}");
+    // The objects say which node wrote them: the DR node, not the primary.
+    let first = listed(&env, &url, &endpoint, false)[0].0.clone();
+    let body = raw_object(&moto, &first).await;
+    let line = body.split(|&b| b == b'\n').nth(1).unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(line).unwrap();
+    assert_eq!(rec["node"], drd_tests::REPLICA_ID, "{rec}");
+    // Status: the replica shows its target; the primary has none.
+    wait_for(
+        "the replica's target caught up",
+        Duration::from_secs(30),
+        || async {
+            let v = drctl_json(&pair.replica.socket, &["status"], 0);
+            (v["targets"][0]["state"] == "caught up").then_some(())
+        },
+    )
+    .await;
+    let v = drctl_json(&pair.primary.socket, &["status"], 0);
+    assert!(
+        v["targets"].as_array().is_none_or(|t| t.is_empty()),
+        "the primary uploads nothing: {v}"
+    );
+}
