@@ -5,6 +5,8 @@
 #
 #   drd_setup build   system libraries for building drd (RocksDB, libclang)
 #   drd_setup test    + the servers and tools the test suite runs for real
+#   drd_setup bench   + the peers drd-bench measures drd against (rsync,
+#                     pgbackrest); `drd-bench` itself needs `test`'s servers
 
 # Run a command as root (CI and these machines are root; a developer's
 # laptop is not).
@@ -82,7 +84,7 @@ drd_setup() {
   # Building drd: Debian's RocksDB (see the comment on `rocksdb` in the
   # workspace Cargo.toml) and libclang for the bindings bindgen makes.
   _drd_apt librocksdb-dev libclang-dev pkg-config
-  [ "${1:-build}" = test ] || return 0
+  case "${1:-build}" in test | bench) ;; *) return 0 ;; esac
 
   # PostgreSQL for tests/tests/postgres.rs: a real primary, standby and
   # failover, run as the `postgres` user the package creates. Only the
@@ -119,4 +121,9 @@ drd_setup() {
   _drd_cargo_tool deb cargo-deb
   _drd_cargo_tool deny cargo-deny
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+  # drd-bench's peers, measured on the same bytes as drd: rsync -a --fsync
+  # and pgbackrest (archive-push). Not needed by the test suite.
+  [ "${1:-build}" = bench ] || return 0
+  _drd_apt rsync pgbackrest
 }

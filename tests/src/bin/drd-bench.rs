@@ -504,7 +504,7 @@ async fn run() -> anyhow::Result<()> {
             if rsync_ver.is_some() {
                 "not run (--only leaves rsync out)".into()
             } else {
-                "rsync not installed (apt-get install -y rsync)".into()
+                "rsync not installed (`. deploy/dev/setup.sh && drd_setup bench`)".into()
             },
             "-".into(),
             ">= 1.5x",
