@@ -21,6 +21,8 @@ pub const PG_SEGMENT: u64 = 16 << 20;
 pub struct PgWal {
     /// Holds `archive/` with the segments; removed when dropped.
     pub _root: tempfile::TempDir,
+    /// The stopped cluster's data directory (pgbackrest's `pg1-path`).
+    pub data: PathBuf,
     /// The segments in name order, each with whether `pgbench -i` (table
     /// load and index build) or the timed run wrote it.
     pub segments: Vec<(PathBuf, Phase)>,
@@ -95,6 +97,7 @@ pub fn generate(scale: u32, secs: u32) -> anyhow::Result<PgWal> {
     // A fast stop: the archiver copies every completed segment first.
     cluster.stop()?;
     let log = cluster.log.clone();
+    let data = cluster.data.clone();
     drop(cluster);
     let mut segments: Vec<(PathBuf, Phase)> = std::fs::read_dir(&archive)?
         .flatten()
@@ -121,6 +124,7 @@ pub fn generate(scale: u32, secs: u32) -> anyhow::Result<PgWal> {
     }
     Ok(PgWal {
         _root: root,
+        data,
         segments,
         version,
         tps,

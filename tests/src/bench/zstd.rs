@@ -167,6 +167,9 @@ pub struct Figures {
     pub pg: Result<String, String>,
     pub ratios: Vec<(Ratio, u64)>,
     pub runs: Vec<Run>,
+    /// `pgbackrest archive-push` of the pgbench WAL (issue 20's peer), or
+    /// why it was not measured.
+    pub pgbackrest: Result<crate::pgbackrest::Push, String>,
 }
 
 /// Generates the pgbench WAL (if PostgreSQL is there) and a random backlog
@@ -246,11 +249,34 @@ pub async fn measure(bins: &Bins, backlog_mib: u64) -> anyhow::Result<Figures> {
         }
         out.extend(sums.into_iter().flatten());
     }
+    let pgbackrest = match &pgwal {
+        Err(_) => Err("no PostgreSQL WAL".to_string()),
+        Ok(_) if crate::pgbackrest::version().is_none() => {
+            Err("pgbackrest not installed (`. deploy/dev/setup.sh && drd_setup bench`)".to_string())
+        }
+        Ok(w) => {
+            eprintln!(
+                "zstd: pgbackrest archive-push of the {} pgbench segments…",
+                w.segments.len()
+            );
+            let segs: Vec<PathBuf> = w.segments.iter().map(|(f, _)| f.clone()).collect();
+            let data = w.data.clone();
+            let dir = runs::scratch("pgbackrest")?;
+            let p = dir.path().to_path_buf();
+            let r = tokio::task::spawn_blocking(move || {
+                crate::pgbackrest::archive_push(&data, &segs, &p)
+            })
+            .await?;
+            drop(dir);
+            Ok(r?)
+        }
+    };
     drop(pgwal);
     Ok(Figures {
         pg,
         ratios,
         runs: out,
+        pgbackrest,
     })
 }
 
@@ -320,6 +346,32 @@ pub fn rows(f: &Figures) -> Vec<Row> {
             "-",
             None,
         ));
+        if on.what.starts_with("pgbench") {
+            match &f.pgbackrest {
+                Ok(p) => rows.push(Row::new(
+                    "catch-up pgbench WAL vs pgbackrest archive-push",
+                    format!("{:.0} MB/s (zstd off)", mb(off)),
+                    format!(
+                        "{:.0} MB/s ({} pushes, {:.1} s, {:.2} core-s/GiB)",
+                        p.mb_per_s(),
+                        p.segments,
+                        p.secs,
+                        p.cpu / (p.bytes as f64 / GIB)
+                    ),
+                    format!("{:.2}x", mb(off) / p.mb_per_s()),
+                    ">= 2x",
+                    Some(mb(off) >= 2.0 * p.mb_per_s()),
+                )),
+                Err(why) => rows.push(Row::new(
+                    "catch-up pgbench WAL vs pgbackrest archive-push",
+                    format!("{:.0} MB/s (zstd off)", mb(off)),
+                    format!("not measured: {why}"),
+                    "-".into(),
+                    ">= 2x",
+                    None,
+                )),
+            }
+        }
         for (side, a, b) in [
             ("primary", on.cu.cpu_primary, off.cu.cpu_primary),
             ("replica", on.cu.cpu_replica, off.cu.cpu_replica),
@@ -347,6 +399,12 @@ pub fn notes(f: &Figures) -> Vec<String> {
         "- zstd ratio and speed: every {} KiB chunk compressed at level {LEVEL} and decompressed again on one core with drd's own functions (drd_proto::zstd_compress / zstd_decompress); decompress MB/s is over the chunks that shrank.",
         CHUNK >> 10
     ));
+    if let Ok(p) = &f.pgbackrest {
+        n.push(format!(
+            "- pgbackrest: {}; `archive-push` of each pgbench segment in turn (as archive_command calls it) into a local repository, compress-type=none, archive-async=n, its files synced (pgbackrest's default); the stanza created offline from the generating cluster. CPU is all its processes'.",
+            p.version
+        ));
+    }
     n.push(format!("- zstd catch-up: {ROUNDS} runs per setting, off and on alternating, each a fresh mTLS pair (default tuning, fsync on, the backlog in the page cache); seconds and CPU summed over the runs (CPU includes the primary's start-up); wire = the primary's drd_shipped_wire_bytes_total (chunk payload after compression). Loopback has no bandwidth limit, so compression cannot pay off in MB/s here; on a WAN link the wire bytes are what count."));
     n
 }
