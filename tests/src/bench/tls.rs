@@ -70,7 +70,11 @@ pub fn rustls_alone(src: &Path) -> anyhow::Result<Transfer> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok((total, thread_cpu_seconds() - cpu0, Instant::now()))
+        let done = Instant::now();
+        // Our close_notify, so the sender's drain below ends cleanly.
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        Ok((total, thread_cpu_seconds() - cpu0, done))
     });
     let name = ServerName::try_from(drd_tests::REPLICA_ID.to_string())?;
     let sock = TcpStream::connect(addr)?;
@@ -100,6 +104,25 @@ pub fn rustls_alone(src: &Path) -> anyhow::Result<Transfer> {
     tls.conn.send_close_notify();
     tls.flush()?;
     let cpu_send = thread_cpu_seconds() - cpu0;
+    // Read what the server sent (its session tickets, its close_notify)
+    // before closing: a socket closed with unread bytes sends a reset,
+    // which can reach the receiver before the last data does.
+    let mut sink = [0u8; 4096];
+    loop {
+        match tls.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     drop(tls);
     let (bytes, cpu_recv, done) = receiver
         .join()
