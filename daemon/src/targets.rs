@@ -222,21 +222,30 @@ fn internal(e: impl std::fmt::Display) -> ArchiveError {
     })
 }
 
-/// Writes the next sealed segments (at most a few per call, so that the
-/// growing segment's partials keep their interval). True: something was
-/// written.
+/// Sealed segments one call writes at most, so that the growing segment's
+/// partials keep their interval.
+const SEALED_PER_CALL: usize = 4;
+
+/// Writes the next sealed segments (at most [`SEALED_PER_CALL`]). True:
+/// something was written.
+///
+/// One segment ahead is read and encrypted on a blocking thread while the
+/// current one is put, so the CPU work and the upload overlap; at most two
+/// encrypted segments are held (the one being put, the next).
 async fn upload_sealed(
     ctx: &TargetContext,
     archive: &Archive,
     progress: &mut Progress,
     key: &str,
 ) -> Result<bool, ArchiveError> {
-    let mut wrote = false;
-    for _ in 0..4 {
-        let after = match progress.sealed.as_deref() {
-            Some(s) => Some(SegmentName::new(s.to_string()).map_err(internal)?),
-            None => None,
-        };
+    // The segments to write, in order, each with the chain value before it.
+    let mut todo: Vec<(SegmentRecord, [u8; 32])> = Vec::new();
+    let mut after = match progress.sealed.as_deref() {
+        Some(s) => Some(SegmentName::new(s.to_string()).map_err(internal)?),
+        None => None,
+    };
+    let mut prev: Option<[u8; 32]> = None;
+    while todo.len() < SEALED_PER_CALL {
         let Some(rec) = ctx
             .catalog
             .segment_after(&ctx.stream.name, after.as_ref())
@@ -247,6 +256,23 @@ async fn upload_sealed(
         if !rec.sealed {
             break;
         }
+        let p = match prev {
+            Some(p) => p,
+            None => prev_chain(ctx, &rec, progress).map_err(internal)?,
+        };
+        let chain = rec
+            .chain
+            .as_deref()
+            .and_then(drd_core::chain::from_hex)
+            .ok_or_else(|| internal(format!("segment {} has no chain value", rec.name)))?;
+        prev = Some(chain);
+        after = Some(rec.segment_name().map_err(internal)?);
+        todo.push((rec, p));
+    }
+    let mut wrote = false;
+    let mut next = todo.first().and_then(|(r, p)| prepare(ctx, archive, r, *p));
+    for i in 0..todo.len() {
+        let rec = &todo[i].0;
         {
             let mut v = ctx.state.inner.locked();
             v.state = "uploading".into();
@@ -254,7 +280,9 @@ async fn upload_sealed(
                 v.behind_since_ms = rec.sealed_at_ms.unwrap_or_else(unix_ms);
             }
         }
-        if rec.pruned_at_ms.is_some() {
+        let this = next.take();
+        next = todo.get(i + 1).and_then(|(r, p)| prepare(ctx, archive, r, *p));
+        let Some(this) = this else {
             // Gone from this node's spool before the target could have it:
             // a target configured on a stream that had pruned already (the
             // pruning waits for configured targets). The bucket's copy
@@ -266,35 +294,8 @@ async fn upload_sealed(
             progress.chain = rec.chain.clone();
             save(ctx, key, progress);
             continue;
-        }
-        let path =
-            crate::walpos::segment_path_for(&ctx.data_dir, &ctx.stream, &rec.name, rec.in_source)
-                .ok_or_else(|| internal(format!("segment {}'s file is missing", rec.name)))?;
-        let prev = prev_chain(ctx, &rec, progress).map_err(internal)?;
-        let chain = rec
-            .chain
-            .as_deref()
-            .and_then(drd_core::chain::from_hex)
-            .ok_or_else(|| internal(format!("segment {} has no chain value", rec.name)))?;
-        let seg = SealedSegment {
-            name: &rec.name,
-            start: rec.start,
-            bytes: &[],
-            prev_chain: prev,
-            chain,
-            epoch: rec.epoch,
         };
-        // Reading and encrypting are blocking and CPU work (ChaCha20-Poly1305
-        // over the segment): off the async threads. The file streams through
-        // the encryption in 1 MiB pieces, so only the encrypted object is
-        // held, and the plaintext's SHA-256 is taken on the way.
-        let prepared = tokio::task::block_in_place(|| {
-            let mut f = std::fs::File::open(&path).map_err(|e| ArchiveError::Read {
-                name: rec.name.clone(),
-                why: format!("{}: {e}", path.display()),
-            })?;
-            archive.prepare_segment_from(&ctx.target.sealer, &seg, &mut f, rec.size)
-        })?;
+        let prepared = this.await.map_err(internal)??;
         if rec.sha256.as_deref() != Some(prepared.plain_sha256()) {
             return Err(internal(format!(
                 "segment {} no longer matches its record here (SHA-256 {}, recorded {}); \
@@ -324,6 +325,48 @@ async fn upload_sealed(
         wrote = true;
     }
     Ok(wrote)
+}
+
+/// Starts reading and encrypting `rec` (whose chain value before it is
+/// `prev`) on a blocking thread: file I/O and CPU work (ChaCha20-Poly1305
+/// over the segment), off the async threads. The file streams through the
+/// encryption in 1 MiB pieces, so only the encrypted object is held, and
+/// the plaintext's SHA-256 is taken on the way. None: the segment was
+/// pruned here, there is nothing to read.
+fn prepare(
+    ctx: &TargetContext,
+    archive: &Archive,
+    rec: &SegmentRecord,
+    prev: [u8; 32],
+) -> Option<tokio::task::JoinHandle<Result<drd_bucket::archive::Prepared, ArchiveError>>> {
+    if rec.pruned_at_ms.is_some() {
+        return None;
+    }
+    let path =
+        crate::walpos::segment_path_for(&ctx.data_dir, &ctx.stream, &rec.name, rec.in_source);
+    let (archive, sealer, rec) = (archive.clone(), ctx.target.sealer.clone(), rec.clone());
+    Some(tokio::task::spawn_blocking(move || {
+        let path = path
+            .ok_or_else(|| internal(format!("segment {}'s file is missing", rec.name)))?;
+        let chain = rec
+            .chain
+            .as_deref()
+            .and_then(drd_core::chain::from_hex)
+            .ok_or_else(|| internal(format!("segment {} has no chain value", rec.name)))?;
+        let seg = SealedSegment {
+            name: &rec.name,
+            start: rec.start,
+            bytes: &[],
+            prev_chain: prev,
+            chain,
+            epoch: rec.epoch,
+        };
+        let mut f = std::fs::File::open(&path).map_err(|e| ArchiveError::Read {
+            name: rec.name.clone(),
+            why: format!("{}: {e}", path.display()),
+        })?;
+        archive.prepare_segment_from(&sealer, &seg, &mut f, rec.size)
+    }))
 }
 
 /// The growing segment here: (name, stream start, bytes durable, file).

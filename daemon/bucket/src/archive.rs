@@ -132,6 +132,7 @@ pub struct Restored {
 
 /// A stream's log in one bucket, as a writer (the shipping node) or a
 /// reader (drctl at the restore site) sees it.
+#[derive(Clone)]
 pub struct Archive {
     pub bucket: Bucket,
     stream: String,

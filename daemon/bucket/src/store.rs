@@ -100,7 +100,9 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A target's bucket (or container, or directory) and key prefix.
+/// A target's bucket (or container, or directory) and key prefix. A clone
+/// shares the client and the counters.
+#[derive(Clone)]
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: String,
