@@ -281,7 +281,9 @@ async fn upload_sealed(
             }
         }
         let this = next.take();
-        next = todo.get(i + 1).and_then(|(r, p)| prepare(ctx, archive, r, *p));
+        next = todo
+            .get(i + 1)
+            .and_then(|(r, p)| prepare(ctx, archive, r, *p));
         let Some(this) = this else {
             // Gone from this node's spool before the target could have it:
             // a target configured on a stream that had pruned already (the
@@ -346,8 +348,8 @@ fn prepare(
         crate::walpos::segment_path_for(&ctx.data_dir, &ctx.stream, &rec.name, rec.in_source);
     let (archive, sealer, rec) = (archive.clone(), ctx.target.sealer.clone(), rec.clone());
     Some(tokio::task::spawn_blocking(move || {
-        let path = path
-            .ok_or_else(|| internal(format!("segment {}'s file is missing", rec.name)))?;
+        let path =
+            path.ok_or_else(|| internal(format!("segment {}'s file is missing", rec.name)))?;
         let chain = rec
             .chain
             .as_deref()
