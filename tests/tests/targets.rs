@@ -201,6 +201,33 @@ fn target_keys(url: &str, endpoint: &str, recipient: &str, interval: &str) -> St
     )
 }
 
+/// Waits until the bucket (`(env, url, endpoint, identity)`) lists
+/// `sealed` segments and `drctl wal-fetch --from` restores the growing
+/// segment `growing.0` as `growing.1`'s length, then checks its bytes.
+async fn wait_bucket_holds(
+    (env, url, endpoint, key): (&[(String, String)], &str, &str, &str),
+    sealed: usize,
+    growing: (u64, &[u8]),
+    dest: &Path,
+) {
+    let (n, want) = growing;
+    wait_for(
+        &format!(
+            "{sealed} sealed segments and the growing one's {} bytes in the bucket",
+            want.len()
+        ),
+        Duration::from_secs(30),
+        || async {
+            let listed_all = listed(env, url, endpoint, false).len() == sealed;
+            let (code, _) = fetch_from(env, url, endpoint, key, &seg_name(n), dest);
+            (listed_all && code == 0 && std::fs::read(dest).unwrap().len() == want.len())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(std::fs::read(dest).unwrap(), want, "segment {n} restored");
+}
+
 fn target_status(pair: &Pair) -> serde_json::Value {
     let v = drctl_json(&pair.primary.socket, &["status"], 0);
     v["targets"][0].clone()
@@ -792,17 +819,13 @@ async fn a_primary_with_no_peer_ships_to_the_bucket_alone() {
         "status names no peer: {v}"
     );
     let dest = root.path().join("restored");
-    wait_for(
-        "ehr-prod's sealed segments and its growing one's 200000 bytes in the bucket",
-        Duration::from_secs(30),
-        || async {
-            let sealed = listed(&env, &ehr_url, &endpoint, false).len() == 3;
-            let (code, _) = fetch_from(&env, &ehr_url, &endpoint, &key_s, &seg_name(4), &dest);
-            (sealed && code == 0 && std::fs::read(&dest).unwrap().len() == 200_000).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(std::fs::read(&dest).unwrap(), growing[..200_000]);
+    let at = (
+        &env[..],
+        ehr_url.as_str(),
+        endpoint.as_str(),
+        key_s.as_str(),
+    );
+    wait_bucket_holds(at, 3, (4, &growing[..200_000]), &dest).await;
     // The spool: all three in the bucket, and the first two gone from the
     // spool (the newest stays: a spool keeps its tail).
     wait_for(
@@ -912,17 +935,8 @@ async fn a_dr_site_tiers_its_copy_to_the_bucket() {
         .await;
     let env = moto.env();
     let dest = keydir.path().join("restored");
-    wait_for(
-        "the replica's sealed segments and the growing one's 250000 bytes in the bucket",
-        Duration::from_secs(30),
-        || async {
-            let sealed = listed(&env, &url, &endpoint, false).len() == 3;
-            let (code, _) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(4), &dest);
-            (sealed && code == 0 && std::fs::read(&dest).unwrap().len() == 250_000).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(std::fs::read(&dest).unwrap(), growing[..250_000]);
+    let at = (&env[..], url.as_str(), endpoint.as_str(), key_s.as_str());
+    wait_bucket_holds(at, 3, (4, &growing[..250_000]), &dest).await;
     for n in 1..=3 {
         let (code, stderr) = fetch_from(&env, &url, &endpoint, &key_s, &seg_name(n), &dest);
         assert_eq!(code, 0, "wal-fetch {n}: {stderr}");
