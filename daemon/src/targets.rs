@@ -238,8 +238,9 @@ async fn upload_sealed(
     progress: &mut Progress,
     key: &str,
 ) -> Result<bool, ArchiveError> {
-    // The segments to write, in order, each with the chain value before it.
-    let mut todo: Vec<(SegmentRecord, [u8; 32])> = Vec::new();
+    // The segments to write, in order, each with the chain values before
+    // and after it.
+    let mut todo: Vec<(SegmentRecord, [u8; 32], [u8; 32])> = Vec::new();
     let mut after = match progress.sealed.as_deref() {
         Some(s) => Some(SegmentName::new(s.to_string()).map_err(internal)?),
         None => None,
@@ -267,10 +268,12 @@ async fn upload_sealed(
             .ok_or_else(|| internal(format!("segment {} has no chain value", rec.name)))?;
         prev = Some(chain);
         after = Some(rec.segment_name().map_err(internal)?);
-        todo.push((rec, p));
+        todo.push((rec, p, chain));
     }
     let mut wrote = false;
-    let mut next = todo.first().and_then(|(r, p)| prepare(ctx, archive, r, *p));
+    let mut next = todo
+        .first()
+        .and_then(|(r, p, c)| prepare(ctx, archive, r, (*p, *c)));
     for i in 0..todo.len() {
         let rec = &todo[i].0;
         {
@@ -283,7 +286,7 @@ async fn upload_sealed(
         let this = next.take();
         next = todo
             .get(i + 1)
-            .and_then(|(r, p)| prepare(ctx, archive, r, *p));
+            .and_then(|(r, p, c)| prepare(ctx, archive, r, (*p, *c)));
         let Some(this) = this else {
             // Gone from this node's spool before the target could have it:
             // a target configured on a stream that had pruned already (the
@@ -329,8 +332,8 @@ async fn upload_sealed(
     Ok(wrote)
 }
 
-/// Starts reading and encrypting `rec` (whose chain value before it is
-/// `prev`) on a blocking thread: file I/O and CPU work (ChaCha20-Poly1305
+/// Starts reading and encrypting `rec` (with the chain values before and
+/// after it) on a blocking thread: file I/O and CPU work (ChaCha20-Poly1305
 /// over the segment), off the async threads. The file streams through the
 /// encryption in 1 MiB pieces, so only the encrypted object is held, and
 /// the plaintext's SHA-256 is taken on the way. None: the segment was
@@ -339,7 +342,7 @@ fn prepare(
     ctx: &TargetContext,
     archive: &Archive,
     rec: &SegmentRecord,
-    prev: [u8; 32],
+    (prev, chain): ([u8; 32], [u8; 32]),
 ) -> Option<tokio::task::JoinHandle<Result<drd_bucket::archive::Prepared, ArchiveError>>> {
     if rec.pruned_at_ms.is_some() {
         return None;
@@ -350,11 +353,6 @@ fn prepare(
     Some(tokio::task::spawn_blocking(move || {
         let path =
             path.ok_or_else(|| internal(format!("segment {}'s file is missing", rec.name)))?;
-        let chain = rec
-            .chain
-            .as_deref()
-            .and_then(drd_core::chain::from_hex)
-            .ok_or_else(|| internal(format!("segment {} has no chain value", rec.name)))?;
         let seg = SealedSegment {
             name: &rec.name,
             start: rec.start,
