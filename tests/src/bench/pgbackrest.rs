@@ -7,7 +7,8 @@
 //! pgbackrest's checks of the WAL's system identifier pass as in service.
 
 use crate::procs::children_cpu_seconds;
-use anyhow::{bail, Context};
+use anyhow::Context;
+use drd_tests::pg::run_output;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -36,19 +37,6 @@ pub fn version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// Pushes `segments` (full WAL segments of the cluster at `pgdata`) into a
 /// fresh repository below `dir`.
 pub fn archive_push(pgdata: &Path, segments: &[PathBuf], dir: &Path) -> anyhow::Result<Push> {
@@ -70,18 +58,16 @@ pub fn archive_push(pgdata: &Path, segments: &[PathBuf], dir: &Path) -> anyhow::
             .arg("--stanza=bench");
         c
     };
-    run(
-        pgbr().args(["--no-online", "stanza-create"]),
-        "pgbackrest stanza-create",
-    )?;
+    let mut c = pgbr();
+    c.args(["--no-online", "stanza-create"]);
+    run_output(c, "pgbackrest stanza-create")?;
     let cpu0 = children_cpu_seconds();
     let started = Instant::now();
     let mut bytes = 0;
     for s in segments {
-        run(
-            pgbr().arg("archive-push").arg(s),
-            &format!("pgbackrest archive-push {}", s.display()),
-        )?;
+        let mut c = pgbr();
+        c.arg("archive-push").arg(s);
+        run_output(c, &format!("pgbackrest archive-push {}", s.display()))?;
         bytes += std::fs::metadata(s)?.len();
     }
     Ok(Push {

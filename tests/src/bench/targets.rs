@@ -17,6 +17,7 @@
 //! primary seals locally and the bucket is the DR copy (issue 19's "ship
 //! straight from the hospital, no DR host needed").
 
+use crate::baseline::Transfer;
 use crate::procs::{self, Bins, Proc};
 use crate::stats::Row;
 use anyhow::{bail, Context};
@@ -97,19 +98,6 @@ impl Requests {
             list: self.list.saturating_sub(o.list),
             retries: self.retries.saturating_sub(o.retries),
         }
-    }
-}
-
-/// A timed transfer of `bytes`.
-#[derive(Clone, Copy, Debug)]
-pub struct Transfer {
-    pub bytes: u64,
-    pub secs: f64,
-}
-
-impl Transfer {
-    pub fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / self.secs.max(1e-9) / 1e6
     }
 }
 
@@ -213,6 +201,9 @@ async fn puts(
     Ok(Transfer {
         bytes: segs.iter().map(|s| s.len() as u64).sum(),
         secs,
+        // This process's CPU is not what is compared here.
+        cpu_send: 0.0,
+        cpu_recv: 0.0,
     })
 }
 
@@ -371,17 +362,20 @@ pub async fn measure(bins: &Bins, o: &Opts) -> anyhow::Result<Figures> {
         |t| t.last_segment == last,
     )
     .await?;
+    let drd_cpu = p.cpu_seconds();
     let drd = Transfer {
         bytes: total,
         secs: (done - t0).as_secs_f64(),
+        cpu_send: drd_cpu,
+        cpu_recv: 0.0,
     };
-    let drd_cpu = p.cpu_seconds();
     let drd_hwm_kib = p.hwm_kib();
     let (drd_requests, at_done) = settled(&p, mport).await?;
 
     eprintln!("object-store targets: create-only puts again, one at a time, then four at a time…");
     let seq_b = puts(&moto, "baseline-seq-b", &segs, 1).await?;
     let put_par4 = puts(&moto, "baseline-par4", &segs, 4).await?;
+    let put_seq_runs = (seq_a.mb_per_s(), seq_b.mb_per_s());
     let put_seq = if seq_a.mb_per_s() >= seq_b.mb_per_s() {
         seq_a
     } else {
@@ -449,7 +443,7 @@ pub async fn measure(bins: &Bins, o: &Opts) -> anyhow::Result<Figures> {
         drd_hwm_kib,
         drd_requests,
         put_seq,
-        put_seq_runs: (seq_a.mb_per_s(), seq_b.mb_per_s()),
+        put_seq_runs,
         put_par4,
         seal_cpu,
         seal_bytes,
