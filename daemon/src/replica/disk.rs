@@ -537,7 +537,7 @@ fn open_tail(store: &mut FileStore, rec: &SegmentRecord) -> Result<Option<u32>, 
     // else writes the file; records from before drd kept one are hashed.
     let crc = match rec.check {
         Some(c) => c.crc32c,
-        None => crc_prefix(&f, rec.size).map_err(io_err(&path))?,
+        None => crc_prefix(f.file(), rec.size).map_err(io_err(&path))?,
     };
     Ok(Some(crc))
 }

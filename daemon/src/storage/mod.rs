@@ -10,6 +10,7 @@
 //! - [`stream_catalog`]: one stream's records in the catalog (drd-core's
 //!   catalog).
 pub mod catalog;
+pub mod direct;
 pub mod drills;
 pub mod fsutil;
 pub mod segments;
