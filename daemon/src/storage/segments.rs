@@ -315,30 +315,32 @@ impl SegmentStore for FileStore {
     /// gathered first.
     fn write(&mut self, segment: &SegmentName, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let mut pending = self.inner.pending.locked();
-        let appends = pending
-            .as_ref()
-            .is_some_and(|p| p.segment == *segment && p.bytes.end() == offset);
-        if !appends {
-            // Another file, or not where this one's appends end: what is
-            // gathered goes into its file first (kept if that fails).
-            if let Some(p) = pending.as_mut() {
-                p.flush()
-                    .map_err(|e| self.partial_err(&p.segment.clone(), e))?;
+        let p = match pending.take() {
+            Some(p) if p.segment == *segment && p.bytes.end() == offset => pending.insert(p),
+            gathered => {
+                // Another file, or not where this one's appends end: what
+                // is gathered goes into its file first (kept if that fails).
+                let buf = match gathered {
+                    Some(mut p) => {
+                        if let Err(e) = p.flush() {
+                            let err = self.partial_err(&p.segment, e);
+                            *pending = Some(p);
+                            return Err(err);
+                        }
+                        p.bytes.into_buf()
+                    }
+                    None => self.inner.spare.locked().take().unwrap_or_default(),
+                };
+                let file = self.partial(segment)?;
+                let bytes = WriteBehind::start(buf, file.file(), offset)
+                    .map_err(|e| self.partial_err(segment, e))?;
+                pending.insert(Pending {
+                    segment: segment.clone(),
+                    file,
+                    bytes,
+                })
             }
-            let buf = match pending.take() {
-                Some(p) => p.bytes.into_buf(),
-                None => self.inner.spare.locked().take().unwrap_or_default(),
-            };
-            let file = self.partial(segment)?;
-            let bytes = WriteBehind::start(buf, file.file(), offset)
-                .map_err(|e| self.partial_err(segment, e))?;
-            *pending = Some(Pending {
-                segment: segment.clone(),
-                file,
-                bytes,
-            });
-        }
-        let p = pending.as_mut().expect("set above");
+        };
         p.bytes
             .append(&p.file.io(), data)
             .map_err(|e| self.partial_err(segment, e))
