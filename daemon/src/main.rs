@@ -13,11 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-/// See daemon/Cargo.toml: glibc's malloc returned a catch-up's buffers to
-/// the kernel and faulted them in again for the next ones.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "drd",
