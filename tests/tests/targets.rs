@@ -266,6 +266,14 @@ async fn a_stream_reaches_the_bucket_encrypted_and_restores_byte_identical() {
         },
     )
     .await;
+    // The growing segment's first 100000 bytes go up before it grows, so
+    // that the growth below is a second partial upload, not the first.
+    wait_for(
+        "a partial upload of the growing segment",
+        Duration::from_secs(30),
+        || async { (target_status(&pair)["partials"].as_u64() >= Some(1)).then_some(()) },
+    )
+    .await;
     // The growing segment: its partial uploads follow it as it grows.
     {
         use std::io::Write;
