@@ -158,7 +158,7 @@ impl FileStore {
     /// Opens an existing partial file (a session resuming its tail) and
     /// keeps its handle; returns it with the file's length.
     pub fn open(&mut self, segment: &SegmentName) -> Result<(Arc<Handles>, u64), StoreError> {
-        self.write_pending(Some(segment), true)?;
+        self.write_pending(segment, true)?;
         let path = self.path(segment, FileState::Partial);
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         let len = f.metadata().map_err(io_err(&path))?.len();
@@ -184,20 +184,16 @@ impl FileStore {
         Ok(f)
     }
 
-    /// Writes the gathered appends of `segment` (of any file when None)
-    /// into it; with `close`, also stops gathering for it (its next write
-    /// starts anew), keeping the buffer for the next file. On failure the
-    /// appends stay gathered (see [`Inner::pending`]).
-    fn write_pending(&self, segment: Option<&SegmentName>, close: bool) -> Result<(), StoreError> {
+    /// Writes the gathered appends of `segment`, if any, into its file;
+    /// with `close`, also stops gathering for it (its next write starts
+    /// anew), keeping the buffer for the next file. On failure the appends
+    /// stay gathered (see [`Inner::pending`]).
+    fn write_pending(&self, segment: &SegmentName, close: bool) -> Result<(), StoreError> {
         let mut pending = self.inner.pending.locked();
-        let Some(p) = pending.as_mut() else {
+        let Some(p) = pending.as_mut().filter(|p| p.segment == *segment) else {
             return Ok(());
         };
-        if segment.is_some_and(|s| *s != p.segment) {
-            return Ok(());
-        }
-        p.flush()
-            .map_err(|e| self.partial_err(&p.segment.clone(), e))?;
+        p.flush().map_err(|e| self.partial_err(segment, e))?;
         if close {
             if let Some(p) = pending.take() {
                 *self.inner.spare.locked() = Some(p.bytes.into_buf());
@@ -292,7 +288,7 @@ impl SegmentStore for FileStore {
         // no landing directory yet.
         fsutil::create_dir_durable(landing).map_err(io_err(landing))?;
         // Appends gathered for a file of this name are not for this one.
-        self.write_pending(Some(segment), true)?;
+        self.write_pending(segment, true)?;
         let path = self.path(segment, FileState::Partial);
         let f = fsutil::open_for_write(&path).map_err(io_err(&path))?;
         // A leftover file of this name holds no acked byte: start empty.
@@ -354,7 +350,7 @@ impl SegmentStore for FileStore {
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
         if state == FileState::Partial {
-            self.write_pending(Some(segment), false)?;
+            self.write_pending(segment, false)?;
         }
         let path = self.path(segment, state);
         let f = File::open(&path).map_err(io_err(&path))?;
@@ -363,7 +359,7 @@ impl SegmentStore for FileStore {
 
     fn size(&mut self, segment: &SegmentName, state: FileState) -> Result<Option<u64>, StoreError> {
         if state == FileState::Partial {
-            self.write_pending(Some(segment), false)?;
+            self.write_pending(segment, false)?;
         }
         let path = self.path(segment, state);
         match std::fs::metadata(&path) {
@@ -376,7 +372,7 @@ impl SegmentStore for FileStore {
     /// Read back through the kept handle (the seal of a tail whose running
     /// hash does not cover it: the session began mid-segment).
     fn digest(&mut self, segment: &SegmentName, _size: u64) -> Result<[u8; 32], StoreError> {
-        self.write_pending(Some(segment), false)?;
+        self.write_pending(segment, false)?;
         let file = self.partial(segment)?;
         hash_file(file.file()).map_err(|e| self.partial_err(segment, e))
     }
@@ -385,7 +381,7 @@ impl SegmentStore for FileStore {
     /// reach the disk; mtime need not. What is gathered is written first
     /// (the writes after that may go on while the fdatasync runs).
     fn sync(&mut self, segment: &SegmentName, _len: u64) -> Result<(), StoreError> {
-        self.write_pending(Some(segment), false)?;
+        self.write_pending(segment, false)?;
         let file = self.partial(segment)?;
         file.plain
             .sync_data()
@@ -405,7 +401,7 @@ impl SegmentStore for FileStore {
         // The seals' bytes are all in their files before their syncs;
         // nothing appends to a sealed file again.
         for s in seals {
-            self.write_pending(Some(&s.segment), true)?;
+            self.write_pending(&s.segment, true)?;
         }
         // fdatasync before the rename: its bytes and size reach the disk
         // before its complete name is given (a rename must never make the
@@ -471,7 +467,7 @@ impl SegmentStore for FileStore {
     fn cut(&mut self, segment: &SegmentName, len: u64) -> Result<(), StoreError> {
         // The bytes before the cut are all in the file, and the appends
         // start anew after it.
-        self.write_pending(Some(segment), true)?;
+        self.write_pending(segment, true)?;
         let path = self.path(segment, FileState::Partial);
         let file = self.partial(segment)?;
         file.plain.set_len(len).map_err(io_err(&path))?;
