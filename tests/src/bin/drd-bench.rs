@@ -653,13 +653,13 @@ async fn run() -> anyhow::Result<()> {
         ("primary", cu.cpu_primary, tls_alone.cpu_send),
         ("replica", cu.cpu_replica, tls_alone.cpu_recv),
     ] {
-        let floor = tls / (tls_alone.bytes as f64 / GIB) + sha_per_gib;
+        let tls_per_gib = tls / (tls_alone.bytes as f64 / GIB);
+        let floor = tls_per_gib + sha_per_gib;
         rows.push(Row::new(
             &format!("CPU per GiB, {side} vs rustls + SHA-256 alone"),
             format!("{:.2} core-s/GiB", cpu / gib),
             format!(
-                "floor {floor:.2} core-s/GiB (rustls {:.2} + SHA-256 {sha_per_gib:.2})",
-                tls / (tls_alone.bytes as f64 / GIB)
+                "floor {floor:.2} core-s/GiB (rustls {tls_per_gib:.2} + SHA-256 {sha_per_gib:.2})"
             ),
             format!(
                 "{:.1}x (+{:.2})",
