@@ -9,7 +9,7 @@ use crate::storage::catalog::{
     AuditRecord, Catalog, Role, RoleState, SegmentRecord, StreamMeta, Txn,
 };
 use drd_core::pg::lsn::Lsn;
-use drd_proto::StreamName;
+use drd_proto::{SegmentName, StreamName};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -135,6 +135,48 @@ pub struct Shipper {
     pub is_postgres: bool,
     /// What the spool holds (pruning passes and `wal-push` update it).
     pub spool: Mutex<SpoolUsage>,
+    /// Told by this node's own WAL writer (`source = "postgres"`) of each
+    /// write, so that the shipper reads the new bytes at once rather than
+    /// when the directory watch's event comes round.
+    pub wrote: WriteHook,
+}
+
+/// A segment of the stream's `wal_dir` was written to: what the shipper
+/// registered to hear of it (its index marks the size stale and it wakes).
+pub type OnWrite = Arc<dyn Fn(&SegmentName) + Send + Sync>;
+
+/// Lets a writer in this process wake the stream's shipper directly. The
+/// directory watch still sees every change (and alone reports new files,
+/// whose order the shipper's index relies on); this only saves the
+/// watch's hop — its thread's wake-up, then the shipper's — on the commit
+/// path of a `sync` stream.
+#[derive(Default)]
+pub struct WriteHook(Mutex<Option<OnWrite>>);
+
+impl std::fmt::Debug for WriteHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteHook")
+    }
+}
+
+impl WriteHook {
+    /// Registers the shipper's handler (replacing an earlier one).
+    pub fn set(&self, on_write: OnWrite) {
+        *self.0.locked() = Some(on_write);
+    }
+
+    /// The shipper stopped watching the directory.
+    pub fn clear(&self) {
+        *self.0.locked() = None;
+    }
+
+    /// `segment` was written to (its new bytes are in the file).
+    pub fn wrote(&self, segment: &SegmentName) {
+        let on_write = self.0.locked().clone();
+        if let Some(f) = on_write {
+            f(segment);
+        }
+    }
 }
 
 impl Shipper {
@@ -487,6 +529,7 @@ impl Node {
                     is_spool: s.source.drd_owned(),
                     mode: s.mode,
                     is_postgres: s.source == crate::config::SourceMode::Postgres,
+                    wrote: WriteHook::default(),
                     spool: Mutex::new(SpoolUsage {
                         limit_bytes: s.spool_max_bytes,
                         retention_seconds: s.spool_retention.as_secs_f64(),

@@ -198,6 +198,38 @@ pub trait Fence: Send + Sync {
     ) -> BoxFuture<'a, ()>;
 }
 
+/// Chunks up to this size are read on the shipper's task rather than on
+/// the blocking pool: a small chunk is the end of a growing segment, just
+/// written and in the page cache (at worst one small disk read).
+const INLINE_READ_BYTES: u64 = 64 * 1024;
+
+/// Registers the shipper with the stream's [`crate::node::WriteHook`] for
+/// as long as it lives: a write by this node's own WAL writer marks the
+/// segment's size stale and wakes the shipper, as the watch's event would.
+struct WriteHookGuard(Arc<Shipper>);
+
+impl WriteHookGuard {
+    fn set(status: &Arc<Shipper>, index: &Arc<SourceIndex>, wake: &Arc<Notify>) -> Self {
+        status.wrote.set(on_write(index.clone(), wake.clone()));
+        Self(status.clone())
+    }
+}
+
+/// What a write to `wal_dir` does to the shipper: the segment's size in
+/// the index is stale, and the shipper wakes (as for the watch's event).
+fn on_write(index: Arc<SourceIndex>, wake: Arc<Notify>) -> crate::node::OnWrite {
+    Arc::new(move |segment: &SegmentName| {
+        index.changed(segment);
+        wake.notify_one();
+    })
+}
+
+impl Drop for WriteHookGuard {
+    fn drop(&mut self) {
+        self.0.wrote.clear();
+    }
+}
+
 /// Runs the shipper of one stream until `shutdown`.
 pub async fn run(ctx: ShipContext, shutdown: CancellationToken) {
     let span = tracing::info_span!("ship", stream = %ctx.cfg.name, peer = %ctx.cfg.peer_label());
@@ -225,6 +257,7 @@ async fn run_stream(ctx: ShipContext, shutdown: CancellationToken) {
             None
         }
     };
+    let _hook = WriteHookGuard::set(&status, &index, &wake);
     let mut backoff = Backoff::new(
         Duration::from_millis(tuning.reconnect_min_ms),
         Duration::from_millis(tuning.reconnect_max_ms),
@@ -1093,14 +1126,22 @@ impl StreamShipper {
         let file = self.open(cur)?;
         let offset = cur.offset;
         let path = self.cfg.wal_dir.join(cur.segment.as_str());
-        tokio::task::spawn_blocking(move || {
+        let read = move || {
             let mut buf = vec![0u8; n as usize];
             file.read_exact_at(&mut buf, offset)
                 .map(|()| Bytes::from(buf))
-        })
-        .await
-        .map_err(task_failed("source read"))?
-        .map_err(|source| ShipError::Source {
+        };
+        let r = if n <= INLINE_READ_BYTES {
+            // A few KiB the source has just written: in the page cache, so
+            // read here; the blocking pool's two thread hops cost more than
+            // the read, on the commit path of a sync stream.
+            read()
+        } else {
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(task_failed("source read"))?
+        };
+        r.map_err(|source| ShipError::Source {
             path: path.display().to_string(),
             source,
         })
@@ -1298,6 +1339,50 @@ mod tests {
         };
         assert!(matches!(replica_end(&w), Err(ShipError::Diverged(_))));
         assert!(replica_end(&pb::Welcome::default()).unwrap().is_none());
+    }
+
+    /// The WAL writer's hook does what the watch's event would: without
+    /// any event, the index learns the segment's new size and the shipper
+    /// is woken.
+    #[test]
+    fn a_write_hook_marks_the_size_stale_and_wakes_the_shipper() {
+        use futures::FutureExt;
+        let d = tempfile::tempdir().unwrap();
+        let name = seg(1).name;
+        let path = d.path().join(name.as_str());
+        std::fs::write(&path, [1u8; 10]).unwrap();
+        let index = Arc::new(SourceIndex::new(d.path()));
+        index.reset(&name);
+        index.rescan().unwrap();
+        assert_eq!(index.size(&name).unwrap(), Some(10));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[2u8; 5]).unwrap();
+        assert_eq!(
+            index.size(&name).unwrap(),
+            Some(10),
+            "no event: still stale"
+        );
+        let wake = Arc::new(Notify::new());
+        let hook = crate::node::WriteHook::default();
+        hook.wrote(&name); // nothing registered: nothing happens
+        hook.set(on_write(index.clone(), wake.clone()));
+        hook.wrote(&name);
+        assert_eq!(index.size(&name).unwrap(), Some(15));
+        assert!(
+            wake.notified().now_or_never().is_some(),
+            "the shipper was woken"
+        );
+        hook.clear();
+        std::io::Write::write_all(&mut f, &[3u8; 5]).unwrap();
+        hook.wrote(&name);
+        assert_eq!(
+            index.size(&name).unwrap(),
+            Some(15),
+            "cleared: no longer told"
+        );
     }
 
     #[test]

@@ -248,6 +248,23 @@ impl DiskWorker {
                     break;
                 }
                 next = rx.try_recv().ok();
+                if next.is_none() && self.session.flushing() {
+                    // One flush at a time: the next group is handed over
+                    // only once the running one is durable. Wait for it
+                    // here, then take in what arrived meanwhile, so that
+                    // it goes into the next group rather than the one
+                    // after (a sync-mode commit would wait two flushes).
+                    let t = Instant::now();
+                    if let Err(e) = self.settle(flusher) {
+                        refused = Some(e);
+                        break;
+                    }
+                    tracing::trace!(
+                        elapsed_us = t.elapsed().as_micros() as u64,
+                        "waited for the previous flush"
+                    );
+                    next = rx.try_recv().ok();
+                }
             }
             tracing::trace!(
                 batch,

@@ -424,6 +424,7 @@ async fn session(ctx: &PgContext, shutdown: &CancellationToken) -> Result<Ended,
         id.sysid,
         ctx.tuning.group_commit_bytes,
         start,
+        ctx.status.clone(),
     );
     let writer::Handle { tx, progress, join } = w;
     let r = stream(

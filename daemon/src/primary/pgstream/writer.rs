@@ -33,9 +33,11 @@
 //! crashed before its own fdatasync, or clean after a failed one.
 
 use super::error::PgStreamError;
+use crate::node::Shipper;
 use bytes::Bytes;
 use drd_core::pg::header;
 use drd_core::pg::lsn::{Lsn, SegSize};
+use drd_proto::SegmentName;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -77,6 +79,7 @@ pub fn start(
     sysid: u64,
     group_commit_bytes: u64,
     start: Lsn,
+    shipper: Arc<Shipper>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
     let (ptx, prx) = watch::channel(Progress {
@@ -96,6 +99,7 @@ pub fn start(
         syncer: Syncer::start(progress.clone()),
         progress,
         rewrote: false,
+        shipper,
     };
     let join = tokio::task::spawn_blocking(move || w.run(rx));
     Handle {
@@ -107,6 +111,8 @@ pub fn start(
 
 struct Open {
     name: String,
+    /// `name` as the shipper names it (for [`crate::node::WriteHook`]).
+    segment: SegmentName,
     path: PathBuf,
     file: Arc<File>,
     tli: u32,
@@ -130,6 +136,8 @@ struct Writer {
     progress: Arc<watch::Sender<Progress>>,
     /// A mismatch was rewritten in the current file (warned once per file).
     rewrote: bool,
+    /// Told of each write, so that it ships the bytes at once.
+    shipper: Arc<Shipper>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PgStreamError + '_ {
@@ -218,6 +226,8 @@ impl Writer {
         self.sync()?;
         self.file = None;
         let name = self.seg.segment_name(tli, segno);
+        let segment = SegmentName::new(name.clone())
+            .map_err(|e| PgStreamError::Local(format!("segment name {name:?}: {e}")))?;
         let path = self.dir.join(&name);
         let created = match OpenOptions::new()
             .read(true)
@@ -271,6 +281,7 @@ impl Writer {
         self.rewrote = false;
         self.file = Some(Open {
             name,
+            segment,
             path,
             file,
             tli,
@@ -315,6 +326,7 @@ impl Writer {
         f.file.write_all_at(data, off).map_err(io(&f.path))?;
         f.len = f.len.max(off + n);
         self.unsynced += n;
+        self.shipper.wrote.wrote(&f.segment);
         Ok(())
     }
 
