@@ -681,6 +681,11 @@ impl Syncer {
         if crate::replica::chaos::unsafe_early_ack() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        #[cfg(test)]
+        {
+            self.step("flush");
+            gate::pass(&self.landing);
+        }
         let FlushJob {
             mut group,
             meta,
@@ -910,6 +915,34 @@ pub fn crc_prefix(f: &File, len: u64) -> std::io::Result<u32> {
     Ok(crc)
 }
 
+/// Test-only: holds a landing directory's flushes at their start until
+/// released, so that a test can make messages arrive during a flush.
+#[cfg(test)]
+mod gate {
+    use crate::locks::LockExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Condvar, Mutex};
+
+    static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static OPENED: Condvar = Condvar::new();
+
+    pub fn hold(landing: &Path) {
+        HELD.locked().push(landing.to_path_buf());
+    }
+
+    pub fn release(landing: &Path) {
+        HELD.locked().retain(|l| l != landing);
+        OPENED.notify_all();
+    }
+
+    pub fn pass(landing: &Path) {
+        let mut held = HELD.locked();
+        while held.iter().any(|l| l == landing) {
+            held = OPENED.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1068,6 +1101,79 @@ mod tests {
         assert_eq!(r, reconcile::Reconciled::default());
         assert_eq!(session(&landing, &catalog, Vec::new()), vec![]);
         assert_eq!(tail.unwrap().end(), 350);
+    }
+
+    fn tail_chunk(offset: u64, len: usize) -> ShipMsg {
+        ShipMsg::Chunk(Chunk {
+            epoch: 1,
+            segment: seg(1),
+            segment_start: 0,
+            offset,
+            data: bytes::Bytes::from(vec![7u8; len]),
+            source_position: 0,
+            written_at_ms: 0,
+            source_lsn: Default::default(),
+        })
+    }
+
+    /// What arrives while a flush runs goes into the next group, whole:
+    /// a sync-mode commit waits for the flush in flight and one more, not
+    /// two more (before, the bytes that came while the writer waited for
+    /// the running flush were left for the group after the next).
+    #[test]
+    fn what_arrives_during_a_flush_goes_into_the_next_group() {
+        let d = tempfile::tempdir().unwrap();
+        let landing = d.path().join("landing");
+        let catalog = Arc::new(Catalog::open(&d.path().join("catalog")).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        let slot = Arc::new(ReceiveSlot::new(
+            stream.clone(),
+            None,
+            StreamMeta::default(),
+        ));
+        let primary = drd_proto::NodeId::new("p").unwrap();
+        let w =
+            DiskWorker::new(stream, landing.clone(), catalog, slot, 1, 1 << 30, &primary).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let (acks_tx, mut acks_rx) = mpsc::channel(64);
+        let worker = std::thread::spawn(move || w.run(rx, acks_tx));
+        let flushes = |n: usize| {
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while steps(&landing).iter().filter(|s| *s == "flush").count() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "no flush {n}: {:?}",
+                    steps(&landing)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        };
+        gate::hold(&landing);
+        tx.blocking_send(tail_chunk(0, 10)).unwrap();
+        flushes(1);
+        // The first flush is held: these two arrive while it runs, the
+        // second while the writer waits for it.
+        tx.blocking_send(tail_chunk(10, 10)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        tx.blocking_send(tail_chunk(20, 10)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        gate::release(&landing);
+        drop(tx);
+        worker.join().unwrap();
+        let mut acked = Vec::new();
+        while let Ok(m) = acks_rx.try_recv() {
+            let Some(pb::replica_message::Msg::Ack(a)) = m.unwrap().msg else {
+                panic!("not an ack")
+            };
+            acked.push(a.durable_position);
+        }
+        assert_eq!(acked, vec![10, 30], "one flush for both late chunks");
+        assert_eq!(
+            steps(&landing).iter().filter(|s| *s == "flush").count(),
+            2,
+            "{:?}",
+            steps(&landing)
+        );
     }
 
     #[test]
