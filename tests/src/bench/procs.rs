@@ -80,6 +80,9 @@ impl Proc {
                 "DRD_LOG",
                 std::env::var("DRD_BENCH_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // As deploy/systemd/drd.service runs it (see the comment there),
+            // so that the RSS and CPU figures are the deployed daemon's.
+            .env("MALLOC_ARENA_MAX", "2")
             .envs(d.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
