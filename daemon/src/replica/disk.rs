@@ -992,13 +992,9 @@ mod tests {
         out
     }
 
-    /// Runs one session over `msgs`, all queued before it starts (so they
-    /// make one group), and returns its acks as (position, segment, sealed).
-    fn session(
-        landing: &Path,
-        catalog: &Arc<Catalog>,
-        msgs: Vec<ShipMsg>,
-    ) -> Vec<(u64, String, bool)> {
+    /// A disk worker for stream "s" at epoch 1 that never cuts a group for
+    /// its size.
+    fn worker(landing: &Path, catalog: &Arc<Catalog>) -> DiskWorker {
         let stream = StreamName::new("s").unwrap();
         let slot = Arc::new(ReceiveSlot::new(
             stream.clone(),
@@ -1006,7 +1002,7 @@ mod tests {
             StreamMeta::default(),
         ));
         let primary = drd_proto::NodeId::new("p").unwrap();
-        let w = DiskWorker::new(
+        DiskWorker::new(
             stream,
             landing.into(),
             catalog.clone(),
@@ -1015,7 +1011,31 @@ mod tests {
             1 << 30,
             &primary,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The acks a session sent, as (position, segment, sealed).
+    fn acks_of(
+        rx: &mut mpsc::Receiver<Result<pb::ReplicaMessage, Status>>,
+    ) -> Vec<(u64, String, bool)> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            let Some(pb::replica_message::Msg::Ack(a)) = m.unwrap().msg else {
+                panic!("not an ack")
+            };
+            out.push((a.durable_position, a.segment, a.sealed));
+        }
+        out
+    }
+
+    /// Runs one session over `msgs`, all queued before it starts (so they
+    /// make one group), and returns its acks as (position, segment, sealed).
+    fn session(
+        landing: &Path,
+        catalog: &Arc<Catalog>,
+        msgs: Vec<ShipMsg>,
+    ) -> Vec<(u64, String, bool)> {
+        let w = worker(landing, catalog);
         let (tx, rx) = mpsc::channel(msgs.len().max(1));
         for m in msgs {
             tx.try_send(m).unwrap();
@@ -1023,14 +1043,7 @@ mod tests {
         drop(tx);
         let (acks_tx, mut acks_rx) = mpsc::channel(64);
         w.run(rx, acks_tx);
-        let mut out = Vec::new();
-        while let Ok(m) = acks_rx.try_recv() {
-            let Some(pb::replica_message::Msg::Ack(a)) = m.unwrap().msg else {
-                panic!("not an ack")
-            };
-            out.push((a.durable_position, a.segment, a.sealed));
-        }
-        out
+        acks_of(&mut acks_rx)
     }
 
     #[test]
@@ -1125,15 +1138,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let landing = d.path().join("landing");
         let catalog = Arc::new(Catalog::open(&d.path().join("catalog")).unwrap());
-        let stream = StreamName::new("s").unwrap();
-        let slot = Arc::new(ReceiveSlot::new(
-            stream.clone(),
-            None,
-            StreamMeta::default(),
-        ));
-        let primary = drd_proto::NodeId::new("p").unwrap();
-        let w =
-            DiskWorker::new(stream, landing.clone(), catalog, slot, 1, 1 << 30, &primary).unwrap();
+        let w = worker(&landing, &catalog);
         let (tx, rx) = mpsc::channel(16);
         let (acks_tx, mut acks_rx) = mpsc::channel(64);
         let worker = std::thread::spawn(move || w.run(rx, acks_tx));
@@ -1160,13 +1165,7 @@ mod tests {
         gate::release(&landing);
         drop(tx);
         worker.join().unwrap();
-        let mut acked = Vec::new();
-        while let Ok(m) = acks_rx.try_recv() {
-            let Some(pb::replica_message::Msg::Ack(a)) = m.unwrap().msg else {
-                panic!("not an ack")
-            };
-            acked.push(a.durable_position);
-        }
+        let acked: Vec<u64> = acks_of(&mut acks_rx).iter().map(|a| a.0).collect();
         assert_eq!(acked, vec![10, 30], "one flush for both late chunks");
         assert_eq!(
             steps(&landing).iter().filter(|s| *s == "flush").count(),

@@ -110,8 +110,6 @@ pub fn start(
 }
 
 struct Open {
-    name: String,
-    /// `name` as the shipper names it (for [`crate::node::WriteHook`]).
     segment: SegmentName,
     path: PathBuf,
     file: Arc<File>,
@@ -280,7 +278,6 @@ impl Writer {
         };
         self.rewrote = false;
         self.file = Some(Open {
-            name,
             segment,
             path,
             file,
@@ -315,7 +312,7 @@ impl Writer {
             f.file.read_exact_at(&mut have, off).map_err(io(&f.path))?;
             if have[..] != data[..overlap as usize] {
                 self.rewrote = true;
-                tracing::warn!(segment = %f.name, offset = off,
+                tracing::warn!(segment = %f.segment, offset = off,
                     "bytes of the local copy differ from what PostgreSQL sends (they were not \
                      durable before a crash); rewriting them from PostgreSQL");
             }
