@@ -479,7 +479,14 @@ async fn a_malformed_protobuf_is_refused_and_the_daemon_keeps_serving() {
 /// the file. (Before the fix, the failed chunk was recorded and acked.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_fails_on_a_full_disk_is_never_acked() {
-    let mut pair = Pair::new("");
+    // A group that reaches the full disk is never durable: the replica
+    // writes its bytes a 1 MiB buffer at a time, and a sync of a file whose
+    // buffer could not be written fails (it must not succeed over bytes not
+    // in the file). With the default 4 MiB groups a busy machine could put
+    // the whole first 3 MiB into one group, and nothing would become
+    // durable before the disk filled. Groups of at most 1 MiB (plus the
+    // chunk that fills one) make that certain: the first is durable.
+    let mut pair = Pair::new("[tuning]\ngroup_commit_bytes = 1048576\n");
     let landing = pair.landing();
     let tmpfs = match drd_tests::chaos::TmpfsGuard::mount(&landing, 8) {
         Ok(g) => g,
@@ -519,7 +526,11 @@ async fn a_write_that_fails_on_a_full_disk_is_never_acked() {
             "durable position {durable} is past the {} bytes in the file",
             on_disk.len()
         );
-        assert!(durable > 0 && durable < 6 * MIB, "durable {durable}");
+        assert!(
+            durable > 0 && durable < 6 * MIB,
+            "durable {durable}; the replica's log:\n{}",
+            pair.replica.log_text()
+        );
         assert!(
             on_disk[..durable] == source[..durable],
             "durable bytes differ from the source"
