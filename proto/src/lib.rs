@@ -289,6 +289,12 @@ pub struct Chunk {
     /// The source database's end of WAL as the primary last heard it
     /// (`source = "postgres"`; zero otherwise).
     pub source_lsn: SourceLsn,
+    /// CRC32C of `data` when it is known without another pass over the
+    /// bytes: a chunk received uncompressed carries the wire CRC it was
+    /// checked against. `None` for a decompressed chunk and for one built
+    /// here. The receiver extends its running CRC of the partial file
+    /// with it (`crc32c_combine`) instead of reading the bytes again.
+    pub data_crc32c: Option<u32>,
 }
 
 /// A PostgreSQL LSN with its timeline, as a primary reports its database's
@@ -469,6 +475,7 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                         computed,
                     });
                 }
+                let plain = c.compression == pb::Compression::None as i32;
                 let data = decode_payload(
                     &segment,
                     c.offset,
@@ -476,6 +483,8 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                     c.uncompressed_length,
                     c.data,
                 )?;
+                // Uncompressed, `data` is the bytes `computed` was taken of.
+                let data_crc32c = plain.then_some(computed);
                 c.segment_start
                     .checked_add(c.offset)
                     .and_then(|p| p.checked_add(data.len() as u64))
@@ -492,6 +501,7 @@ impl TryFrom<pb::ShipMessage> for ShipMsg {
                         timeline: c.source_timeline,
                         lsn: c.source_lsn,
                     },
+                    data_crc32c,
                 }))
             }
             Msg::Seal(s) => {
@@ -776,6 +786,7 @@ mod tests {
             source_position: 0,
             written_at_ms: 0,
             source_lsn: Default::default(),
+            data_crc32c: None,
         };
         assert_eq!(c.end_position(), u64::MAX, "saturates, never wraps");
     }
@@ -819,6 +830,7 @@ mod tests {
             source_position: 5,
             written_at_ms: 0,
             source_lsn: Default::default(),
+            data_crc32c: None,
         })
         .into();
         assert!(ShipMsg::try_from(good.clone()).is_ok());
@@ -842,6 +854,7 @@ mod tests {
             source_position: 99 << 20,
             written_at_ms: 1_700_000_000_000,
             source_lsn: Default::default(),
+            data_crc32c: None,
         }
     }
 
@@ -903,7 +916,14 @@ mod tests {
                 );
                 assert_eq!(w.crc32c, crc32c::crc32c(&w.data), "CRC over the wire bytes");
             }
-            assert_eq!(ShipMsg::try_from(wire).unwrap(), ShipMsg::Chunk(c));
+            // A decompressed chunk's CRC is not known without a pass; an
+            // uncompressed one carries the wire CRC it was checked against.
+            let expect = Chunk {
+                data_crc32c: (w.compression == pb::Compression::None as i32)
+                    .then(|| crc32c::crc32c(&c.data)),
+                ..c
+            };
+            assert_eq!(ShipMsg::try_from(wire).unwrap(), ShipMsg::Chunk(expect));
         }
     }
 
@@ -915,7 +935,11 @@ mod tests {
         assert_eq!(w.compression, pb::Compression::None as i32);
         assert_eq!(w.uncompressed_length, 0);
         assert_eq!(w.data, c.data);
-        assert_eq!(ShipMsg::try_from(wire).unwrap(), ShipMsg::Chunk(c.clone()));
+        let received = Chunk {
+            data_crc32c: Some(crc32c::crc32c(&c.data)),
+            ..c.clone()
+        };
+        assert_eq!(ShipMsg::try_from(wire).unwrap(), ShipMsg::Chunk(received));
         // And without compression nothing changes at all.
         let plain = ShipMsg::Chunk(c.clone()).to_wire(Compression::None);
         assert_eq!(plain, pb::ShipMessage::from(ShipMsg::Chunk(c)));

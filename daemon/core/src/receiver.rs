@@ -285,6 +285,7 @@ mod tests {
             source_position: 0,
             written_at_ms: 0,
             source_lsn: Default::default(),
+            data_crc32c: None,
         }
     }
 

@@ -1268,6 +1268,7 @@ impl World {
                         source_position: self.canon[stream_of(node)].len() as u64,
                         written_at_ms: self.now / MS,
                         source_lsn: Default::default(),
+                        data_crc32c: None,
                     };
                     if let Some(s) = self.nodes[node].send.as_mut() {
                         s.session.sent_chunk(end);

@@ -930,6 +930,7 @@ impl StreamShipper {
                         source_position: written,
                         written_at_ms: unix_ms(),
                         source_lsn: self.status.source_lsn(),
+                        data_crc32c: None,
                     });
                     let t0 = Instant::now();
                     // Before the send: its ack can only come after it.

@@ -972,6 +972,7 @@ mod tests {
                 source_position: 0,
                 written_at_ms: 0,
                 source_lsn: Default::default(),
+                data_crc32c: None,
             }));
             if n > sealed {
                 break;
@@ -1126,6 +1127,7 @@ mod tests {
             source_position: 0,
             written_at_ms: 0,
             source_lsn: Default::default(),
+            data_crc32c: None,
         })
     }
 
